@@ -1,0 +1,55 @@
+"""Atomic writes and streamed hashing: the two ways cpmai touches state files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+CHUNK = 1 << 20  # 1 MiB: big enough that hashing, not Python, is the cost
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (memory stays flat whatever the size)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def copy_and_hash(source: Path, dest: Path) -> tuple[str, int]:
+    """Copy `source` to `dest` and hash it in the same pass; returns (sha256, size)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with source.open("rb", buffering=0) as src, dest.open("wb") as out:
+        while True:
+            n = src.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            out.write(view[:n])
+            size += n
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest(), size
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

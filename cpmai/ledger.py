@@ -1,0 +1,439 @@
+"""The hash-chained, append-only event log (`ledger.jsonl`) and the state it replays to.
+
+One JSON event a line. Each event carries `prev` (the previous event's hash) and `hash` (the
+SHA-256 of its own canonical JSON without `hash`), so editing or removing any line breaks the
+chain. Writers hold an exclusive lock on `ledger.lock`, append one line with a single write and
+fsync it, then update `ledger.head` (the last seq and hash) so a removed *last* line is caught too.
+
+A crash in the middle of a write leaves a last line without its newline: a torn tail. It is
+never dropped or merged silently: writers refuse to append after it and `verify` fails until
+`repair` moves the torn bytes aside (into a file kept for inspection) and records that it did.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpmai.errors import IntegrityError
+from cpmai.fsutil import write_atomic
+
+GENESIS = "0" * 64
+LEDGER_FILE = "ledger.jsonl"
+HEAD_FILE = "ledger.head"
+LOCK_FILE = "ledger.lock"
+_FIELDS = ("seq", "time", "actor", "action", "name", "version", "env", "details", "prev")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One ledger line."""
+
+    seq: int
+    time: str
+    actor: str
+    action: str
+    name: str | None
+    version: str | None
+    env: str | None
+    details: dict[str, Any]
+    prev: str
+    hash: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(**{key: data[key] for key in (*_FIELDS, "hash")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in (*_FIELDS, "hash")}
+
+    @property
+    def when(self) -> datetime:
+        return parse_time(self.time)
+
+
+def event_hash(body: dict[str, Any]) -> str:
+    """SHA-256 of an event's canonical JSON, `hash` itself left out."""
+    canonical = json.dumps(
+        {key: body[key] for key in _FIELDS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes after the last complete line: a write that did not finish."""
+
+    line: int
+    offset: int
+    size: int
+
+    def describe(self, path: Path) -> str:
+        return (
+            f"{path}:{self.line}: incomplete last line ({self.size} bytes, an interrupted write); "
+            "the events before it are intact"
+        )
+
+
+class TornTailError(IntegrityError):
+    def __init__(self, path: Path, torn: TornTail) -> None:
+        super().__init__(
+            torn.describe(path),
+            hint="inspect it, then run `cpmai ledger repair` to move it aside",
+        )
+        self.torn = torn
+
+
+@dataclass
+class LedgerRead:
+    events: list[Event]
+    torn: TornTail | None = None
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    problems: list[str] = field(default_factory=list)
+    torn: TornTail | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Ledger:
+    """The ledger in `home`. Cheap to create; reads and writes go to disk every time."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.path = home / LEDGER_FILE
+        self.head_path = home / HEAD_FILE
+        self.lock_path = home / LOCK_FILE
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self) -> LedgerRead:
+        """Every complete event, and the torn tail if there is one. Does not check hashes."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return LedgerRead(events=[])
+        body, torn = _split_torn(raw)
+        events = []
+        for number, line in enumerate(body.splitlines(), start=1):
+            try:
+                events.append(Event.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                raise IntegrityError(
+                    f"{self.path}:{number}: not a valid ledger event",
+                    hint="run `cpmai ledger verify` for the full report",
+                ) from None
+        return LedgerRead(events=events, torn=torn)
+
+    def events(self, name: str | None = None) -> list[Event]:
+        events = self.read().events
+        return events if name is None else [e for e in events if e.name == name]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Hold the writer lock: read state and append events without another writer between."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                yield Transaction(self, fd)
+            finally:
+                os.close(fd)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+    def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        name: str | None = None,
+        version: str | None = None,
+        env: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        with self.transaction() as tx:
+            return tx.append(
+                action, actor=actor, name=name, version=version, env=env, details=details
+            )
+
+    def repair(self, *, actor: str) -> TornTail | None:
+        """Move a torn tail aside (kept next to the ledger) and record a `repair` event."""
+        with self.transaction() as tx:
+            torn = tx.torn_tail()
+            if torn is None:
+                return None
+            os.lseek(tx.fd, torn.offset, os.SEEK_SET)
+            kept = os.read(tx.fd, torn.size)
+            aside = self.home / f"ledger.torn-{now_iso().replace(':', '')}"
+            write_atomic(aside, kept)
+            os.ftruncate(tx.fd, torn.offset)
+            os.fsync(tx.fd)
+            tx.append(
+                "repair",
+                actor=actor,
+                details={"removed_bytes": torn.size, "line": torn.line, "saved_to": aside.name},
+            )
+            return torn
+
+    # --- checking --------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Re-hash the whole chain; every problem names its line."""
+        report = VerifyReport()
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        body, report.torn = _split_torn(raw)
+        if report.torn:
+            report.problems.append(report.torn.describe(self.path))
+        prev, expected_seq = GENESIS, 1
+        for number, line in enumerate(body.splitlines(), start=1):
+            where = f"{self.path.name}:{number}"
+            try:
+                data = json.loads(line)
+                computed = event_hash(data)
+                recorded, seq = data["hash"], data["seq"]
+            except (ValueError, KeyError, TypeError):
+                report.problems.append(f"{where}: not a valid ledger event")
+                prev, expected_seq = "?", expected_seq + 1
+                continue
+            if seq != expected_seq:
+                report.problems.append(
+                    f"{where}: seq {seq} where {expected_seq} was expected (a line removed or "
+                    "inserted?)"
+                )
+            if data["prev"] != prev and prev != "?":
+                report.problems.append(
+                    f"{where}: prev does not match the hash of the line before (chain broken)"
+                )
+            if computed != recorded:
+                report.problems.append(f"{where}: content does not match its hash (edited?)")
+            prev, expected_seq = recorded, seq + 1
+            report.events += 1
+        head = self._read_head()
+        if head is not None:
+            head_seq, head_hash = head
+            last_seq = expected_seq - 1
+            if head_seq > last_seq:
+                report.problems.append(
+                    f"{self.path.name}: ends at seq {last_seq} but {HEAD_FILE} records seq "
+                    f"{head_seq} (events removed from the end?)"
+                )
+            elif head_seq == last_seq and head_hash != prev:
+                report.problems.append(
+                    f"{self.path.name}:{last_seq}: last event's hash differs from {HEAD_FILE}"
+                )
+        return report
+
+    def _read_head(self) -> tuple[int, str] | None:
+        try:
+            data = json.loads(self.head_path.read_text())
+            return int(data["seq"]), str(data["hash"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return (0, "?")
+
+
+class Transaction:
+    """Appends under the ledger lock. Obtain one from `Ledger.transaction()`."""
+
+    def __init__(self, ledger: Ledger, fd: int) -> None:
+        self.ledger = ledger
+        self.fd = fd
+        self._last: Event | bool | None = False  # False: not read yet
+
+    def events(self) -> list[Event]:
+        read = self.ledger.read()
+        if read.torn:
+            raise TornTailError(self.ledger.path, read.torn)
+        return read.events
+
+    def torn_tail(self) -> TornTail | None:
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return None
+        os.lseek(self.fd, size - 1, os.SEEK_SET)
+        if os.read(self.fd, 1) == b"\n":
+            return None
+        start = _last_line_start(self.fd, size)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        lines = _count_newlines(self.fd, start) + 1
+        return TornTail(line=lines, offset=start, size=size - start)
+
+    def last(self) -> Event | None:
+        if not self._last_read:
+            torn = self.torn_tail()
+            if torn:
+                raise TornTailError(self.ledger.path, torn)
+            size = os.fstat(self.fd).st_size
+            if size == 0:
+                self._last = None
+            else:
+                start = _last_line_start(self.fd, size - 1)
+                os.lseek(self.fd, start, os.SEEK_SET)
+                line = os.read(self.fd, size - start)
+                try:
+                    self._last = Event.from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    raise IntegrityError(
+                        f"{self.ledger.path}: the last event is not valid",
+                        hint="run `cpmai ledger verify`",
+                    ) from None
+            self._last_read = True
+        return self._last
+
+    def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        name: str | None = None,
+        version: str | None = None,
+        env: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        last = self.last()
+        body: dict[str, Any] = {
+            "seq": last.seq + 1 if last else 1,
+            "time": now_iso(),
+            "actor": actor,
+            "action": action,
+            "name": name,
+            "version": version,
+            "env": env,
+            "details": details or {},
+            "prev": last.hash if last else GENESIS,
+        }
+        body["hash"] = event_hash(body)
+        line = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        data = (line + "\n").encode("utf-8")
+        written = os.write(self.fd, data)
+        if written != len(data):  # a full disk: leave a torn tail that repair can move aside
+            raise IntegrityError(f"{self.ledger.path}: short write ({written}/{len(data)} bytes)")
+        os.fsync(self.fd)
+        event = Event.from_dict(body)
+        write_atomic(
+            self.ledger.head_path, json.dumps({"seq": event.seq, "hash": event.hash}).encode()
+        )
+        self._last = event
+        self._last_read = True
+        return event
+
+
+def _split_torn(raw: bytes) -> tuple[bytes, TornTail | None]:
+    if not raw or raw.endswith(b"\n"):
+        return raw, None
+    start = raw.rfind(b"\n") + 1
+    torn = TornTail(line=raw.count(b"\n", 0, start) + 1, offset=start, size=len(raw) - start)
+    return raw[:start], torn
+
+
+def _last_line_start(fd: int, end: int) -> int:
+    """Offset just after the last newline before `end` (0 if none)."""
+    chunk = 65536
+    pos = end
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        os.lseek(fd, pos, os.SEEK_SET)
+        block = os.read(fd, step)
+        found = block.rfind(b"\n")
+        if found != -1:
+            return pos + found + 1
+    return 0
+
+
+def _count_newlines(fd: int, end: int) -> int:
+    count, pos = 0, 0
+    while pos < end:
+        block = os.read(fd, min(1 << 20, end - pos))
+        if not block:
+            break
+        count += block.count(b"\n")
+        pos += len(block)
+    return count
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A packaged version, as the ledger's `package` event recorded it."""
+
+    name: str
+    version: str
+    digest: str
+    time: str
+    actor: str
+    seq: int
+    details: dict[str, Any]
+
+
+@dataclass
+class State:
+    """What the events add up to. Later capabilities add to it (environments, approvals)."""
+
+    versions: dict[str, dict[str, VersionRecord]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted(self.versions)
+
+    def versions_of(self, name: str) -> list[VersionRecord]:
+        return sorted(self.versions.get(name, {}).values(), key=lambda r: r.seq)
+
+    def find_digest(self, name: str, digest: str) -> VersionRecord | None:
+        for record in self.versions.get(name, {}).values():
+            if record.digest == digest:
+                return record
+        return None
+
+
+def replay(events: list[Event]) -> State:
+    state = State()
+    for event in events:
+        if event.action == "package" and event.name and event.version:
+            state.versions.setdefault(event.name, {})[event.version] = VersionRecord(
+                name=event.name,
+                version=event.version,
+                digest=str(event.details.get("digest", "")),
+                time=event.time,
+                actor=event.actor,
+                seq=event.seq,
+                details=event.details,
+            )
+    return state

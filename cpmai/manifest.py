@@ -1,0 +1,527 @@
+"""The manifest: its schema (pydantic), loading with line numbers, and JSON Schema export.
+
+Unknown keys are errors, types are strict (a quoted "8080" is not a port) and every problem is
+reported as `FILE:LINE field.path: message`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from cpmai.errors import ManifestError
+from cpmai.yamlsource import Path_, YamlDocument, read_yaml
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
+TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx", "mlflow")
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+_COMPARISON = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"
+
+
+def parse_comparison(text: str) -> tuple[str, float]:
+    """`">= 0.9"` → `(">=", 0.9)`; ValueError for anything else."""
+    match = _COMPARISON.match(text)
+    if not match:
+        raise ValueError('expected a comparison such as ">= 0.9"')
+    return match.group(1), float(match.group(2))
+
+
+def compare(value: float, comparison: str) -> bool:
+    """Whether `value` satisfies `comparison` (e.g. `">= 0.9"`)."""
+    op, threshold = parse_comparison(comparison)
+    return _OPS[op](value, threshold)
+
+
+def _check_comparison(text: str) -> str:
+    parse_comparison(text)
+    return text.strip()
+
+
+Comparison = Annotated[
+    str,
+    AfterValidator(_check_comparison),
+    Field(
+        pattern=r"^\s*(>=|<=|==|>|<)\s*[-+]?[0-9.]+([eE][-+]?[0-9]+)?\s*$",
+        examples=[">= 0.9"],
+    ),
+]
+Name = Annotated[str, Field(pattern=_NAME, description="lower-case letters, digits, . _ -")]
+PositiveFloat = Annotated[float, Field(gt=0, le=1e12)]
+NonNegFloat = Annotated[float, Field(ge=0, le=1e12)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+RelPath = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, use_attribute_docstrings=True
+    )
+
+
+class Usage(Strict):
+    mode: Literal["online", "batch", "edge"] = "online"
+    """How predictions are consumed: online HTTP requests, batch scoring, or on a device."""
+
+
+class ModelSpec(Strict):
+    path: RelPath
+    """The model file or MLflow model folder, relative to the manifest."""
+    task: Literal["classification", "regression"]
+    format: Literal["auto", "joblib", "pickle", "skops", "onnx", "mlflow"] = "auto"
+    """auto: from the file extension (a folder with an MLmodel file is an MLflow model)."""
+    runtime: Literal["auto", "sklearn", "onnx"] = "auto"
+    """auto: ONNX Runtime when the converted model agrees with the original."""
+    trusted_types: list[Annotated[str, Field(max_length=300)]] = []
+    """skops only: the extra types you trust the file to contain (e.g. sklearn.tree._tree.Tree)."""
+
+
+class InputSpec(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    type: Literal["integer", "number", "boolean", "string", "category"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str | int | bool] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        if self.categories is not None and self.type != "category":
+            raise ValueError("categories are only allowed for type: category")
+        if self.type == "category" and not self.categories:
+            raise ValueError("type: category needs a non-empty categories list")
+        if (self.min is not None or self.max is not None) and self.type not in (
+            "integer",
+            "number",
+        ):
+            raise ValueError("min/max are only allowed for integer and number inputs")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class DataSpec(Strict):
+    reference: RelPath | None = None
+    """A training-like sample (CSV or Parquet): the signature is inferred from it, drift measured
+    against it."""
+    holdout: RelPath | None = None
+    """Evaluation data for the metric gates."""
+    target: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+    """The label column in reference/holdout (not a model input)."""
+
+
+class LatencyGate(Strict):
+    p50_ms: PositiveFloat | None = None
+    p95_ms: PositiveFloat | None = None
+    p99_ms: PositiveFloat | None = None
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 1
+    duration_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
+class Gates(Strict):
+    metrics: dict[str, Comparison] = {}
+    """Metric thresholds on the holdout data, e.g. accuracy: ">= 0.9"."""
+    latency: LatencyGate | None = None
+    max_size_mb: PositiveFloat | None = None
+    approvals: dict[str, Annotated[int, Field(ge=0, le=100)]] = {}
+    """Approvals a version needs per environment before it may go live there."""
+
+
+class Slo(Strict):
+    p50_ms: PositiveFloat | None = None
+    p95_ms: PositiveFloat | None = None
+    p99_ms: PositiveFloat | None = None
+    error_rate: Fraction | None = None
+    throughput_min: PositiveFloat | None = None
+    """Requests per second the service must sustain."""
+
+
+class Resources(Strict):
+    cpu: PositiveFloat = 1.0
+    memory_gb: PositiveFloat = 1.0
+
+
+class Rollout(Strict):
+    strategy: Literal["direct", "canary", "blue-green"] = "direct"
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = [100]
+    """Traffic percentages of a canary, ending at 100."""
+    auto_rollback: bool = True
+
+    @model_validator(mode="after")
+    def _steps(self) -> Rollout:
+        if self.steps != sorted(self.steps) or len(set(self.steps)) != len(self.steps):
+            raise ValueError("steps must increase, e.g. [10, 50, 100]")
+        if self.steps[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return self
+
+
+class Environment(Strict):
+    target: Literal["local", "ray", "docker", "kubernetes", "kserve", "edge"] = "local"
+    host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    resources: Resources = Resources()
+    rollout: Rollout = Rollout()
+    approvers: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
+    """Who may approve for this environment: names or e-mail patterns such as *@example.com."""
+    address: Annotated[str, Field(max_length=1000)] | None = None
+    """ray: the cluster address (default: start a local one)."""
+    namespace: Annotated[str, Field(max_length=253)] | None = None
+    """kubernetes/kserve: the namespace to render into."""
+
+
+class Drift(Strict):
+    threshold: PositiveFloat = 0.1
+    """Distance (Wasserstein, Jensen–Shannon) at or above which a feature has drifted."""
+    p_value: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """KS / chi-square p-value below which a feature has drifted (small samples)."""
+    share: Fraction = 0.5
+    """Share of drifted features at or above which the dataset has drifted."""
+    min_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 100
+
+
+class Quality(Strict):
+    metric: str
+    min: float
+
+
+class Triggers(Strict):
+    max_age_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    on: list[Literal["drift", "quality", "slo", "age"]] = []
+    command: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    """The command to run when a trigger fires (with --run-triggers)."""
+
+
+class Monitoring(Strict):
+    drift: Drift = Drift()
+    quality: Quality | None = None
+    triggers: Triggers = Triggers()
+    sample_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    """How often the local server samples its CPU and memory."""
+
+
+class Retraining(Strict):
+    cost_per_run: NonNegFloat = 0.0
+    runs_per_month: NonNegFloat = 0.0
+
+
+class Costs(Strict):
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    cpu_hour: NonNegFloat = 0.0
+    memory_gb_hour: NonNegFloat = 0.0
+    retraining: Retraining = Retraining()
+    budget_per_month: NonNegFloat | None = None
+
+
+class Business(Strict):
+    value_per_prediction: NonNegFloat = 0.0
+    baseline_cost_per_month: NonNegFloat = 0.0
+
+
+class Manifest(Strict):
+    """A cpmai manifest: how a model is used, what it needs, what it must keep achieving,
+    where it runs, what it costs and who may change it."""
+
+    model_config = ConfigDict(title="cpmai manifest")
+
+    name: Name
+    version: Annotated[str, Field(pattern=_SEMVER)] | None = None
+    """A semantic version; omit it and `cpmai package` picks the next one."""
+    description: Annotated[str, Field(max_length=10_000)] = ""
+    owners: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
+    usage: Usage = Usage()
+    model: ModelSpec
+    signature: Literal["infer"] | list[InputSpec] = "infer"
+    """`infer` (from data.reference) or the explicit list of inputs."""
+    data: DataSpec = DataSpec()
+    gates: Gates = Gates()
+    slo: Slo = Slo()
+    environments: dict[Annotated[str, Field(pattern=_NAME)], Environment] = {}
+    monitoring: Monitoring = Monitoring()
+    costs: Costs = Costs()
+    business: Business = Business()
+
+    _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths resolve against (the manifest's folder)."""
+        return self._file.parent if self._file else Path.cwd()
+
+    @property
+    def file(self) -> Path | None:
+        return self._file
+
+    def resolve(self, relative: str) -> Path:
+        return (self.base_dir / relative).resolve()
+
+    def input_names(self) -> list[str] | None:
+        if self.signature == "infer":
+            return None
+        return [spec.name for spec in self.signature]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Manifest:
+        problems: list[tuple[Path_, str]] = []
+        allowed = TASK_METRICS[self.model.task]
+        for metric in self.gates.metrics:
+            if metric not in allowed:
+                problems.append(
+                    (
+                        ("gates", "metrics", metric),
+                        f"unknown {self.model.task} metric (known: {', '.join(allowed)})",
+                    )
+                )
+        if self.gates.metrics and not self.data.holdout:
+            problems.append((("gates", "metrics"), "metric gates need data.holdout"))
+        if (
+            (self.data.holdout or self.data.reference)
+            and not self.data.target
+            and (self.gates.metrics)
+        ):
+            problems.append((("data", "target"), "metric gates need data.target"))
+        if (
+            self.signature == "infer"
+            and not self.data.reference
+            and not _self_describing(self.model)
+        ):
+            problems.append(
+                (("signature",), "signature: infer needs data.reference (or list the inputs)")
+            )
+        if self.signature != "infer":
+            names = [spec.name for spec in self.signature]
+            for i, name in enumerate(names):
+                if names.index(name) != i:
+                    problems.append((("signature", i, "name"), f"duplicate input {name!r}"))
+        for env_key in self.gates.approvals:
+            if env_key not in self.environments:
+                problems.append((("gates", "approvals", env_key), _no_such_env(env_key, self)))
+        if self.monitoring.quality and self.monitoring.quality.metric not in allowed:
+            problems.append(
+                (
+                    ("monitoring", "quality", "metric"),
+                    f"unknown {self.model.task} metric (known: {', '.join(allowed)})",
+                )
+            )
+        ports: dict[tuple[str, int], str] = {}
+        for env_name, env in self.environments.items():
+            if env.target == "local" and env.port is not None:
+                other = ports.setdefault((env.host, env.port), env_name)
+                if other != env_name:
+                    problems.append(
+                        (
+                            ("environments", env_name, "port"),
+                            f"port {env.port} is already used by environment {other!r}",
+                        )
+                    )
+        if problems:
+            raise _CrossCheckError(problems)
+        return self
+
+
+def _self_describing(model: ModelSpec) -> bool:
+    """ONNX files and MLflow folders carry their own input signature."""
+    return model.format in ("onnx", "mlflow") or model.path.endswith(".onnx")
+
+
+def _no_such_env(env: str, manifest: Manifest) -> str:
+    known = ", ".join(manifest.environments) or "none defined"
+    return f"no environment {env!r} under environments: (defined: {known})"
+
+
+class _CrossCheckError(ValueError):
+    def __init__(self, problems: list[tuple[Path_, str]]) -> None:
+        super().__init__("; ".join(m for _, m in problems))
+        self.problems = problems
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_manifest(file: str | Path, *, check_files: bool = True) -> Manifest:
+    """Read, validate and (optionally) check the files a manifest names.
+
+    Raises ManifestError listing every problem as `FILE:LINE field.path: message`.
+    """
+    path = Path(file)
+    doc = read_yaml(path)
+    manifest = validate_document(doc)
+    if check_files:
+        problems = check_manifest_files(manifest, doc)
+        if problems:
+            raise ManifestError(problems)
+    return manifest
+
+
+def validate_document(doc: YamlDocument) -> Manifest:
+    if not isinstance(doc.data, dict):
+        kind = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        raise ManifestError(
+            [f"{doc.file.name}:1: the manifest is {kind}; expected a mapping (name:, model:, ...)"]
+        )
+    try:
+        manifest = Manifest.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ManifestError(_describe(exc, doc)) from None
+    manifest._file = doc.file.resolve()
+    return manifest
+
+
+def check_manifest_files(manifest: Manifest, doc: YamlDocument) -> list[str]:
+    problems = []
+    fields: list[tuple[Path_, str | None]] = [
+        (("model", "path"), manifest.model.path),
+        (("data", "reference"), manifest.data.reference),
+        (("data", "holdout"), manifest.data.holdout),
+    ]
+    for loc, rel in fields:
+        if rel is not None and not manifest.resolve(rel).exists():
+            problems.append(f"{doc.where(loc)} {_dotted(loc)}: file not found: {rel}")
+    return problems
+
+
+def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
+    """Turn pydantic's errors into `FILE:LINE path: message` lines, one per problem."""
+    out: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for err in exc.errors(include_url=False):
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _CrossCheckError):
+            for loc, message in ctx_error.problems:
+                out.append((doc.line_of(loc), f"{doc.where(loc)} {_dotted(loc)}: {message}"))
+            continue
+        data_loc = _data_path(err["loc"], doc.data)
+        if data_loc is None:
+            continue  # an error from a union branch that does not match the value's kind
+        loc = data_loc
+        message = _message(err, loc, doc.data)
+        line = f"{doc.where(loc)} {_dotted(loc) or '(top level)'}: {message}"
+        if line not in seen:
+            seen.add(line)
+            out.append((doc.line_of(loc), line))
+    out.sort(key=lambda pair: pair[0])
+    return [text for _, text in out]
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> Path_ | None:
+    """Drop pydantic's union tags (e.g. `list[InputSpec]`) from a location.
+
+    Returns None when the tag names a branch that cannot match the value found there, so a
+    list with a bad element reports the element, not also "expected 'infer'".
+    """
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            path.append(part)
+            node = node[part]  # type: ignore[index]
+        elif isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
+            kind = part.split("[", 1)[0]
+            matches = {
+                "list": isinstance(node, list),
+                "dict": isinstance(node, dict),
+                "literal": isinstance(node, str),
+                "str": isinstance(node, str),
+            }.get(kind, True)
+            if not matches:
+                return None
+        else:
+            path.append(part)  # a missing key: point at its parent's line
+            node = None
+    return tuple(path)
+
+
+def _message(err: Any, loc: Path_, data: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        listing = f" (known: {', '.join(known)})" if known else ""
+        return f"unknown key{hint}{listing}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        if (loc[-1:] == ("name",) and len(loc) == 1) or loc[:1] == ("environments",):
+            return "expected lower-case letters, digits, '.', '_' or '-' (at most 63)"
+        if loc == ("version",):
+            return 'expected a semantic version such as "1.2.0" (quote it)'
+    message = str(err["msg"])
+    if kind in ("string_type",) and isinstance(err.get("input"), int | float):
+        message += " (quote it)"
+    return message[:1].lower() + message[1:]
+
+
+def _known_keys(loc: Path_) -> list[str]:
+    """The field names allowed at `loc`, walking the schema's annotations."""
+    annotation: Any = Manifest
+    for part in loc:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return []
+    model = _step(annotation, None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _step(annotation: Any, part: str | int | None) -> Any:
+    """The annotation one level below `annotation` at key/index `part` (None: the model itself)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if part is None:
+            return annotation
+        field_info = annotation.model_fields.get(str(part))
+        return field_info.annotation if field_info else None
+    origin = getattr(annotation, "__origin__", None)
+    args: tuple[Any, ...] = getattr(annotation, "__args__", ())
+    if origin is dict:
+        return args[1] if part is not None else None
+    if origin is list:
+        return args[0] if part is not None else None
+    for arg in args:  # a union or Annotated[...]
+        found = _step(arg, part)
+        if found is not None:
+            return found
+    return None
+
+
+def _dotted(loc: Path_) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema, for editors (yaml-language-server) and other tools."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://cpmai.dev/schema/manifest.json"
+    return schema
