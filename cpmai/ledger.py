@@ -274,7 +274,8 @@ class Transaction:
     def __init__(self, ledger: Ledger, fd: int) -> None:
         self.ledger = ledger
         self.fd = fd
-        self._last: Event | bool | None = False  # False: not read yet
+        self._last: Event | None = None
+        self._last_read = False
 
     def events(self) -> list[Event]:
         read = self.ledger.read()

@@ -1,0 +1,398 @@
+"""Build, verify and open artifacts: immutable, hashed folders under `artifacts/NAME/VERSION/`.
+
+An artifact holds the model (file or MLflow folder) under `model/`, the reference and holdout
+data under `data/`, the resolved `manifest.yaml`, `signature.json`, `environment.json`,
+`MODEL_CARD.md` and `artifact.json`, which lists every other file's SHA-256 and the digest: the
+SHA-256 of those listings in `sha256sum` format (`<sha256>  <path>` lines, sorted by path).
+No file inside depends on the version number, so packaging the same content twice gives the
+same digest and is recognised.
+
+An artifact is built in `tmp/`, then renamed into place under the ledger lock, in the same
+critical section that records the `package` event: it is either fully there and recorded, or
+not there at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cpmai import modelcard
+from cpmai.errors import IntegrityError, ModelLoadError, UsageError
+from cpmai.fsutil import copy_and_hash, fsync_dir, sha256_file, write_atomic
+from cpmai.ledger import Ledger, State, VersionRecord, replay
+from cpmai.manifest import Manifest
+from cpmai.runtime.formats import LoadedModel
+
+ARTIFACT_FILE = "artifact.json"
+FIRST_VERSION = "1.0.0"
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
+_SAMPLE_ROWS = 100
+
+
+@dataclass
+class PackageResult:
+    name: str
+    version: str
+    digest: str
+    path: Path
+    created: bool
+    """False when an artifact with the same digest existed: nothing new was written."""
+    size_bytes: int
+    format: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "digest": self.digest,
+            "path": str(self.path),
+            "created": self.created,
+            "size_bytes": self.size_bytes,
+            "format": self.format,
+            "files": self.files,
+        }
+
+
+@dataclass
+class Artifact:
+    """A verified artifact on disk."""
+
+    name: str
+    version: str
+    digest: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / "signature.json").read_text())
+        return data
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / str(self.meta["model"])
+
+    def manifest(self) -> Manifest:
+        from cpmai.manifest import load_manifest
+
+        return load_manifest(self.path / "manifest.yaml", check_files=False)
+
+    def load_model(self) -> LoadedModel:
+        """Load the model. Only call on an artifact returned by `open_artifact` (verified)."""
+        from cpmai.runtime import formats
+
+        return formats.load(
+            self.model_path,
+            str(self.meta["format"]),
+            trusted_types=list(self.meta.get("trusted_types", [])),
+        )
+
+
+# --- versions --------------------------------------------------------------------------------
+
+
+def version_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key for semantic versions: a pre-release sorts before its release."""
+    match = _SEMVER.match(version)
+    if not match:
+        return (-1, -1, -1, 0, version)
+    major, minor, patch, pre = match.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+def next_version(existing: list[str]) -> str:
+    """The next automatic version: 1.0.0, then the highest one with its minor number raised."""
+    releases = [v for v in existing if _SEMVER.match(v)]
+    if not releases:
+        return FIRST_VERSION
+    major, minor, _, _, _ = version_key(max(releases, key=version_key))
+    return f"{major}.{minor + 1}.0"
+
+
+def artifact_dir(home: Path, name: str, version: str) -> Path:
+    return home / "artifacts" / name / version
+
+
+def digest_of(files: dict[str, str]) -> str:
+    """The artifact digest: SHA-256 of the `sha256sum`-style listing of its files."""
+    import hashlib
+
+    listing = "".join(f"{files[path]}  {path}\n" for path in sorted(files))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
+    """Build the artifact for `manifest` and record it; reuse an identical one if it exists."""
+    from cpmai.runtime import formats
+
+    source = manifest.resolve(manifest.model.path)
+    fmt = formats.detect_format(source, manifest.model.format)
+    build = home / "tmp" / f"build-{uuid.uuid4().hex[:12]}"
+    (build / "model").mkdir(parents=True)
+    try:
+        files = _copy_inputs(manifest, source, build)
+        model_rel = f"model/{source.name}" if fmt != "mlflow" else "model"
+        loaded = formats.load(
+            build / model_rel, fmt, trusted_types=list(manifest.model.trusted_types)
+        )
+        signature = _signature(manifest, loaded, build, fmt)
+        environment = _environment(loaded)
+        resolved = _resolved_manifest(manifest, model_rel, files)
+        generated = {
+            "manifest.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
+            "signature.json": _json(signature),
+            "environment.json": _json(environment),
+            "MODEL_CARD.md": modelcard.render(manifest, signature, environment),
+        }
+        for rel, text in generated.items():
+            write_atomic(build / rel, text.encode("utf-8"))
+            files[rel] = sha256_file(build / rel)
+        digest = digest_of(files)
+        size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file())
+        return _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _copy_inputs(manifest: Manifest, source: Path, build: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    sources = [p for p in sorted(source.rglob("*")) if p.is_file()] if source.is_dir() else [source]
+    for item in sources:
+        rel = f"model/{item.relative_to(source)}" if source.is_dir() else f"model/{source.name}"
+        dest = build / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        files[rel], _ = copy_and_hash(item, dest)
+    for role in ("reference", "holdout"):
+        rel_source = getattr(manifest.data, role)
+        if rel_source is None:
+            continue
+        src = manifest.resolve(rel_source)
+        rel = f"data/{role}{src.suffix.lower()}"
+        (build / "data").mkdir(exist_ok=True)
+        files[rel], _ = copy_and_hash(src, build / rel)
+    return files
+
+
+def _signature(manifest: Manifest, loaded: LoadedModel, build: Path, fmt: str) -> dict[str, Any]:
+    """Inputs (declared, or inferred from the reference data) and outputs; checks the model
+    predicts on a sample of the reference rows."""
+    from cpmai.runtime import signature as sig
+    from cpmai.runtime.data import read_table
+    from cpmai.runtime.predict import predict
+
+    data_rows: dict[str, int] = {}
+    reference = None
+    for path in sorted((build / "data").glob("*")) if (build / "data").exists() else []:
+        frame = read_table(path)
+        data_rows[path.stem] = len(frame)
+        if manifest.data.target and manifest.data.target not in frame.columns:
+            raise UsageError(
+                f"data.{path.stem}: no column {manifest.data.target!r} (data.target) in "
+                f"{getattr(manifest.data, path.stem)}"
+            )
+        if path.stem == "reference":
+            reference = (
+                frame.drop(columns=[manifest.data.target], errors="ignore")
+                if (manifest.data.target)
+                else frame
+            )
+    if manifest.signature != "infer":
+        inputs, origin = list(manifest.signature), "manifest"
+    elif reference is not None:
+        inputs, origin = sig.infer_inputs(reference), f"inferred from {manifest.data.reference}"
+    elif loaded.declared_inputs:
+        inputs, origin = sig.from_declared(loaded.declared_inputs), f"declared by the {fmt} file"
+    else:
+        raise UsageError("signature: infer needs data.reference or a model that declares inputs")
+    if reference is not None:
+        sig.check_frame(inputs, reference, source=str(manifest.data.reference))
+        sample = reference[[spec.name for spec in inputs]].head(_SAMPLE_ROWS)
+        try:
+            predictions = predict(loaded, sample)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"the model cannot predict on {len(sample)} rows of {manifest.data.reference}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if len(predictions) != len(sample):
+            raise ModelLoadError(
+                f"the model returned {len(predictions)} predictions for {len(sample)} rows"
+            )
+    return {
+        "task": manifest.model.task,
+        "format": fmt,
+        "flavor": loaded.flavor,
+        "origin": origin,
+        "target": manifest.data.target,
+        "inputs": [spec.model_dump(exclude_none=True) for spec in inputs],
+        "outputs": sig.outputs_for(manifest.model.task, loaded.obj),
+        "data_rows": data_rows,
+    }
+
+
+def _environment(loaded: LoadedModel) -> dict[str, Any]:
+    from cpmai.runtime import environment
+
+    extra = {"onnx": ["onnxruntime"], "skops": ["skops"]}.get(loaded.format, [])
+    if loaded.flavor == "onnx":
+        return environment.capture(None, extra_modules=["onnxruntime"])
+    return environment.capture(loaded.obj, extra_modules=extra)
+
+
+def _resolved_manifest(manifest: Manifest, model_rel: str, files: dict[str, str]) -> dict[str, Any]:
+    """The manifest with defaults filled in and paths pointing inside the artifact. The version
+    is left out: it is assigned after the digest and lives in artifact.json."""
+    data = manifest.model_dump(mode="json")
+    data.pop("version", None)
+    data["model"]["path"] = model_rel
+    for role in ("reference", "holdout"):
+        inside = [rel for rel in files if rel.startswith(f"data/{role}.")]
+        data["data"][role] = inside[0] if inside else None
+    return data
+
+
+def _commit(
+    manifest: Manifest,
+    home: Path,
+    build: Path,
+    fmt: str,
+    model_rel: str,
+    files: dict[str, str],
+    digest: str,
+    size: int,
+    actor: str,
+) -> PackageResult:
+    name = manifest.name
+    ledger = Ledger(home)
+    with ledger.transaction() as tx:
+        state = replay(tx.events())
+        existing = state.find_digest(name, digest)
+        if existing is not None and artifact_dir(home, name, existing.version).exists():
+            return PackageResult(
+                name,
+                existing.version,
+                digest,
+                artifact_dir(home, name, existing.version),
+                False,
+                size,
+                fmt,
+                files,
+            )
+        version = manifest.version or next_version(list(state.versions.get(name, {})))
+        if version in state.versions.get(name, {}):
+            raise UsageError(
+                f"{name} {version} is already packaged with different content "
+                f"(digest {state.versions[name][version].digest[:12]}); artifacts are immutable",
+                hint="raise `version:` in the manifest, or remove it to number versions for you",
+            )
+        meta = {
+            "name": name,
+            "version": version,
+            "digest": digest,
+            "format": fmt,
+            "model": model_rel,
+            "trusted_types": list(manifest.model.trusted_types),
+            "size_bytes": size,
+            "files": dict(sorted(files.items())),
+        }
+        write_atomic(build / ARTIFACT_FILE, _json(meta).encode("utf-8"))
+        dest = artifact_dir(home, name, version)
+        if dest.exists():  # left by a crash after the rename, before the ledger event
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for item in build.rglob("*"):
+            if item.is_file():
+                item.chmod(0o444)
+        build.rename(dest)
+        fsync_dir(dest.parent)
+        tx.append(
+            "package",
+            actor=actor,
+            name=name,
+            version=version,
+            details={
+                "digest": digest,
+                "format": fmt,
+                "size_bytes": size,
+                "files": len(files),
+                "source": str(manifest.file) if manifest.file else None,
+            },
+        )
+    return PackageResult(name, version, digest, dest, True, size, fmt, files)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+# --- verifying and opening -------------------------------------------------------------------
+
+
+def verify(home: Path, record: VersionRecord) -> list[str]:
+    """Every way the artifact on disk differs from what the ledger recorded (empty: intact)."""
+    path = artifact_dir(home, record.name, record.version)
+    where = f"artifacts/{record.name}/{record.version}"
+    try:
+        meta = json.loads((path / ARTIFACT_FILE).read_text())
+        listed: dict[str, str] = dict(meta["files"])
+    except FileNotFoundError:
+        return [f"{where}: missing (the ledger recorded it at seq {record.seq})"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{where}/{ARTIFACT_FILE}: unreadable"]
+    problems = []
+    if meta.get("digest") != record.digest or digest_of(listed) != record.digest:
+        problems.append(f"{where}/{ARTIFACT_FILE}: file list does not match the recorded digest")
+    if meta.get("version") != record.version or meta.get("name") != record.name:
+        problems.append(f"{where}/{ARTIFACT_FILE}: names another version")
+    on_disk = {
+        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != ARTIFACT_FILE
+    }
+    for rel in sorted(set(listed) | on_disk):
+        if rel not in on_disk:
+            problems.append(f"{where}/{rel}: missing")
+        elif rel not in listed:
+            problems.append(f"{where}/{rel}: not part of the artifact (added later?)")
+        elif sha256_file(path / rel) != listed[rel]:
+            problems.append(f"{where}/{rel}: content changed (SHA-256 differs)")
+    return problems
+
+
+def resolve_version(state: State, name: str, version: str | None) -> VersionRecord:
+    """The named version, or the latest packaged one. UsageError naming what exists."""
+    known = state.versions.get(name)
+    if not known:
+        names = ", ".join(state.names()) or "none yet"
+        raise UsageError(f"no model named {name!r} has been packaged (packaged: {names})")
+    if version is None:
+        return max(known.values(), key=lambda r: version_key(r.version))
+    if version not in known:
+        listing = ", ".join(sorted(known, key=version_key))
+        raise UsageError(f"{name} has no version {version} (versions: {listing})")
+    return known[version]
+
+
+def open_artifact(home: Path, name: str, version: str | None = None) -> Artifact:
+    """The artifact, after checking its bytes against the ledger. Raises IntegrityError (exit 5)
+    before anything in it is loaded if a byte differs."""
+    record = resolve_version(replay(Ledger(home).events()), name, version)
+    problems = verify(home, record)
+    if problems:
+        raise IntegrityError(
+            f"refusing to load {name} {record.version}: it does not match the ledger:\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    path = artifact_dir(home, name, record.version)
+    meta = json.loads((path / ARTIFACT_FILE).read_text())
+    return Artifact(name=name, version=record.version, digest=record.digest, path=path, meta=meta)

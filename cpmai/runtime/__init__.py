@@ -1,0 +1,1 @@
+"""Loading models, reading data, signatures and the environment a model needs."""
