@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from cpmai import modelcard
+from cpmai import __version__, modelcard
 from cpmai.errors import IntegrityError, ModelLoadError, UsageError
 from cpmai.fsutil import copy_and_hash, fsync_dir, sha256_file, write_atomic
 from cpmai.ledger import Ledger, State, VersionRecord, replay
@@ -305,6 +305,7 @@ def _commit(
             "model": model_rel,
             "trusted_types": list(manifest.model.trusted_types),
             "size_bytes": size,
+            "packaged_by": f"cpmai {__version__}",
             "files": dict(sorted(files.items())),
         }
         write_atomic(build / ARTIFACT_FILE, _json(meta).encode("utf-8"))

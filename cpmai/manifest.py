@@ -382,7 +382,7 @@ def validate_document(doc: YamlDocument) -> Manifest:
     if not isinstance(doc.data, dict):
         kind = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
         raise ManifestError(
-            [f"{doc.file.name}:1: the manifest is {kind}; expected a mapping (name:, model:, ...)"]
+            [f"{doc.file}:1: the manifest is {kind}; expected a mapping (name:, model:, ...)"]
         )
     try:
         manifest = Manifest.model_validate(doc.data)

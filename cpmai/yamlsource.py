@@ -53,7 +53,7 @@ class YamlDocument:
         return 1
 
     def where(self, path: Path_) -> str:
-        return f"{self.file.name}:{self.line_of(path)}"
+        return f"{self.file}:{self.line_of(path)}"
 
 
 def read_yaml(file: Path) -> YamlDocument:
@@ -67,12 +67,12 @@ def read_yaml(file: Path) -> YamlDocument:
     except OSError as exc:
         raise ManifestError([f"{file}: cannot read: {exc.strerror}"]) from None
     if len(raw) > MAX_BYTES:
-        raise ManifestError([f"{file.name}:1: file is {len(raw):,} bytes; limit is {MAX_BYTES:,}"])
+        raise ManifestError([f"{file}:1: file is {len(raw):,} bytes; limit is {MAX_BYTES:,}"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ManifestError([f"{file.name}:{line}: not UTF-8 text"]) from None
+        raise ManifestError([f"{file}:{line}: not UTF-8 text"]) from None
     return parse_yaml(text, file)
 
 
@@ -88,11 +88,11 @@ def parse_yaml(text: str, file: Path) -> YamlDocument:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         what = exc.problem or exc.context or "invalid YAML"
-        raise ManifestError([f"{file.name}:{line}: YAML syntax error: {what}"]) from None
+        raise ManifestError([f"{file}:{line}: YAML syntax error: {what}"]) from None
     except yaml.YAMLError as exc:
-        raise ManifestError([f"{file.name}:1: YAML error: {exc}"]) from None
+        raise ManifestError([f"{file}:1: YAML error: {exc}"]) from None
     except RecursionError:
-        raise ManifestError([f"{file.name}:1: nesting too deep"]) from None
+        raise ManifestError([f"{file}:1: nesting too deep"]) from None
     finally:
         loader.dispose()
 
@@ -118,7 +118,7 @@ class _Walker:
                 if not isinstance(key, str | int | float | bool) and key is not None:
                     raise ManifestError(
                         [
-                            f"{self.doc.file.name}:{key_node.start_mark.line + 1}: "
+                            f"{self.doc.file}:{key_node.start_mark.line + 1}: "
                             f"keys must be plain strings"
                         ]
                     )
@@ -126,7 +126,7 @@ class _Walker:
                 if key in out:
                     raise ManifestError(
                         [
-                            f"{self.doc.file.name}:{key_node.start_mark.line + 1}: "
+                            f"{self.doc.file}:{key_node.start_mark.line + 1}: "
                             f"duplicate key {key!r} (first at line {self.doc.lines[(*path, key)]})"
                         ]
                     )

@@ -60,8 +60,6 @@ def package_versions(modules: Iterable[str]) -> dict[str, str]:
 
 def capture(model_obj: Any, *, extra_modules: Iterable[str] = ()) -> dict[str, Any]:
     """The environment record stored as `environment.json` (deterministic for one machine)."""
-    import cpmai
-
     modules = model_modules(model_obj) | set(_ALWAYS) | set(extra_modules)
     stdlib = set(sys.stdlib_module_names)
     return {
@@ -69,5 +67,4 @@ def capture(model_obj: Any, *, extra_modules: Iterable[str] = ()) -> dict[str, A
         "implementation": platform.python_implementation(),
         "platform": {"system": platform.system(), "machine": platform.machine()},
         "packages": package_versions(m for m in modules if m not in stdlib),
-        "cpmai": cpmai.__version__,
     }

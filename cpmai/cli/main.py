@@ -1,0 +1,137 @@
+"""The `cpmai` command: global options, the command groups, and the one error boundary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpmai import __version__
+from cpmai.cli import ledger_cmd, output, package_cmd, project, versions
+from cpmai.errors import CpmaiError, ExitCode
+
+EXIT_CODES_HELP = """\
+Exit codes: 0 success · 1 internal error (a bug) · 2 usage error, invalid manifest or input ·
+3 a gate refused · 4 a threshold breached · 5 integrity failure · 6 target failure ·
+130 interrupted.
+"""
+
+app = typer.Typer(
+    name="cpmai",
+    help="Take a validated model into production and keep it accountable there "
+    "(CPMAI phase 6).\n\n" + EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+for command in (
+    project.init,
+    project.validate,
+    project.schema,
+    package_cmd.package,
+    versions.versions,
+    versions.history,
+):
+    app.command()(command)
+app.add_typer(ledger_cmd.app, name="ledger")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cpmai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")
+    ] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home", help="State folder (default: $CPMAI_HOME, else ./.cpmai).", show_default=False
+        ),
+    ] = None,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            help="Who is acting, for the ledger (default: $CPMAI_ACTOR, git user.email, OS user).",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only results and errors.")] = False,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More detail.")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    opts = output.OPTIONS
+    opts.json, opts.home, opts.actor = json_, home, actor
+    opts.quiet, opts.verbose, opts.debug, opts.color = quiet, verbose, debug, not no_color
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map every outcome to an exit code. Returns the code (and exits with it when
+    run as the `cpmai` script)."""
+    args = sys.argv[1:] if argv is None else argv
+    output.OPTIONS.__init__()  # type: ignore[misc]
+    output.OPTIONS.debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="cpmai", standalone_mode=False)
+        code = int(result) if isinstance(result, int) else ExitCode.OK
+    except CpmaiError as exc:
+        code = _report(exc, exc.exit_code)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # bad arguments or options
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            output.error(exc.message)
+        code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        output.OPTIONS.err.print("interrupted")
+        code = ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        code = ExitCode.OK
+    except Exception as exc:  # a bug: say so, keep the traceback for --debug
+        code = _report(exc, ExitCode.INTERNAL)
+    return int(code)
+
+
+def _report(exc: BaseException, code: ExitCode) -> ExitCode:
+    opts = output.OPTIONS
+    if opts.debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, CpmaiError):
+        output.error(exc.message, exc.hint)
+    else:
+        output.error(
+            f"internal error: {type(exc).__name__}: {exc}",
+            None if opts.debug else "this is a bug in cpmai; rerun with --debug for the traceback",
+        )
+    if opts.json and not opts.json_written:
+        output.emit_json(
+            {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": int(code)}}
+        )
+    return code
+
+
+def run() -> None:
+    sys.exit(main())

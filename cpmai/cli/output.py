@@ -1,0 +1,106 @@
+"""How commands speak: results on stdout (Rich, or one JSON document), messages on stderr.
+
+Colour only on a terminal, never with --no-color, NO_COLOR or --json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+
+@dataclass
+class Options:
+    """The global options, set by the root callback and read by every command."""
+
+    json: bool = False
+    home: Path | None = None
+    actor: str | None = None
+    quiet: bool = False
+    verbose: int = 0
+    debug: bool = False
+    color: bool = True
+    json_written: bool = field(default=False, repr=False)
+
+    _out: Console | None = field(default=None, repr=False)
+    _err: Console | None = field(default=None, repr=False)
+
+    @property
+    def out(self) -> Console:
+        if self._out is None:
+            self._out = _console(sys.stdout, self.color and not self.json)
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            self._err = _console(sys.stderr, self.color, soft_wrap=True)
+        return self._err
+
+
+def _console(stream: Any, color: bool, *, soft_wrap: bool = False) -> Console:
+    from rich.console import Console
+
+    tty = stream.isatty()
+    use_color = color and tty and not os.environ.get("NO_COLOR")
+    return Console(
+        file=stream,
+        color_system="auto" if use_color else None,
+        highlight=False,
+        soft_wrap=soft_wrap,
+        width=None if tty else 120,
+    )
+
+
+OPTIONS = Options()
+
+
+def emit_json(data: Any) -> None:
+    """The one JSON document a --json command writes to stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+    OPTIONS.json_written = True
+
+
+def show(renderable: RenderableType | str) -> None:
+    """A human result on stdout."""
+    OPTIONS.out.print(renderable)
+
+
+def info(message: str) -> None:
+    """Progress and notes on stderr (plain text, no markup); silenced by -q."""
+    if not OPTIONS.quiet:
+        OPTIONS.err.print(_escape(message))
+
+
+def detail(message: str) -> None:
+    """Extra detail on stderr with -v."""
+    if OPTIONS.verbose and not OPTIONS.quiet:
+        OPTIONS.err.print(f"[dim]{_escape(message)}[/dim]")
+
+
+def warn(message: str) -> None:
+    OPTIONS.err.print(f"[yellow]warning:[/yellow] {_escape(message)}")
+
+
+def error(message: str, hint: str | None = None) -> None:
+    OPTIONS.err.print(f"[bold red]error:[/bold red] {_escape(message)}")
+    if hint:
+        OPTIONS.err.print(f"[dim]hint:[/dim] {_escape(hint)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def wants_json(local: bool) -> bool:
+    return local or OPTIONS.json

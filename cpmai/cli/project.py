@@ -1,0 +1,96 @@
+"""`cpmai init`, `cpmai validate`, `cpmai schema`: starting and checking a manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpmai.cli import output
+from cpmai.cli.output import emit_json, info, show, wants_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+ManifestArg = Annotated[Path, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)]
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write cpmai.yaml.")] = Path(),
+    name: Annotated[
+        str | None,
+        typer.Option(help="Model name (default: the folder's name).", show_default=False),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing cpmai.yaml.")
+    ] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Scaffold a commented cpmai.yaml to edit."""
+    from cpmai.scaffold import write_manifest
+
+    path = write_manifest(directory, name=name, force=force)
+    if wants_json(json_):
+        emit_json({"manifest": str(path)})
+        return
+    show(f"wrote {path}")
+    info("next: edit model.path and data:, then run `cpmai validate " + str(path) + "`")
+
+
+def validate(
+    manifest: ManifestArg,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the manifest's JSON Schema instead.")
+    ] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Check a manifest against the schema and check the files it names exist.
+
+    Every problem is reported as FILE:LINE field.path: message. Exit 2 when invalid.
+    """
+    if schema:
+        _print_schema()
+        return
+    from cpmai.errors import ManifestError
+    from cpmai.manifest import load_manifest
+
+    try:
+        spec = load_manifest(manifest)
+    except ManifestError as exc:
+        if wants_json(json_):
+            emit_json({"valid": False, "manifest": str(manifest), "problems": exc.problems})
+        raise
+    if wants_json(json_):
+        emit_json(
+            {
+                "valid": True,
+                "manifest": str(manifest),
+                "name": spec.name,
+                "task": spec.model.task,
+                "environments": list(spec.environments),
+            }
+        )
+        return
+    envs = ", ".join(spec.environments) or "no environments"
+    show(f"✓ {manifest}: {spec.name} ({spec.model.task}; {envs}) is valid")
+
+
+def schema(
+    out: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the manifest's JSON Schema (for editor completion and other tools)."""
+    _print_schema(out)
+
+
+def _print_schema(out: Path | None = None) -> None:
+    from cpmai.manifest import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        output.OPTIONS.json_written = True
+    else:
+        out.write_text(text, encoding="utf-8")
+        info(f"wrote {out}")

@@ -1,0 +1,147 @@
+"""`cpmai versions` and `cpmai history`: what the ledger knows about a model.
+
+These read only the ledger (no pandas, no scikit-learn): they must start fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cpmai.cli.output import OPTIONS, emit_json, show, wants_json, warn
+from cpmai.cli.project import JsonFlag
+
+
+def _read() -> Any:
+    from cpmai.ledger import Ledger
+    from cpmai.settings import resolve_home
+
+    ledger = Ledger(resolve_home(OPTIONS.home))
+    read = ledger.read()
+    if read.torn:
+        warn(read.torn.describe(ledger.path) + "; run `cpmai ledger repair`")
+    return read
+
+
+def versions(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Model name (omit to list every model).", show_default=False),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """List the packaged versions of a model: version, digest, when, by whom, format, size."""
+    from cpmai.artifacts import version_key
+    from cpmai.errors import UsageError
+    from cpmai.ledger import replay
+
+    state = replay(_read().events)
+    if name is None:
+        rows = [
+            {
+                "name": n,
+                "versions": len(state.versions[n]),
+                "latest": max(state.versions[n], key=version_key),
+            }
+            for n in state.names()
+        ]
+        if wants_json(json_):
+            emit_json({"models": rows})
+            return
+        if not rows:
+            show("no models packaged yet (run `cpmai package MANIFEST`)")
+            return
+        table = _table("model", "versions", "latest")
+        for model in rows:
+            table.add_row(str(model["name"]), str(model["versions"]), str(model["latest"]))
+        show(table)
+        return
+    records = state.versions_of(name)
+    if not records:
+        known = ", ".join(state.names()) or "none yet"
+        raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
+    records.sort(key=lambda r: version_key(r.version))
+    data: list[dict[str, Any]] = [
+        {
+            "version": r.version,
+            "digest": r.digest,
+            "packaged_at": r.time,
+            "actor": r.actor,
+            "format": r.details.get("format"),
+            "size_bytes": r.details.get("size_bytes"),
+        }
+        for r in records
+    ]
+    if wants_json(json_):
+        emit_json({"name": name, "versions": data})
+        return
+    table = _table("version", "digest", "packaged (UTC)", "by", "format", "size")
+    for row in data:
+        table.add_row(
+            row["version"],
+            row["digest"][:12],
+            _short_time(row["packaged_at"]),
+            row["actor"],
+            str(row["format"]),
+            _kb(row["size_bytes"]),
+        )
+    show(table)
+
+
+def history(
+    name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
+    limit: Annotated[int, typer.Option(help="Show only the last N events (0: all).", min=0)] = 0,
+    json_: JsonFlag = False,
+) -> None:
+    """The ledger's events for a model, oldest first: who did what, when, to which version."""
+    from cpmai.errors import UsageError
+
+    events = [e for e in _read().events if e.name == name]
+    if not events:
+        raise UsageError(f"the ledger has no events for {name!r}")
+    if limit:
+        events = events[-limit:]
+    if wants_json(json_):
+        emit_json({"name": name, "events": [e.to_dict() for e in events]})
+        return
+    table = _table("seq", "time (UTC)", "actor", "action", "version", "env", "details")
+    for e in events:
+        table.add_row(
+            str(e.seq),
+            _short_time(e.time),
+            e.actor,
+            e.action,
+            e.version or "",
+            e.env or "",
+            _summary(e.details),
+        )
+    show(table)
+
+
+def _table(*columns: str) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _short_time(iso: str) -> str:
+    return iso[:19].replace("T", " ")
+
+
+def _kb(size: Any) -> str:
+    return f"{size / 1000:,.1f} kB" if isinstance(size, int | float) else ""
+
+
+def _summary(details: dict[str, Any]) -> str:
+    parts = []
+    for key, value in details.items():
+        if key in ("source", "files"):
+            continue
+        text = value[:12] if key == "digest" and isinstance(value, str) else value
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
