@@ -299,20 +299,8 @@ class Manifest(Strict):
                 )
         if self.gates.metrics and not self.data.holdout:
             problems.append((("gates", "metrics"), "metric gates need data.holdout"))
-        if (
-            (self.data.holdout or self.data.reference)
-            and not self.data.target
-            and (self.gates.metrics)
-        ):
+        if self.gates.metrics and not self.data.target:
             problems.append((("data", "target"), "metric gates need data.target"))
-        if (
-            self.signature == "infer"
-            and not self.data.reference
-            and not _self_describing(self.model)
-        ):
-            problems.append(
-                (("signature",), "signature: infer needs data.reference (or list the inputs)")
-            )
         if self.signature != "infer":
             names = [spec.name for spec in self.signature]
             for i, name in enumerate(names):
@@ -342,11 +330,6 @@ class Manifest(Strict):
         if problems:
             raise _CrossCheckError(problems)
         return self
-
-
-def _self_describing(model: ModelSpec) -> bool:
-    """ONNX files and MLflow folders carry their own input signature."""
-    return model.format in ("onnx", "mlflow") or model.path.endswith(".onnx")
 
 
 def _no_such_env(env: str, manifest: Manifest) -> str:
@@ -402,6 +385,14 @@ def check_manifest_files(manifest: Manifest, doc: YamlDocument) -> list[str]:
     for loc, rel in fields:
         if rel is not None and not manifest.resolve(rel).exists():
             problems.append(f"{doc.where(loc)} {_dotted(loc)}: file not found: {rel}")
+    if manifest.signature == "infer" and not manifest.data.reference:
+        model = manifest.resolve(manifest.model.path)
+        self_describing = model.suffix.lower() == ".onnx" or (model / "MLmodel").is_file()
+        if not self_describing:
+            problems.append(
+                f"{doc.where(('signature',))} signature: `infer` needs data.reference "
+                "(or list the inputs, or use an ONNX file / MLflow folder that declares them)"
+            )
     return problems
 
 

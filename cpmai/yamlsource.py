@@ -77,13 +77,18 @@ def read_yaml(file: Path) -> YamlDocument:
 
 
 def parse_yaml(text: str, file: Path) -> YamlDocument:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError([f"{file}:{_line_at(text, exc.position)}: {exc.reason}"]) from None
     try:
         node = loader.get_single_node()
         doc = YamlDocument(file=file, data=None)
         if node is not None:
             doc.data = _Walker(loader, doc).build(node, ())
         return doc
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError([f"{file}:{_line_at(text, exc.position)}: {exc.reason}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -95,6 +100,10 @@ def parse_yaml(text: str, file: Path) -> YamlDocument:
         raise ManifestError([f"{file}:1: nesting too deep"]) from None
     finally:
         loader.dispose()
+
+
+def _line_at(text: str, position: int) -> int:
+    return text.count("\n", 0, max(position, 0)) + 1
 
 
 class _Walker:

@@ -1,0 +1,46 @@
+# The two commands that matter: `make demo` and `make test`. Both set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXAMPLE := examples/churn
+DEMO_HOME := $(EXAMPLE)/.cpmai
+
+.PHONY: demo test lint format install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: set up, train the churn example, then validate, package and list its versions
+demo: $(STAMP)
+	cd $(EXAMPLE) && ../../$(BIN)/python train.py
+	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai package $(EXAMPLE)/cpmai.yaml
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai versions churn-classifier
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
+
+## test: set up, lint, then the whole suite (slow tests included)
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n auto --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the foundation's performance checks (start-up, ledger reads, hashing)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/foundation.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache

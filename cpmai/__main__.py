@@ -1,0 +1,3 @@
+from cpmai.cli.main import run
+
+run()

@@ -1,0 +1,83 @@
+"""Shared fixtures: a state folder per test, the trained churn example, ways to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "churn"
+CPMAI = [sys.executable, "-m", "cpmai"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty state folder, set as $CPMAI_HOME for in-process and subprocess runs."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("CPMAI_HOME", str(path))
+    monkeypatch.setenv("CPMAI_ACTOR", "tester@example.com")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The churn example trained once per session (model.joblib + data/) in a private folder."""
+    folder = tmp_path_factory.mktemp("churn")
+    shutil.copy(EXAMPLE / "cpmai.yaml", folder / "cpmai.yaml")
+    shutil.copy(EXAMPLE / "train.py", folder / "train.py")
+    subprocess.run(
+        [sys.executable, "train.py", "--rows", "3000"], cwd=folder, check=True, capture_output=True
+    )
+    return folder
+
+
+@pytest.fixture
+def churn(trained_example: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the trained example; returns its manifest."""
+    folder = tmp_path / "churn"
+    shutil.copytree(trained_example, folder)
+    return folder / "cpmai.yaml"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run the CLI in process (fast): returns exit code, stdout, stderr."""
+    from cpmai.cli.main import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_cpmai(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> Result:
+    """Run the CLI as a real subprocess, as users and CI scripts do."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [*CPMAI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -1,0 +1,187 @@
+"""The manifest: schema, line numbers in errors, strictness, JSON Schema export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cpmai.errors import ManifestError
+from cpmai.manifest import compare, json_schema, load_manifest, parse_comparison
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VALID = """\
+name: churn
+model:
+  path: model.joblib
+  task: classification
+data:
+  reference: ref.csv
+  holdout: hold.csv
+  target: churned
+gates:
+  metrics: {accuracy: ">= 0.9"}
+  approvals: {production: 1}
+environments:
+  staging: {port: 8081}
+  production: {port: 8080}
+monitoring:
+  triggers: {on: [drift, age], max_age_days: 30}
+"""
+
+
+def write(folder: Path, text: str, files: bool = True) -> Path:
+    if files:
+        for name in ("model.joblib", "ref.csv", "hold.csv"):
+            (folder / name).write_text("x")
+    path = folder / "cpmai.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    return info.value.problems
+
+
+def test_valid_manifest_loads_with_defaults(tmp_path: Path) -> None:
+    manifest = load_manifest(write(tmp_path, VALID))
+    assert manifest.name == "churn"
+    assert manifest.environments["production"].replicas == 1
+    assert manifest.environments["staging"].host == "127.0.0.1"
+    # YAML 1.1 would read `on:` as the boolean True; the manifest must keep it a key
+    assert manifest.monitoring.triggers.on == ["drift", "age"]
+    assert manifest.resolve("model.joblib") == (tmp_path / "model.joblib").resolve()
+
+
+def test_the_example_manifest_is_valid_schema_wise() -> None:
+    manifest = load_manifest(ROOT / "examples" / "churn" / "cpmai.yaml", check_files=False)
+    assert manifest.name == "churn-classifier"
+    assert manifest.gates.approvals == {"production": 1}
+
+
+def test_errors_name_file_line_and_field_path(tmp_path: Path) -> None:
+    text = VALID.replace('accuracy: ">= 0.9"', 'accuracy: "0.9"')
+    [message] = problems(write(tmp_path, text))
+    assert message == (
+        f"{tmp_path / 'cpmai.yaml'}:10 gates.metrics.accuracy: "
+        'expected a comparison such as ">= 0.9"'
+    )
+
+
+def test_unknown_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    text = VALID.replace("  staging: {port: 8081}", "  staging: {port: 8081, replcas: 2}")
+    [message] = problems(write(tmp_path, text))
+    assert ":13 environments.staging.replcas: unknown key; did you mean 'replicas'?" in message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    [message] = problems(write(tmp_path, VALID + "gate: {}\n"))
+    assert ":17 gate: unknown key; did you mean 'gates'?" in message
+
+
+def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
+    text = VALID.replace("task: classification", "task: clustering").replace(
+        "port: 8080", 'port: "8080"'
+    )
+    found = problems(write(tmp_path, text))
+    assert len(found) == 2
+    assert ":4 model.task:" in found[0]
+    assert ":14 environments.production.port: input should be a valid integer" in found[1]
+
+
+def test_types_are_strict(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID.replace("port: 8081", "port: 8081.5")))
+    assert "environments.staging.port" in found[0]
+    found = problems(write(tmp_path, VALID.replace("name: churn", "name: 12")))
+    assert ":1 name: input should be a valid string (quote it)" in found[0]
+
+
+def test_huge_and_non_finite_values_are_refused(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID.replace("port: 8081", "port: 1000000000000000000000")))
+    assert "environments.staging.port" in found[0]
+    found = problems(write(tmp_path, VALID + "slo: {p99_ms: .inf}\n"))
+    assert "slo.p99_ms" in found[0]
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID.replace("  task: classification\n", "")))
+    assert found == [f"{tmp_path / 'cpmai.yaml'}:2 model.task: required field is missing"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID + "slo: {p99_ms: 5\n"))
+    assert found[0].startswith(f"{tmp_path / 'cpmai.yaml'}:")
+    assert "YAML syntax error" in found[0]
+
+
+def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID + "name: other\n"))
+    assert found == [f"{tmp_path / 'cpmai.yaml'}:17: duplicate key 'name' (first at line 1)"]
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just text\n", "null\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    found = problems(write(tmp_path, text))
+    assert "expected a mapping" in found[0]
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 8):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
+    found = problems(write(tmp_path, "\n".join(lines) + "\n"))
+    assert "more than" in found[0]
+
+
+def test_missing_files_are_reported_with_their_field(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID, files=False))
+    assert [f.split(" ", 1)[1] for f in found] == [
+        "model.path: file not found: model.joblib",
+        "data.reference: file not found: ref.csv",
+        "data.holdout: file not found: hold.csv",
+    ]
+    assert found[0].startswith(f"{tmp_path / 'cpmai.yaml'}:3 ")
+
+
+def test_cross_field_checks(tmp_path: Path) -> None:
+    text = (
+        VALID.replace("approvals: {production: 1}", "approvals: {prod: 1}")
+        .replace('accuracy: ">= 0.9"', 'rmse: "<= 3"')
+        .replace("port: 8080", "port: 8081")
+    )
+    found = problems(write(tmp_path, text))
+    assert any("gates.metrics.rmse: unknown classification metric" in f for f in found)
+    assert any("gates.approvals.prod: no environment 'prod'" in f for f in found)
+    assert any("environments.production.port: port 8081 is already used" in f for f in found)
+
+
+def test_signature_list_errors_point_at_the_element(tmp_path: Path) -> None:
+    text = VALID + "signature:\n  - {name: a, type: number}\n  - {name: b, type: text}\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1
+    assert ":19 signature[1].type:" in found[0]
+
+
+def test_comparisons() -> None:
+    assert parse_comparison(">= 0.9") == (">=", 0.9)
+    assert parse_comparison("<1e-3") == ("<", 0.001)
+    assert compare(0.95, ">= 0.9") and not compare(0.85, ">= 0.9")
+    with pytest.raises(ValueError, match="expected a comparison"):
+        parse_comparison("about 0.9")
+
+
+def test_committed_json_schema_is_in_sync() -> None:
+    committed = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
+    assert committed == json_schema(), "run `cpmai schema -o docs/manifest.schema.json`"
+
+
+def test_json_schema_forbids_unknown_keys() -> None:
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Environment"]["additionalProperties"] is False
+    assert "model" in schema["required"] and "name" in schema["required"]
