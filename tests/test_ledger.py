@@ -94,7 +94,7 @@ def test_garbage_line_is_named(tmp_path: Path) -> None:
     ledger.path.write_text("\n".join(lines) + "\n")
     problems = ledger.verify().problems
     assert problems[0] == "ledger.jsonl:2: not a valid ledger event"
-    with pytest.raises(IntegrityError, match="ledger.jsonl:2: not a valid ledger event"):
+    with pytest.raises(IntegrityError, match=r"ledger\.jsonl:2: not a valid ledger event"):
         ledger.read()
 
 
