@@ -13,10 +13,18 @@ from cpmai.cli import ledger_cmd, output, package_cmd, project, versions
 from cpmai.errors import CpmaiError, ExitCode
 
 EXIT_CODES_HELP = """\
-Exit codes: 0 success · 1 internal error (a bug) · 2 usage error, invalid manifest or input ·
-3 a gate refused · 4 a threshold breached · 5 integrity failure · 6 target failure ·
-130 interrupted.
+\b
+Exit codes:
+  0    success
+  1    internal error (a bug; bad input never ends here)
+  2    usage error, invalid manifest or input file
+  3    a gate refused (deploy/promote blocked)
+  4    a threshold breached (SLO, baseline, monitor trigger, budget)
+  5    integrity failure (artifact digest mismatch, ledger chain broken)
+  6    target failure (not healthy, rollout aborted)
+  130  interrupted
 """
+
 
 app = typer.Typer(
     name="cpmai",

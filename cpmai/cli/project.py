@@ -11,7 +11,17 @@ import typer
 from cpmai.cli import output
 from cpmai.cli.output import emit_json, info, show, wants_json
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+def _json_mode(value: bool) -> bool:
+    """Set at parse time, so an error raised before the command renders is JSON too."""
+    if value:
+        output.OPTIONS.json = True
+    return value
+
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="One JSON document on stdout.", callback=_json_mode)
+]
 ManifestArg = Annotated[Path, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)]
 
 
