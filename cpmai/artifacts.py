@@ -15,7 +15,6 @@ not there at all.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -30,10 +29,9 @@ from cpmai.fsutil import copy_and_hash, fsync_dir, sha256_file, write_atomic
 from cpmai.ledger import Ledger, State, VersionRecord, replay
 from cpmai.manifest import Manifest
 from cpmai.runtime.formats import LoadedModel
+from cpmai.versioning import next_version, version_key
 
 ARTIFACT_FILE = "artifact.json"
-FIRST_VERSION = "1.0.0"
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
 _SAMPLE_ROWS = 100
 
 
@@ -97,25 +95,7 @@ class Artifact:
         )
 
 
-# --- versions --------------------------------------------------------------------------------
-
-
-def version_key(version: str) -> tuple[int, int, int, int, str]:
-    """Sort key for semantic versions: a pre-release sorts before its release."""
-    match = _SEMVER.match(version)
-    if not match:
-        return (-1, -1, -1, 0, version)
-    major, minor, patch, pre = match.groups()
-    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
-
-
-def next_version(existing: list[str]) -> str:
-    """The next automatic version: 1.0.0, then the highest one with its minor number raised."""
-    releases = [v for v in existing if _SEMVER.match(v)]
-    if not releases:
-        return FIRST_VERSION
-    major, minor, _, _, _ = version_key(max(releases, key=version_key))
-    return f"{major}.{minor + 1}.0"
+# --- layout ----------------------------------------------------------------------------------
 
 
 def artifact_dir(home: Path, name: str, version: str) -> Path:

@@ -20,6 +20,7 @@ from cpmai.fsutil import sha256_file
 from cpmai.integrity import verify as verify_home
 from cpmai.ledger import Ledger
 from cpmai.manifest import load_manifest
+from cpmai.versioning import next_version, version_key
 from cpmai.yamlsource import parse_yaml
 
 
@@ -125,11 +126,11 @@ def test_a_pinned_version_is_immutable(churn: Path, home: Path) -> None:
 def test_semver_ordering() -> None:
     ordered = ["1.0.0-rc.1", "1.0.0", "1.2.0", "1.10.0", "2.0.0"]
     assert (
-        sorted(["2.0.0", "1.10.0", "1.0.0", "1.2.0", "1.0.0-rc.1"], key=artifacts.version_key)
+        sorted(["2.0.0", "1.10.0", "1.0.0", "1.2.0", "1.0.0-rc.1"], key=version_key)
         == ordered
     )
-    assert artifacts.next_version([]) == "1.0.0"
-    assert artifacts.next_version(["1.9.0", "1.10.0"]) == "1.11.0"
+    assert next_version([]) == "1.0.0"
+    assert next_version(["1.9.0", "1.10.0"]) == "1.11.0"
 
 
 def test_verify_names_a_changed_model_byte(churn: Path, home: Path) -> None:

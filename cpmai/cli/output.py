@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,24 @@ def emit_json(data: Any) -> None:
 def show(renderable: RenderableType | str) -> None:
     """A human result on stdout."""
     OPTIONS.out.print(renderable)
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """An aligned plain-text table on stdout (header in bold on a terminal).
+
+    Plain and fast on purpose: `history` of 10,000 events renders in milliseconds (a Rich table
+    takes seconds), and the output stays easy to grep and cut.
+    """
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v.ljust(w) for v, w in zip(values[:-1], widths[:-1], strict=True)]
+        return "  ".join([*padded, values[-1]]).rstrip()
+
+    OPTIONS.out.print(line(list(columns)), style="bold", markup=False, highlight=False)
+    sys.stdout.write("".join(line(row) + "\n" for row in cells))
+    sys.stdout.flush()
 
 
 def info(message: str) -> None:

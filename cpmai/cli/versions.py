@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cpmai.cli.output import OPTIONS, emit_json, show, wants_json, warn
+from cpmai.cli.output import OPTIONS, emit_json, show, table, wants_json, warn
 from cpmai.cli.project import JsonFlag
 
 
@@ -32,9 +32,9 @@ def versions(
     json_: JsonFlag = False,
 ) -> None:
     """List the packaged versions of a model: version, digest, when, by whom, format, size."""
-    from cpmai.artifacts import version_key
     from cpmai.errors import UsageError
     from cpmai.ledger import replay
+    from cpmai.versioning import version_key
 
     state = replay(_read().events)
     if name is None:
@@ -52,10 +52,9 @@ def versions(
         if not rows:
             show("no models packaged yet (run `cpmai package MANIFEST`)")
             return
-        table = _table("model", "versions", "latest")
-        for model in rows:
-            table.add_row(str(model["name"]), str(model["versions"]), str(model["latest"]))
-        show(table)
+        table(
+            ["MODEL", "VERSIONS", "LATEST"], ([m["name"], m["versions"], m["latest"]] for m in rows)
+        )
         return
     records = state.versions_of(name)
     if not records:
@@ -76,17 +75,20 @@ def versions(
     if wants_json(json_):
         emit_json({"name": name, "versions": data})
         return
-    table = _table("version", "digest", "packaged (UTC)", "by", "format", "size")
-    for row in data:
-        table.add_row(
-            row["version"],
-            row["digest"][:12],
-            _short_time(row["packaged_at"]),
-            row["actor"],
-            str(row["format"]),
-            _kb(row["size_bytes"]),
-        )
-    show(table)
+    table(
+        ["VERSION", "DIGEST", "PACKAGED (UTC)", "BY", "FORMAT", "SIZE"],
+        (
+            [
+                r["version"],
+                r["digest"][:12],
+                _short_time(r["packaged_at"]),
+                r["actor"],
+                r["format"],
+                _kb(r["size_bytes"]),
+            ]
+            for r in data
+        ),
+    )
 
 
 def history(
@@ -105,28 +107,21 @@ def history(
     if wants_json(json_):
         emit_json({"name": name, "events": [e.to_dict() for e in events]})
         return
-    table = _table("seq", "time (UTC)", "actor", "action", "version", "env", "details")
-    for e in events:
-        table.add_row(
-            str(e.seq),
-            _short_time(e.time),
-            e.actor,
-            e.action,
-            e.version or "",
-            e.env or "",
-            _summary(e.details),
-        )
-    show(table)
-
-
-def _table(*columns: str) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
+    table(
+        ["SEQ", "TIME (UTC)", "ACTOR", "ACTION", "VERSION", "ENV", "DETAILS"],
+        (
+            [
+                e.seq,
+                _short_time(e.time),
+                e.actor,
+                e.action,
+                e.version or "-",
+                e.env or "-",
+                _summary(e.details),
+            ]
+            for e in events
+        ),
+    )
 
 
 def _short_time(iso: str) -> str:
