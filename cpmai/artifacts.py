@@ -236,6 +236,7 @@ def _resolved_manifest(manifest: Manifest, model_rel: str, files: dict[str, str]
     is left out: it is assigned after the digest and lives in artifact.json."""
     data = manifest.model_dump(mode="json")
     data.pop("version", None)
+    data.pop("extends", None)  # merged in already: the artifact stands alone
     data["model"]["path"] = model_rel
     for role in ("reference", "holdout"):
         inside = [rel for rel in files if rel.startswith(f"data/{role}.")]

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from cpmai.errors import ManifestError
-from cpmai.yamlsource import Path_, YamlDocument, read_yaml
+from cpmai.yamlsource import Path_, YamlDocument, merge_under, read_yaml
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
@@ -249,6 +249,9 @@ class Manifest(Strict):
 
     model_config = ConfigDict(title="cpmai manifest")
 
+    extends: RelPath | None = None
+    """A YAML file of shared defaults (e.g. configs/team-defaults.yaml) this manifest is laid
+    over: mappings merge key by key, anything set here wins."""
     name: Name
     version: Annotated[str, Field(pattern=_SEMVER)] | None = None
     """A semantic version; omit it and `cpmai package` picks the next one."""
@@ -352,13 +355,30 @@ def load_manifest(file: str | Path, *, check_files: bool = True) -> Manifest:
     Raises ManifestError listing every problem as `FILE:LINE field.path: message`.
     """
     path = Path(file)
-    doc = read_yaml(path)
+    doc = _with_extends(read_yaml(path), seen=())
     manifest = validate_document(doc)
     if check_files:
         problems = check_manifest_files(manifest, doc)
         if problems:
             raise ManifestError(problems)
     return manifest
+
+
+def _with_extends(doc: YamlDocument, seen: tuple[Path, ...]) -> YamlDocument:
+    """Merge the file named by `extends:` (a team's shared defaults) under `doc`, recursively."""
+    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("extends"), str):
+        return doc  # a wrong type is reported by validation
+    base_path = (doc.file.parent / doc.data["extends"]).resolve()
+    here = doc.where(("extends",))
+    if base_path in seen or base_path == doc.file.resolve():
+        raise ManifestError([f"{here} extends: {doc.data['extends']} extends itself (a cycle)"])
+    if not base_path.is_file():
+        raise ManifestError([f"{here} extends: file not found: {doc.data['extends']}"])
+    base = _with_extends(read_yaml(base_path), (*seen, doc.file.resolve()))
+    if not isinstance(base.data, dict):
+        raise ManifestError([f"{base_path}:1: a file to extend must be a mapping"])
+    base.data.pop("extends", None)
+    return merge_under(base, doc)
 
 
 def validate_document(doc: YamlDocument) -> Manifest:

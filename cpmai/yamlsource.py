@@ -43,17 +43,47 @@ class YamlDocument:
     file: Path
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
+    origins: dict[Path_, Path] = field(default_factory=dict)
+    """For values merged in from another file (`extends:`), the file they came from."""
 
-    def line_of(self, path: Path_) -> int:
-        """Line of the deepest known prefix of `path` (1 when nothing matches)."""
+    def locate(self, path: Path_) -> tuple[Path, int]:
+        """File and line of the deepest known prefix of `path`."""
         for end in range(len(path), -1, -1):
             line = self.lines.get(path[:end])
             if line is not None:
-                return line
-        return 1
+                return self.origins.get(path[:end], self.file), line
+        return self.file, 1
+
+    def line_of(self, path: Path_) -> int:
+        return self.locate(path)[1]
 
     def where(self, path: Path_) -> str:
-        return f"{self.file}:{self.line_of(path)}"
+        file, line = self.locate(path)
+        return f"{file}:{line}"
+
+
+def merge_under(base: YamlDocument, doc: YamlDocument) -> YamlDocument:
+    """`doc` laid over `base`: mappings merge key by key, anything else in `doc` wins.
+    Every value keeps the file and line it came from."""
+    origins = {p: base.origins.get(p, base.file) for p in base.lines}
+    for p in doc.lines:
+        origins.pop(p, None)
+    origins.update(doc.origins)
+    return YamlDocument(
+        file=doc.file,
+        data=_deep_merge(base.data, doc.data),
+        lines={**base.lines, **doc.lines},
+        origins=origins,
+    )
+
+
+def _deep_merge(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        merged = dict(base)
+        for key, value in top.items():
+            merged[key] = _deep_merge(base[key], value) if key in base else value
+        return merged
+    return top
 
 
 def read_yaml(file: Path) -> YamlDocument:

@@ -185,3 +185,30 @@ def test_json_schema_forbids_unknown_keys() -> None:
     assert schema["additionalProperties"] is False
     assert schema["$defs"]["Environment"]["additionalProperties"] is False
     assert "model" in schema["required"] and "name" in schema["required"]
+
+
+def test_extends_lays_the_manifest_over_shared_defaults(tmp_path: Path) -> None:
+    shared = ROOT / "configs" / "team-defaults.yaml"
+    text = f"extends: {shared}\n" + VALID + "costs: {cpu_hour: 0.05}\n"
+    manifest = load_manifest(write(tmp_path, text))
+    assert manifest.costs.cpu_hour == 0.05  # the manifest wins
+    assert manifest.costs.memory_gb_hour == 0.0052  # the default fills in
+    assert manifest.gates.max_size_mb == 500
+    assert manifest.gates.metrics == {"accuracy": ">= 0.9"}  # merged with the defaults' gates
+    assert manifest.monitoring.triggers.on == ["drift", "age"]  # lists are replaced, not merged
+
+
+def test_errors_in_an_extended_file_name_that_file(tmp_path: Path) -> None:
+    base = tmp_path / "team.yaml"
+    base.write_text("costs:\n  currency: USD\n  cpu_hour: cheap\n")
+    found = problems(write(tmp_path, "extends: team.yaml\n" + VALID))
+    assert found == [f"{base.resolve()}:3 costs.cpu_hour: input should be a valid number"]
+
+
+def test_extends_missing_file_and_cycles(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "extends: nowhere.yaml\n" + VALID))
+    assert found == [f"{tmp_path / 'cpmai.yaml'}:1 extends: file not found: nowhere.yaml"]
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    found = problems(write(tmp_path, "extends: a.yaml\n" + VALID))
+    assert "a cycle" in found[0]
