@@ -224,3 +224,20 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(home: Path) -> None:
     assert ANSI in _run_in_pty(["versions", "nope"], env)
     assert ANSI not in _run_in_pty(["versions", "nope"], {**env, "NO_COLOR": "1"})
     assert ANSI not in _run_in_pty(["--no-color", "versions", "nope"], env)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["versions"], ["history", "m"], ["ledger", "verify"]])
+def test_fast_paths_import_no_heavy_libraries(home: Path, argv: list[str]) -> None:
+    """`cpmai --help` and the ledger readers must not import scikit-learn, pandas, numpy or
+    onnxruntime (they would cost hundreds of ms of start-up)."""
+    from cpmai.ledger import Ledger
+
+    Ledger(home).append("note", actor="a", name="m")
+    code = (
+        "import sys\nfrom cpmai.cli.main import main\nmain(sys.argv[1:])\n"
+        "heavy = ('sklearn', 'pandas', 'numpy', 'onnxruntime', 'scipy', 'joblib', 'skops')\n"
+        "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "HEAVY=\n" in proc.stderr + "\n", proc.stderr
