@@ -84,14 +84,19 @@ class Strict(BaseModel):
 
 
 class Usage(Strict):
+    """How predictions are consumed."""
+
     mode: Literal["online", "batch", "edge"] = "online"
     """How predictions are consumed: online HTTP requests, batch scoring, or on a device."""
 
 
 class ModelSpec(Strict):
+    """The model file and what it does."""
+
     path: RelPath
     """The model file or MLflow model folder, relative to the manifest."""
     task: Literal["classification", "regression"]
+    """What the model predicts: a class (classification) or a number (regression)."""
     format: Literal["auto", "joblib", "pickle", "skops", "onnx", "mlflow"] = "auto"
     """auto: from the file extension (a folder with an MLmodel file is an MLflow model)."""
     runtime: Literal["auto", "sklearn", "onnx"] = "auto"
@@ -101,12 +106,20 @@ class ModelSpec(Strict):
 
 
 class InputSpec(Strict):
+    """One model input."""
+
     name: Annotated[str, Field(min_length=1, max_length=300)]
+    """The column / feature name."""
     type: Literal["integer", "number", "boolean", "string", "category"]
+    """Its type; `category` takes one of `categories`, `string` is free text."""
     min: float | None = None
+    """Smallest value seen in the reference data (outside the range: a warning, not a refusal)."""
     max: float | None = None
+    """Largest value seen in the reference data."""
     categories: list[str | int | bool] | None = None
+    """The allowed values of a category input."""
     nullable: bool = False
+    """Whether the value may be missing."""
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -125,6 +138,8 @@ class InputSpec(Strict):
 
 
 class DataSpec(Strict):
+    """Data files, relative to the manifest."""
+
     reference: RelPath | None = None
     """A training-like sample (CSV or Parquet): the signature is inferred from it, drift measured
     against it."""
@@ -135,41 +150,67 @@ class DataSpec(Strict):
 
 
 class LatencyGate(Strict):
+    """A short in-process benchmark a version must pass before it may go live."""
+
     p50_ms: PositiveFloat | None = None
+    """Median latency bound, milliseconds."""
     p95_ms: PositiveFloat | None = None
+    """95th percentile bound, milliseconds."""
     p99_ms: PositiveFloat | None = None
+    """99th percentile bound, milliseconds."""
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Requests in flight during the measurement."""
     duration_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How long to measure, seconds (after a warm-up)."""
 
 
 class Gates(Strict):
+    """What must hold before a version may go live."""
+
     metrics: dict[str, Comparison] = {}
     """Metric thresholds on the holdout data, e.g. accuracy: ">= 0.9"."""
     latency: LatencyGate | None = None
+    """The latency gate (none: no latency gate)."""
     max_size_mb: PositiveFloat | None = None
+    """Largest artifact allowed, megabytes."""
     approvals: dict[str, Annotated[int, Field(ge=0, le=100)]] = {}
     """Approvals a version needs per environment before it may go live there."""
 
 
 class Slo(Strict):
+    """The service level the running model must keep (checked by bench and monitor)."""
+
     p50_ms: PositiveFloat | None = None
+    """Median latency bound, milliseconds."""
     p95_ms: PositiveFloat | None = None
+    """95th percentile bound, milliseconds."""
     p99_ms: PositiveFloat | None = None
+    """99th percentile bound, milliseconds."""
     error_rate: Fraction | None = None
+    """Largest share of failed requests, 0 to 1."""
     throughput_min: PositiveFloat | None = None
     """Requests per second the service must sustain."""
 
 
 class Resources(Strict):
+    """What one replica is given (and charged for)."""
+
     cpu: PositiveFloat = 1.0
+    """CPU cores per replica."""
     memory_gb: PositiveFloat = 1.0
+    """Memory per replica, GiB."""
 
 
 class Rollout(Strict):
+    """How a new version replaces the live one."""
+
     strategy: Literal["direct", "canary", "blue-green"] = "direct"
+    """direct: switch at once; canary: shift traffic step by step; blue-green: start beside,
+    then switch."""
     steps: list[Annotated[int, Field(ge=1, le=100)]] = [100]
     """Traffic percentages of a canary, ending at 100."""
     auto_rollback: bool = True
+    """Go back to the previous version when the new one fails its health checks."""
 
     @model_validator(mode="after")
     def _steps(self) -> Rollout:
@@ -181,12 +222,21 @@ class Rollout(Strict):
 
 
 class Environment(Strict):
+    """One place the model runs (staging, production, ...)."""
+
     target: Literal["local", "ray", "docker", "kubernetes", "kserve", "edge"] = "local"
+    """Where it runs: a local server process, Ray Serve, or rendered Docker/Kubernetes/KServe
+    files, or an edge bundle."""
     host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
+    """Interface the server binds (local target)."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Port the server listens on (none: pick a free one)."""
     replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Server processes / replicas."""
     resources: Resources = Resources()
+    """CPU and memory per replica."""
     rollout: Rollout = Rollout()
+    """How new versions are rolled out here."""
     approvers: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
     """Who may approve for this environment: names or e-mail patterns such as *@example.com."""
     address: Annotated[str, Field(max_length=1000)] | None = None
@@ -196,6 +246,8 @@ class Environment(Strict):
 
 
 class Drift(Strict):
+    """When input or prediction distributions count as drifted from the reference data."""
+
     threshold: PositiveFloat = 0.1
     """Distance (Wasserstein, Jensen–Shannon) at or above which a feature has drifted."""
     p_value: Annotated[float, Field(gt=0, lt=1)] = 0.05
@@ -203,44 +255,73 @@ class Drift(Strict):
     share: Fraction = 0.5
     """Share of drifted features at or above which the dataset has drifted."""
     min_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 100
+    """Fewer rows than this in a window: "not enough data", no verdict."""
 
 
 class Quality(Strict):
+    """The model-quality floor once ground truth arrives."""
+
     metric: str
+    """A metric of the task (e.g. accuracy, rmse)."""
     min: float
+    """Alert below this value."""
 
 
 class Triggers(Strict):
+    """When to call for an improvement (retraining)."""
+
     max_age_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    """Retrain a live version older than this."""
     on: list[Literal["drift", "quality", "slo", "age"]] = []
+    """Which findings fire a trigger."""
     command: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     """The command to run when a trigger fires (with --run-triggers)."""
 
 
 class Monitoring(Strict):
+    """How the live model is watched."""
+
     drift: Drift = Drift()
+    """Drift thresholds."""
     quality: Quality | None = None
+    """Quality floor (none: no quality alert)."""
     triggers: Triggers = Triggers()
+    """Improvement triggers."""
     sample_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """How often the local server samples its CPU and memory."""
 
 
 class Retraining(Strict):
+    """What retraining costs."""
+
     cost_per_run: NonNegFloat = 0.0
+    """Cost of one retraining run, in `currency`."""
     runs_per_month: NonNegFloat = 0.0
+    """Planned runs per month."""
 
 
 class Costs(Strict):
+    """The price sheet and budget."""
+
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    """ISO 4217 code."""
     cpu_hour: NonNegFloat = 0.0
+    """Price of one CPU core for one hour."""
     memory_gb_hour: NonNegFloat = 0.0
+    """Price of one GiB of memory for one hour."""
     retraining: Retraining = Retraining()
+    """Retraining costs."""
     budget_per_month: NonNegFloat | None = None
+    """Alert when the monthly total exceeds this."""
 
 
 class Business(Strict):
+    """What the model is worth: the basis of ROI."""
+
     value_per_prediction: NonNegFloat = 0.0
+    """What one prediction is worth to the business, in `currency`."""
     baseline_cost_per_month: NonNegFloat = 0.0
+    """What the process cost per month before the model."""
 
 
 class Manifest(Strict):
@@ -256,18 +337,29 @@ class Manifest(Strict):
     version: Annotated[str, Field(pattern=_SEMVER)] | None = None
     """A semantic version; omit it and `cpmai package` picks the next one."""
     description: Annotated[str, Field(max_length=10_000)] = ""
+    """What the model decides, for whom (shown in the model card)."""
     owners: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
+    """Who answers for the model (e-mail addresses or team names)."""
     usage: Usage = Usage()
+    """How the model is used."""
     model: ModelSpec
+    """The model file and what it does."""
     signature: Literal["infer"] | list[InputSpec] = "infer"
     """`infer` (from data.reference) or the explicit list of inputs."""
     data: DataSpec = DataSpec()
+    """The data the model needs: reference sample, holdout set, label column."""
     gates: Gates = Gates()
+    """What must hold before a version may go live."""
     slo: Slo = Slo()
+    """The service level to keep in production."""
     environments: dict[Annotated[str, Field(pattern=_NAME)], Environment] = {}
+    """Where the model runs, by environment name."""
     monitoring: Monitoring = Monitoring()
+    """How the live model is watched and when improvement is triggered."""
     costs: Costs = Costs()
+    """Prices and budget."""
     business: Business = Business()
+    """Business value, for ROI."""
 
     _file: Path | None = PrivateAttr(default=None)
 

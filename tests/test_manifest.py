@@ -212,3 +212,12 @@ def test_extends_missing_file_and_cycles(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     found = problems(write(tmp_path, "extends: a.yaml\n" + VALID))
     assert "a cycle" in found[0]
+
+
+def test_committed_manifest_reference_is_in_sync() -> None:
+    from cpmai.schema_docs import render_reference
+
+    committed = (ROOT / "docs" / "manifest.md").read_text()
+    assert committed == render_reference(), "run `cpmai schema --markdown -o docs/manifest.md`"
+    for field in ("extends", "trusted_types", "approvers", "max_age_days", "budget_per_month"):
+        assert f"| `{field}` |" in committed

@@ -89,15 +89,23 @@ def schema(
     out: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
     ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The manifest reference in Markdown instead.")
+    ] = False,
 ) -> None:
     """Print the manifest's JSON Schema (for editor completion and other tools)."""
-    _print_schema(out)
+    _print_schema(out, markdown=markdown)
 
 
-def _print_schema(out: Path | None = None) -> None:
-    from cpmai.manifest import json_schema
+def _print_schema(out: Path | None = None, *, markdown: bool = False) -> None:
+    if markdown:
+        from cpmai.schema_docs import render_reference
 
-    text = json.dumps(json_schema(), indent=2) + "\n"
+        text = render_reference()
+    else:
+        from cpmai.manifest import json_schema
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
         output.OPTIONS.json_written = True
