@@ -46,8 +46,9 @@ def heavy_imports(args: list[str], env: dict[str, str]) -> list[str]:
         "import sys\nfrom cpmai.cli.main import main\nmain(sys.argv[1:])\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False
+    )
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     return [m for m in last.split(",") if m]
 
@@ -64,11 +65,16 @@ def fill_ledger(home: Path, events: int) -> None:
     lines, prev = [], GENESIS
     for i in range(events):
         body = {
-            "seq": i + 1, "time": now_iso(), "actor": "bench@example.com",
-            "action": "package" if i % 10 == 0 else "deploy", "name": "churn",
-            "version": f"1.{i // 10}.0", "env": None if i % 10 == 0 else "staging",
+            "seq": i + 1,
+            "time": now_iso(),
+            "actor": "bench@example.com",
+            "action": "package" if i % 10 == 0 else "deploy",
+            "name": "churn",
+            "version": f"1.{i // 10}.0",
+            "env": None if i % 10 == 0 else "staging",
             "details": {"digest": f"{i:064x}", "format": "joblib", "size_bytes": i}
-            if i % 10 == 0 else {"ok": True},
+            if i % 10 == 0
+            else {"ok": True},
             "prev": prev,
         }
         body["hash"] = prev = event_hash(body)
@@ -83,8 +89,9 @@ def max_rss_kb(code: str, *args: str) -> int:
         "subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], check=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([sys.executable, "-c", script, code, *args], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script, code, *args], capture_output=True, text=True, check=True
+    ).stdout
     return int(out.strip().splitlines()[-1])
 
 
@@ -116,26 +123,44 @@ def main() -> int:
         help_s = median_of([*CPMAI, "--help"], args.runs, env)
         versions_s = median_of([*CPMAI, "versions", "churn"], args.runs, env)
         rows.append(("`cpmai --help`", f"{help_s * 1000:.0f} ms", "< 250 ms", help_s < 0.25))
-        rows.append(("`cpmai versions churn` (20 events)", f"{versions_s * 1000:.0f} ms",
-                     "< 250 ms", versions_s < 0.25))
+        rows.append(
+            (
+                "`cpmai versions churn` (20 events)",
+                f"{versions_s * 1000:.0f} ms",
+                "< 250 ms",
+                versions_s < 0.25,
+            )
+        )
         for argv in (["--help"], ["versions", "churn"]):
             heavy = heavy_imports(argv, env)
-            rows.append((f"heavy imports on `cpmai {' '.join(argv)}`", ", ".join(heavy) or "none",
-                         "none", not heavy))
+            rows.append(
+                (
+                    f"heavy imports on `cpmai {' '.join(argv)}`",
+                    ", ".join(heavy) or "none",
+                    "none",
+                    not heavy,
+                )
+            )
 
         env_big = {**env, "CPMAI_HOME": str(work / "big")}
         fill_ledger(work / "big", 10_000)
         for command in (["versions", "churn"], ["history", "churn"]):
             seconds = median_of([*CPMAI, *command], max(5, args.runs // 3), env_big)
-            rows.append((f"`cpmai {' '.join(command)}` (10,000 events)",
-                         f"{seconds * 1000:.0f} ms", "< 500 ms", seconds < 0.5))
+            rows.append(
+                (
+                    f"`cpmai {' '.join(command)}` (10,000 events)",
+                    f"{seconds * 1000:.0f} ms",
+                    "< 500 ms",
+                    seconds < 0.5,
+                )
+            )
 
         sha256sum = shutil.which("sha256sum")
         big = work / "model.bin"
         with big.open("wb") as handle:
             block = os.urandom(1 << 20)
             for i in range(args.size_mb):
-                handle.write(block[i % 7:] + block[: i % 7])
+                handle.write(block[i % 7 :] + block[: i % 7])
         size = big.stat().st_size
         hash_code = (
             "import sys\nfrom pathlib import Path\nfrom cpmai.fsutil import sha256_file\n"
@@ -162,31 +187,59 @@ def main() -> int:
         speeds = {k: size / statistics.median(v) / 1e6 for k, v in timings.items()}
         copy_times = []
         for _ in range(max(3, args.hash_runs // 2)):
-            copy_times.append(timed([sys.executable, "-c", copy_code, str(big),
-                                     str(work / "copy.bin")]))
+            copy_times.append(
+                timed([sys.executable, "-c", copy_code, str(big), str(work / "copy.bin")])
+            )
             (work / "copy.bin").unlink()
         copy_speed = size / statistics.median(copy_times) / 1e6
         if "sha256sum" in speeds:
             ratio = speeds["cpmai sha256_file"] / speeds["sha256sum"]
-            rows.append((f"sha256sum on {size / 1e9:.2f} GB", f"{speeds['sha256sum']:.0f} MB/s",
-                         "reference", True))
-            rows.append(("cpmai streamed hash (fsutil.sha256_file)",
-                         f"{speeds['cpmai sha256_file']:.0f} MB/s = {ratio:.0%} of sha256sum",
-                         ">= 70%", ratio >= 0.7))
+            rows.append(
+                (
+                    f"sha256sum on {size / 1e9:.2f} GB",
+                    f"{speeds['sha256sum']:.0f} MB/s",
+                    "reference",
+                    True,
+                )
+            )
+            rows.append(
+                (
+                    "cpmai streamed hash (fsutil.sha256_file)",
+                    f"{speeds['cpmai sha256_file']:.0f} MB/s = {ratio:.0%} of sha256sum",
+                    ">= 70%",
+                    ratio >= 0.7,
+                )
+            )
         if "openssl" in speeds:
-            rows.append(("openssl dgst -sha256 (OpenSSL, as Python's hashlib uses)",
-                         f"{speeds['openssl']:.0f} MB/s; cpmai = "
-                         f"{speeds['cpmai sha256_file'] / speeds['openssl']:.0%} of it",
-                         "(context)", True))
-        rows.append(("cpmai copy + hash in one pass (what `package` does)",
-                     f"{copy_speed:.0f} MB/s", "(no target)", True))
+            rows.append(
+                (
+                    "openssl dgst -sha256 (OpenSSL, as Python's hashlib uses)",
+                    f"{speeds['openssl']:.0f} MB/s; cpmai = "
+                    f"{speeds['cpmai sha256_file'] / speeds['openssl']:.0%} of it",
+                    "(context)",
+                    True,
+                )
+            )
+        rows.append(
+            (
+                "cpmai copy + hash in one pass (what `package` does)",
+                f"{copy_speed:.0f} MB/s",
+                "(no target)",
+                True,
+            )
+        )
         baseline_kb = max_rss_kb("import hashlib, pathlib, cpmai.fsutil")
         hash_kb = max_rss_kb(hash_code, str(big))
         copy_kb = max_rss_kb(copy_code, str(big), str(work / "copy2.bin"))
         flat = max(hash_kb, copy_kb) - baseline_kb < 16 * 1024
-        rows.append(("peak RSS: import only / hash / copy+hash",
-                     f"{baseline_kb / 1024:.0f} / {hash_kb / 1024:.0f} / {copy_kb / 1024:.0f} MiB",
-                     "flat (< +16 MiB)", flat))
+        rows.append(
+            (
+                "peak RSS: import only / hash / copy+hash",
+                f"{baseline_kb / 1024:.0f} / {hash_kb / 1024:.0f} / {copy_kb / 1024:.0f} MiB",
+                "flat (< +16 MiB)",
+                flat,
+            )
+        )
 
     print(f"machine: {machine()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -125,10 +125,7 @@ def test_a_pinned_version_is_immutable(churn: Path, home: Path) -> None:
 
 def test_semver_ordering() -> None:
     ordered = ["1.0.0-rc.1", "1.0.0", "1.2.0", "1.10.0", "2.0.0"]
-    assert (
-        sorted(["2.0.0", "1.10.0", "1.0.0", "1.2.0", "1.0.0-rc.1"], key=version_key)
-        == ordered
-    )
+    assert sorted(["2.0.0", "1.10.0", "1.0.0", "1.2.0", "1.0.0-rc.1"], key=version_key) == ordered
     assert next_version([]) == "1.0.0"
     assert next_version(["1.9.0", "1.10.0"]) == "1.11.0"
 

@@ -238,6 +238,24 @@ def test_fast_paths_import_no_heavy_libraries(home: Path, argv: list[str]) -> No
         "heavy = ('sklearn', 'pandas', 'numpy', 'onnxruntime', 'scipy', 'joblib', 'skops')\n"
         "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules), file=sys.stderr)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "HEAVY=\n" in proc.stderr + "\n", proc.stderr
+
+
+def test_readme_documents_every_command_and_exit_code() -> None:
+    """The README's command table and exit codes follow `cpmai --help`."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    help_text = run_cpmai("--help").out
+    section = help_text.split("Commands:")[1].splitlines()
+    listed = [line.split()[0] for line in section if line.startswith("  ") and line[2] != " "]
+    assert {"init", "validate", "package", "versions", "history", "ledger"} <= set(listed)
+    for command in listed:
+        assert f"`cpmai {command}" in readme, f"README does not document `cpmai {command}`"
+    for code in (0, 1, 2, 3, 4, 5, 6, 130):
+        assert f"| {code} |" in readme
+        assert f"  {code} " in help_text
+    for sub in ("verify", "repair"):
+        assert f"`cpmai ledger {sub}`" in readme
+        assert sub in run_cpmai("ledger", "--help").out
