@@ -104,7 +104,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model or platform.processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    cpu = model or platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> int:
