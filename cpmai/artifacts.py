@@ -15,6 +15,7 @@ not there at all.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -119,7 +120,8 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
 
     source = manifest.resolve(manifest.model.path)
     fmt = formats.detect_format(source, manifest.model.format)
-    build = home / "tmp" / f"build-{uuid.uuid4().hex[:12]}"
+    _remove_abandoned_builds(home / "tmp")
+    build = home / "tmp" / f"build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     (build / "model").mkdir(parents=True)
     try:
         files = _copy_inputs(manifest, source, build)
@@ -144,6 +146,26 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
         return _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def _remove_abandoned_builds(tmp: Path) -> None:
+    """Build folders left by a packaging process that was killed (its pid is gone)."""
+    if not tmp.is_dir():
+        return
+    for folder in tmp.glob("build-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _copy_inputs(manifest: Manifest, source: Path, build: Path) -> dict[str, str]:
@@ -260,17 +282,22 @@ def _commit(
     with ledger.transaction() as tx:
         state = replay(tx.events())
         existing = state.find_digest(name, digest)
-        if existing is not None and artifact_dir(home, name, existing.version).exists():
-            return PackageResult(
-                name,
-                existing.version,
-                digest,
-                artifact_dir(home, name, existing.version),
-                False,
-                size,
-                fmt,
-                files,
+        if existing is not None:
+            dest = artifact_dir(home, name, existing.version)
+            if dest.exists():
+                return PackageResult(name, existing.version, digest, dest, False, size, fmt, files)
+            # recorded but deleted from disk: the same bytes restore it under its own version
+            _place(
+                build, dest, _meta(manifest, existing.version, digest, fmt, model_rel, files, size)
             )
+            tx.append(
+                "restore",
+                actor=actor,
+                name=name,
+                version=existing.version,
+                details={"digest": digest},
+            )
+            return PackageResult(name, existing.version, digest, dest, True, size, fmt, files)
         version = manifest.version or next_version(list(state.versions.get(name, {})))
         if version in state.versions.get(name, {}):
             raise UsageError(
@@ -278,27 +305,10 @@ def _commit(
                 f"(digest {state.versions[name][version].digest[:12]}); artifacts are immutable",
                 hint="raise `version:` in the manifest, or remove it to number versions for you",
             )
-        meta = {
-            "name": name,
-            "version": version,
-            "digest": digest,
-            "format": fmt,
-            "model": model_rel,
-            "trusted_types": list(manifest.model.trusted_types),
-            "size_bytes": size,
-            "packaged_by": f"cpmai {__version__}",
-            "files": dict(sorted(files.items())),
-        }
-        write_atomic(build / ARTIFACT_FILE, _json(meta).encode("utf-8"))
         dest = artifact_dir(home, name, version)
         if dest.exists():  # left by a crash after the rename, before the ledger event
             shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        for item in build.rglob("*"):
-            if item.is_file():
-                item.chmod(0o444)
-        build.rename(dest)
-        fsync_dir(dest.parent)
+        _place(build, dest, _meta(manifest, version, digest, fmt, model_rel, files, size))
         tx.append(
             "package",
             actor=actor,
@@ -313,6 +323,39 @@ def _commit(
             },
         )
     return PackageResult(name, version, digest, dest, True, size, fmt, files)
+
+
+def _meta(
+    manifest: Manifest,
+    version: str,
+    digest: str,
+    fmt: str,
+    model_rel: str,
+    files: dict[str, str],
+    size: int,
+) -> dict[str, Any]:
+    return {
+        "name": manifest.name,
+        "version": version,
+        "digest": digest,
+        "format": fmt,
+        "model": model_rel,
+        "trusted_types": list(manifest.model.trusted_types),
+        "size_bytes": size,
+        "packaged_by": f"cpmai {__version__}",
+        "files": dict(sorted(files.items())),
+    }
+
+
+def _place(build: Path, dest: Path, meta: dict[str, Any]) -> None:
+    """Write artifact.json, make every file read-only and rename the build into place."""
+    write_atomic(build / ARTIFACT_FILE, _json(meta).encode("utf-8"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for item in build.rglob("*"):
+        if item.is_file():
+            item.chmod(0o444)
+    build.rename(dest)
+    fsync_dir(dest.parent)
 
 
 def _json(data: Any) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cpmai import artifacts
+from cpmai.errors import IntegrityError
 from cpmai.ledger import Ledger, VerifyReport, replay
 
 
@@ -38,7 +39,7 @@ def verify(home: Path) -> IntegrityReport:
     report = IntegrityReport(chain=ledger.verify())
     try:
         events = ledger.read().events
-    except Exception:  # an unreadable line: already named by the chain check
+    except IntegrityError:  # an unreadable line: already named by the chain check
         return report
     state = replay(events)
     for name in state.names():

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +370,27 @@ def test_unknown_extension_needs_a_format(tmp_path: Path, home: Path) -> None:
         path.read_text().replace("task: classification", "task: classification, format: pickle")
     )
     assert package(path, home).format == "pickle"
+
+
+def test_a_deleted_artifact_is_restored_by_packaging_the_same_bytes(
+    churn: Path, home: Path
+) -> None:
+    first = package(churn, home)
+    shutil.rmtree(first.path)
+    assert not verify_home(home).ok
+    again = package(churn, home)
+    assert (again.version, again.digest, again.created) == ("1.0.0", first.digest, True)
+    assert [e.action for e in Ledger(home).events()] == ["package", "restore"]
+    assert verify_home(home).ok
+
+
+def test_build_folders_of_killed_packagers_are_removed(churn: Path, home: Path) -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    abandoned = home / "tmp" / f"build-{proc.pid}-deadbeef"
+    (abandoned / "model").mkdir(parents=True)
+    alive = home / "tmp" / f"build-{os.getpid()}-cafecafe"
+    alive.mkdir(parents=True)
+    package(churn, home)
+    assert not abandoned.exists()
+    assert alive.exists(), "a build of a running process is left alone"

@@ -259,3 +259,17 @@ def test_readme_documents_every_command_and_exit_code() -> None:
     for sub in ("verify", "repair"):
         assert f"`cpmai ledger {sub}`" in readme
         assert sub in run_cpmai("ledger", "--help").out
+
+
+def test_an_unusable_home_is_a_clear_error_not_a_bug(churn: Path, tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    result = run_cpmai("--home", not_a_folder, "package", churn)
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err and "internal error" not in result.err
+    assert str(not_a_folder) in result.err
+
+
+def test_validate_needs_a_manifest_unless_schema(cli: Any) -> None:
+    result = cli("validate")
+    assert result.code == 2 and "missing MANIFEST" in result.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map every outcome to an exit code. Returns the code (and exits with it when
     run as the `cpmai` script)."""
     args = sys.argv[1:] if argv is None else argv
-    output.OPTIONS.__init__()  # type: ignore[misc]
+    output.reset()
     output.OPTIONS.debug = "--debug" in args
     try:
         result = app(args=args, prog_name="cpmai", standalone_mode=False)
@@ -116,9 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         code = ExitCode.INTERRUPTED
     except BrokenPipeError:
         code = ExitCode.OK
+    except OSError as exc:  # the machine said no: a path, a permission, a full disk
+        code = _report_os_error(exc)
     except Exception as exc:  # a bug: say so, keep the traceback for --debug
         code = _report(exc, ExitCode.INTERNAL)
     return int(code)
+
+
+_USER_FIXABLE = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EROFS,
+    errno.EEXIST,
+}
+
+
+def _report_os_error(exc: OSError) -> ExitCode:
+    """An OSError is not a bug in cpmai: name the file and the reason, no traceback."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    code = ExitCode.USAGE if exc.errno in _USER_FIXABLE else ExitCode.INTERNAL
+    return _report(CpmaiError(f"{where}{exc.strerror or exc}"), code)
 
 
 def _report(exc: BaseException, code: ExitCode) -> ExitCode:

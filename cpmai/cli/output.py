@@ -63,6 +63,11 @@ def _console(stream: Any, color: bool, *, soft_wrap: bool = False) -> Console:
 OPTIONS = Options()
 
 
+def reset() -> None:
+    """Fresh options for one run of `main` (commands hold a reference to OPTIONS itself)."""
+    OPTIONS.__dict__.update(Options().__dict__)
+
+
 def emit_json(data: Any) -> None:
     """The one JSON document a --json command writes to stdout."""
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -48,7 +48,9 @@ def init(
 
 
 def validate(
-    manifest: ManifestArg,
+    manifest: Annotated[
+        Path | None, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)
+    ] = None,
     schema: Annotated[
         bool, typer.Option("--schema", help="Print the manifest's JSON Schema instead.")
     ] = False,
@@ -58,10 +60,13 @@ def validate(
 
     Every problem is reported as FILE:LINE field.path: message. Exit 2 when invalid.
     """
+    from cpmai.errors import ManifestError, UsageError
+
     if schema:
         _print_schema()
         return
-    from cpmai.errors import ManifestError
+    if manifest is None:
+        raise UsageError("missing MANIFEST", hint="cpmai validate cpmai.yaml")
     from cpmai.manifest import load_manifest
 
     try:
