@@ -30,6 +30,7 @@ from cpmai.fsutil import copy_and_hash, fsync_dir, sha256_file, write_atomic
 from cpmai.ledger import Ledger, State, VersionRecord, replay
 from cpmai.manifest import Manifest
 from cpmai.runtime.formats import LoadedModel
+from cpmai.steps import Step, StepLog
 from cpmai.versioning import next_version, version_key
 
 ARTIFACT_FILE = "artifact.json"
@@ -47,9 +48,11 @@ class PackageResult:
     size_bytes: int
     format: str
     files: dict[str, str] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "steps": [step.to_dict() for step in self.steps],
             "name": self.name,
             "version": self.version,
             "digest": self.digest,
@@ -123,27 +126,41 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
     _remove_abandoned_builds(home / "tmp")
     build = home / "tmp" / f"build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     (build / "model").mkdir(parents=True)
+    log = StepLog()
     try:
-        files = _copy_inputs(manifest, source, build)
+        with log.step("copy and hash") as step:
+            files = _copy_inputs(manifest, source, build)
+            step.note = f"{len(files)} files"
         model_rel = f"model/{source.name}" if fmt != "mlflow" else "model"
-        loaded = formats.load(
-            build / model_rel, fmt, trusted_types=list(manifest.model.trusted_types)
-        )
-        signature = _signature(manifest, loaded, build, fmt)
-        environment = _environment(loaded)
-        resolved = _resolved_manifest(manifest, model_rel, files)
-        generated = {
-            "manifest.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
-            "signature.json": _json(signature),
-            "environment.json": _json(environment),
-            "MODEL_CARD.md": modelcard.render(manifest, signature, environment),
-        }
-        for rel, text in generated.items():
-            write_atomic(build / rel, text.encode("utf-8"))
-            files[rel] = sha256_file(build / rel)
-        digest = digest_of(files)
-        size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file())
-        return _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
+        with log.step("load model") as step:
+            loaded = formats.load(
+                build / model_rel, fmt, trusted_types=list(manifest.model.trusted_types)
+            )
+            step.note = f"{fmt}, {type(loaded.obj).__name__}"
+        with log.step("signature") as step:
+            signature = _signature(manifest, loaded, build, fmt)
+            step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
+        with log.step("environment") as step:
+            environment = _environment(loaded)
+            step.note = ", ".join(f"{k} {v}" for k, v in environment["packages"].items())
+        with log.step("manifest, model card, digest"):
+            resolved = _resolved_manifest(manifest, model_rel, files)
+            generated = {
+                "manifest.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
+                "signature.json": _json(signature),
+                "environment.json": _json(environment),
+                "MODEL_CARD.md": modelcard.render(manifest, signature, environment),
+            }
+            for rel, text in generated.items():
+                write_atomic(build / rel, text.encode("utf-8"))
+                files[rel] = sha256_file(build / rel)
+            digest = digest_of(files)
+            size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file())
+        with log.step("record") as step:
+            result = _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
+            step.note = "new version" if result.created else "identical content exists"
+        result.steps = log.steps
+        return result
     finally:
         shutil.rmtree(build, ignore_errors=True)
 

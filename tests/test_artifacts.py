@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -394,3 +395,31 @@ def test_build_folders_of_killed_packagers_are_removed(churn: Path, home: Path) 
     package(churn, home)
     assert not abandoned.exists()
     assert alive.exists(), "a build of a running process is left alone"
+
+
+@pytest.mark.slow
+def test_concurrent_packaging_assigns_distinct_versions(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    """Two processes packaging different content at once: the version is chosen under the
+    ledger lock, so they get 1.0.0 and 1.1.0 (never the same one twice)."""
+    other = tmp_path / "other"
+    shutil.copytree(churn.parent, other)
+    edit_manifest(other / "cpmai.yaml", description="a different build")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cpmai", "--json", "package", str(m)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in (churn, other / "cpmai.yaml")
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(r["version"] for r in results) == ["1.0.0", "1.1.0"]
+    assert len({r["digest"] for r in results}) == 2
+    assert verify_home(home).ok

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpmai.cli.output import OPTIONS, emit_json, show, wants_json
+from cpmai.cli.output import OPTIONS, detail, emit_json, show, wants_json
 from cpmai.cli.project import JsonFlag, ManifestArg
 
 
@@ -15,6 +15,8 @@ def package(manifest: ManifestArg, json_: JsonFlag = False) -> None:
 
     spec = load_manifest(manifest)
     result = build(spec, resolve_home(OPTIONS.home), actor=resolve_actor(OPTIONS.actor))
+    for step in result.steps:
+        detail(f"{step.name:<30} {step.seconds * 1000:8.1f} ms  {step.note}")
     if wants_json(json_):
         emit_json(result.to_dict())
         return
