@@ -20,7 +20,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -32,6 +32,9 @@ from cpmai.manifest import Manifest
 from cpmai.runtime.formats import LoadedModel
 from cpmai.steps import Step, StepLog
 from cpmai.versioning import next_version, version_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ARTIFACT_FILE = "artifact.json"
 _SAMPLE_ROWS = 100
@@ -138,16 +141,21 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             )
             step.note = f"{fmt}, {type(loaded.obj).__name__}"
         with log.step("signature") as step:
-            signature = _signature(manifest, loaded, build, fmt)
+            data = _read_data(manifest, build)
+            signature = _signature(manifest, loaded, data, fmt)
             step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
+        with log.step("runtime") as step:
+            runtime = _runtime(manifest, loaded, signature, model_rel, data, build, files)
+            step.note = f"{runtime['runtime']}: {runtime['reason']}"
         with log.step("environment") as step:
-            environment = _environment(loaded)
+            environment = _environment(loaded, runtime)
             step.note = ", ".join(f"{k} {v}" for k, v in environment["packages"].items())
         with log.step("manifest, model card, digest"):
             resolved = _resolved_manifest(manifest, model_rel, files)
             generated = {
                 "manifest.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
                 "signature.json": _json(signature),
+                "runtime.json": _json(runtime),
                 "environment.json": _json(environment),
                 "MODEL_CARD.md": modelcard.render(manifest, signature, environment),
             }
@@ -204,29 +212,32 @@ def _copy_inputs(manifest: Manifest, source: Path, build: Path) -> dict[str, str
     return files
 
 
-def _signature(manifest: Manifest, loaded: LoadedModel, build: Path, fmt: str) -> dict[str, Any]:
+def _read_data(manifest: Manifest, build: Path) -> dict[str, pd.DataFrame]:
+    """The copied reference/holdout files, feature columns only (the target dropped)."""
+    from cpmai.runtime.data import read_table
+
+    frames = {}
+    for path in sorted((build / "data").glob("*")) if (build / "data").exists() else []:
+        frame = read_table(path)
+        target = manifest.data.target
+        if target and target not in frame.columns:
+            raise UsageError(
+                f"data.{path.stem}: no column {target!r} (data.target) in "
+                f"{getattr(manifest.data, path.stem)}"
+            )
+        frames[path.stem] = frame.drop(columns=[target]) if target else frame
+    return frames
+
+
+def _signature(
+    manifest: Manifest, loaded: LoadedModel, data: dict[str, pd.DataFrame], fmt: str
+) -> dict[str, Any]:
     """Inputs (declared, or inferred from the reference data) and outputs; checks the model
     predicts on a sample of the reference rows."""
     from cpmai.runtime import signature as sig
-    from cpmai.runtime.data import read_table
     from cpmai.runtime.predict import predict
 
-    data_rows: dict[str, int] = {}
-    reference = None
-    for path in sorted((build / "data").glob("*")) if (build / "data").exists() else []:
-        frame = read_table(path)
-        data_rows[path.stem] = len(frame)
-        if manifest.data.target and manifest.data.target not in frame.columns:
-            raise UsageError(
-                f"data.{path.stem}: no column {manifest.data.target!r} (data.target) in "
-                f"{getattr(manifest.data, path.stem)}"
-            )
-        if path.stem == "reference":
-            reference = (
-                frame.drop(columns=[manifest.data.target], errors="ignore")
-                if (manifest.data.target)
-                else frame
-            )
+    reference = data.get("reference")
     if manifest.signature != "infer":
         inputs, origin = list(manifest.signature), "manifest"
     elif reference is not None:
@@ -257,14 +268,107 @@ def _signature(manifest: Manifest, loaded: LoadedModel, build: Path, fmt: str) -
         "target": manifest.data.target,
         "inputs": [spec.model_dump(exclude_none=True) for spec in inputs],
         "outputs": sig.outputs_for(manifest.model.task, loaded.obj),
-        "data_rows": data_rows,
+        "data_rows": {role: len(frame) for role, frame in data.items()},
     }
 
 
-def _environment(loaded: LoadedModel) -> dict[str, Any]:
+def _runtime(
+    manifest: Manifest,
+    loaded: LoadedModel,
+    signature: dict[str, Any],
+    model_rel: str,
+    data: dict[str, pd.DataFrame],
+    build: Path,
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """Decide how the model runs: its ONNX twin when it agrees with the original (runtime: auto),
+    or as forced by the manifest. Writes `model/twin.onnx` when a twin was made."""
+    wanted = manifest.model.runtime
+    if loaded.flavor == "onnx":
+        onnx_rel = model_rel if loaded.source.is_file() else _onnx_in_mlflow(loaded, model_rel)
+        return {
+            "runtime": "onnx",
+            "reason": "the model is an ONNX graph",
+            "onnx_model": onnx_rel,
+            "input_mode": "columns",
+        }
+    if wanted == "sklearn":
+        return {
+            "runtime": "sklearn",
+            "reason": "runtime: sklearn in the manifest",
+            "onnx_model": None,
+        }
+    from cpmai.runtime import onnx_twin
+
+    conversion = onnx_twin.convert(
+        loaded.obj, signature["inputs"], list(data.values()), manifest.model.task
+    )
+    if conversion.onnx is None:
+        if wanted == "onnx":
+            raise ModelLoadError(f"runtime: onnx, but {conversion.error}")
+        return {"runtime": "sklearn", "reason": conversion.error, "onnx_model": None}
+    (build / "model" / "twin.onnx").write_bytes(conversion.onnx)
+    files["model/twin.onnx"] = sha256_file(build / "model" / "twin.onnx")
+    parity = conversion.parity
+    evidence = _parity_text(parity)
+    info = {
+        "onnx_model": "model/twin.onnx",
+        "input_mode": conversion.input_mode,
+        "parity": parity,
+        "versions": _versions("skl2onnx", "onnx", "onnxruntime"),
+    }
+    if wanted == "onnx":
+        return {"runtime": "onnx", "reason": f"runtime: onnx in the manifest; {evidence}", **info}
+    if not data:
+        return {
+            "runtime": "sklearn",
+            "reason": "no reference/holdout data to check the ONNX twin against",
+            **info,
+        }
+    if conversion.agrees:
+        return {"runtime": "onnx", "reason": f"the ONNX twin agrees: {evidence}", **info}
+    return {"runtime": "sklearn", "reason": f"the ONNX twin disagrees: {evidence}", **info}
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    if not parity:
+        return "not compared (no data)"
+    parts = [f"{parity['rows']} rows"]
+    if "labels_equal" in parity:
+        parts.append(f"labels equal {parity['labels_equal']:.2%}")
+    for key in ("max_probability_diff", "max_relative_diff"):
+        if key in parity:
+            parts.append(
+                f"{key.replace('_', ' ')} {parity[key]:.2g} (tolerance {parity['tolerance']:g})"
+            )
+    return ", ".join(parts)
+
+
+def _onnx_in_mlflow(loaded: LoadedModel, model_rel: str) -> str:
+    from cpmai.runtime.formats import read_mlmodel
+
+    data = (read_mlmodel(loaded.source)["flavors"].get("onnx") or {}).get("data", "model.onnx")
+    return f"{model_rel}/{data}"
+
+
+def _versions(*dists: str) -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in dists:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _environment(loaded: LoadedModel, runtime: dict[str, Any]) -> dict[str, Any]:
     from cpmai.runtime import environment
 
     extra = {"onnx": ["onnxruntime"], "skops": ["skops"]}.get(loaded.format, [])
+    if runtime.get("onnx_model"):
+        extra = [*extra, "onnxruntime"]
     if loaded.flavor == "onnx":
         return environment.capture(None, extra_modules=["onnxruntime"])
     return environment.capture(loaded.obj, extra_modules=extra)

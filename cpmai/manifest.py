@@ -278,6 +278,22 @@ class Triggers(Strict):
     """The command to run when a trigger fires (with --run-triggers)."""
 
 
+class Serving(Strict):
+    """How the HTTP server batches, logs and limits requests."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    """Most rows in one model call; concurrent requests are grouped up to this."""
+    max_latency_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    """How long an idle server may wait for more requests to fill a batch (0: dispatch at
+    once; requests that arrive while the model is busy are batched anyway)."""
+    log_sample_rate: Fraction = 1.0
+    """Share of successful requests written to the prediction log (errors always are)."""
+    max_body_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
+    """Larger request bodies are refused with 413."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Server processes (uvicorn workers) per replica."""
+
+
 class Monitoring(Strict):
     """How the live model is watched."""
 
@@ -354,6 +370,8 @@ class Manifest(Strict):
     """The service level to keep in production."""
     environments: dict[Annotated[str, Field(pattern=_NAME)], Environment] = {}
     """Where the model runs, by environment name."""
+    serving: Serving = Serving()
+    """Batching, prediction logging and request limits of the HTTP server."""
     monitoring: Monitoring = Monitoring()
     """How the live model is watched and when improvement is triggered."""
     costs: Costs = Costs()

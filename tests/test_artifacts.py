@@ -55,6 +55,8 @@ def test_package_builds_a_complete_hashed_artifact(churn: Path, home: Path) -> N
         "environment.json",
         "manifest.yaml",
         "model/model.joblib",
+        "model/twin.onnx",
+        "runtime.json",
         "signature.json",
     ]
     meta = json.loads((folder / "artifact.json").read_text())

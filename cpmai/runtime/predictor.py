@@ -1,0 +1,171 @@
+"""Run a packaged model on columns of input: through ONNX Runtime or scikit-learn.
+
+`Predictor.from_artifact` picks the runtime recorded in the artifact's `runtime.json` (decided at
+package time). Both runners take the same input — a dict of column name → 1-D numpy array, in
+any order — and return labels (or values) and, for classifiers, class probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cpmai.artifacts import Artifact
+
+Columns = dict[str, Any]
+Result = tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any] | None"]
+
+_NUMPY_FOR_ONNX = {
+    "tensor(double)": "float64",
+    "tensor(float)": "float32",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(string)": "object",
+}
+
+
+class OnnxRunner:
+    """An ONNX Runtime session fed from columns. One intra-op thread: concurrency comes from
+    batching requests, not from splitting one small model call across cores."""
+
+    flavor = "onnx"
+
+    def __init__(self, model: bytes | Path, inputs: list[dict[str, Any]], mode: str) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = onnxruntime.InferenceSession(
+            source, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.names = [spec["name"] for spec in inputs]
+        graph_inputs = self.session.get_inputs()
+        self.dtypes = {i.name: _NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph_inputs}
+        if mode == "columns" and not all(i.name in self.names for i in graph_inputs):
+            mode = "matrix"  # a file whose single input is one 2-D tensor of all features
+        self.mode = mode
+        self.matrix_name = graph_inputs[0].name
+        outputs = self.session.get_outputs()
+        self.label_output = outputs[0].name
+        self.proba_output = outputs[1].name if len(outputs) > 1 else None
+
+    def feed(self, columns: Columns) -> dict[str, Any]:
+        import numpy as np
+
+        if self.mode == "matrix":
+            dtype = self.dtypes[self.matrix_name]
+            matrix = np.column_stack([np.asarray(columns[n], dtype=dtype) for n in self.names])
+            return {self.matrix_name: matrix}
+        return {
+            name: np.asarray(columns[name], dtype=self.dtypes[name]).reshape(-1, 1)
+            if self.dtypes[name] != "object"
+            else np.asarray(columns[name]).astype(str).astype(object).reshape(-1, 1)
+            for name in self.dtypes
+        }
+
+    def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
+        import numpy as np
+
+        wanted = [self.label_output]
+        if want_proba and self.proba_output:
+            wanted.append(self.proba_output)
+        outputs = self.session.run(wanted, self.feed(columns))
+        labels = np.asarray(outputs[0]).reshape(-1) if np.ndim(outputs[0]) <= 2 else outputs[0]
+        probabilities = None
+        if len(outputs) > 1:
+            raw = outputs[1]
+            if isinstance(raw, list) and raw and isinstance(raw[0], dict):  # a ZipMap output
+                keys = list(raw[0])
+                raw = [[row[k] for k in keys] for row in raw]
+            probabilities = np.asarray(raw, dtype=np.float64)
+        return labels, probabilities
+
+
+class SklearnRunner:
+    """A scikit-learn (or any `predict`-able) object fed a DataFrame, or a matrix when the model
+    was fitted without feature names."""
+
+    flavor = "sklearn"
+
+    def __init__(self, model: Any, inputs: list[dict[str, Any]]) -> None:
+        self.model = model
+        self.names = [spec["name"] for spec in inputs]
+        self.by_name = hasattr(model, "feature_names_in_") or any(
+            spec["type"] in ("category", "string") for spec in inputs
+        )
+        self.has_proba = hasattr(model, "predict_proba")
+
+    def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
+        import numpy as np
+        import pandas as pd
+
+        if self.by_name:
+            data: Any = pd.DataFrame({name: columns[name] for name in self.names})
+        else:
+            data = np.column_stack([np.asarray(columns[n], dtype=float) for n in self.names])
+        labels = np.asarray(self.model.predict(data))
+        probabilities = None
+        if want_proba and self.has_proba:
+            probabilities = np.asarray(self.model.predict_proba(data), dtype=np.float64)
+        return labels, probabilities
+
+
+class Predictor:
+    """The model of one verified artifact, ready for requests."""
+
+    def __init__(
+        self, runner: OnnxRunner | SklearnRunner, signature: dict[str, Any], runtime: dict[str, Any]
+    ) -> None:
+        self.runner = runner
+        self.signature = signature
+        self.runtime = runtime
+        self.inputs: list[dict[str, Any]] = signature["inputs"]
+        outputs = signature["outputs"]
+        self.classes: list[Any] | None = outputs[0].get("categories")
+        self.has_proba = any(o["name"] == "probabilities" for o in outputs) and (
+            runner.flavor == "sklearn" or getattr(runner, "proba_output", None) is not None
+        )
+
+    @property
+    def flavor(self) -> str:
+        return self.runner.flavor
+
+    def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
+        return self.runner.run(columns, want_proba=want_proba and self.has_proba)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, *, runtime: str | None = None) -> Predictor:
+        """Load the runtime recorded at package time (or force `runtime`: sklearn|onnx).
+
+        Only call with an artifact returned by `open_artifact` (its bytes verified)."""
+        signature = artifact.signature
+        info = read_runtime(artifact.path)
+        choice = runtime or info["runtime"]
+        if choice == "onnx":
+            onnx_rel = info.get("onnx_model")
+            if not onnx_rel:
+                from cpmai.errors import UsageError
+
+                raise UsageError(
+                    f"{artifact.name} {artifact.version} has no ONNX model: "
+                    f"{info.get('reason', 'it was not converted')}"
+                )
+            runner: OnnxRunner | SklearnRunner = OnnxRunner(
+                artifact.path / onnx_rel, signature["inputs"], info.get("input_mode", "columns")
+            )
+        else:
+            runner = SklearnRunner(artifact.load_model().obj, signature["inputs"])
+        return cls(runner, signature, {**info, "runtime": choice})
+
+
+def read_runtime(artifact_path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((artifact_path / "runtime.json").read_text())
+    return data
