@@ -138,7 +138,7 @@ class Predictor:
     def flavor(self) -> str:
         return self.runner.flavor
 
-    def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
+    def run(self, columns: Columns, want_proba: bool = False) -> Result:
         return self.runner.run(columns, want_proba=want_proba and self.has_proba)
 
     @classmethod

@@ -1,0 +1,110 @@
+"""`cpmai serve`: one packaged version over HTTP (Open Inference Protocol v2 and MLflow)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from cpmai.cli.output import OPTIONS, info, warn
+
+
+def serve(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="NAME, NAME@VERSION (default: the latest version).", show_default=False
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Server processes (default: serving.workers).", min=1, max=64, show_default=False
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Require `Authorization: Bearer TOKEN` on infer and "
+            "invocations (default: $CPMAI_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="Force sklearn or onnx (default: as decided at package time).", show_default=False
+        ),
+    ] = None,
+    env: Annotated[
+        str, typer.Option(help="Environment name for the prediction log folder (logs/NAME/ENV).")
+    ] = "default",
+    no_log: Annotated[
+        bool, typer.Option("--no-log", help="Do not write the prediction log.")
+    ] = False,
+) -> None:
+    """Serve a packaged model over HTTP in the foreground (Ctrl-C or SIGTERM stops it: in-flight
+    requests finish, the prediction log is flushed).
+
+    Endpoints: /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready],
+    POST /v2/models/NAME[/versions/V]/infer, POST /invocations, /ping, /health, /version,
+    /metrics. Only artifacts whose bytes match the ledger are loaded (exit 5 otherwise).
+    """
+    import ipaddress
+    import socket
+
+    from cpmai.artifacts import open_artifact
+    from cpmai.errors import UsageError
+    from cpmai.refs import resolve
+    from cpmai.serving.app import ServeConfig, build_app
+    from cpmai.serving.server import serve as run
+    from cpmai.settings import resolve_home
+
+    if runtime not in (None, "sklearn", "onnx"):
+        raise UsageError(f"--runtime {runtime!r}: expected sklearn or onnx")
+    home = resolve_home(OPTIONS.home)
+    target = resolve(home, ref)
+    artifact = open_artifact(home, target.name, target.version)
+    settings = artifact.manifest().serving
+    config = ServeConfig(
+        home=str(home),
+        name=target.name,
+        version=target.version,
+        env=env,
+        host=host,
+        port=port,
+        workers=workers or settings.workers,
+        token=token or os.environ.get("CPMAI_TOKEN") or None,
+        runtime=runtime,
+        max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+        max_batch_rows=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+        log_sample_rate=settings.log_sample_rate,
+        prediction_log=not no_log,
+    )
+    app = build_app(config)  # load once here: a model that cannot load fails before binding
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and config.token is None:
+        warn(f"listening on {host} without a token: anyone who can reach it can call the model")
+    base = f"http://{host}:{port}"
+    info(
+        f"serving {target.name} {target.version} ({app.predictor.flavor}) on {base}  "
+        f"workers={config.workers} batch≤{config.max_batch_rows} rows"
+        f"{'  token required' if config.token else ''}"
+    )
+    info(f"  OIP v2   POST {base}/v2/models/{target.name}/infer")
+    info(f"  MLflow   POST {base}/invocations")
+    info(f"  metrics  GET  {base}/metrics")
+    del app
+    run(config)

@@ -1,0 +1,1 @@
+"""The HTTP server: protocols, validation, batching, prediction log and metrics."""

@@ -1,0 +1,499 @@
+"""The ASGI application: one model, two protocols, metrics, and no 500 for bad input.
+
+A plain ASGI callable rather than a web framework: the request path is the product here, and
+every layer costs throughput (the serving benchmark compares it with a bare handler).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from cpmai import __version__
+from cpmai.serving import protocols
+from cpmai.serving.batching import Batcher
+from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
+from cpmai.serving.predlog import PredictionLog
+from cpmai.serving.validation import RequestError, Validator
+
+CONFIG_ENV = "CPMAI_SERVE_CONFIG"
+_JSON = [(b"content-type", b"application/json")]
+_MODEL_ERRORS = (ValueError,)  # what scikit-learn raises for input it cannot score
+
+
+@dataclass
+class ServeConfig:
+    """Everything a server process needs; passed to uvicorn workers as JSON in the environment."""
+
+    home: str
+    name: str
+    version: str
+    env: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    token: str | None = None
+    runtime: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_batch_rows: int = 64
+    max_latency_ms: float = 0.0
+    log_sample_rate: float = 1.0
+    prediction_log: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        return cls(**json.loads(os.environ[CONFIG_ENV]))
+
+
+def create_app_from_env() -> InferenceApp:
+    """uvicorn's factory: verify and load the artifact named in $CPMAI_SERVE_CONFIG."""
+    return build_app(ServeConfig.from_env())
+
+
+def build_app(config: ServeConfig) -> InferenceApp:
+    from cpmai.artifacts import open_artifact
+    from cpmai.runtime.predictor import Predictor
+
+    artifact = open_artifact(Path(config.home), config.name, config.version)
+    predictor = Predictor.from_artifact(artifact, runtime=config.runtime)
+    return InferenceApp(predictor, config)
+
+
+class InferenceApp:
+    def __init__(self, predictor: Any, config: ServeConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.name, self.version = config.name, config.version
+        self.validator = Validator(predictor.inputs)
+        self.names = self.validator.names
+        self.kinds = self.validator.kinds
+        self.metrics = ServerMetrics(self.name, self.version, predictor.flavor)
+        self.log = (
+            PredictionLog(
+                Path(config.home) / "logs" / self.name / config.env,
+                model=self.name,
+                version=self.version,
+                sample_rate=config.log_sample_rate,
+            )
+            if config.prediction_log
+            else None
+        )
+        self.batcher = Batcher(
+            predictor.run,
+            max_rows=config.max_batch_rows,
+            max_latency_s=config.max_latency_ms / 1000,
+            inline=predictor.flavor == "onnx",
+            on_batch=self._on_batch,
+        )
+        self.token = config.token.encode() if config.token else None
+        self.ready = False
+        self.label_datatype = _label_datatype(predictor.signature)
+        self.metadata = orjson.dumps(self._metadata())
+        self.server_doc = orjson.dumps(
+            {"name": "cpmai", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    # --- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.log is not None:
+                    self.log.start()
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                if self.log is not None:
+                    self.log.close()
+                self.batcher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path == "/invocations":
+                await self._predict(scope, receive, send, "invocations", start)
+                return
+            if path.startswith("/v2/models/"):
+                await self._models(path, method, scope, receive, send, start)
+                return
+            simple = _SIMPLE.get(path)
+            if simple is None:
+                await self._error(send, "other", 404, f"no route for {path}", start, oip=True)
+                return
+            if method not in ("GET", "HEAD"):
+                await self._error(
+                    send, simple, 405, f"{path} answers GET", start, oip=True, allow=b"GET"
+                )
+                return
+            await self._simple(simple, send, start)
+        except _ClientGone:
+            return
+
+    async def _simple(self, endpoint: str, send: Any, start: float) -> None:
+        if endpoint == "metrics":
+            await _respond(
+                send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
+            )
+        elif endpoint == "server":
+            await _respond(send, 200, self.server_doc)
+        elif endpoint == "version":
+            await _respond(
+                send,
+                200,
+                orjson.dumps({"cpmai": __version__, "model": self.name, "version": self.version}),
+            )
+        elif endpoint == "live":
+            await _respond(send, 200, b'{"live":true}')
+        else:  # ready, ping, health
+            status = 200 if self.ready else 503
+            await _respond(send, status, b'{"ready":true}' if self.ready else b'{"ready":false}')
+        self.metrics.observe(endpoint, 200, time.perf_counter() - start)
+
+    async def _models(
+        self, path: str, method: str, scope: dict[str, Any], receive: Any, send: Any, start: float
+    ) -> None:
+        parts = path.split("/")[3:]  # ["", "v2", "models", name, ...]
+        name, rest = parts[0], parts[1:]
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                await self._error(send, "other", 404, "no version given", start, oip=True)
+                return
+            if rest[1] != self.version:
+                await self._error(
+                    send,
+                    "other",
+                    404,
+                    f"model {name!r} has no version {rest[1]!r} here (serving {self.version})",
+                    start,
+                    oip=True,
+                )
+                return
+            rest = rest[2:]
+        if name != self.name:
+            await self._error(
+                send,
+                "other",
+                404,
+                f"model {name!r} not found (serving {self.name!r})",
+                start,
+                oip=True,
+            )
+            return
+        action = rest[0] if rest else ""
+        if len(rest) > 1 or action not in ("", "ready", "infer"):
+            await self._error(send, "other", 404, f"no route for {path}", start, oip=True)
+            return
+        if action == "infer":
+            if method != "POST":
+                await self._error(
+                    send, "infer", 405, "infer answers POST", start, oip=True, allow=b"POST"
+                )
+                return
+            await self._predict(scope, receive, send, "infer", start)
+            return
+        if method not in ("GET", "HEAD"):
+            await self._error(
+                send, "metadata", 405, f"{path} answers GET", start, oip=True, allow=b"GET"
+            )
+            return
+        if action == "ready":
+            body = orjson.dumps({"name": self.name, "ready": self.ready})
+            await _respond(send, 200 if self.ready else 503, body)
+            self.metrics.observe("ready", 200, time.perf_counter() - start)
+            return
+        await _respond(send, 200, self.metadata)
+        self.metrics.observe("metadata", 200, time.perf_counter() - start)
+
+    # --- predictions -----------------------------------------------------------------------
+
+    async def _predict(
+        self, scope: dict[str, Any], receive: Any, send: Any, endpoint: str, start: float
+    ) -> None:
+        oip = endpoint == "infer"
+        if scope["method"] != "POST":
+            await self._error(
+                send, endpoint, 405, f"{scope['path']} answers POST", start, oip=oip, allow=b"POST"
+            )
+            return
+        raw: dict[str, list[Any]] | None = None
+        rows, request_id, warnings = 0, None, None
+        labels: list[Any] | None = None
+        probs_list: list[Any] | None = None
+        try:
+            headers = _headers(scope)
+            self._authorize(headers)
+            body = await self._body(headers, receive)
+            if oip:
+                doc, raw = protocols.oip_request(
+                    body,
+                    headers.get(b"inference-header-content-length", b"").decode() or None,
+                    self.names,
+                    self.kinds,
+                )
+                request_id = doc.get("id")
+                want_proba = _wants_probabilities_oip(doc)
+            else:
+                content_type = headers.get(b"content-type", b"application/json").decode()
+                raw, params = protocols.mlflow_request(body, content_type, self.names, self.kinds)
+                want_proba = params.get("probabilities") is True or _query_flag(scope)
+            columns, rows, warnings = self.validator.columns(raw)
+            try:
+                label_array, probabilities = await self.batcher.submit(columns, rows, want_proba)
+            except _MODEL_ERRORS as exc:
+                raise RequestError(422, f"the model could not score this input: {exc}") from None
+            except Exception as exc:
+                if type(exc).__module__.startswith("onnxruntime"):
+                    raise RequestError(
+                        422, f"the model could not score this input: {exc}"
+                    ) from None
+                raise
+            labels = label_array.tolist()
+            if oip:
+                payload = protocols.oip_response(
+                    self.name, self.version, request_id, labels, self.label_datatype, probabilities
+                )
+            else:
+                doc_out: dict[str, Any] = {"predictions": labels}
+                if probabilities is not None:
+                    probs_list = probabilities.tolist()
+                    doc_out["probabilities"] = probs_list
+                    doc_out["classes"] = self.predictor.classes
+                payload = orjson.dumps(doc_out)
+            if oip and probabilities is not None:
+                probs_list = probabilities.tolist()
+        except RequestError as exc:
+            await self._error(
+                send,
+                endpoint,
+                exc.status,
+                exc.message,
+                start,
+                oip=oip,
+                raw=raw,
+                request_id=request_id,
+                extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
+            )
+            return
+        except _ClientGone:
+            raise
+        except Exception as exc:  # a bug in cpmai: answer 500, say why on stderr, keep serving
+            traceback.print_exc(file=sys.stderr)
+            await self._error(
+                send,
+                endpoint,
+                500,
+                f"internal error: {type(exc).__name__}",
+                start,
+                oip=oip,
+                raw=raw,
+                request_id=request_id,
+            )
+            return
+        await _respond(send, 200, payload)
+        elapsed = time.perf_counter() - start
+        self.metrics.observe(endpoint, 200, elapsed)
+        if warnings:
+            for warning in warnings:
+                self.metrics.out_of_range.labels(warning.split(":", 1)[0]).inc()
+        if self.log is not None:
+            self.log.record(
+                endpoint,
+                200,
+                elapsed,
+                rows,
+                raw,
+                labels,
+                probs_list,
+                warnings,
+                request_id=request_id,
+            )
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+        if self.token is None:
+            return
+        given = headers.get(b"authorization", b"")
+        if not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], self.token):
+            raise RequestError(401, "missing or invalid bearer token")
+
+    async def _body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body of {int(declared):,} bytes; the limit is {limit:,}")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise RequestError(413, f"body larger than the limit of {limit:,} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _on_batch(self, rows: int) -> None:
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.rows.inc(rows)
+
+    async def _error(
+        self,
+        send: Any,
+        endpoint: str,
+        status: int,
+        message: str,
+        start: float,
+        *,
+        oip: bool,
+        raw: dict[str, list[Any]] | None = None,
+        request_id: Any = None,
+        allow: bytes | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        if oip:
+            body = orjson.dumps({"error": message})
+        else:
+            code = "BAD_REQUEST" if status in (400, 413) else "INVALID_PARAMETER_VALUE"
+            body = orjson.dumps({"error_code": code, "message": message})
+        headers = list(extra or [])
+        if allow is not None:
+            headers.append((b"allow", allow))
+        await _respond(send, status, body, _JSON + headers)
+        elapsed = time.perf_counter() - start
+        self.metrics.observe(endpoint, status, elapsed)
+        if self.log is not None and endpoint in ("infer", "invocations"):
+            self.log.record(
+                endpoint,
+                status,
+                elapsed,
+                0,
+                raw if _small(raw) else None,
+                None,
+                error=message,
+                request_id=request_id,
+            )
+
+    def _metadata(self) -> dict[str, Any]:
+        inputs = [
+            {
+                "name": spec["name"],
+                "datatype": protocols.OIP_DATATYPES[spec["type"]],
+                "shape": [-1, 1],
+            }
+            for spec in self.predictor.inputs
+        ]
+        outputs = [{"name": "prediction", "datatype": self.label_datatype, "shape": [-1]}]
+        if self.predictor.has_proba and self.predictor.classes:
+            outputs.append(
+                {
+                    "name": "probabilities",
+                    "datatype": "FP64",
+                    "shape": [-1, len(self.predictor.classes)],
+                }
+            )
+        platform = "onnxruntime_onnx" if self.predictor.flavor == "onnx" else "sklearn"
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": platform,
+            "inputs": inputs,
+            "outputs": outputs,
+            "parameters": {"classes": self.predictor.classes} if self.predictor.classes else {},
+        }
+
+
+class _ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+_SIMPLE = {
+    "/v2/health/live": "live",
+    "/v2/health/ready": "ready",
+    "/v2": "server",
+    "/ping": "ping",
+    "/health": "health",
+    "/version": "version",
+    "/metrics": "metrics",
+}
+
+
+async def _respond(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*(headers or _JSON), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _headers(scope: dict[str, Any]) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+def _query_flag(scope: dict[str, Any]) -> bool:
+    query = scope.get("query_string") or b""
+    if not query:
+        return False
+    values = parse_qs(query.decode("latin-1")).get("probabilities", [])
+    return any(v.lower() in ("1", "true", "yes") for v in values)
+
+
+def _wants_probabilities_oip(doc: dict[str, Any]) -> bool:
+    params = doc.get("parameters")
+    if isinstance(params, dict) and params.get("probabilities") is True:
+        return True
+    outputs = doc.get("outputs")
+    return isinstance(outputs, list) and any(
+        isinstance(o, dict) and o.get("name") == "probabilities" for o in outputs
+    )
+
+
+def _label_datatype(signature: dict[str, Any]) -> str:
+    first = signature["outputs"][0]
+    categories = first.get("categories")
+    if not categories:
+        return "FP64"
+    if all(type(c) is int for c in categories):
+        return "INT64"
+    if all(type(c) is bool for c in categories):
+        return "BOOL"
+    if all(isinstance(c, int | float) for c in categories):
+        return "FP64"
+    return "BYTES"
+
+
+def _small(raw: dict[str, list[Any]] | None) -> bool:
+    return raw is not None and sum(len(v) for v in raw.values()) <= 10_000

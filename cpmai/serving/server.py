@@ -1,0 +1,39 @@
+"""Run the ASGI app on uvicorn (uvloop and httptools where available)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from cpmai.serving.app import CONFIG_ENV, ServeConfig
+
+GRACEFUL_SECONDS = 30
+
+
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """The exact keyword arguments given to `uvicorn.run` (tests assert on them)."""
+    fast_loop = importlib.util.find_spec("uvloop") is not None
+    fast_http = importlib.util.find_spec("httptools") is not None
+    return {
+        "factory": True,
+        "host": config.host,
+        "port": config.port,
+        "workers": config.workers,
+        "loop": "uvloop" if fast_loop else "asyncio",
+        "http": "httptools" if fast_http else "h11",
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+    }
+
+
+def serve(config: ServeConfig) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; in-flight requests finish, the prediction
+    log is flushed."""
+    import uvicorn
+
+    os.environ[CONFIG_ENV] = config.to_env()
+    uvicorn.run("cpmai.serving.app:create_app_from_env", **uvicorn_options(config))

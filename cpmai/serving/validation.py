@@ -1,0 +1,145 @@
+"""Checking request data against the signature, and turning it into model-ready columns.
+
+Refused (HTTP 422, naming the field): a missing or unknown input, a value of the wrong type, a
+category the model was not trained on, a missing value where none is allowed, inputs of unequal
+length. Accepted with a warning: a number outside the reference data's range (that is what
+drift is made of; `cpmai monitor` counts it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+MAX_LISTED = 8
+_SCALARS = (str, int, bool)
+
+
+class RequestError(Exception):
+    """A request cannot be served as sent. `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Spec:
+    __slots__ = ("allowed", "kind", "max", "min", "name", "nullable", "shown")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.name: str = spec["name"]
+        self.kind: str = spec["type"]
+        self.min: float | None = spec.get("min")
+        self.max: float | None = spec.get("max")
+        self.nullable: bool = bool(spec.get("nullable", False))
+        categories = spec.get("categories") or []
+        self.allowed = frozenset(categories)
+        self.shown = ", ".join(repr(c) for c in categories[:MAX_LISTED]) + (
+            ", ..." if len(categories) > MAX_LISTED else ""
+        )
+
+
+class Validator:
+    """Validates column data for one signature. Built once per server; cheap per request."""
+
+    def __init__(self, inputs: list[dict[str, Any]]) -> None:
+        self.specs = [_Spec(spec) for spec in inputs]
+        self.names = [spec.name for spec in self.specs]
+        self.name_set = frozenset(self.names)
+        self.kinds = {spec.name: spec.kind for spec in self.specs}
+
+    def columns(self, raw: dict[str, list[Any]]) -> tuple[dict[str, Any], int, list[str]]:
+        """`raw` (name → list of values) → (name → numpy array, rows, warnings)."""
+        if raw.keys() != self.name_set:
+            self._name_problems(raw)
+        rows = -1
+        out: dict[str, Any] = {}
+        warnings: list[str] = []
+        for spec in self.specs:
+            values = raw[spec.name]
+            if rows == -1:
+                rows = len(values)
+            elif len(values) != rows:
+                raise RequestError(
+                    422, f"input {spec.name!r} has {len(values)} values, the others {rows}"
+                )
+            out[spec.name] = self._column(spec, values, warnings)
+        if rows == 0:
+            raise RequestError(422, "no rows to score")
+        return out, rows, warnings
+
+    def _name_problems(self, raw: dict[str, list[Any]]) -> None:
+        unknown = [str(k) for k in raw if k not in self.name_set]
+        missing = [n for n in self.names if n not in raw]
+        parts = []
+        if missing:
+            parts.append(f"missing input{'s' * (len(missing) > 1)} {_listing(missing)}")
+        if unknown:
+            parts.append(f"unknown input{'s' * (len(unknown) > 1)} {_listing(unknown)}")
+        raise RequestError(422, "; ".join(parts) + f" (the model takes {_listing(self.names)})")
+
+    def _column(self, spec: _Spec, values: list[Any], warnings: list[str]) -> Any:
+        kind = spec.kind
+        if kind in ("number", "integer"):
+            for value in values:
+                kind_of = type(value)
+                if kind_of is float or kind_of is int:
+                    if kind_of is float and not math.isfinite(value):
+                        raise RequestError(422, f"input {spec.name!r}: {value} is not a number")
+                    continue
+                if value is None and spec.nullable:
+                    continue
+                raise RequestError(422, _wrong(spec, value, "a number"))
+            array = np.array(values, dtype=np.float64)
+            if spec.min is not None or spec.max is not None:
+                present = array[~np.isnan(array)] if spec.nullable else array
+                if present.size and (
+                    (spec.min is not None and present.min() < spec.min)
+                    or (spec.max is not None and present.max() > spec.max)
+                ):
+                    warnings.append(
+                        f"{spec.name}: outside the reference range [{spec.min:g}, {spec.max:g}]"
+                        if spec.min is not None and spec.max is not None
+                        else f"{spec.name}: outside the reference range"
+                    )
+            return array
+        if kind == "category":
+            for value in values:
+                if type(value) in _SCALARS and value in spec.allowed:
+                    continue
+                if value is None and spec.nullable:
+                    continue
+                raise RequestError(
+                    422, f"input {spec.name!r}: {_short(value)} is not one of {spec.shown}"
+                )
+            return np.array(values, dtype=object)
+        if kind == "string":
+            for value in values:
+                if type(value) is str or (value is None and spec.nullable):
+                    continue
+                raise RequestError(422, _wrong(spec, value, "a string"))
+            return np.array(values, dtype=object)
+        for value in values:  # boolean
+            if type(value) is bool or (value is None and spec.nullable):
+                continue
+            raise RequestError(422, _wrong(spec, value, "true or false"))
+        return np.array(values, dtype=object if spec.nullable else np.bool_)
+
+
+def _wrong(spec: _Spec, value: Any, expected: str) -> str:
+    if value is None:
+        return f"input {spec.name!r}: a value is required (the signature does not allow nulls)"
+    return f"input {spec.name!r}: expected {expected}, got {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
