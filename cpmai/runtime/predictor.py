@@ -64,12 +64,17 @@ class OnnxRunner:
             dtype = self.dtypes[self.matrix_name]
             matrix = np.column_stack([np.asarray(columns[n], dtype=dtype) for n in self.names])
             return {self.matrix_name: matrix}
-        return {
-            name: np.asarray(columns[name], dtype=self.dtypes[name]).reshape(-1, 1)
-            if self.dtypes[name] != "object"
-            else np.asarray(columns[name]).astype(str).astype(object).reshape(-1, 1)
-            for name in self.dtypes
-        }
+        feed = {}
+        for name, dtype in self.dtypes.items():
+            values = columns[name]
+            if dtype == "object":  # ONNX string tensors hold str objects
+                array = np.asarray(values, dtype=object)
+                if array.size and type(array.flat[0]) is not str:
+                    array = array.astype(str).astype(object)
+            else:
+                array = np.asarray(values, dtype=dtype)
+            feed[name] = array.reshape(-1, 1)
+        return feed
 
     def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
         import numpy as np

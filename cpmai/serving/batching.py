@@ -18,8 +18,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 Columns = dict[str, Any]
 Outcome = tuple[Any, Any]
 
@@ -147,4 +145,10 @@ class Batcher:
 def _merge(parts: list[Columns]) -> Columns:
     if len(parts) == 1:
         return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    merged: Columns = {}
+    for name in parts[0]:
+        values: list[Any] = []
+        for part in parts:
+            values += part[name]
+        merged[name] = values
+    return merged

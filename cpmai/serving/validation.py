@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 MAX_LISTED = 8
 _SCALARS = (str, int, bool)
 
@@ -51,8 +49,10 @@ class Validator:
         self.name_set = frozenset(self.names)
         self.kinds = {spec.name: spec.kind for spec in self.specs}
 
-    def columns(self, raw: dict[str, list[Any]]) -> tuple[dict[str, Any], int, list[str]]:
-        """`raw` (name → list of values) → (name → numpy array, rows, warnings)."""
+    def columns(self, raw: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], int, list[str]]:
+        """Check `raw` (name → list of values); returns (the same lists keyed in signature order,
+        rows, warnings). Lists, not arrays: the batcher joins requests' lists and the runner
+        makes one array per batch, which costs less than one per request."""
         if raw.keys() != self.name_set:
             self._name_problems(raw)
         rows = -1
@@ -81,9 +81,10 @@ class Validator:
             parts.append(f"unknown input{'s' * (len(unknown) > 1)} {_listing(unknown)}")
         raise RequestError(422, "; ".join(parts) + f" (the model takes {_listing(self.names)})")
 
-    def _column(self, spec: _Spec, values: list[Any], warnings: list[str]) -> Any:
+    def _column(self, spec: _Spec, values: list[Any], warnings: list[str]) -> list[Any]:
         kind = spec.kind
         if kind in ("number", "integer"):
+            has_null = False
             for value in values:
                 kind_of = type(value)
                 if kind_of is float or kind_of is int:
@@ -91,21 +92,16 @@ class Validator:
                         raise RequestError(422, f"input {spec.name!r}: {value} is not a number")
                     continue
                 if value is None and spec.nullable:
+                    has_null = True
                     continue
                 raise RequestError(422, _wrong(spec, value, "a number"))
-            array = np.array(values, dtype=np.float64)
-            if spec.min is not None or spec.max is not None:
-                present = array[~np.isnan(array)] if spec.nullable else array
-                if present.size and (
-                    (spec.min is not None and present.min() < spec.min)
-                    or (spec.max is not None and present.max() > spec.max)
-                ):
+            if spec.min is not None and spec.max is not None:
+                present = [v for v in values if v is not None] if has_null else values
+                if present and (min(present) < spec.min or max(present) > spec.max):
                     warnings.append(
                         f"{spec.name}: outside the reference range [{spec.min:g}, {spec.max:g}]"
-                        if spec.min is not None and spec.max is not None
-                        else f"{spec.name}: outside the reference range"
                     )
-            return array
+            return values
         if kind == "category":
             for value in values:
                 if type(value) in _SCALARS and value in spec.allowed:
@@ -115,18 +111,18 @@ class Validator:
                 raise RequestError(
                     422, f"input {spec.name!r}: {_short(value)} is not one of {spec.shown}"
                 )
-            return np.array(values, dtype=object)
+            return values
         if kind == "string":
             for value in values:
                 if type(value) is str or (value is None and spec.nullable):
                     continue
                 raise RequestError(422, _wrong(spec, value, "a string"))
-            return np.array(values, dtype=object)
+            return values
         for value in values:  # boolean
             if type(value) is bool or (value is None and spec.nullable):
                 continue
             raise RequestError(422, _wrong(spec, value, "true or false"))
-        return np.array(values, dtype=object if spec.nullable else np.bool_)
+        return values
 
 
 def _wrong(spec: _Spec, value: Any, expected: str) -> str:
