@@ -103,7 +103,7 @@ class InferenceApp:
             max_rows=config.max_batch_rows,
             max_latency_s=config.max_latency_ms / 1000,
             inline=predictor.flavor == "onnx",
-            on_batch=self._on_batch,
+            on_batch=self.metrics.observe_batch,
         )
         self.token = config.token.encode() if config.token else None
         self.ready = False
@@ -328,7 +328,7 @@ class InferenceApp:
         self.metrics.observe(endpoint, 200, elapsed)
         if warnings:
             for warning in warnings:
-                self.metrics.out_of_range.labels(warning.split(":", 1)[0]).inc()
+                self.metrics.out_of_range_value(warning.split(":", 1)[0])
         if self.log is not None:
             self.log.record(
                 endpoint,
@@ -367,10 +367,6 @@ class InferenceApp:
             if not message.get("more_body"):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _on_batch(self, rows: int) -> None:
-        self.metrics.batch_rows.observe(rows)
-        self.metrics.rows.inc(rows)
 
     async def _error(
         self,

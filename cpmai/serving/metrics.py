@@ -4,101 +4,128 @@ Names follow Prometheus conventions: the `cpmai_` prefix, base units (`_seconds`
 counters, and only bounded label values (endpoint names and status codes, never request ids).
 Latency buckets start at 100 µs: the client library's defaults start at 5 ms, coarser than a
 whole ONNX request.
+
+The request path only bumps plain integers (the event loop is the only writer, so no lock is
+needed); prometheus_client turns them into the exposition format when /metrics is scraped, and
+adds its standard process metrics (`process_cpu_seconds_total`,
+`process_resident_memory_bytes`, ...).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
 )
 
 LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# `_created` series double the output and no dashboard reads them
-disable_created_metrics()  # type: ignore[no-untyped-call]
+
+class _Histogram:
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf only)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_le(bound), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
 
 
 class ServerMetrics:
     def __init__(self, name: str, version: str, runtime: str) -> None:
+        self.info = (name, version, runtime)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, _Histogram] = {}
+        self.batch_rows = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
+        self.rows = 0
+        self.out_of_range: dict[str, int] = {}
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, ..._memory_bytes
-        self.requests = Counter(
-            "cpmai_requests",
-            "HTTP requests by endpoint and status code.",
-            ["endpoint", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "cpmai_request_duration_seconds",
-            "Time from request to response, by endpoint.",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_rows = Histogram(
-            "cpmai_batch_rows",
-            "Rows per model call (after micro-batching).",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.rows = Counter(
-            "cpmai_predicted_rows",
-            "Rows scored.",
-            registry=self.registry,
-        )
-        self.out_of_range = Counter(
-            "cpmai_input_out_of_range",
-            "Values outside the reference data's range, by input.",
-            ["input"],
-            registry=self.registry,
-        )
-        info = Gauge(
-            "cpmai_model_info",
-            "The model this process serves (value 1).",
-            ["name", "version", "runtime"],
-            registry=self.registry,
-        )
-        info.labels(name, version, runtime).set(1)
-        self._children: dict[tuple[str, int], Any] = {}
-        self._latency_children: dict[str, Any] = {}
+        ProcessCollector(registry=self.registry)
+        self.registry.register(self)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one request (label children cached: no label lookup per request)."""
-        child = self._children.get((endpoint, status))
-        if child is None:
-            child = self._children[(endpoint, status)] = self.requests.labels(endpoint, str(status))
-        child.inc()
-        latency = self._latency_children.get(endpoint)
-        if latency is None:
-            latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
-        latency.observe(seconds)
+        key = (endpoint, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.latency.get(endpoint)
+        if histogram is None:
+            histogram = self.latency[endpoint] = _Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    def observe_batch(self, rows: int) -> None:
+        self.batch_rows.observe(rows)
+        self.rows += rows
+
+    def out_of_range_value(self, input_name: str) -> None:
+        self.out_of_range[input_name] = self.out_of_range.get(input_name, 0) + 1
+
+    def collect(self) -> Iterator[Any]:
+        """prometheus_client's collector protocol: called on each scrape."""
+        requests = CounterMetricFamily(
+            "cpmai_requests",
+            "HTTP requests by endpoint and status code.",
+            labels=["endpoint", "status"],
+        )
+        for (endpoint, status), count in sorted(self.requests.items()):
+            requests.add_metric([endpoint, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "cpmai_request_duration_seconds",
+            "Time from request to response, by endpoint.",
+            labels=["endpoint"],
+        )
+        for endpoint, histogram in sorted(self.latency.items()):
+            latency.add_metric([endpoint], histogram.buckets(), histogram.total)
+        yield latency
+        batches = HistogramMetricFamily(
+            "cpmai_batch_rows",
+            "Rows per model call (after micro-batching).",
+        )
+        batches.add_metric([], self.batch_rows.buckets(), self.batch_rows.total)
+        yield batches
+        yield CounterMetricFamily("cpmai_predicted_rows", "Rows scored.", value=self.rows)
+        ranges = CounterMetricFamily(
+            "cpmai_input_out_of_range",
+            "Values outside the reference data's range, by input.",
+            labels=["input"],
+        )
+        for input_name, count in sorted(self.out_of_range.items()):
+            ranges.add_metric([input_name], count)
+        yield ranges
+        info = GaugeMetricFamily(
+            "cpmai_model_info",
+            "The model this process serves (value 1).",
+            labels=["name", "version", "runtime"],
+        )
+        info.add_metric(list(self.info), 1)
+        yield info
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

@@ -26,6 +26,7 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
         "log_level": "warning",
         "access_log": False,
         "server_header": False,
+        "proxy_headers": False,  # nothing here reads X-Forwarded-*: skip the middleware
         "timeout_graceful_shutdown": GRACEFUL_SECONDS,
     }
 
