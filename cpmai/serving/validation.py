@@ -106,8 +106,10 @@ class Validator:
             for value in values:
                 if type(value) in _SCALARS and value in spec.allowed:
                     continue
-                if value is None and spec.nullable:
-                    continue
+                if value is None:
+                    if spec.nullable:
+                        continue
+                    raise RequestError(422, _wrong(spec, value, "a category"))
                 raise RequestError(
                     422, f"input {spec.name!r}: {_short(value)} is not one of {spec.shown}"
                 )

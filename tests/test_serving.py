@@ -1,0 +1,550 @@
+"""`cpmai serve` as real clients meet it: a server process on 127.0.0.1, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cpmai
+from serving_helpers import Server
+
+NAME = "churn-classifier"
+INFER = f"/v2/models/{NAME}/infer"
+FEATURES = [
+    "tenure_months",
+    "monthly_charges",
+    "support_calls",
+    "late_payments",
+    "plan",
+    "contract",
+    "payment_method",
+    "region",
+]
+
+
+@pytest.fixture(scope="module")
+def packaged(trained_example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state folder holding the churn example, packaged once for this module."""
+    from cpmai.artifacts import package
+    from cpmai.manifest import load_manifest
+
+    folder = tmp_path_factory.mktemp("served")
+    shutil.copytree(trained_example, folder / "churn")
+    home = folder / "state"
+    package(load_manifest(folder / "churn" / "cpmai.yaml"), home, actor="tester")
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(packaged: Path) -> Iterator[Server]:
+    srv = Server(packaged, NAME)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def holdout(trained_example: Path) -> pd.DataFrame:
+    return pd.read_csv(trained_example / "data" / "holdout.csv").head(25)
+
+
+@pytest.fixture(scope="module")
+def model(trained_example: Path) -> Any:
+    return joblib.load(trained_example / "model.joblib")
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame[FEATURES].to_json(orient="records"))
+
+
+# --- health and metadata ----------------------------------------------------------------------
+
+
+def test_health_endpoints(server: Server) -> None:
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/v2/health/ready").json() == {"ready": True}
+    assert server.get("/ping").status == 200
+    assert server.get("/health").status == 200
+    assert server.get("/v2").json()["name"] == "cpmai"
+    assert server.get("/version").json()["model"] == NAME
+
+
+def test_model_metadata_comes_from_the_signature(server: Server) -> None:
+    meta = server.get(f"/v2/models/{NAME}").json()
+    assert meta["name"] == NAME and meta["versions"] == ["1.0.0"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    by_name = {i["name"]: i for i in meta["inputs"]}
+    assert list(by_name) == FEATURES
+    assert by_name["tenure_months"] == {
+        "name": "tenure_months",
+        "datatype": "INT64",
+        "shape": [-1, 1],
+    }
+    assert by_name["plan"]["datatype"] == "BYTES"
+    assert meta["outputs"][0] == {"name": "prediction", "datatype": "INT64", "shape": [-1]}
+    assert meta["outputs"][1]["shape"] == [-1, 2]
+    assert server.get(f"/v2/models/{NAME}/versions/1.0.0").json() == meta
+    assert server.get(f"/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
+    assert server.get(f"/v2/models/{NAME}/versions/1.0.0/ready").status == 200
+    assert server.get("/v2/models/other").status == 404
+    assert server.get(f"/v2/models/{NAME}/versions/9.9.9").status == 404
+
+
+# --- MLflow scoring protocol -----------------------------------------------------------------
+
+
+def test_mlflow_formats_give_the_models_own_predictions(
+    server: Server, holdout: pd.DataFrame, model: Any
+) -> None:
+    expected = model.predict(holdout[FEATURES]).tolist()
+    records = rows_of(holdout)
+    matrix = [[r[f] for f in FEATURES] for r in records]
+    bodies = {
+        "dataframe_split": {"dataframe_split": {"columns": FEATURES, "data": matrix}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances (objects)": {"instances": records},
+        "instances (rows)": {"instances": matrix},
+        "inputs (columns)": {"inputs": {f: [r[f] for r in records] for f in FEATURES}},
+        "inputs (rows)": {"inputs": matrix},
+    }
+    for label, body in bodies.items():
+        reply = server.post_json("/invocations", body)
+        assert reply.status == 200, (label, reply.body)
+        assert reply.json() == {"predictions": expected}, label
+    csv_body = holdout[FEATURES].to_csv(index=False)
+    reply = server.request("POST", "/invocations", csv_body, {"Content-Type": "text/csv"})
+    assert reply.status == 200, reply.body
+    assert reply.json()["predictions"] == expected
+
+
+def test_mlflow_probabilities_on_request(server: Server, holdout: pd.DataFrame, model: Any) -> None:
+    expected = model.predict_proba(holdout[FEATURES])
+    body = {"dataframe_records": rows_of(holdout)}
+    for reply in (
+        server.post_json("/invocations?probabilities=true", body),
+        server.post_json("/invocations", {**body, "params": {"probabilities": True}}),
+    ):
+        doc = reply.json()
+        assert doc["classes"] == [0, 1]
+        assert np.allclose(doc["probabilities"], expected, atol=1e-9)
+    assert "probabilities" not in server.post_json("/invocations", body).json()
+
+
+# --- Open Inference Protocol v2 ----------------------------------------------------------------
+
+
+def oip_per_feature(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tensors = []
+    for feature in FEATURES:
+        values = [r[feature] for r in records]
+        kind = (
+            "BYTES"
+            if isinstance(values[0], str)
+            else ("INT64" if isinstance(values[0], int) else "FP64")
+        )
+        tensors.append(
+            {"name": feature, "shape": [len(values), 1], "datatype": kind, "data": values}
+        )
+    return tensors
+
+
+def test_oip_per_feature_tensors(server: Server, holdout: pd.DataFrame, model: Any) -> None:
+    records = rows_of(holdout)
+    reply = server.post_json(INFER, {"id": "req-7", "inputs": oip_per_feature(records)})
+    assert reply.status == 200, reply.body
+    doc = reply.json()
+    assert doc["id"] == "req-7" and doc["model_name"] == NAME and doc["model_version"] == "1.0.0"
+    [prediction] = doc["outputs"]
+    assert prediction["name"] == "prediction" and prediction["datatype"] == "INT64"
+    assert prediction["shape"] == [len(records)]
+    assert prediction["data"] == model.predict(holdout[FEATURES]).tolist()
+
+
+def test_oip_one_2d_tensor_and_probabilities(
+    server: Server, holdout: pd.DataFrame, model: Any
+) -> None:
+    records = rows_of(holdout)
+    tensor = {
+        "name": "input-0",
+        "shape": [len(records), len(FEATURES)],
+        "datatype": "BYTES",
+        "data": [[r[f] for f in FEATURES] for r in records],
+    }
+    body = {"inputs": [tensor], "parameters": {"probabilities": True}}
+    reply = server.post_json(f"/v2/models/{NAME}/versions/1.0.0/infer", body)
+    assert reply.status == 200, reply.body
+    prediction, probabilities = reply.json()["outputs"]
+    assert prediction["data"] == model.predict(holdout[FEATURES]).tolist()
+    assert probabilities["shape"] == [len(records), 2]
+    assert np.allclose(
+        np.array(probabilities["data"]).reshape(-1, 2),
+        model.predict_proba(holdout[FEATURES]),
+        atol=1e-9,
+    )
+    asked = {"inputs": [tensor], "outputs": [{"name": "prediction"}, {"name": "probabilities"}]}
+    assert len(server.post_json(INFER, asked).json()["outputs"]) == 2
+
+
+def test_an_off_the_shelf_oip_client_works_unchanged(
+    server: Server, holdout: pd.DataFrame, model: Any
+) -> None:
+    """tritonclient's HTTP client, with its defaults (binary tensor data) and without."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(NAME)
+        meta = client.get_model_metadata(NAME)
+        assert [i["name"] for i in meta["inputs"]] == FEATURES
+        frame = holdout[FEATURES]
+        for binary in (True, False):
+            inputs = []
+            for spec in meta["inputs"]:
+                column = frame[spec["name"]].to_numpy()
+                array = (
+                    column.astype(np.int64)
+                    if spec["datatype"] == "INT64"
+                    else column.astype(np.float64)
+                    if spec["datatype"] == "FP64"
+                    else column.astype(np.object_)
+                ).reshape(-1, 1)
+                tensor = httpclient.InferInput(spec["name"], list(array.shape), spec["datatype"])
+                tensor.set_data_from_numpy(array, binary_data=binary)
+                inputs.append(tensor)
+            outputs = [httpclient.InferRequestedOutput("prediction", binary_data=binary)]
+            result = client.infer(NAME, inputs, outputs=outputs, request_id=f"tc-{binary}")
+            assert result.get_response()["id"] == f"tc-{binary}"
+            assert result.as_numpy("prediction").tolist() == model.predict(frame).tolist()
+    finally:
+        client.close()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def one_row(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "tenure_months": 3,
+        "monthly_charges": 80.5,
+        "support_calls": 4,
+        "late_payments": 1,
+        "plan": "premium",
+        "contract": "month-to-month",
+        "payment_method": "invoice",
+        "region": "north",
+    }
+    row.update(changes)
+    return {key: value for key, value in row.items() if value is not _DROP}
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"dataframe_records": [one_row(plan=_DROP)]}, 422, "missing input 'plan'"),
+        ({"dataframe_records": [one_row(colour="red")]}, 422, "unknown input 'colour'"),
+        (
+            {"dataframe_records": [one_row(tenure_months="three")]},
+            422,
+            "input 'tenure_months': expected a number, got 'three'",
+        ),
+        (
+            {"dataframe_records": [one_row(plan="gold")]},
+            422,
+            "input 'plan': 'gold' is not one of 'basic', 'premium', 'standard'",
+        ),
+        ({"dataframe_records": [one_row(region=None)]}, 422, "input 'region': a value is required"),
+        ({"dataframe_records": [one_row(plan=["premium"])]}, 422, "input 'plan'"),
+        ({"records": []}, 400, "expected exactly one of"),
+        ({"dataframe_records": [], "instances": []}, 400, "expected exactly one of"),
+        ({"dataframe_split": {"columns": FEATURES, "data": [[1, 2]]}}, 400, "has 2 values"),
+        ([1, 2, 3], 400, "must be a JSON object"),
+    ],
+)
+def test_bad_mlflow_input_is_a_4xx_naming_the_problem(
+    server: Server, body: Any, status: int, fragment: str
+) -> None:
+    reply = server.post_json("/invocations", body)
+    assert reply.status == status, reply.body
+    doc = reply.json()
+    assert fragment in doc["message"], doc
+    assert doc["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE")
+
+
+def test_malformed_json_oversized_body_methods_and_paths(server: Server) -> None:
+    reply = server.request(
+        "POST", "/invocations", b"{not json", {"Content-Type": "application/json"}
+    )
+    assert reply.status == 400 and "malformed JSON" in reply.json()["message"]
+    reply = server.request("POST", INFER, b"[[[[", {"Content-Type": "application/json"})
+    assert reply.status == 400 and "malformed JSON" in reply.json()["error"]
+    deep = "[" * 5000 + "]" * 5000  # MLflow's server answers 500 to this
+    assert server.request("POST", "/invocations", deep).status == 400
+    big = b'{"inputs": "' + b"x" * (11 * 1024 * 1024) + b'"}'
+    reply = server.request("POST", "/invocations", big, {"Content-Type": "application/json"})
+    assert reply.status == 413
+    assert server.get("/invocations").status == 405
+    assert server.get(INFER).status == 405
+    assert server.request("POST", "/v2/health/live").status == 405
+    assert server.get("/nope").status == 404
+    assert server.get("/v2/health/ready").status == 200  # still fine after all that
+
+
+def test_oip_bad_tensors(server: Server) -> None:
+    good = oip_per_feature([one_row()])
+    bad_shape = [dict(t, shape=[2, 1]) if t["name"] == "plan" else t for t in good]
+    reply = server.post_json(INFER, {"inputs": bad_shape})
+    assert reply.status == 400 and "needs 2 values, got 1" in reply.json()["error"]
+    assert server.post_json(INFER, {"inputs": []}).status == 400
+    assert server.post_json(INFER, {"inputs": [{"name": "x"}]}).status == 400
+    reply = server.post_json(
+        INFER, {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}
+    )
+    assert reply.status == 400 and "match neither" in reply.json()["error"]
+    typed = [dict(t, datatype="FP64", data=[1.5]) if t["name"] == "plan" else t for t in good]
+    assert server.post_json(INFER, {"inputs": typed}).status == 422
+
+
+def test_out_of_range_is_served_and_counted(server: Server) -> None:
+    reply = server.post_json("/invocations", {"dataframe_records": [one_row(tenure_months=500)]})
+    assert reply.status == 200
+    metrics = server.get("/metrics").body.decode()
+    assert 'cpmai_input_out_of_range_total{input="tenure_months"}' in metrics
+
+
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    *FEATURES,
+                    "inputs",
+                    "dataframe_split",
+                    "data",
+                    "name",
+                    "shape",
+                    "datatype",
+                    "columns",
+                    "instances",
+                    "dataframe_records",
+                    "parameters",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    doc=JSONISH,
+    path=st.sampled_from(["/invocations", INFER]),
+    raw=st.one_of(st.none(), st.binary(max_size=200)),
+)
+def test_fuzzed_bodies_never_get_a_500(
+    server: Server, doc: Any, path: str, raw: bytes | None
+) -> None:
+    body = raw if raw is not None else json.dumps(doc).encode()
+    reply = server.request("POST", path, body, {"Content-Type": "application/json"})
+    assert reply.status < 500, (body[:300], reply.body[:300])
+    assert reply.status in (200, 400, 413, 422), reply.status
+
+
+def test_server_survived_the_fuzzing(server: Server) -> None:
+    assert server.get("/v2/health/ready").status == 200
+    assert server.proc.poll() is None
+
+
+# --- metrics and the prediction log -----------------------------------------------------------
+
+
+def test_metrics_parse_as_prometheus_text(server: Server) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server.post_json("/invocations", {"dataframe_records": [one_row()]})
+    reply = server.get("/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(reply.body.decode())}
+    for name in (
+        "cpmai_requests",
+        "cpmai_request_duration_seconds",
+        "cpmai_batch_rows",
+        "cpmai_model_info",
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+    ):
+        assert name in families, name
+    ok = [
+        s
+        for s in families["cpmai_requests"].samples
+        if s.labels == {"endpoint": "invocations", "status": "200"}
+    ]
+    assert ok and ok[0].value >= 1
+    latency = families["cpmai_request_duration_seconds"].samples
+    count = [
+        s.value
+        for s in latency
+        if s.name.endswith("_count") and s.labels["endpoint"] == "invocations"
+    ][0]
+    inf = [
+        s.value
+        for s in latency
+        if s.labels.get("le") == "+Inf" and s.labels["endpoint"] == "invocations"
+    ][0]
+    assert inf == count >= 1
+    smallest = min(
+        float(s.labels["le"]) for s in latency if "le" in s.labels and s.labels["le"] != "+Inf"
+    )
+    assert smallest <= 0.0001
+    info = families["cpmai_model_info"].samples[0].labels
+    assert info == {"name": NAME, "version": "1.0.0", "runtime": "onnx"}
+
+
+def test_prediction_log_is_written_within_a_second_or_two(server: Server) -> None:
+    marker = "log-probe-42"
+    body = {"id": marker, "inputs": oip_per_feature([one_row(), one_row(plan="basic")])}
+    assert server.post_json(INFER, body).status == 200
+    folder = server.home / "logs" / NAME / "default"
+    deadline = time.monotonic() + 5
+    line = None
+    while time.monotonic() < deadline and line is None:
+        for path in folder.glob("predictions-*.jsonl"):
+            for text in path.read_text().splitlines():
+                if marker in text:
+                    line = json.loads(text)
+        time.sleep(0.1)
+    assert line is not None, "the request never reached the prediction log"
+    assert line["status"] == 200 and line["rows"] == 2 and line["version"] == "1.0.0"
+    assert line["inputs"]["plan"] == ["premium", "basic"]
+    assert len(line["outputs"]) == 2 and line["latency_ms"] > 0
+
+
+# --- auth, shutdown, integrity, the uvicorn call ----------------------------------------------
+
+
+def test_bearer_token(packaged: Path) -> None:
+    srv = Server(packaged, NAME, "--token", "s3cret")
+    try:
+        body = {"dataframe_records": [one_row()]}
+        reply = srv.post_json("/invocations", body)
+        assert reply.status == 401 and reply.headers.get("www-authenticate") == "Bearer"
+        assert srv.post_json("/invocations", body, {"Authorization": "Bearer nope"}).status == 401
+        assert srv.post_json("/invocations", body, {"Authorization": "Bearer s3cret"}).status == 200
+        assert srv.post_json(INFER, {"inputs": oip_per_feature([one_row()])}).status == 401
+        assert srv.get("/v2/health/ready").status == 200  # health stays open
+    finally:
+        srv.close()
+
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(packaged: Path) -> None:
+    srv = Server(packaged, NAME, "--runtime", "sklearn", "--env", "shutdown-test")
+    finished: list[tuple[int, float]] = []  # (status, when)
+    refused: list[str] = []
+    rows = [one_row(tenure_months=i % 70) for i in range(20_000)]
+    body = json.dumps({"dataframe_records": rows})
+
+    def client() -> None:
+        for _ in range(50):  # bounded: the server stops long before
+            try:
+                reply = srv.request(
+                    "POST", "/invocations", body, {"Content-Type": "application/json"}
+                )
+            except OSError as exc:  # the server closed: no more requests are accepted
+                refused.append(type(exc).__name__)
+                return
+            finished.append((reply.status, time.monotonic()))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    stopped_at = time.monotonic()
+    code = srv.stop()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert code in (0, -15)  # uvicorn re-raises the signal after its graceful shutdown
+    assert finished and all(status == 200 for status, _ in finished), finished
+    assert any(when > stopped_at for _, when in finished), "no request was in flight at SIGTERM"
+    assert refused, "clients kept being served after shutdown"
+    logged = sum(
+        len(p.read_text().splitlines())
+        for p in (packaged / "logs" / NAME / "shutdown-test").glob("*.jsonl")
+    )
+    assert logged == len(finished), "every served request is in the log after shutdown"
+
+
+def test_a_tampered_artifact_is_not_served(trained_example: Path, tmp_path: Path) -> None:
+    import os
+
+    from cpmai.artifacts import package
+    from cpmai.manifest import load_manifest
+
+    shutil.copytree(trained_example, tmp_path / "churn")
+    home = tmp_path / "state"
+    result = package(load_manifest(tmp_path / "churn" / "cpmai.yaml"), home, actor="t")
+    twin = result.path / "model" / "twin.onnx"
+    os.chmod(twin, 0o644)
+    twin.write_bytes(twin.read_bytes() + b"\0")
+    outcome = run_cpmai("serve", NAME, "--port", "1", env={"CPMAI_HOME": str(home)})
+    assert outcome.code == 5
+    assert "model/twin.onnx: content changed" in outcome.err
+
+
+def test_serve_calls_uvicorn_with_exactly_these_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from cpmai.serving import server as server_module
+    from cpmai.serving.app import CONFIG_ENV, ServeConfig
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append((a, k)))
+    config = ServeConfig(home="/h", name="m", version="1.0.0", port=9001, workers=2)
+    server_module.serve(config)
+    assert calls == [
+        (
+            ("cpmai.serving.app:create_app_from_env",),
+            {
+                "factory": True,
+                "host": "127.0.0.1",
+                "port": 9001,
+                "workers": 2,
+                "loop": "uvloop",
+                "http": "httptools",
+                "lifespan": "on",
+                "log_level": "warning",
+                "access_log": False,
+                "server_header": False,
+                "proxy_headers": False,
+                "timeout_graceful_shutdown": 30,
+            },
+        )
+    ]
+    assert json.loads(__import__("os").environ[CONFIG_ENV])["port"] == 9001
