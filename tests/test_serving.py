@@ -408,16 +408,16 @@ def test_metrics_parse_as_prometheus_text(server: Server) -> None:
     ]
     assert ok and ok[0].value >= 1
     latency = families["cpmai_request_duration_seconds"].samples
-    count = [
+    count = next(
         s.value
         for s in latency
         if s.name.endswith("_count") and s.labels["endpoint"] == "invocations"
-    ][0]
-    inf = [
+    )
+    inf = next(
         s.value
         for s in latency
         if s.labels.get("le") == "+Inf" and s.labels["endpoint"] == "invocations"
-    ][0]
+    )
     assert inf == count >= 1
     smallest = min(
         float(s.labels["le"]) for s in latency if "le" in s.labels and s.labels["le"] != "+Inf"
