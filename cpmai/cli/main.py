@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cpmai import __version__
-from cpmai.cli import ledger_cmd, output, package_cmd, project, serve, versions
+from cpmai.cli import ledger_cmd, output, package_cmd, predict, project, serve, versions
 from cpmai.errors import CpmaiError, ExitCode
 
 EXIT_CODES_HELP = """\
@@ -45,6 +45,7 @@ for command in (
     versions.versions,
     versions.history,
     serve.serve,
+    predict.predict,
 ):
     app.command()(command)
 app.add_typer(ledger_cmd.app, name="ledger")

@@ -1,0 +1,124 @@
+"""`cpmai predict`: score a file with a packaged model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpmai.cli.output import OPTIONS, emit_json, info, wants_json
+from cpmai.cli.project import JsonFlag
+
+
+def predict(
+    ref: Annotated[
+        str, typer.Argument(help="NAME or NAME@VERSION (default: the latest).", show_default=False)
+    ],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="CSV, JSON, JSON lines or Parquet file to score.",
+            show_default=False,
+        ),
+    ],
+    output_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write (.csv, .jsonl, .parquet; default: INPUT.predictions.csv).",
+            show_default=False,
+        ),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Add one probability_<class> column per class.")
+    ] = False,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows per chunk (memory stays flat).", min=1)
+    ] = 50_000,
+    runtime: Annotated[
+        str | None, typer.Option(help="Force sklearn or onnx.", show_default=False)
+    ] = None,
+    no_log: Annotated[
+        bool, typer.Option("--no-log", help="Do not write the prediction log (logs/NAME/batch).")
+    ] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Score a file in chunks with a progress bar; inputs are checked against the signature
+    like requests are. Extra columns (ids, labels) pass through to the output."""
+    from cpmai.artifacts import open_artifact
+    from cpmai.batch import score_file
+    from cpmai.errors import UsageError
+    from cpmai.refs import resolve
+    from cpmai.runtime.predictor import Predictor
+    from cpmai.serving.predlog import PredictionLog
+    from cpmai.settings import resolve_home
+
+    if runtime not in (None, "sklearn", "onnx"):
+        raise UsageError(f"--runtime {runtime!r}: expected sklearn or onnx")
+    if not input_file.is_file():
+        raise UsageError(f"{input_file}: no such file")
+    home = resolve_home(OPTIONS.home)
+    target = resolve(home, ref)
+    artifact = open_artifact(home, target.name, target.version)
+    predictor = Predictor.from_artifact(artifact, runtime=runtime)
+    output = output_file or input_file.with_name(f"{input_file.stem}.predictions.csv")
+    log = None
+    if not no_log:
+        log = PredictionLog(
+            home / "logs" / target.name / "batch", model=target.name, version=target.version
+        )
+        log.start()
+    show_bar = sys.stderr.isatty() and not OPTIONS.quiet and not wants_json(json_)
+    try:
+        if show_bar:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.completed:,} rows"),
+                TimeElapsedColumn(),
+                console=OPTIONS.err,
+                transient=True,
+            ) as progress:
+                task = progress.add_task(f"scoring {input_file.name}", total=None)
+                result = score_file(
+                    predictor,
+                    input_file,
+                    output,
+                    chunk_rows=chunk_rows,
+                    probabilities=probabilities,
+                    log=log,
+                    on_chunk=lambda n: progress.advance(task, n),
+                )
+        else:
+            result = score_file(
+                predictor,
+                input_file,
+                output,
+                chunk_rows=chunk_rows,
+                probabilities=probabilities,
+                log=log,
+            )
+    finally:
+        if log is not None:
+            log.close()
+    if wants_json(json_):
+        emit_json(
+            {
+                "name": target.name,
+                "version": target.version,
+                "runtime": predictor.flavor,
+                **result.to_dict(),
+            }
+        )
+        return
+    info(
+        f"scored {result.rows:,} rows with {target.name} {target.version} ({predictor.flavor}) "
+        f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s) → {output}"
+    )
