@@ -45,6 +45,23 @@ def serve(
     no_log: Annotated[
         bool, typer.Option("--no-log", help="Do not write the prediction log.")
     ] = False,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Most rows per model call (default: serving.max_batch_size; 1 turns "
+            "batching off).",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="How long an idle server waits to fill a batch (default: serving.max_latency_ms).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a packaged model over HTTP in the foreground (Ctrl-C or SIGTERM stops it: in-flight
     requests finish, the prediction log is flushed).
@@ -80,8 +97,8 @@ def serve(
         token=token or os.environ.get("CPMAI_TOKEN") or None,
         runtime=runtime,
         max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
-        max_batch_rows=settings.max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
+        max_batch_rows=max_batch_size or settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms if max_latency_ms is None else max_latency_ms,
         log_sample_rate=settings.log_sample_rate,
         prediction_log=not no_log,
     )

@@ -1,0 +1,415 @@
+"""Serving performance: `cpmai serve` against a bare handler, measured side by side in one run.
+
+    python benchmarks/serving.py [--duration 10] [--rounds 3]
+
+What it does (2 cores: wrk takes one, the server the other):
+1. trains the churn example twice (logistic-regression pipeline, 100-tree forest) and packages
+   both into a temporary state folder;
+2. measures raw in-process predict per row (scikit-learn and ONNX Runtime) as the floor;
+3. starts, one at a time, a bare uvicorn handler (parses the JSON body, answers a constant: the
+   ceiling of any Python server on uvicorn here), `cpmai serve` for each model (validation,
+   prediction log and metrics all on), and `cpmai serve --no-log`; drives each with wrk
+   (`-t2 -c8`, single-row JSON, `--duration` seconds), in `--rounds` interleaved rounds so machine
+   drift hits all alike; reports medians;
+4. batching: the forest at concurrency 64, batched (default) vs `--max-batch-size 1`;
+5. `cpmai predict` on 100,000 and 1,000,000 rows: time and peak RSS (memory flat = same peak).
+
+Targets (issue #3): cpmai ≥ 45% of the bare handler's requests/s for both models, p99 ≤ 3 ms,
+zero non-2xx; batched ≥ 1.5× unbatched at concurrency 64 for the forest; logging costs < 5% of
+throughput. Exits 4 when a target is missed. Needs wrk (Debian package `wrk`; installed with
+apt-get when missing and running as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+ROW = {
+    "tenure_months": 3,
+    "monthly_charges": 80.5,
+    "support_calls": 4,
+    "late_payments": 1,
+    "plan": "premium",
+    "contract": "month-to-month",
+    "payment_method": "invoice",
+    "region": "north",
+}
+BARE_APP = """
+import orjson
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].replace("lifespan.", "")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    orjson.loads(body)
+    out = b'{"predictions":[0]}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed (apt-get install wrk)")
+    return found
+
+
+def wait_ready(port: int, path: str = "/v2/health/ready", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+class Process:
+    def __init__(self, cmd: list[str], port: int, env: dict[str, str], ready: str) -> None:
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.port = port
+        wait_ready(port, ready)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_wrk(wrk: str, port: int, script: Path, duration: int, connections: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            wrk,
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/invocations",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(\w+)", out).groups()
+        result[f"p{pct}_ms"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    result["non2xx"] = int(non2xx[1]) if non2xx else 0
+    result["socket_errors"] = errors[0] if errors else ""
+    return result
+
+
+def per_row_floor(home: Path, name: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    code = f"""
+import json, sys, time, statistics
+from pathlib import Path
+from cpmai.artifacts import open_artifact
+from cpmai.runtime.predictor import Predictor
+rows = json.loads(sys.argv[1])
+art = open_artifact(Path({str(home)!r}), {name!r})
+out = {{}}
+for runtime in ("sklearn", "onnx"):
+    p = Predictor.from_artifact(art, runtime=runtime)
+    cols = [{{k: [r[k]] for k in r}} for r in rows]
+    for c in cols[:50]:
+        p.run(c)
+    times = []
+    for c in cols:
+        t = time.perf_counter_ns(); p.run(c); times.append(time.perf_counter_ns() - t)
+    out[runtime] = statistics.median(times) / 1000
+print(json.dumps(out))
+"""
+    import json
+
+    proc = subprocess.run(
+        [PY, "-c", code, json.dumps(rows)], capture_output=True, text=True, check=True
+    )
+    data: dict[str, float] = json.loads(proc.stdout)
+    return data
+
+
+def peak_rss_kb(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    script = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)"
+        ".ru_maxrss)"
+    )
+    out = subprocess.run(
+        [PY, "-c", script, *cmd], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    import json
+
+    rows_out: list[tuple[str, str, str, bool]] = []
+    with tempfile.TemporaryDirectory(prefix="cpmai-serving-bench-") as tmp:
+        work = Path(tmp)
+        home = work / "state"
+        env = {**os.environ, "CPMAI_HOME": str(home), "CPMAI_ACTOR": "bench"}
+        for kind, name in (("logreg", "churn-logreg"), ("forest", "churn-forest")):
+            folder = work / kind
+            folder.mkdir()
+            shutil.copy(ROOT / "examples" / "churn" / "train.py", folder)
+            text = (ROOT / "examples" / "churn" / "cpmai.yaml").read_text()
+            (folder / "cpmai.yaml").write_text(
+                text.replace("name: churn-classifier", f"name: {name}")
+            )
+            subprocess.run(
+                [PY, "train.py", "--model", kind], cwd=folder, check=True, capture_output=True
+            )
+            subprocess.run(
+                [PY, "-m", "cpmai", "package", "cpmai.yaml"],
+                cwd=folder,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        script = work / "post.lua"
+        body = json.dumps({"dataframe_records": [ROW]})
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = '
+            f'"application/json"\nwrk.body = {json.dumps(body)}\n'
+        )
+        (work / "bare_app.py").write_text(BARE_APP)
+
+        import pandas as pd
+
+        sample = json.loads(
+            pd.read_csv(work / "logreg" / "data" / "holdout.csv")
+            .drop(columns=["churned"])
+            .head(500)
+            .to_json(orient="records")
+        )
+        floors = {
+            name: per_row_floor(home, name, sample) for name in ("churn-logreg", "churn-forest")
+        }
+
+        def bare() -> Process:
+            port = free_port()
+            return Process(
+                [
+                    PY,
+                    "-m",
+                    "uvicorn",
+                    "bare_app:app",
+                    "--port",
+                    str(port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--app-dir",
+                    str(work),
+                ],
+                port,
+                env,
+                "/",
+            )
+
+        def cpmai(name: str, *extra: str) -> Process:
+            port = free_port()
+            return Process(
+                [PY, "-m", "cpmai", "serve", name, "--port", str(port), *extra],
+                port,
+                env,
+                "/v2/health/ready",
+            )
+
+        contenders = {
+            "bare handler": bare,
+            "cpmai logreg": lambda: cpmai("churn-logreg"),
+            "cpmai logreg --no-log": lambda: cpmai("churn-logreg", "--no-log"),
+            "cpmai forest": lambda: cpmai("churn-forest"),
+        }
+        results: dict[str, list[dict[str, Any]]] = {k: [] for k in contenders}
+        for _ in range(args.rounds):
+            for label, start in contenders.items():
+                server = start()
+                try:
+                    run_wrk(wrk, server.port, script, 2, 8)  # warm-up, not counted
+                    results[label].append(run_wrk(wrk, server.port, script, args.duration, 8))
+                finally:
+                    server.stop()
+        batching: dict[str, list[dict[str, Any]]] = {"batched": [], "unbatched": []}
+        for _ in range(args.rounds):
+            for label, extra in (("batched", ()), ("unbatched", ("--max-batch-size", "1"))):
+                server = cpmai("churn-forest", *extra)
+                try:
+                    run_wrk(wrk, server.port, script, 2, 64)
+                    batching[label].append(run_wrk(wrk, server.port, script, args.duration, 64))
+                finally:
+                    server.stop()
+
+        def med(items: list[dict[str, Any]], key: str) -> float:
+            return float(statistics.median(item[key] for item in items))
+
+        big = work / "rows.csv"
+        holdout = pd.read_csv(work / "logreg" / "data" / "holdout.csv")
+        predict_rows = []
+        for count in (100_000, 1_000_000):
+            pd.concat([holdout] * (count // len(holdout) + 1)).head(count).to_csv(big, index=False)
+            seconds, rss = peak_rss_kb(
+                [
+                    PY,
+                    "-m",
+                    "cpmai",
+                    "predict",
+                    "churn-logreg",
+                    "-i",
+                    str(big),
+                    "-o",
+                    str(work / "out.csv"),
+                    "--no-log",
+                ],
+                env,
+            )
+            predict_rows.append((count, seconds, rss))
+
+    print(f"machine: {_machine()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"load: wrk -t2 -c8 -d{args.duration}s --latency, single-row JSON to /invocations, "
+        f"{args.rounds} interleaved rounds, medians\n"
+    )
+    print("| per-row predict in process (median of 500 rows) | scikit-learn | ONNX Runtime |")
+    print("| --- | --- | --- |")
+    for name, floor in floors.items():
+        print(f"| {name} | {floor['sklearn']:.0f} µs | {floor['onnx']:.1f} µs |")
+    print()
+    print("| server | requests/s | p50 | p99 | non-2xx | vs bare |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    bare_rps = med(results["bare handler"], "rps")
+    for label, items in results.items():
+        ratio = med(items, "rps") / bare_rps
+        non2xx = sum(item["non2xx"] for item in items)
+        print(
+            f"| {label} | {med(items, 'rps'):,.0f} | {med(items, 'p50_ms'):.2f} ms | "
+            f"{med(items, 'p99_ms'):.2f} ms | {non2xx} | {ratio:.0%} |"
+        )
+    print()
+    for label in ("cpmai logreg", "cpmai forest"):
+        ratio = med(results[label], "rps") / bare_rps
+        p99 = med(results[label], "p99_ms")
+        non2xx = sum(item["non2xx"] for item in results[label])
+        rows_out.append((f"{label}: ≥ 45% of bare", f"{ratio:.0%}", "≥ 45%", ratio >= 0.45))
+        rows_out.append((f"{label}: p99", f"{p99:.2f} ms", "≤ 3 ms", p99 <= 3.0))
+        rows_out.append((f"{label}: non-2xx", str(non2xx), "0", non2xx == 0))
+    logging_cost = 1 - med(results["cpmai logreg"], "rps") / med(
+        results["cpmai logreg --no-log"], "rps"
+    )
+    rows_out.append(
+        ("prediction log cost (throughput)", f"{logging_cost:.1%}", "< 5%", logging_cost < 0.05)
+    )
+    speedup = med(batching["batched"], "rps") / med(batching["unbatched"], "rps")
+    print("| forest, concurrency 64 | requests/s | p50 | p99 |")
+    print("| --- | --- | --- | --- |")
+    for label, items in batching.items():
+        print(
+            f"| {label} | {med(items, 'rps'):,.0f} | {med(items, 'p50_ms'):.2f} ms | "
+            f"{med(items, 'p99_ms'):.2f} ms |"
+        )
+    rows_out.append(
+        ("forest c64: batched / unbatched", f"{speedup:.2f}×", "≥ 1.5×", speedup >= 1.5)
+    )
+    print()
+    print("| cpmai predict (logreg) | time | rows/s | peak RSS |")
+    print("| --- | --- | --- | --- |")
+    for count, seconds, rss in predict_rows:
+        print(
+            f"| {count:,} rows | {seconds:.1f} s | {count / seconds:,.0f} | {rss / 1024:.0f} MiB |"
+        )
+    flat = predict_rows[1][2] <= predict_rows[0][2] * 1.2
+    rows_out.append(
+        (
+            "predict memory 1M vs 100k rows",
+            f"{predict_rows[1][2] / 1024:.0f} vs {predict_rows[0][2] / 1024:.0f} MiB",
+            "flat (≤ +20%)",
+            flat,
+        )
+    )
+    print()
+    print("| target | measured | wanted | ok |")
+    print("| --- | --- | --- | --- |")
+    for what, value, wanted, ok in rows_out:
+        print(f"| {what} | {value} | {wanted} | {'✓' if ok else '✗'} |")
+    return 0 if all(ok for *_, ok in rows_out) else 4
+
+
+def _machine() -> str:
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or platform.processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
