@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import fingerprint  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 CPMAI = [sys.executable, "-m", "cpmai"]
@@ -93,19 +94,6 @@ def max_rss_kb(code: str, *args: str) -> int:
         [sys.executable, "-c", script, code, *args], capture_output=True, text=True, check=True
     ).stdout
     return int(out.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpu = model or platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -242,7 +230,7 @@ def main() -> int:
             )
         )
 
-    print(f"machine: {machine()}")
+    print(f"machine: {fingerprint()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print()
     print("| measurement | median | target | ok |")

@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from _machine import fingerprint  # benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ROW = {
@@ -66,7 +68,8 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    orjson.loads(body)
+    if body:
+        orjson.loads(body)
     out = b'{"predictions":[0]}'
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
@@ -327,7 +330,7 @@ def main() -> int:
             )
             predict_rows.append((count, seconds, rss))
 
-    print(f"machine: {_machine()}")
+    print(f"machine: {fingerprint()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(
         f"load: wrk -t2 -c8 -d{args.duration}s --latency, single-row JSON to /invocations, "
@@ -395,20 +398,6 @@ def main() -> int:
     for what, value, wanted, ok in rows_out:
         print(f"| {what} | {value} | {wanted} | {'✓' if ok else '✗'} |")
     return 0 if all(ok for *_, ok in rows_out) else 4
-
-
-def _machine() -> str:
-    import platform
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model or platform.processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":
