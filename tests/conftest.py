@@ -14,6 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "churn"
 CPMAI = [sys.executable, "-m", "cpmai"]
+FEATURES = [
+    "tenure_months",
+    "monthly_charges",
+    "support_calls",
+    "late_payments",
+    "plan",
+    "contract",
+    "payment_method",
+    "region",
+]
+"""The churn example's model inputs, in signature order."""
 
 
 @dataclass

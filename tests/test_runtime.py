@@ -14,24 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cpmai
+from conftest import FEATURES, run_cpmai
 from cpmai.artifacts import open_artifact, package
 from cpmai.errors import ModelLoadError
 from cpmai.manifest import load_manifest
 from cpmai.runtime.predictor import Predictor, read_runtime
 from cpmai.serving.batching import Batcher
 from cpmai.serving.validation import RequestError, Validator
-
-FEATURES = [
-    "tenure_months",
-    "monthly_charges",
-    "support_calls",
-    "late_payments",
-    "plan",
-    "contract",
-    "payment_method",
-    "region",
-]
 
 
 def columns_of(frame: pd.DataFrame) -> dict[str, list[Any]]:

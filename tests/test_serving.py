@@ -17,21 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cpmai
+from conftest import FEATURES, run_cpmai
 from serving_helpers import Server
 
 NAME = "churn-classifier"
 INFER = f"/v2/models/{NAME}/infer"
-FEATURES = [
-    "tenure_months",
-    "monthly_charges",
-    "support_calls",
-    "late_payments",
-    "plan",
-    "contract",
-    "payment_method",
-    "region",
-]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -75,28 +77,7 @@ def predict(
         log.start()
     show_bar = sys.stderr.isatty() and not OPTIONS.quiet and not wants_json(json_)
     try:
-        if show_bar:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} rows"),
-                TimeElapsedColumn(),
-                console=OPTIONS.err,
-                transient=True,
-            ) as progress:
-                task = progress.add_task(f"scoring {input_file.name}", total=None)
-                result = score_file(
-                    predictor,
-                    input_file,
-                    output,
-                    chunk_rows=chunk_rows,
-                    probabilities=probabilities,
-                    log=log,
-                    on_chunk=lambda n: progress.advance(task, n),
-                )
-        else:
+        with _progress(show_bar, f"scoring {input_file.name}") as advance:
             result = score_file(
                 predictor,
                 input_file,
@@ -104,6 +85,7 @@ def predict(
                 chunk_rows=chunk_rows,
                 probabilities=probabilities,
                 log=log,
+                on_chunk=advance,
             )
     finally:
         if log is not None:
@@ -122,3 +104,23 @@ def predict(
         f"scored {result.rows:,} rows with {target.name} {target.version} ({predictor.flavor}) "
         f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s) → {output}"
     )
+
+
+@contextmanager
+def _progress(enabled: bool, description: str) -> Iterator[Callable[[int], None] | None]:
+    """A rows counter with a spinner on a terminal; nothing otherwise."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=OPTIONS.err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda rows: progress.advance(task, rows)
