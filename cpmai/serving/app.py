@@ -98,6 +98,9 @@ class InferenceApp:
             if config.prediction_log
             else None
         )
+        if self.log is not None:
+            log = self.log
+            self.metrics.log_dropped = lambda: log.dropped
         self.batcher = Batcher(
             predictor.run,
             max_rows=config.max_batch_rows,

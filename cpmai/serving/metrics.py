@@ -14,7 +14,7 @@ adds its standard process metrics (`process_cpu_seconds_total`,
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -67,6 +67,7 @@ class ServerMetrics:
         self.batch_rows = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self.rows = 0
         self.out_of_range: dict[str, int] = {}
+        self.log_dropped: Callable[[], int] = lambda: 0
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
@@ -119,6 +120,10 @@ class ServerMetrics:
         for input_name, count in sorted(self.out_of_range.items()):
             ranges.add_metric([input_name], count)
         yield ranges
+        yield CounterMetricFamily(
+            "cpmai_prediction_log_dropped", "Log lines dropped because the disk fell behind.",
+            value=self.log_dropped(),
+        )
         info = GaugeMetricFamily(
             "cpmai_model_info",
             "The model this process serves (value 1).",
