@@ -538,3 +538,7 @@ def test_serve_calls_uvicorn_with_exactly_these_options(monkeypatch: pytest.Monk
         )
     ]
     assert json.loads(__import__("os").environ[CONFIG_ENV])["port"] == 9001
+    calls.clear()  # one worker and an app already built: served as is, no second load
+    app = object()
+    server_module.serve(ServeConfig(home="/h", name="m", version="1.0.0"), app)  # type: ignore[arg-type]
+    assert calls[0][0] == (app,) and calls[0][1]["factory"] is False

@@ -123,5 +123,4 @@ def serve(
     info(f"  OIP v2   POST {base}/v2/models/{target.name}/infer")
     info(f"  MLflow   POST {base}/invocations")
     info(f"  metrics  GET  {base}/metrics")
-    del app
-    run(config)
+    run(config, app)

@@ -121,7 +121,8 @@ class ServerMetrics:
             ranges.add_metric([input_name], count)
         yield ranges
         yield CounterMetricFamily(
-            "cpmai_prediction_log_dropped", "Log lines dropped because the disk fell behind.",
+            "cpmai_prediction_log_dropped",
+            "Log lines dropped because the disk fell behind.",
             value=self.log_dropped(),
         )
         info = GaugeMetricFamily(

@@ -8,9 +8,9 @@ to `predictions-YYYY-MM-DD-PID.jsonl` in one write, so `cpmai monitor` sees what
 second ago. One file per process and day: with several workers no two processes append to the
 same file.
 
-A line: {"time", "id", "model", "version", "endpoint", "status", "latency_ms", "rows",
-"sample_rate", "inputs": {name: [values]}, "outputs": [...], "probabilities"?, "warnings"?,
-"error"?}.
+A line: {"model", "version", "endpoint", "status", "sample_rate", "time", "latency_ms", "rows",
+"id", "inputs": {name: [values]}, "outputs": [...], "probabilities", "warnings", "error"} —
+`null` where a field does not apply.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,8 @@ class PredictionLog:
         self.version = version
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
-        self._buffer: list[bytes] = []
-        self._lock = threading.Lock()
+        self._buffer: deque[bytes] = deque()
+        self._heads: dict[tuple[str, int], bytes] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,41 +73,45 @@ class PredictionLog:
         error: str | None = None,
         request_id: Any = None,
     ) -> None:
-        """Called on the request path: one orjson call and a list append, no I/O."""
+        """Called on the request path: about a microsecond — the constant fields are
+        pre-serialized, orjson writes the variable ones, a deque takes the line (no lock)."""
         if status < 400 and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        line: dict[str, Any] = {
-            "time": self._now(),
-            "id": request_id,
-            "model": self.model,
-            "version": self.version,
-            "endpoint": endpoint,
-            "status": status,
-            "latency_ms": round(latency_s * 1000, 4),
-            "rows": rows,
-            "sample_rate": self.sample_rate if status < 400 else 1.0,
-        }
-        if inputs is not None:
-            line["inputs"] = inputs
-        if outputs is not None:
-            line["outputs"] = outputs
-        if probabilities is not None:
-            line["probabilities"] = probabilities
-        if warnings:
-            line["warnings"] = warnings
-        if error is not None:
-            line["error"] = error
         try:
-            data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+            variable = orjson.dumps(
+                {
+                    "id": request_id,
+                    "inputs": inputs,
+                    "outputs": outputs,
+                    "probabilities": probabilities,
+                    "warnings": warnings or None,
+                    "error": error,
+                }
+            )
         except TypeError:  # something orjson cannot write (an odd client id): keep the line
-            line["id"] = repr(request_id)
-            line.pop("inputs", None)
-            data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-        with self._lock:
-            if len(self._buffer) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
-                self.dropped += 1
-                return
-            self._buffer.append(data)
+            variable = orjson.dumps({"id": repr(request_id), "outputs": outputs, "error": error})
+        head = self._heads.get((endpoint, status))
+        if head is None:
+            head = self._heads[(endpoint, status)] = orjson.dumps(
+                {
+                    "model": self.model,
+                    "version": self.version,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "sample_rate": self.sample_rate if status < 400 else 1.0,
+                }
+            )[:-1]
+        line = b'%s,"time":"%s","latency_ms":%.4f,"rows":%d,%s\n' % (
+            head,
+            self._now().encode(),
+            latency_s * 1000,
+            rows,
+            variable[1:],
+        )
+        if len(self._buffer) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
+            self.dropped += 1
+            return
+        self._buffer.append(line)
 
     def _now(self) -> str:
         moment = time.time()
@@ -118,8 +123,8 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write what is buffered; returns the number of lines written."""
-        with self._lock:
-            chunks, self._buffer = self._buffer, []
+        buffer = self._buffer
+        chunks = [buffer.popleft() for _ in range(len(buffer))]  # deque pops: thread-safe
         if not chunks:
             return 0
         day = datetime.now(UTC).strftime("%Y-%m-%d")

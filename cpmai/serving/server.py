@@ -6,7 +6,7 @@ import importlib.util
 import os
 from typing import Any
 
-from cpmai.serving.app import CONFIG_ENV, ServeConfig
+from cpmai.serving.app import CONFIG_ENV, InferenceApp, ServeConfig
 
 GRACEFUL_SECONDS = 30
 
@@ -31,10 +31,18 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     }
 
 
-def serve(config: ServeConfig) -> None:
+def serve(config: ServeConfig, app: InferenceApp | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; in-flight requests finish, the prediction
-    log is flushed."""
+    log is flushed.
+
+    With one worker, an app already built (`app`) is served as is, so the model is loaded once.
+    Several workers each build their own from $CPMAI_SERVE_CONFIG (uvicorn's factory)."""
     import uvicorn
 
+    options = uvicorn_options(config)
+    if app is not None and config.workers == 1:
+        options["factory"] = False
+        uvicorn.run(app, **options)
+        return
     os.environ[CONFIG_ENV] = config.to_env()
-    uvicorn.run("cpmai.serving.app:create_app_from_env", **uvicorn_options(config))
+    uvicorn.run("cpmai.serving.app:create_app_from_env", **options)
