@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench clean
+.PHONY: demo test lint format install bench bench-serving clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ format: $(STAMP)
 ## bench: the foundation's performance checks (start-up, ledger reads, hashing)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
+
+## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
+bench-serving: $(STAMP)
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
