@@ -7,7 +7,8 @@ What it does (2 cores: wrk takes one, the server the other):
    both into a temporary state folder;
 2. measures raw in-process predict per row (scikit-learn and ONNX Runtime) as the floor;
 3. starts, one at a time, a bare uvicorn handler (parses the JSON body, answers a constant: the
-   ceiling of any Python server on uvicorn here), `cpmai serve` for each model (validation,
+   ceiling of any Python server on uvicorn here), a bare handler that also runs ONNX Runtime on
+   the row (no validation, logging, metrics or batching), `cpmai serve` for each model (validation,
    prediction log and metrics all on), and `cpmai serve --no-log`; drives each with wrk
    (`-t2 -c8`, single-row JSON, `--duration` seconds), in `--rounds` interleaved rounds so machine
    drift hits all alike; reports medians;
@@ -71,6 +72,42 @@ async def app(scope, receive, send):
     if body:
         orjson.loads(body)
     out = b'{"predictions":[0]}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
+"""
+
+
+BARE_ONNX_APP = """
+import glob, orjson, numpy as np, onnxruntime as ort
+path = glob.glob(%r)[0]
+options = ort.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+kinds = {i.name: (np.float64 if i.type == "tensor(double)" else object)
+         for i in session.get_inputs()}
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].replace("lifespan.", "")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    out = b'{"predictions":[0]}'
+    if body:
+        row = orjson.loads(body)["dataframe_records"][0]
+        feed = {k: np.array([[row[k]]], dtype=t) for k, t in kinds.items()}
+        out = orjson.dumps({"predictions": session.run(["label"], feed)[0].tolist()})
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(out)).encode())]})
@@ -233,6 +270,8 @@ def main() -> int:
             f'"application/json"\nwrk.body = {json.dumps(body)}\n'
         )
         (work / "bare_app.py").write_text(BARE_APP)
+        twin = str(home / "artifacts" / "churn-logreg" / "*" / "model" / "twin.onnx")
+        (work / "bare_onnx_app.py").write_text(BARE_ONNX_APP % twin)
 
         import pandas as pd
 
@@ -246,14 +285,14 @@ def main() -> int:
             name: per_row_floor(home, name, sample) for name in ("churn-logreg", "churn-forest")
         }
 
-        def bare() -> Process:
+        def bare(module: str = "bare_app") -> Process:
             port = free_port()
             return Process(
                 [
                     PY,
                     "-m",
                     "uvicorn",
-                    "bare_app:app",
+                    f"{module}:app",
                     "--port",
                     str(port),
                     "--loop",
@@ -282,6 +321,7 @@ def main() -> int:
 
         contenders = {
             "bare handler": bare,
+            "bare handler + ONNX Runtime (logreg)": lambda: bare("bare_onnx_app"),
             "cpmai logreg": lambda: cpmai("churn-logreg"),
             "cpmai logreg --no-log": lambda: cpmai("churn-logreg", "--no-log"),
             "cpmai forest": lambda: cpmai("churn-forest"),
