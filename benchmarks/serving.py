@@ -52,13 +52,14 @@ ROW = {
     "region": "north",
 }
 BARE_APP = """
-import orjson
+import glob, orjson
+{setup}
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
             kind = message["type"].replace("lifespan.", "")
-            await send({"type": f"lifespan.{kind}.complete"})
+            await send({{"type": f"lifespan.{{kind}}.complete"}})
             if kind == "shutdown":
                 return
     if scope["type"] != "http":
@@ -69,50 +70,27 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    out = b'{{"predictions":[0]}}'
     if body:
-        orjson.loads(body)
-    out = b'{"predictions":[0]}'
-    await send({"type": "http.response.start", "status": 200,
+{answer}
+    await send({{"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(out)).encode())]})
-    await send({"type": "http.response.body", "body": out})
+                            (b"content-length", str(len(out)).encode())]}})
+    await send({{"type": "http.response.body", "body": out}})
 """
-
-
-BARE_ONNX_APP = """
-import glob, orjson, numpy as np, onnxruntime as ort
-path = glob.glob(%r)[0]
+CONSTANT = {"setup": "", "answer": "        orjson.loads(body)"}
+ONNX = {
+    "setup": """import numpy as np, onnxruntime as ort
 options = ort.SessionOptions()
 options.intra_op_num_threads = options.inter_op_num_threads = 1
-session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-kinds = {i.name: (np.float64 if i.type == "tensor(double)" else object)
-         for i in session.get_inputs()}
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = message["type"].replace("lifespan.", "")
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
-    if scope["type"] != "http":
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    out = b'{"predictions":[0]}'
-    if body:
-        row = orjson.loads(body)["dataframe_records"][0]
+session = ort.InferenceSession(glob.glob({twin!r})[0], options,
+                               providers=["CPUExecutionProvider"])
+kinds = {{i.name: (np.float64 if i.type == "tensor(double)" else object)
+         for i in session.get_inputs()}}""",
+    "answer": """        row = orjson.loads(body)["dataframe_records"][0]
         feed = {k: np.array([[row[k]]], dtype=t) for k, t in kinds.items()}
-        out = orjson.dumps({"predictions": session.run(["label"], feed)[0].tolist()})
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(out)).encode())]})
-    await send({"type": "http.response.body", "body": out})
-"""
+        out = orjson.dumps({"predictions": session.run(["label"], feed)[0].tolist()})""",
+}
 
 
 def free_port() -> int:
@@ -269,9 +247,11 @@ def main() -> int:
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = '
             f'"application/json"\nwrk.body = {json.dumps(body)}\n'
         )
-        (work / "bare_app.py").write_text(BARE_APP)
         twin = str(home / "artifacts" / "churn-logreg" / "*" / "model" / "twin.onnx")
-        (work / "bare_onnx_app.py").write_text(BARE_ONNX_APP % twin)
+        (work / "bare_app.py").write_text(BARE_APP.format(**CONSTANT))
+        (work / "bare_onnx_app.py").write_text(
+            BARE_APP.format(setup=ONNX["setup"].format(twin=twin), answer=ONNX["answer"])
+        )
 
         import pandas as pd
 

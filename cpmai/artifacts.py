@@ -235,7 +235,7 @@ def _signature(
     """Inputs (declared, or inferred from the reference data) and outputs; checks the model
     predicts on a sample of the reference rows."""
     from cpmai.runtime import signature as sig
-    from cpmai.runtime.predict import predict
+    from cpmai.runtime.predictor import runner_for
 
     reference = data.get("reference")
     if manifest.signature != "infer":
@@ -248,9 +248,12 @@ def _signature(
         raise UsageError("signature: infer needs data.reference or a model that declares inputs")
     if reference is not None:
         sig.check_frame(inputs, reference, source=str(manifest.data.reference))
-        sample = reference[[spec.name for spec in inputs]].head(_SAMPLE_ROWS)
+        sample = reference.head(_SAMPLE_ROWS)
+        specs = [spec.model_dump() for spec in inputs]
         try:
-            predictions = predict(loaded, sample)
+            predictions, _ = runner_for(loaded, specs).run(
+                {spec.name: sample[spec.name].tolist() for spec in inputs}
+            )
         except Exception as exc:
             raise ModelLoadError(
                 f"the model cannot predict on {len(sample)} rows of {manifest.data.reference}: "

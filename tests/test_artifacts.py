@@ -209,11 +209,15 @@ def test_a_tampered_artifact_is_refused_before_it_is_unpickled(
 def test_an_intact_artifact_opens_and_predicts(churn: Path, home: Path) -> None:
     package(churn, home)
     artifact = artifacts.open_artifact(home, "churn-classifier")
-    model = artifact.load_model()
-    frame = pd.read_csv(artifact.path / "data" / "holdout.csv").drop(columns=["churned"])
-    from cpmai.runtime.predict import predict
+    from cpmai.runtime.predictor import Predictor
 
-    assert set(np.unique(predict(model, frame.head(50)))) <= {0, 1}
+    frame = pd.read_csv(artifact.path / "data" / "holdout.csv").head(50)
+    for runtime in ("sklearn", "onnx"):
+        predictor = Predictor.from_artifact(artifact, runtime=runtime)
+        labels, _ = predictor.run(
+            {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
+        )
+        assert len(labels) == 50 and set(np.unique(labels)) <= {0, 1}
 
 
 def test_unknown_name_and_version_are_usage_errors(churn: Path, home: Path) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from cpmai.artifacts import Artifact
+    from cpmai.runtime.formats import LoadedModel
 
 Columns = dict[str, Any]
 Result = tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any] | None"]
@@ -35,17 +36,21 @@ class OnnxRunner:
 
     flavor = "onnx"
 
-    def __init__(self, model: bytes | Path, inputs: list[dict[str, Any]], mode: str) -> None:
+    def __init__(self, model: bytes | Path | Any, inputs: list[dict[str, Any]], mode: str) -> None:
+        """`model`: ONNX bytes, a .onnx path, or an InferenceSession already open."""
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = onnxruntime.InferenceSession(
-            source, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        if isinstance(model, bytes | Path):
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            source = model if isinstance(model, bytes) else str(model)
+            self.session = onnxruntime.InferenceSession(
+                source, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        else:
+            self.session = model
         self.names = [spec["name"] for spec in inputs]
         graph_inputs = self.session.get_inputs()
         self.dtypes = {i.name: _NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph_inputs}
@@ -169,6 +174,13 @@ class Predictor:
         else:
             runner = SklearnRunner(artifact.load_model().obj, signature["inputs"])
         return cls(runner, signature, {**info, "runtime": choice})
+
+
+def runner_for(loaded: LoadedModel, inputs: list[dict[str, Any]]) -> OnnxRunner | SklearnRunner:
+    """A runner for a model just loaded from its file (packaging checks it can predict)."""
+    if loaded.flavor == "onnx":
+        return OnnxRunner(loaded.obj, inputs, "columns")
+    return SklearnRunner(loaded.obj, inputs)
 
 
 def read_runtime(artifact_path: Path) -> dict[str, Any]:
