@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -50,7 +50,6 @@ class ServeConfig:
     max_latency_ms: float = 0.0
     log_sample_rate: float = 1.0
     prediction_log: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
