@@ -542,3 +542,15 @@ def test_serve_calls_uvicorn_with_exactly_these_options(monkeypatch: pytest.Monk
     app = object()
     server_module.serve(ServeConfig(home="/h", name="m", version="1.0.0"), app)  # type: ignore[arg-type]
     assert calls[0][0] == (app,) and calls[0][1]["factory"] is False
+
+
+def test_a_busy_port_and_an_env_reference_are_clear_usage_errors(
+    packaged: Path, server: Server
+) -> None:
+    env = {"CPMAI_HOME": str(packaged)}
+    busy = run_cpmai("serve", NAME, "--port", str(server.port), env=env)
+    assert busy.code == 2 and f"cannot listen on 127.0.0.1:{server.port}" in busy.err
+    by_env = run_cpmai("serve", f"{NAME}@production", env=env)
+    assert by_env.code == 2 and "no version is recorded as live in environment" in by_env.err
+    unknown = run_cpmai("serve", "nope", env=env)
+    assert unknown.code == 2 and "no model named 'nope'" in unknown.err
