@@ -102,7 +102,9 @@ def serve(
         log_sample_rate=settings.log_sample_rate,
         prediction_log=not no_log,
     )
-    app = build_app(config)  # load once here: a model that cannot load fails before binding
+    app = build_app(
+        config, artifact
+    )  # load once here: a model that cannot load fails before binding
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))

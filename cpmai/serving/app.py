@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -26,6 +26,9 @@ from cpmai.serving.batching import Batcher
 from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
 from cpmai.serving.predlog import PredictionLog
 from cpmai.serving.validation import RequestError, Validator
+
+if TYPE_CHECKING:
+    from cpmai.artifacts import Artifact
 
 CONFIG_ENV = "CPMAI_SERVE_CONFIG"
 _JSON = [(b"content-type", b"application/json")]
@@ -64,8 +67,9 @@ def create_app_from_env() -> InferenceApp:
     return build_app(ServeConfig.from_env())
 
 
-def build_app(config: ServeConfig) -> InferenceApp:
-    """Verify and load the artifact; build the app.
+def build_app(config: ServeConfig, artifact: Artifact | None = None) -> InferenceApp:
+    """Verify and load the artifact (unless `artifact`, already verified, is given); build the
+    app.
 
     Also shortens the interpreter's thread switch interval (5 ms by default) to 0.5 ms, so the
     prediction-log thread can never hold the request path for milliseconds."""
@@ -73,7 +77,8 @@ def build_app(config: ServeConfig) -> InferenceApp:
     from cpmai.runtime.predictor import Predictor
 
     sys.setswitchinterval(0.0005)
-    artifact = open_artifact(Path(config.home), config.name, config.version)
+    if artifact is None:
+        artifact = open_artifact(Path(config.home), config.name, config.version)
     predictor = Predictor.from_artifact(artifact, runtime=config.runtime)
     return InferenceApp(predictor, config)
 
