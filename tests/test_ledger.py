@@ -216,8 +216,13 @@ def test_random_kills_never_lose_a_committed_event(tmp_path: Path) -> None:
     committed = tmp_path / "committed.txt"
     ledger = Ledger(tmp_path)
     for _ in range(6):
+        before = len(committed.read_text().split()) if committed.exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(committed)])
-        time.sleep(0.5 + rng.random() * 0.5)
+        deadline = time.monotonic() + 60  # a slow machine: wait for the writer to get going
+        while (len(committed.read_text().split()) if committed.exists() else 0) <= before:
+            assert time.monotonic() < deadline and proc.poll() is None, "writer never started"
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.3)  # then kill it at a random moment of its work
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         read = ledger.read()
