@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import fingerprint  # benchmarks/ is on sys.path when run as a script
+from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 CPMAI = [sys.executable, "-m", "cpmai"]
@@ -233,11 +233,7 @@ def main() -> int:
     print(f"machine: {fingerprint()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print()
-    print("| measurement | median | target | ok |")
-    print("| --- | --- | --- | --- |")
-    for what, value, target, ok in rows:
-        print(f"| {what} | {value} | {target} | {'✓' if ok else '✗'} |")
-    return 0 if all(ok for *_, ok in rows) else 4
+    return verdicts(rows, ("measurement", "median", "target"))
 
 
 if __name__ == "__main__":

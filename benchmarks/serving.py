@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _machine import fingerprint  # benchmarks/ is on sys.path when run as a script
+from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -413,11 +413,7 @@ def main() -> int:
         )
     )
     print()
-    print("| target | measured | wanted | ok |")
-    print("| --- | --- | --- | --- |")
-    for what, value, wanted, ok in rows_out:
-        print(f"| {what} | {value} | {wanted} | {'✓' if ok else '✗'} |")
-    return 0 if all(ok for *_, ok in rows_out) else 4
+    return verdicts(rows_out, ("target", "measured", "wanted"))
 
 
 if __name__ == "__main__":

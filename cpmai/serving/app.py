@@ -289,19 +289,17 @@ class InferenceApp:
                     ) from None
                 raise
             labels = label_array.tolist()
+            probs_list = None if probabilities is None else probabilities.tolist()
             if oip:
                 payload = protocols.oip_response(
-                    self.name, self.version, request_id, labels, self.label_datatype, probabilities
+                    self.name, self.version, request_id, labels, self.label_datatype, probs_list
                 )
             else:
                 doc_out: dict[str, Any] = {"predictions": labels}
-                if probabilities is not None:
-                    probs_list = probabilities.tolist()
+                if probs_list is not None:
                     doc_out["probabilities"] = probs_list
                     doc_out["classes"] = self.predictor.classes
                 payload = orjson.dumps(doc_out)
-            if oip and probabilities is not None:
-                probs_list = probabilities.tolist()
         except RequestError as exc:
             await self._error(
                 send,

@@ -239,18 +239,20 @@ def oip_response(
     request_id: Any,
     labels: list[Any],
     label_datatype: str,
-    probabilities: Any | None,
+    probabilities: list[list[float]] | None,
 ) -> bytes:
+    """The infer response; probabilities go out as nested rows (row-major, as OIP allows)."""
     outputs: list[dict[str, Any]] = [
         {"name": "prediction", "shape": [len(labels)], "datatype": label_datatype, "data": labels}
     ]
     if probabilities is not None:
+        width = len(probabilities[0]) if probabilities else 0
         outputs.append(
             {
                 "name": "probabilities",
-                "shape": list(probabilities.shape),
+                "shape": [len(probabilities), width],
                 "datatype": "FP64",
-                "data": probabilities.ravel().tolist(),
+                "data": probabilities,
             }
         )
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
