@@ -405,11 +405,52 @@ class VersionRecord:
     details: dict[str, Any]
 
 
+LIVE_ACTIONS = ("deploy", "promote", "rollback")
+"""Actions that put a version live in an environment (when their `details.result` is "live")."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A version going live in an environment (a deploy, promote or rollback that succeeded)."""
+
+    version: str
+    action: str
+    actor: str
+    time: str
+    seq: int
+    details: dict[str, Any]
+
+
+@dataclass
+class EnvState:
+    """One environment of one model: what is live, and every version that was live, in order."""
+
+    live: Rollout | None = None
+    history: list[Rollout] = field(default_factory=list)
+    last_event: Event | None = None
+    rolled_back: set[str] = field(default_factory=set)
+    """Versions a rollback moved away from: not "good", never a rollback target by default."""
+
+    def previous_good(self) -> Rollout | None:
+        """The last version live before the current one that was not rolled back from."""
+        current = self.live.version if self.live else None
+        for rollout in reversed(self.history):
+            if rollout.version != current and rollout.version not in self.rolled_back:
+                return rollout
+        return None
+
+
 @dataclass
 class State:
-    """What the events add up to. Later capabilities add to it (environments, approvals)."""
+    """What the events add up to: packaged versions, environments, approvals, gate results."""
 
     versions: dict[str, dict[str, VersionRecord]] = field(default_factory=dict)
+    envs: dict[tuple[str, str], EnvState] = field(default_factory=dict)
+    """(name, env) → its state."""
+    approvals: dict[tuple[str, str, str], list[Event]] = field(default_factory=dict)
+    """(name, version, env) → accepted approvals, oldest first."""
+    gates: dict[tuple[str, str, str], Event] = field(default_factory=dict)
+    """(name, version, env) → the latest gate event."""
 
     def names(self) -> list[str]:
         return sorted(self.versions)
@@ -423,18 +464,56 @@ class State:
                 return record
         return None
 
+    def env(self, name: str, env: str) -> EnvState:
+        return self.envs.get((name, env)) or EnvState()
 
-def replay(events: list[Event]) -> State:
+    def envs_of(self, name: str) -> dict[str, EnvState]:
+        return {env: state for (n, env), state in sorted(self.envs.items()) if n == name}
+
+    def approvers(self, name: str, version: str, env: str) -> list[str]:
+        """Distinct actors who approved `version` for `env`, in order."""
+        seen: list[str] = []
+        for event in self.approvals.get((name, version, env), []):
+            if event.actor not in seen:
+                seen.append(event.actor)
+        return seen
+
+
+def replay(events: list[Event], *, until: str | None = None) -> State:
+    """Fold the events into the state; with `until` (an ISO time), only events up to then."""
     state = State()
+    limit = parse_time(until) if until else None
     for event in events:
-        if event.action == "package" and event.name and event.version:
-            state.versions.setdefault(event.name, {})[event.version] = VersionRecord(
-                name=event.name,
-                version=event.version,
+        if limit is not None and event.when > limit:
+            break
+        name, version, env = event.name, event.version, event.env
+        if event.action == "package" and name and version:
+            state.versions.setdefault(name, {})[version] = VersionRecord(
+                name=name,
+                version=version,
                 digest=str(event.details.get("digest", "")),
                 time=event.time,
                 actor=event.actor,
                 seq=event.seq,
                 details=event.details,
             )
+        if not (name and env):
+            continue
+        env_state = state.envs.setdefault((name, env), EnvState())
+        env_state.last_event = event
+        if event.action == "approve" and version:
+            state.approvals.setdefault((name, version, env), []).append(event)
+        elif event.action == "gate" and version:
+            state.gates[(name, version, env)] = event
+        elif event.action in LIVE_ACTIONS and version and event.details.get("result") == "live":
+            rollout = Rollout(
+                version, event.action, event.actor, event.time, event.seq, event.details
+            )
+            if event.action == "rollback" and env_state.live is not None:
+                env_state.rolled_back.add(env_state.live.version)
+            env_state.rolled_back.discard(version)
+            env_state.live = rollout
+            env_state.history.append(rollout)
+        elif event.action == "stop":
+            env_state.live = None
     return state

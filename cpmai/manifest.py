@@ -210,7 +210,17 @@ class Rollout(Strict):
     steps: list[Annotated[int, Field(ge=1, le=100)]] = [100]
     """Traffic percentages of a canary, ending at 100."""
     auto_rollback: bool = True
-    """Go back to the previous version when the new one fails its health checks."""
+    """Go back to the previous version when the new one fails its health checks or a canary
+    step breaches."""
+    window_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    """canary: how long each step is watched before the two versions are compared, seconds."""
+    max_error_rate_increase: Fraction = 0.01
+    """canary: a breach when the new version's error rate exceeds the live one's by more."""
+    max_p99_ratio: Annotated[float, Field(ge=1, le=1000)] = 2.0
+    """canary: a breach when the new version's p99 exceeds this multiple of the live one's
+    (and is over `slo.p99_ms`, or 1 ms more when no SLO is set)."""
+    min_requests: Annotated[int, Field(ge=1, le=10_000_000)] = 20
+    """canary: fewer requests than this to either version in a window: no verdict (said so)."""
 
     @model_validator(mode="after")
     def _steps(self) -> Rollout:

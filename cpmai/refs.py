@@ -28,10 +28,13 @@ def resolve(home: Path, text: str) -> Ref:
         raise UsageError(f"{text!r}: expected NAME, NAME@VERSION or NAME@ENV")
     state = replay(Ledger(home).events())
     if qualifier and not _VERSIONISH.match(qualifier):
-        raise UsageError(
-            f"{text!r}: no version is recorded as live in environment {qualifier!r}",
-            hint="name a version (NAME@1.0.0); environments get live versions from "
-            "`cpmai deploy`, which is not built yet",
-        )
+        live = state.env(name, qualifier).live
+        if live is None:
+            raise UsageError(
+                f"{text!r}: no version is recorded as live in environment {qualifier!r}",
+                hint=f"name a version (NAME@1.0.0), or deploy one: "
+                f"`cpmai deploy MANIFEST --env {qualifier}`",
+            )
+        return Ref(name=name, version=live.version, env=qualifier)
     record = resolve_version(state, name, qualifier or None)
     return Ref(name=name, version=record.version, env=None)

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from cpmai import __version__
-from cpmai.cli import ledger_cmd, output, package_cmd, predict, project, serve, versions
+from cpmai.cli import (
+    deploy,
+    ledger_cmd,
+    output,
+    package_cmd,
+    predict,
+    project,
+    serve,
+    status,
+    versions,
+)
 from cpmai.errors import CpmaiError, ExitCode
 
 EXIT_CODES_HELP = """\
@@ -42,6 +52,12 @@ for command in (
     project.validate,
     project.schema,
     package_cmd.package,
+    deploy.deploy,
+    deploy.approve,
+    deploy.promote,
+    deploy.rollback,
+    status.status,
+    deploy.stop,
     versions.versions,
     versions.history,
     serve.serve,

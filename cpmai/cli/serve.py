@@ -96,12 +96,12 @@ def serve(
         workers=workers or settings.workers,
         token=token or os.environ.get("CPMAI_TOKEN") or None,
         runtime=runtime,
-        max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
-        max_batch_rows=max_batch_size or settings.max_batch_size,
-        max_latency_ms=settings.max_latency_ms if max_latency_ms is None else max_latency_ms,
-        log_sample_rate=settings.log_sample_rate,
         prediction_log=not no_log,
-    )
+    ).for_artifact(artifact)
+    if max_batch_size is not None:
+        config.max_batch_rows = max_batch_size
+    if max_latency_ms is not None:
+        config.max_latency_ms = max_latency_ms
     app = build_app(
         config, artifact
     )  # load once here: a model that cannot load fails before binding

@@ -135,8 +135,8 @@ def _kb(size: Any) -> str:
 def _summary(details: dict[str, Any]) -> str:
     parts = []
     for key, value in details.items():
-        if key in ("source", "files"):
-            continue
+        if key in ("source", "files") or value is None or isinstance(value, dict | list):
+            continue  # nested results are in `history --json`
         text = value[:12] if key == "digest" and isinstance(value, str) else value
         parts.append(f"{key}={text}")
     return " ".join(parts)

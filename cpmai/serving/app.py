@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -56,6 +56,19 @@ class ServeConfig:
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
+
+    def for_artifact(self, artifact: Artifact) -> ServeConfig:
+        """This config for `artifact`: its version, and batching, logging and body limits from
+        the `serving:` section of the manifest packaged with it."""
+        settings = artifact.manifest().serving
+        return replace(
+            self,
+            version=artifact.version,
+            max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+            max_batch_rows=settings.max_batch_size,
+            max_latency_ms=settings.max_latency_ms,
+            log_sample_rate=settings.log_sample_rate,
+        )
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -133,18 +146,26 @@ class InferenceApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if self.log is not None:
-                    self.log.start()
-                gc.freeze()  # the model and libraries are long-lived: keep them out of GC scans
-                self.ready = True
+                self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.ready = False
-                if self.log is not None:
-                    self.log.close()
-                self.batcher.close()
+                self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def start(self) -> None:
+        """Start the prediction log's writer and mark the model ready."""
+        if self.log is not None:
+            self.log.start()
+        gc.freeze()  # the model and libraries are long-lived: keep them out of GC scans
+        self.ready = True
+
+    def close(self) -> None:
+        """Not ready any more; flush the prediction log and stop the model thread."""
+        self.ready = False
+        if self.log is not None:
+            self.log.close()
+        self.batcher.close()
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         start = time.perf_counter()

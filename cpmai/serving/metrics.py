@@ -136,3 +136,35 @@ class ServerMetrics:
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
+
+
+def merged_registry(sources: Callable[[], list[tuple[str, ServerMetrics]]]) -> CollectorRegistry:
+    """A registry exposing the metrics of several versions served by one process, each sample
+    labelled with its `version`, plus the process metrics once."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    registry.register(_Merged(sources))
+    return registry
+
+
+class _Merged:
+    def __init__(self, sources: Callable[[], list[tuple[str, ServerMetrics]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        merged: dict[str, Any] = {}
+        for version, metrics in self.sources():
+            for family in metrics.collect():
+                target = merged.get(family.name)
+                if target is None:
+                    target = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    labels = sample.labels
+                    if "version" not in labels:
+                        labels = {**labels, "version": version}
+                    target.add_sample(sample.name, labels, sample.value)
+        yield from merged.values()

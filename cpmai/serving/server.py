@@ -6,7 +6,7 @@ import importlib.util
 import os
 from typing import Any
 
-from cpmai.serving.app import CONFIG_ENV, InferenceApp, ServeConfig
+from cpmai.serving.app import CONFIG_ENV, ServeConfig
 
 GRACEFUL_SECONDS = 30
 
@@ -31,12 +31,16 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     }
 
 
-def serve(config: ServeConfig, app: InferenceApp | None = None) -> None:
+def serve(
+    config: ServeConfig,
+    app: Any = None,
+    factory: str = "cpmai.serving.app:create_app_from_env",
+) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; in-flight requests finish, the prediction
     log is flushed.
 
     With one worker, an app already built (`app`) is served as is, so the model is loaded once.
-    Several workers each build their own from $CPMAI_SERVE_CONFIG (uvicorn's factory)."""
+    Several workers each build their own from $CPMAI_SERVE_CONFIG (uvicorn's `factory`)."""
     import uvicorn
 
     options = uvicorn_options(config)
@@ -45,4 +49,4 @@ def serve(config: ServeConfig, app: InferenceApp | None = None) -> None:
         uvicorn.run(app, **options)
         return
     os.environ[CONFIG_ENV] = config.to_env()
-    uvicorn.run("cpmai.serving.app:create_app_from_env", **options)
+    uvicorn.run(factory, **options)

@@ -1,0 +1,148 @@
+"""`cpmai deploy`, `promote`, `rollback`, `stop`, `approve`: putting versions live, recorded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json
+from cpmai.cli.project import JsonFlag, ManifestArg
+
+EnvOpt = Annotated[
+    str, typer.Option("--env", "-e", help="The environment (as named in the manifest).")
+]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option("--reason", help="Why, for the ledger.", show_default=False),
+]
+WatchOpt = Annotated[
+    bool, typer.Option("--watch", help="Show a canary's figures every second while it runs.")
+]
+NameArg = Annotated[str, typer.Argument(help="Model name.", show_default=False)]
+VersionArg = Annotated[str, typer.Argument(help="Version (e.g. 1.2.0).", show_default=False)]
+
+
+def _context() -> tuple[Any, str]:
+    from cpmai.settings import resolve_actor, resolve_home
+
+    return resolve_home(OPTIONS.home), resolve_actor(OPTIONS.actor)
+
+
+def _render(result: Any, json_: bool) -> None:
+    if wants_json(json_):
+        emit_json(result.to_dict())
+        return
+    verb = {"deploy": "deployed", "promote": "promoted", "rollback": "rolled back to"}[
+        result.action
+    ]
+    if not result.changed:
+        show(
+            f"[bold]{result.name} {result.version}[/bold] was already live in {result.env}  "
+            f"{result.url}"
+        )
+        return
+    before = f" (was {result.previous})" if result.previous else ""
+    show(
+        f"{verb} [bold]{result.name} {result.version}[/bold] in {result.env}{before}  "
+        f"{result.url}  {result.seconds:.1f} s"
+    )
+
+
+def deploy(
+    manifest: ManifestArg,
+    env: EnvOpt,
+    reason: ReasonOpt = None,
+    watch: WatchOpt = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Package, check the gates, record the decision and roll the version out on the
+    environment's target; wait until it is healthy and record the result.
+
+    A failed gate exits 3 and changes nothing; a target that cannot get the version healthy (or a
+    canary that breaches) exits 6 with the previous version still live.
+    """
+    from cpmai.lifecycle import deploy as run
+    from cpmai.manifest import load_manifest
+
+    home, actor = _context()
+    result = run(
+        load_manifest(manifest), home, env, actor=actor, reason=reason, watch=watch, progress=info
+    )
+    _render(result, json_)
+
+
+def promote(
+    name: NameArg,
+    version: VersionArg,
+    env: EnvOpt,
+    reason: ReasonOpt = None,
+    watch: WatchOpt = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Roll an already packaged version out to an environment (its gates are checked again for
+    that environment: approvals, metrics, latency, size)."""
+    from cpmai.lifecycle import promote as run
+
+    home, actor = _context()
+    result = run(home, name, version, env, actor=actor, reason=reason, watch=watch, progress=info)
+    _render(result, json_)
+
+
+def rollback(
+    name: NameArg,
+    env: EnvOpt,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="The version to return to (default: the previous good one).",
+            show_default=False,
+        ),
+    ] = None,
+    reason: ReasonOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Go back to the previous good version (or --to VERSION, which must have been live there)
+    at once, without re-running gates. Recorded with who and why."""
+    from cpmai.lifecycle import rollback as run
+
+    home, actor = _context()
+    _render(run(home, name, env, actor=actor, to=to, reason=reason, progress=info), json_)
+
+
+def stop(name: NameArg, env: EnvOpt, reason: ReasonOpt = None, json_: JsonFlag = False) -> None:
+    """Stop what serves NAME in ENV (in-flight requests finish) and record it."""
+    from cpmai.lifecycle import stop as run
+
+    home, actor = _context()
+    recorded = run(home, name, env, actor=actor, reason=reason)
+    if wants_json(json_):
+        emit_json({"name": name, "env": env, "stopped": recorded})
+        return
+    show(f"stopped {name} in {env}" if recorded else f"nothing was running for {name} in {env}")
+
+
+def approve(
+    name: NameArg,
+    version: VersionArg,
+    env: EnvOpt,
+    note: Annotated[
+        str | None, typer.Option("--note", help="What you checked.", show_default=False)
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Approve VERSION for ENV. Only the environment's `approvers:` may (others are refused,
+    exit 3, and the refusal is recorded); the deployer's own approval does not count."""
+    from cpmai.lifecycle import approve as run
+
+    home, actor = _context()
+    result = run(home, name, version, env, actor=actor, note=note)
+    if wants_json(json_):
+        emit_json(result)
+        return
+    count = len(result["approvers"])
+    show(
+        f"approved {name} {version} for {env} as {actor} "
+        f"({count} of {result['needed']} needed: {', '.join(result['approvers'])})"
+    )

@@ -1,0 +1,307 @@
+"""What must hold before a version may go live in an environment.
+
+Each gate gives a `GateResult` with the measured value and the threshold, pass or fail; all of
+them are recorded in the ledger (one `gate` event) whatever the outcome, so the question "with
+which gate results did this version go live?" has an answer later.
+
+Gates: metrics on the holdout data, a short in-process latency benchmark, the artifact's size,
+the presence of its signature, environment and model card, and approvals (with separation of
+duties: the deployer's own approval does not count).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cpmai.manifest import compare
+
+if TYPE_CHECKING:
+    from cpmai.artifacts import Artifact
+    from cpmai.ledger import State
+    from cpmai.manifest import LatencyGate, Manifest
+    from cpmai.runtime.predictor import Predictor
+
+LOWER_IS_BETTER = {"log_loss", "mae", "rmse", "mape"}
+
+
+@dataclass
+class GateResult:
+    gate: str
+    """e.g. "metric:accuracy", "latency:p99_ms", "size", "approvals"."""
+    passed: bool
+    measured: Any
+    threshold: Any
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "passed": self.passed,
+            "measured": self.measured,
+            "threshold": self.threshold,
+            "note": self.note,
+        }
+
+    def describe(self) -> str:
+        mark = "✓" if self.passed else "✗"
+        text = f"{mark} {self.gate}: {_fmt(self.measured)} (needs {_fmt(self.threshold)})"
+        return f"{text} — {self.note}" if self.note else text
+
+
+@dataclass
+class GateReport:
+    results: list[GateResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [r for r in self.results if not r.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def check(
+    artifact: Artifact,
+    manifest: Manifest,
+    env: str,
+    state: State,
+    *,
+    actor: str,
+    predictor: Predictor | None = None,
+) -> GateReport:
+    """Run every gate `manifest` configures for `env` on `artifact` (already verified)."""
+    start = time.perf_counter()
+    report = GateReport()
+    report.results += _presence(artifact)
+    gates = manifest.gates
+    if gates.max_size_mb is not None:
+        size_mb = int(artifact.meta["size_bytes"]) / 1_000_000
+        report.results.append(
+            GateResult(
+                "size_mb", size_mb <= gates.max_size_mb, round(size_mb, 3), gates.max_size_mb
+            )
+        )
+    if gates.metrics or gates.latency:
+        if predictor is None:
+            from cpmai.runtime.predictor import Predictor
+
+            predictor = Predictor.from_artifact(artifact)
+        if gates.metrics:
+            report.results += metric_gates(artifact, manifest, predictor)
+        if gates.latency:
+            report.results += latency_gates(artifact, gates.latency, predictor)
+    report.results += approval_gates(manifest, state, artifact.name, artifact.version, env, actor)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _presence(artifact: Artifact) -> list[GateResult]:
+    out = []
+    for gate, rel in (
+        ("signature", "signature.json"),
+        ("environment", "environment.json"),
+        ("model_card", "MODEL_CARD.md"),
+    ):
+        present = rel in artifact.meta.get("files", {})
+        out.append(GateResult(gate, present, "present" if present else "missing", "present"))
+    if out[0].passed and not json.loads((artifact.path / "signature.json").read_text())["inputs"]:
+        out[0] = GateResult("signature", False, "no inputs", "present")
+    return out
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def metric_gates(artifact: Artifact, manifest: Manifest, predictor: Predictor) -> list[GateResult]:
+    """The metric thresholds, measured on the artifact's copy of the holdout data."""
+    measured = evaluate(artifact, manifest, predictor, list(manifest.gates.metrics))
+    rows = int(measured.pop("_rows"))
+    return [
+        GateResult(
+            f"metric:{metric}",
+            compare(measured[metric], threshold),
+            round(measured[metric], 6),
+            threshold,
+            note=f"on {rows:,} holdout rows",
+        )
+        for metric, threshold in manifest.gates.metrics.items()
+    ]
+
+
+def evaluate(
+    artifact: Artifact, manifest: Manifest, predictor: Predictor, metrics: list[str]
+) -> dict[str, float]:
+    """The named metrics of the served runtime on the holdout data (plus `_rows`)."""
+    from cpmai.errors import UsageError
+    from cpmai.runtime.data import read_table
+
+    holdout_rel = [rel for rel in artifact.meta["files"] if rel.startswith("data/holdout.")]
+    target = manifest.data.target
+    if not holdout_rel or not target:
+        raise UsageError("metric gates need data.holdout and data.target in the manifest")
+    frame = read_table(artifact.path / holdout_rel[0])
+    if target not in frame.columns:
+        raise UsageError(f"the holdout data has no column {target!r} (data.target)")
+    truth = frame[target].to_numpy()
+    columns = {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
+    want_proba = any(m in ("roc_auc", "log_loss") for m in metrics)
+    labels, probabilities = predictor.run(columns, want_proba)
+    values = {m: score(m, truth, labels, probabilities, predictor.classes) for m in metrics}
+    return {**values, "_rows": float(len(frame))}
+
+
+def score(
+    metric: str, truth: Any, predicted: Any, probabilities: Any, classes: list[Any] | None
+) -> float:
+    """One metric of the task, as scikit-learn computes it."""
+    import numpy as np
+    from sklearn import metrics as m
+
+    if metric in ("mae", "rmse", "r2", "mape"):
+        y, p = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
+        if metric == "mae":
+            return float(m.mean_absolute_error(y, p))
+        if metric == "rmse":
+            return float(math.sqrt(m.mean_squared_error(y, p)))
+        if metric == "r2":
+            return float(m.r2_score(y, p))
+        return float(m.mean_absolute_percentage_error(y, p))
+    binary = len(np.unique(truth)) <= 2 and (classes is None or len(classes) <= 2)
+    average = "binary" if binary else "macro"
+    if metric == "accuracy":
+        return float(m.accuracy_score(truth, predicted))
+    if metric in ("precision", "recall", "f1"):
+        fn = {"precision": m.precision_score, "recall": m.recall_score, "f1": m.f1_score}[metric]
+        kwargs: dict[str, Any] = {"average": average, "zero_division": 0}
+        if binary and classes:
+            kwargs["pos_label"] = classes[-1]
+        return float(fn(truth, predicted, **kwargs))
+    if probabilities is None:
+        from cpmai.errors import UsageError
+
+        raise UsageError(f"metric {metric} needs class probabilities; this model gives none")
+    if metric == "roc_auc":
+        if binary:
+            return float(m.roc_auc_score(truth, probabilities[:, -1]))
+        return float(m.roc_auc_score(truth, probabilities, multi_class="ovr", labels=classes))
+    return float(m.log_loss(truth, probabilities, labels=classes))
+
+
+# --- latency -----------------------------------------------------------------------------------
+
+
+def latency_gates(artifact: Artifact, gate: LatencyGate, predictor: Predictor) -> list[GateResult]:
+    """A short in-process benchmark: `concurrency` threads scoring single reference rows for
+    `duration_s` (after a warm-up of 0.2 s), then the percentiles against the bounds."""
+    rows = _sample_rows(artifact, predictor)
+    stats = measure_latency(predictor, rows, gate.concurrency, gate.duration_s)
+    out = []
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        bound = getattr(gate, key)
+        if bound is not None:
+            value = stats[key]
+            out.append(
+                GateResult(
+                    f"latency:{key}",
+                    value <= bound,
+                    round(value, 4),
+                    f"<= {bound}",
+                    note=f"{stats['requests']:,} single-row calls, concurrency {gate.concurrency}",
+                )
+            )
+    return out
+
+
+def _sample_rows(
+    artifact: Artifact, predictor: Predictor, limit: int = 200
+) -> list[dict[str, Any]]:
+    from cpmai.runtime.data import read_table
+
+    reference = [rel for rel in artifact.meta["files"] if rel.startswith("data/reference.")]
+    if not reference:
+        reference = [rel for rel in artifact.meta["files"] if rel.startswith("data/holdout.")]
+    if not reference:
+        from cpmai.errors import UsageError
+
+        raise UsageError("the latency gate needs data.reference (rows to send)")
+    frame = read_table(artifact.path / reference[0]).head(limit)
+    names = [spec["name"] for spec in predictor.inputs]
+    return [{n: [row[n]] for n in names} for row in frame[names].to_dict("records")]
+
+
+def measure_latency(
+    predictor: Predictor, rows: list[dict[str, Any]], concurrency: int, duration_s: float
+) -> dict[str, Any]:
+    """Closed loop in process: each thread calls the model on one row at a time."""
+    import numpy as np
+
+    for row in rows[:20]:  # warm-up, not counted
+        predictor.run(row)
+    samples: list[list[float]] = [[] for _ in range(concurrency)]
+    stop_at = time.perf_counter() + duration_s
+
+    def worker(out: list[float], offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            row = rows[i % len(rows)]
+            begin = time.perf_counter_ns()
+            predictor.run(row)
+            out.append((time.perf_counter_ns() - begin) / 1e6)
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(samples[i], i)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    values = np.concatenate([np.asarray(s) for s in samples])
+    return {
+        "requests": int(values.size),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+    }
+
+
+# --- approvals ---------------------------------------------------------------------------------
+
+
+def may_approve(manifest: Manifest, env: str, actor: str) -> bool:
+    """Whether `actor` is one of `env`'s approvers (anyone, when none are listed)."""
+    patterns = manifest.environments[env].approvers
+    return not patterns or any(fnmatch.fnmatchcase(actor, p) for p in patterns)
+
+
+def approval_gates(
+    manifest: Manifest, state: State, name: str, version: str, env: str, actor: str
+) -> list[GateResult]:
+    needed = manifest.gates.approvals.get(env, 0)
+    if needed == 0:
+        return []
+    approvers = state.approvers(name, version, env)
+    counted = [a for a in approvers if a != actor and may_approve(manifest, env, a)]
+    note = f"approved by {', '.join(counted)}" if counted else "no approvals yet"
+    if actor in approvers:
+        note += f"; {actor}'s own approval does not count for their deploy (separation of duties)"
+    return [GateResult("approvals", len(counted) >= needed, len(counted), f">= {needed}", note)]

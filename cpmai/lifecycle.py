@@ -1,0 +1,450 @@
+"""Deploy, promote, rollback, stop, approve and status: one story from artifact to live version.
+
+deploy = package (or reuse the identical artifact) → verify → gates → ledger (`gate`) → roll out
+on the environment's target → wait until healthy → ledger (`deploy`, result live or failed).
+promote = the same from an already packaged version. rollback = back to the previous good (or a
+named) version, without gates. Every decision is recorded, pass or fail, with who and why.
+
+A rollout of one environment holds `runs/NAME/ENV/rollout.lock` from the gates to the last
+ledger event, so two deploys of the same environment run one after the other and the ledger
+always agrees with what runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cpmai.errors import GateError, TargetError, UsageError
+from cpmai.ledger import Ledger, State, replay
+from cpmai.steps import StepLog
+from cpmai.targets import RolloutPlan, get_target
+
+if TYPE_CHECKING:
+    from cpmai.artifacts import Artifact
+    from cpmai.gates import GateReport
+    from cpmai.manifest import Manifest
+
+Progress = Callable[[str], None]
+LOCK_TIMEOUT = 600.0
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class LiveResult:
+    """What a deploy, promote or rollback did."""
+
+    action: str
+    name: str
+    env: str
+    version: str
+    previous: str | None
+    url: str | None
+    target: str
+    pid: int | None = None
+    changed: bool = True
+    gates: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@contextmanager
+def env_lock(
+    home: Path, name: str, env: str, progress: Progress, timeout: float = LOCK_TIMEOUT
+) -> Iterator[None]:
+    """Hold the rollout lock of one environment; waits (saying so) while another holds it."""
+    folder = home / "runs" / name / env
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "rollout.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    progress(f"waiting: another rollout of {name} in {env} is running ({holder})")
+                    said = True
+                if time.monotonic() > deadline:
+                    raise TargetError(
+                        f"another rollout of {name} in {env} held the lock for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _env_spec(manifest: Manifest, env: str) -> Any:
+    if env not in manifest.environments:
+        known = ", ".join(manifest.environments) or "none defined"
+        raise UsageError(f"{manifest.name} has no environment {env!r} (environments: {known})")
+    return manifest.environments[env]
+
+
+def deploy(
+    manifest: Manifest,
+    home: Path,
+    env: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    watch: bool = False,
+    progress: Progress = _quiet,
+) -> LiveResult:
+    """Package `manifest` (or reuse the identical artifact) and put it live in `env`."""
+    from cpmai.artifacts import package
+
+    _env_spec(manifest, env)
+    log = StepLog()
+    started = time.perf_counter()
+    with log.step("package") as step:
+        packaged = package(manifest, home, actor=actor)
+        step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
+    progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    result = _go_live(
+        home, packaged.name, packaged.version, env, "deploy", actor, reason, watch, progress
+    )
+    result.steps = [s.to_dict() for s in log.steps] + result.steps
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def promote(
+    home: Path,
+    name: str,
+    version: str,
+    env: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    watch: bool = False,
+    progress: Progress = _quiet,
+) -> LiveResult:
+    """Put an already packaged version live in `env` (its gates checked for `env` again)."""
+    started = time.perf_counter()
+    result = _go_live(home, name, version, env, "promote", actor, reason, watch, progress)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _go_live(
+    home: Path,
+    name: str,
+    version: str,
+    env: str,
+    action: str,
+    actor: str,
+    reason: str | None,
+    watch: bool,
+    progress: Progress,
+) -> LiveResult:
+    from cpmai import gates
+    from cpmai.artifacts import open_artifact
+
+    ledger = Ledger(home)
+    log = StepLog()
+    with env_lock(home, name, env, progress):
+        with log.step("verify") as step:
+            artifact = open_artifact(home, name, version)
+            manifest = artifact.manifest()
+            spec = _env_spec(manifest, env)
+            step.note = f"sha256:{artifact.digest[:12]}"
+        state = replay(ledger.events())
+        with log.step("gates") as step:
+            report = gates.check(artifact, manifest, env, state, actor=actor)
+            step.note = "passed" if report.passed else f"{len(report.failed)} failed"
+        progress(f"gates    {step.seconds:.2f} s")
+        for gate in report.results:
+            progress(f"  {gate.describe()}")
+        ledger.append(
+            "gate",
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={"for": action, **report.to_dict()},
+        )
+        if not report.passed:
+            failed = "; ".join(g.describe().removeprefix("✗ ") for g in report.failed)
+            raise GateError(
+                f"{name} {version} may not go live in {env}: {failed}",
+                hint=_gate_hint(report, name, version, env),
+            )
+        result = _roll_out(
+            home, artifact, manifest, spec, env, action, actor, reason, watch, progress, log
+        )
+        result.gates = report.to_dict()
+        return result
+
+
+def _gate_hint(report: GateReport, name: str, version: str, env: str) -> str | None:
+    if any(g.gate == "approvals" for g in report.failed):
+        return f"ask an approver to run `cpmai approve {name} {version} --env {env}`"
+    return None
+
+
+def _roll_out(
+    home: Path,
+    artifact: Artifact,
+    manifest: Manifest,
+    spec: Any,
+    env: str,
+    action: str,
+    actor: str,
+    reason: str | None,
+    watch: bool,
+    progress: Progress,
+    log: StepLog,
+) -> LiveResult:
+    name, version = artifact.name, artifact.version
+    target = get_target(spec.target, home, name, env)
+    plan = RolloutPlan(
+        name=name,
+        env=env,
+        version=version,
+        spec=spec,
+        slo=manifest.slo,
+        canary=action != "rollback" and spec.rollout.strategy == "canary",
+        watch=watch,
+    )
+    ledger = Ledger(home)
+    base = {"target": spec.target, "reason": reason, "strategy": spec.rollout.strategy}
+    started = time.perf_counter()
+    try:
+        outcome = target.rollout(plan, progress)
+    except TargetError as exc:
+        ledger.append(
+            action,
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={
+                **base,
+                "result": "rolled-back" if hasattr(exc, "window") else "failed",
+                "error": exc.message,
+                "canary": getattr(exc, "window", None),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        raise
+    changed = not any(s["step"] == "unchanged" for s in outcome.steps)
+    progress(f"rollout  {time.perf_counter() - started:.2f} s  {outcome.url}")
+    ledger.append(
+        action,
+        actor=actor,
+        name=name,
+        version=version,
+        env=env,
+        details={
+            **base,
+            "result": "live",
+            "previous": outcome.previous,
+            "url": outcome.url,
+            "pid": outcome.pid,
+            "changed": changed,
+            "steps": outcome.steps,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    return LiveResult(
+        action=action,
+        name=name,
+        env=env,
+        version=version,
+        previous=outcome.previous,
+        url=outcome.url,
+        target=spec.target,
+        pid=outcome.pid,
+        changed=changed,
+        steps=[s.to_dict() for s in log.steps] + outcome.steps,
+    )
+
+
+def rollback(
+    home: Path,
+    name: str,
+    env: str,
+    *,
+    actor: str,
+    to: str | None = None,
+    reason: str | None = None,
+    progress: Progress = _quiet,
+) -> LiveResult:
+    """Go back to the previous good version in `env` (or `to`), without gates."""
+    from cpmai.artifacts import open_artifact
+
+    started = time.perf_counter()
+    log = StepLog()
+    with env_lock(home, name, env, progress):
+        state = replay(Ledger(home).events())
+        env_state = state.env(name, env)
+        if to is None:
+            previous = env_state.previous_good()
+            if previous is None:
+                raise UsageError(
+                    f"{name} has no earlier good version in {env} to roll back to",
+                    hint="name one with --to VERSION, or use `cpmai promote`",
+                )
+            to = previous.version
+        elif to not in {r.version for r in env_state.history}:
+            raise UsageError(
+                f"{name} {to} was never live in {env}: a rollback only returns to a version "
+                "that was",
+                hint=f"use `cpmai promote {name} {to} --env {env}` (it runs the gates)",
+            )
+        with log.step("verify") as step:
+            artifact = open_artifact(home, name, to)
+            manifest = artifact.manifest()
+            step.note = f"sha256:{artifact.digest[:12]}"
+        spec = _env_spec(manifest, env)
+        result = _roll_out(
+            home, artifact, manifest, spec, env, "rollback", actor, reason, False, progress, log
+        )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def stop(home: Path, name: str, env: str, *, actor: str, reason: str | None = None) -> bool:
+    """Stop what runs in `env` and record it. Returns False when nothing was recorded live."""
+    with env_lock(home, name, env, _quiet):
+        state = replay(Ledger(home).events())
+        env_state = state.env(name, env)
+        kind = env_state.live.details.get("target", "local") if env_state.live else "local"
+        target = get_target(str(kind), home, name, env)
+        before = target.status()
+        target.stop()
+        if env_state.live is None and before.state == "stopped":
+            return False
+        Ledger(home).append(
+            "stop",
+            actor=actor,
+            name=name,
+            version=env_state.live.version if env_state.live else None,
+            env=env,
+            details={"reason": reason, "was": before.state, "target": kind},
+        )
+        return True
+
+
+def approve(
+    home: Path, name: str, version: str, env: str, *, actor: str, note: str | None = None
+) -> dict[str, Any]:
+    """Record `actor`'s approval of `version` for `env`. A refusal (not an approver) is recorded
+    too, then raised as GateError."""
+    from cpmai import gates
+    from cpmai.artifacts import open_artifact
+
+    artifact = open_artifact(home, name, version)
+    manifest = artifact.manifest()
+    _env_spec(manifest, env)
+    ledger = Ledger(home)
+    if not gates.may_approve(manifest, env, actor):
+        patterns = ", ".join(manifest.environments[env].approvers)
+        ledger.append(
+            "approval-refused",
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={"note": note, "approvers": manifest.environments[env].approvers},
+        )
+        raise GateError(
+            f"{actor} may not approve for {env} (approvers: {patterns}); the refusal is recorded"
+        )
+    event = ledger.append(
+        "approve", actor=actor, name=name, version=version, env=env, details={"note": note}
+    )
+    state = replay(ledger.events())
+    needed = manifest.gates.approvals.get(env, 0)
+    return {
+        "name": name,
+        "version": version,
+        "env": env,
+        "actor": actor,
+        "seq": event.seq,
+        "approvers": state.approvers(name, version, env),
+        "needed": needed,
+    }
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def status(home: Path, name: str | None = None, *, at: str | None = None) -> list[dict[str, Any]]:
+    """One row per (model, environment): live version, who put it there, and — now — what the
+    target says; `at` (ISO time) replays the ledger up to then instead of asking targets."""
+    state = replay(Ledger(home).events(), until=at)
+    names = [name] if name else sorted({n for n, _ in state.envs} | set(state.names()))
+    if name and name not in state.versions:
+        known = ", ".join(state.names()) or "none yet"
+        raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
+    rows = []
+    for model in names:
+        for env, env_state in state.envs_of(model).items():
+            rows.append(_status_row(home, state, model, env, env_state, live_view=at is None))
+    return rows
+
+
+def _status_row(
+    home: Path, state: State, name: str, env: str, env_state: Any, *, live_view: bool
+) -> dict[str, Any]:
+    live = env_state.live
+    last = env_state.last_event
+    row: dict[str, Any] = {
+        "name": name,
+        "env": env,
+        "version": live.version if live else None,
+        "since": live.time if live else None,
+        "by": live.actor if live else None,
+        "how": live.action if live else None,
+        "target": live.details.get("target") if live else None,
+        "approved_by": state.approvers(name, live.version, env) if live else [],
+        "gates": _gates_of(state, name, live.version, env) if live else None,
+        "last_event": {
+            "seq": last.seq,
+            "time": last.time,
+            "action": last.action,
+            "actor": last.actor,
+            "version": last.version,
+            "result": last.details.get("result"),
+        }
+        if last
+        else None,
+    }
+    if live_view:
+        kind = str(row["target"] or "local")
+        target = get_target(kind, home, name, env)
+        row["server"] = target.status().to_dict()
+        if live is None and row["server"]["state"] == "stopped":
+            row["server"]["detail"] = "nothing live"
+    return row
+
+
+def _gates_of(state: State, name: str, version: str, env: str) -> dict[str, Any] | None:
+    event = state.gates.get((name, version, env))
+    if event is None:
+        return None
+    return {
+        "passed": event.details.get("passed"),
+        "time": event.time,
+        "results": event.details.get("results", []),
+    }

@@ -1,0 +1,499 @@
+"""The local target: one supervised server process per environment, versions switched in place.
+
+`runs/NAME/ENV/` holds `run.json` (pid, host, port, workers, start time), `routes.json` (what
+the server should serve: see `cpmai.serving.router`), `workers/PID.json` (what each worker
+serves and has counted) and `server.log` (the process's output).
+
+The server runs detached in its own session (it outlives the `cpmai deploy` that started it) with
+`replicas` uvicorn workers on one listening socket. A new version is loaded beside the live one
+in the same process and traffic moves only when every worker has it loaded, so clients keep their
+connections and no request is refused; the old version stays loaded (rollback is a pointer swap)
+and drains. A canary shifts a share of requests to the new version step by step and compares the
+two versions' error rates and p99 from the workers' counters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpmai.errors import TargetError
+from cpmai.fsutil import write_atomic
+from cpmai.serving.metrics import LATENCY_BUCKETS
+from cpmai.serving.router import read_routes, run_dir
+from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
+
+START_TIMEOUT = 60.0
+SWITCH_TIMEOUT = 60.0
+STOP_TIMEOUT = 35.0
+
+
+@dataclass
+class Window:
+    """What one version served between two snapshots of the workers' counters."""
+
+    requests: int
+    errors: int
+    p99_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 6),
+            "p99_ms": None if self.p99_ms is None else round(self.p99_ms, 3),
+        }
+
+
+class LocalTarget:
+    kind = "local"
+
+    def __init__(self, home: Path, name: str, env: str) -> None:
+        self.home = home
+        self.name = name
+        self.env = env
+        self.folder = run_dir(home, name, env)
+        self.run_path = self.folder / "run.json"
+        self.routes_path = self.folder / "routes.json"
+        self.log_path = self.folder / "server.log"
+
+    # --- reading what runs -------------------------------------------------------------------
+
+    def _run(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.run_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def _alive(self, run: dict[str, Any] | None) -> bool:
+        if run is None:
+            return False
+        import psutil
+
+        try:
+            process = psutil.Process(int(run["pid"]))
+            return bool(
+                process.status() != psutil.STATUS_ZOMBIE
+                and abs(process.create_time() - float(run["created"])) < 1.0
+            )
+        except (psutil.Error, KeyError, ValueError):
+            return False
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """The status of every worker process that is alive."""
+        import psutil
+
+        out = []
+        for path in sorted((self.folder / "workers").glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if psutil.pid_exists(int(data.get("pid", 0))):
+                out.append(data)
+            else:
+                path.unlink(missing_ok=True)
+        return out
+
+    def _url(self, run: dict[str, Any]) -> str:
+        host = run["host"]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{run['port']}"
+
+    def _healthy(self, run: dict[str, Any], timeout: float = 0.5) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"{self._url(run)}/v2/health/ready", timeout=timeout
+            ) as reply:
+                return int(reply.status) == 200
+        except (OSError, ValueError):
+            return False
+
+    def status(self) -> TargetStatus:
+        run = self._run()
+        if run is None:
+            return TargetStatus(state="stopped", detail="no server started")
+        url = self._url(run)
+        if not self._alive(run):
+            return TargetStatus(
+                state="down",
+                url=url,
+                pid=int(run["pid"]),
+                detail=f"server process {run['pid']} is not running (see {self.log_path})",
+            )
+        workers = self._workers()
+        routes = read_routes(self.routes_path) or {}
+        healthy = self._healthy(run)
+        expected = int(run.get("workers", 1))
+        state = "running" if healthy and len(workers) >= expected else "degraded"
+        detail = "" if state == "running" else f"{len(workers)}/{expected} workers reporting"
+        if not healthy:
+            detail = "not answering /v2/health/ready"
+        return TargetStatus(
+            state=state,
+            url=url,
+            pid=int(run["pid"]),
+            uptime_s=round(time.time() - float(run["created"]), 1),
+            healthy=healthy,
+            live=routes.get("live"),
+            canary=routes.get("canary"),
+            weight=float(routes.get("weight", 0.0)) if routes.get("canary") else 0.0,
+            workers=len(workers),
+            detail=detail,
+        )
+
+    # --- rolling out ---------------------------------------------------------------------------
+
+    def rollout(self, plan: RolloutPlan, progress: Progress) -> RolloutResult:
+        run = self._run()
+        if not self._alive(run):
+            return self._start(plan, run, progress)
+        assert run is not None
+        routes = read_routes(self.routes_path) or {}
+        old = routes.get("live")
+        result = RolloutResult(url=self._url(run), previous=old, pid=int(run["pid"]))
+        if old == plan.version:
+            self._route(live=old, keep=[v for v in routes.get("keep", []) if v != old])
+            result.steps.append({"step": "unchanged", "seconds": 0.0, "note": "already live"})
+            return result
+        keep = [old] if old else []
+        started = time.perf_counter()
+        progress(f"loading {plan.version} beside {old} in the running server")
+        self._switch(live=old, canary=plan.version, keep=[], what="load", fallback=old)
+        result.steps.append(_step("load", started, f"{plan.version} loaded by every worker"))
+        if plan.canary and old:
+            for percent in plan.spec.rollout.steps[:-1]:
+                started = time.perf_counter()
+                window = self._canary_step(plan, old, percent, progress)
+                result.steps.append(_step(f"canary {percent}%", started, "", window))
+                if window.get("breach"):
+                    if plan.spec.rollout.auto_rollback:
+                        self._switch(live=old, keep=[], what="roll back", fallback=old)
+                        raise CanaryBreach(plan, percent, window)
+                    progress(f"breach at {percent}% but auto_rollback is off: going on")
+        started = time.perf_counter()
+        self._switch(live=plan.version, keep=keep, what="switch", fallback=old)
+        result.steps.append(_step("switch", started, f"{plan.version} takes all traffic"))
+        return result
+
+    def _start(
+        self, plan: RolloutPlan, previous_run: dict[str, Any] | None, progress: Progress
+    ) -> RolloutResult:
+        spec = plan.spec
+        port = spec.port or (previous_run or {}).get("port") or _free_port(spec.host)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in (self.folder / "workers").glob("*.json"):
+            stale.unlink(missing_ok=True)
+        seq = self._route(live=plan.version, keep=[])
+        progress(f"starting a server for {plan.version} on {spec.host}:{port}")
+        started = time.perf_counter()
+        command = [
+            sys.executable,
+            "-m",
+            "cpmai.serving.router",
+            "--home",
+            str(self.home),
+            "--name",
+            self.name,
+            "--env",
+            self.env,
+            "--host",
+            spec.host,
+            "--port",
+            str(port),
+            "--workers",
+            str(spec.replicas),
+        ]
+        with self.log_path.open("ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        import psutil
+
+        run = {
+            "pid": process.pid,
+            "created": psutil.Process(process.pid).create_time(),
+            "host": spec.host,
+            "port": port,
+            "workers": spec.replicas,
+        }
+        write_atomic(self.run_path, json.dumps(run).encode())
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise TargetError(
+                    f"the server for {self.name} {plan.version} exited with status "
+                    f"{process.returncode} before it was ready:\n{self.log_tail()}",
+                    hint=f"the whole log: {self.log_path}",
+                )
+            if self._applied(seq, plan.version, spec.replicas) and self._healthy(run):
+                break
+            if time.monotonic() > deadline:
+                self._kill(run)
+                raise TargetError(
+                    f"the server for {self.name} {plan.version} was not ready after "
+                    f"{START_TIMEOUT:.0f} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+        result = RolloutResult(url=self._url(run), previous=None, pid=process.pid)
+        result.steps.append(
+            _step("start", started, f"pid {process.pid}, {spec.replicas} worker(s)")
+        )
+        return result
+
+    def _route(
+        self,
+        *,
+        live: str | None,
+        canary: str | None = None,
+        weight: float = 0.0,
+        keep: list[str],
+    ) -> int:
+        """Write the next route table; returns its seq."""
+        current = read_routes(self.routes_path) or {}
+        seq = int(current.get("seq", 0)) + 1
+        table = {"seq": seq, "live": live, "canary": canary, "weight": weight, "keep": keep}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.routes_path, json.dumps(table).encode())
+        return seq
+
+    def _switch(
+        self,
+        *,
+        live: str | None,
+        canary: str | None = None,
+        weight: float = 0.0,
+        keep: list[str],
+        what: str,
+        fallback: str | None,
+    ) -> None:
+        """Write the table and wait until every worker applied it. When a worker cannot (a
+        version failed to load), route everything back to `fallback` and raise TargetError."""
+        run = self._run() or {}
+        expected = int(run.get("workers", 1))
+        seq = self._route(live=live, canary=canary, weight=weight, keep=keep)
+        deadline = time.monotonic() + SWITCH_TIMEOUT
+        while True:
+            workers = self._workers()
+            failed = [w for w in workers if int(w.get("failed_seq", 0)) >= seq]
+            if failed:
+                errors = "; ".join(f"{v}: {e}" for v, e in failed[0].get("errors", {}).items())
+                self._route(live=fallback, keep=[])
+                raise TargetError(
+                    f"{what}: the server could not load {canary or live}: {errors}; "
+                    f"{fallback} keeps serving"
+                )
+            if sum(1 for w in workers if int(w.get("seq", 0)) >= seq) >= expected:
+                return
+            if not self._alive(run):
+                raise TargetError(f"{what}: the server process died:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TargetError(
+                    f"{what}: workers did not apply the new routes in {SWITCH_TIMEOUT:.0f} s"
+                )
+            time.sleep(0.02)
+
+    def _applied(self, seq: int, version: str, expected: int) -> bool:
+        workers = [w for w in self._workers() if int(w.get("seq", 0)) >= seq]
+        return len(workers) >= expected and all(w.get("live") == version for w in workers)
+
+    def _canary_step(
+        self, plan: RolloutPlan, old: str, percent: int, progress: Progress
+    ) -> dict[str, Any]:
+        settings = plan.spec.rollout
+        self._switch(
+            live=old,
+            canary=plan.version,
+            weight=percent / 100,
+            keep=[],
+            what="canary",
+            fallback=old,
+        )
+        progress(
+            f"canary {percent}% of traffic to {plan.version}; watching {settings.window_s:g} s"
+        )
+        before = self._snapshot()
+        end = time.monotonic() + settings.window_s
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            if plan.watch:
+                now = self._snapshot()
+                progress(
+                    "  "
+                    + "  ".join(
+                        f"{label} {_describe(window(before, now, v))}"
+                        for label, v in (("live", old), ("canary", plan.version))
+                    )
+                )
+        time.sleep(1.1)  # workers report once a second: take in the window's last second
+        after = self._snapshot()
+        live_w, new_w = window(before, after, old), window(before, after, plan.version)
+        verdict = judge(live_w, new_w, settings, plan.slo.p99_ms)
+        progress(f"  {percent}%: live {_describe(live_w)}; canary {_describe(new_w)} → {verdict}")
+        return {
+            "percent": percent,
+            "live": live_w.to_dict(),
+            "canary": new_w.to_dict(),
+            "verdict": verdict,
+            "breach": verdict.startswith("breach"),
+        }
+
+    def _snapshot(self) -> dict[int, dict[str, Any]]:
+        return {int(w["pid"]): w.get("counters", {}) for w in self._workers()}
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        run = self._run()
+        if run is not None and self._alive(run):
+            self._kill(run)
+        self.run_path.unlink(missing_ok=True)
+        self.routes_path.unlink(missing_ok=True)
+        for path in (self.folder / "workers").glob("*.json"):
+            path.unlink(missing_ok=True)
+
+    def _kill(self, run: dict[str, Any]) -> None:
+        """SIGTERM the server's process group (in-flight requests finish), SIGKILL after
+        STOP_TIMEOUT."""
+        pid = int(run["pid"])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self._alive(run):
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "  (no server log)"
+        return "\n".join(f"  {line}" for line in text.splitlines()[-lines:])
+
+
+class CanaryBreach(TargetError):
+    """A canary step breached: traffic went back to the live version."""
+
+    def __init__(self, plan: RolloutPlan, percent: int, window: dict[str, Any]) -> None:
+        super().__init__(
+            f"canary of {plan.name} {plan.version} in {plan.env} breached at {percent}%: "
+            f"{window['verdict']}; all traffic is back on the live version"
+        )
+        self.window = window
+
+
+def window(
+    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], version: str
+) -> Window:
+    """Requests, errors and p99 of `version` between two snapshots, summed over workers."""
+    requests = errors = 0
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    for pid, now in after.items():
+        current = now.get(version)
+        if current is None:
+            continue
+        earlier = before.get(pid, {}).get(version) or {
+            "requests": 0,
+            "errors": 0,
+            "buckets": [0] * len(buckets),
+        }
+        requests += current["requests"] - earlier["requests"]
+        errors += current["errors"] - earlier["errors"]
+        buckets = [
+            b + c - e
+            for b, c, e in zip(buckets, current["buckets"], earlier["buckets"], strict=True)
+        ]
+    return Window(requests, errors, quantile(buckets, 0.99))
+
+
+def quantile(counts: list[int], q: float) -> float | None:
+    """The q-quantile in milliseconds of a latency histogram (per-bucket counts, not cumulative),
+    interpolated linearly inside its bucket as Prometheus' histogram_quantile does."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    running = 0
+    bounds = [0.0, *LATENCY_BUCKETS]
+    for i, count in enumerate(counts):
+        if running + count >= rank and count > 0:
+            if i >= len(LATENCY_BUCKETS):
+                return LATENCY_BUCKETS[-1] * 1000  # above the last bound: its lower edge
+            low, high = bounds[i], bounds[i + 1]
+            return (low + (high - low) * (rank - running) / count) * 1000
+        running += count
+    return LATENCY_BUCKETS[-1] * 1000
+
+
+def judge(live: Window, new: Window, settings: Any, slo_p99_ms: float | None) -> str:
+    """The canary verdict for one window: "ok", "no verdict: ..." or "breach: ..."."""
+    if new.requests < settings.min_requests or live.requests < settings.min_requests:
+        return (
+            f"no verdict: {live.requests} live / {new.requests} canary requests "
+            f"(fewer than min_requests {settings.min_requests})"
+        )
+    if new.error_rate > live.error_rate + settings.max_error_rate_increase:
+        return (
+            f"breach: error rate {new.error_rate:.2%} vs {live.error_rate:.2%} "
+            f"(allowed +{settings.max_error_rate_increase:.2%})"
+        )
+    if new.p99_ms is not None and live.p99_ms is not None:
+        floor = slo_p99_ms if slo_p99_ms is not None else live.p99_ms + 1.0
+        if new.p99_ms > live.p99_ms * settings.max_p99_ratio and new.p99_ms > floor:
+            return (
+                f"breach: p99 {new.p99_ms:.2f} ms vs {live.p99_ms:.2f} ms "
+                f"(allowed ×{settings.max_p99_ratio:g} and over {floor:.2f} ms)"
+            )
+    return "ok"
+
+
+def _describe(w: Window) -> str:
+    p99 = "-" if w.p99_ms is None else f"{w.p99_ms:.2f} ms"
+    return f"{w.requests} req, {w.error_rate:.2%} errors, p99 {p99}"
+
+
+def _step(
+    name: str, started: float, note: str, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    step: dict[str, Any] = {
+        "step": name,
+        "seconds": round(time.perf_counter() - started, 4),
+        "note": note,
+    }
+    if data:
+        step["canary"] = data
+    return step
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
