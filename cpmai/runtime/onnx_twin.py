@@ -84,8 +84,17 @@ def _to_onnx(model: Any, inputs: list[dict[str, Any]]) -> tuple[bytes | None, st
             errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             continue
         _cast_tree_inputs_to_float(graph)
+        _sort_opsets(graph)
         return graph.SerializeToString(), mode, None
     return None, "columns", "skl2onnx could not convert the model (" + "; ".join(errors) + ")"
+
+
+def _sort_opsets(graph: Any) -> None:
+    """skl2onnx lists the opset domains in set order, which changes with the process's string
+    hash seed: sort them so the same model always gives the same bytes (and the same digest)."""
+    opsets = sorted(graph.opset_import, key=lambda o: o.domain)
+    del graph.opset_import[:]
+    graph.opset_import.extend(opsets)
 
 
 def _options(model: Any) -> dict[Any, Any]:
