@@ -392,11 +392,12 @@ def approve(
 def status(home: Path, name: str | None = None, *, at: str | None = None) -> list[dict[str, Any]]:
     """One row per (model, environment): live version, who put it there, and — now — what the
     target says; `at` (ISO time) replays the ledger up to then instead of asking targets."""
-    state = replay(Ledger(home).events(), until=at)
-    names = [name] if name else sorted({n for n, _ in state.envs} | set(state.names()))
-    if name and name not in state.versions:
-        known = ", ".join(state.names()) or "none yet"
+    events = Ledger(home).events()
+    if name and not any(e.name == name and e.action == "package" for e in events):
+        known = ", ".join(replay(events).names()) or "none yet"
         raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
+    state = replay(events, until=at)
+    names = [name] if name else sorted({n for n, _ in state.envs} | set(state.names()))
     rows = []
     for model in names:
         for env, env_state in state.envs_of(model).items():

@@ -1,0 +1,457 @@
+"""The deploy lifecycle: gates, approvals, the local target (real server processes on 127.0.0.1),
+switching versions under load, rollback, canary, status now and in the past, stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import CPMAI, run_cpmai
+from serving_helpers import free_port
+
+NAME = "churn-classifier"
+ROW = {
+    "tenure_months": 15,
+    "monthly_charges": 18.0,
+    "support_calls": 2,
+    "late_payments": 0,
+    "plan": "basic",
+    "contract": "two-year",
+    "payment_method": "bank-transfer",
+    "region": "north",
+}
+
+
+def load(manifest: Path) -> Any:
+    """PyYAML reads `on:` as True (YAML 1.1); cpmai reads YAML 1.2, where it is a key."""
+    doc = yaml.safe_load(manifest.read_text())
+    triggers = doc.get("monitoring", {}).get("triggers", {})
+    if True in triggers:
+        triggers["on"] = triggers.pop(True)
+    return doc
+
+
+def write_manifest(manifest: Path) -> Path:
+    """The churn example's manifest with quick gates and free ports."""
+    doc = load(manifest)
+    doc["gates"] = {
+        "metrics": {"accuracy": ">= 0.7"},
+        "latency": {"p99_ms": 100, "concurrency": 1, "duration_s": 0.3},
+        "max_size_mb": 50,
+        "approvals": {"production": 1},
+    }
+    doc["environments"] = {
+        "staging": {"target": "local", "port": free_port()},
+        "production": {
+            "target": "local",
+            "port": free_port(),
+            "rollout": {"strategy": "canary", "steps": [20, 100], "window_s": 1.5},
+            "approvers": ["*@example.com"],
+        },
+    }
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return manifest
+
+
+def edit(manifest: Path, **changes: Any) -> None:
+    """Change top-level keys of the manifest (a new version when packaged)."""
+    doc = load(manifest)
+    doc.update(changes)
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture
+def project(churn: Path, home: Path) -> Any:
+    """A quick-gated manifest; every server it starts is stopped afterwards."""
+    yield write_manifest(churn)
+    from cpmai.targets.local import LocalTarget
+
+    for env in ("staging", "production"):
+        LocalTarget(home, NAME, env).stop()
+
+
+def port_of(manifest: Path, env: str) -> int:
+    return int(yaml.safe_load(manifest.read_text())["environments"][env]["port"])
+
+
+def infer(port: int, conn: http.client.HTTPConnection | None = None) -> tuple[int, str | None]:
+    body = json.dumps(
+        {
+            "id": "t",
+            "inputs": [
+                {"name": k, "shape": [1, 1], "datatype": "BYTES" if isinstance(v, str) else "FP64",
+                 "data": [v]}
+                for k, v in ROW.items()
+            ],
+        }
+    )  # fmt: skip
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", f"/v2/models/{NAME}/infer", body, {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        data = json.loads(reply.read())
+        return reply.status, data.get("model_version")
+    finally:
+        if own:
+            conn.close()
+
+
+class Client(threading.Thread):
+    """Sends requests back to back on one keep-alive connection, counting every outcome."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.outcomes: Counter[Any] = Counter()
+        self.stopping = threading.Event()
+        self.elapsed = 0.0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        start = time.monotonic()
+        deadline = start + 120  # stops by itself whatever happens
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            try:
+                self.outcomes[infer(self.port, conn)] += 1
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.outcomes[type(exc).__name__] += 1
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        self.elapsed = time.monotonic() - start
+
+    def finish(self) -> Counter[Any]:
+        self.stopping.set()
+        self.join(30)
+        return self.outcomes
+
+
+def events(home: Path, action: str | None = None) -> list[dict[str, Any]]:
+    lines = (home / "ledger.jsonl").read_text().splitlines()
+    out = [json.loads(line) for line in lines]
+    return [e for e in out if action is None or e["action"] == action]
+
+
+# --- gates -----------------------------------------------------------------------------------
+
+
+def test_a_failed_gate_exits_3_records_the_values_and_starts_nothing(
+    project: Path, home: Path, cli: Any
+) -> None:
+    doc = load(project)
+    doc["gates"]["metrics"] = {"accuracy": ">= 0.99", "roc_auc": ">= 0.5"}
+    project.write_text(yaml.safe_dump(doc))
+    result = cli("deploy", project, "--env", "staging")
+    assert result.code == 3
+    assert "metric:accuracy: 0.7" in result.err and "(needs >= 0.99)" in result.err
+    assert "roc_auc" not in result.err.split("error:")[1]  # only failed gates in the message
+    gate = events(home, "gate")[-1]
+    assert gate["details"]["passed"] is False
+    measured = {r["gate"]: r for r in gate["details"]["results"]}
+    assert measured["metric:accuracy"]["passed"] is False
+    assert 0.5 < measured["metric:accuracy"]["measured"] < 0.99
+    assert measured["metric:roc_auc"]["passed"] is True
+    assert measured["latency:p99_ms"]["measured"] > 0
+    assert not events(home, "deploy")
+    assert not (home / "runs" / NAME / "staging" / "run.json").exists()
+    status = cli("status", NAME, "--json")
+    row = json.loads(status.out)["environments"][0]
+    assert row["version"] is None and row["server"]["state"] == "stopped"
+
+
+def test_approvals_separation_of_duties_and_refusals(project: Path, home: Path, cli: Any) -> None:
+    from cpmai.artifacts import open_artifact
+    from cpmai.gates import approval_gates
+    from cpmai.ledger import Ledger, replay
+
+    assert cli("package", project).code == 0
+    refused = cli("--actor", "mallory@evil.test", "approve", NAME, "1.0.0", "--env", "production")
+    assert refused.code == 3 and "may not approve for production" in refused.err
+    assert events(home)[-1]["action"] == "approval-refused"
+    assert (
+        cli("--actor", "tester@example.com", "approve", NAME, "1.0.0", "-e", "production").code == 0
+    )
+    manifest = open_artifact(home, NAME, "1.0.0").manifest()
+
+    def gate(actor: str) -> Any:
+        state = replay(Ledger(home).events())
+        return approval_gates(manifest, state, NAME, "1.0.0", "production", actor)[0]
+
+    own = gate("tester@example.com")  # the approver deploying their own approval: not counted
+    assert not own.passed and "separation of duties" in own.note
+    assert gate("someone@example.com").passed
+    blocked = cli("promote", NAME, "1.0.0", "--env", "production")  # actor: tester@example.com
+    assert blocked.code == 3 and "approvals: 0 (needs >= 1)" in blocked.err
+    assert "cpmai approve" in blocked.err
+    assert cli("approve", NAME, "1.0.0", "--env", "nowhere").code == 2
+
+
+def test_unknown_environment_and_version_are_usage_errors(project: Path, cli: Any) -> None:
+    result = cli("deploy", project, "--env", "prod")
+    assert result.code == 2 and "no environment 'prod'" in result.err
+    assert cli("promote", NAME, "9.9.9", "--env", "staging").code == 2
+    assert cli("rollback", NAME, "--env", "staging").code == 2
+    assert cli("status", "--at", "yesterday").code == 2
+
+
+# --- the local target, for real ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_deploy_switch_and_rollback_under_load_lose_nothing(
+    project: Path, home: Path, cli: Any
+) -> None:
+    port = port_of(project, "staging")
+    first = cli("--json", "deploy", project, "--env", "staging", "--reason", "first")
+    assert first.code == 0, first.err
+    doc = json.loads(first.out)
+    assert doc["version"] == "1.0.0" and doc["url"] == f"http://127.0.0.1:{port}"
+    assert [s["step"] for s in doc["steps"]][:3] == ["package", "verify", "gates"]
+    assert infer(port) == (200, "1.0.0")
+
+    client = Client(port)
+    client.start()
+    time.sleep(1.0)
+    edit(project, description="second version")
+    second = cli("deploy", project, "--env", "staging")
+    assert second.code == 0, second.err
+    assert "deployed churn-classifier 1.1.0 in staging (was 1.0.0)" in second.out
+    time.sleep(0.5)
+    back = cli("--json", "rollback", NAME, "--env", "staging", "--reason", "drill")
+    assert back.code == 0, back.err
+    assert json.loads(back.out)["version"] == "1.0.0"
+    time.sleep(0.5)
+    outcomes = client.finish()
+    served = sum(outcomes.values())
+    assert set(outcomes) <= {(200, "1.0.0"), (200, "1.1.0")}, outcomes  # no failure of any kind
+    assert outcomes[(200, "1.0.0")] > 0 and outcomes[(200, "1.1.0")] > 0
+    assert served / client.elapsed >= 200, (served, client.elapsed)
+
+    rollback = events(home, "rollback")[-1]
+    assert rollback["details"]["reason"] == "drill" and rollback["details"]["previous"] == "1.1.0"
+    status = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+    assert status["version"] == "1.0.0" and status["server"]["state"] == "running"
+    assert status["server"]["live"] == "1.0.0" and status["last_event"]["action"] == "rollback"
+    # the past: just after the second deploy, 1.1.0 was live, deployed by the tester
+    deployed = events(home, "deploy")[-1]
+    past = cli("--json", "status", NAME, "--at", deployed["time"])
+    row = json.loads(past.out)["environments"][0]
+    assert row["version"] == "1.1.0" and row["by"] == "tester@example.com"
+    assert row["gates"]["passed"] is True and "server" not in row
+    before = cli("--json", "status", NAME, "--at", "2000-01-01T00:00")
+    assert json.loads(before.out)["environments"] == []
+
+
+@pytest.mark.slow
+def test_a_killed_server_is_seen_down_and_deploy_recovers_it(
+    project: Path, home: Path, cli: Any
+) -> None:
+    assert cli("deploy", project, "--env", "staging").code == 0
+    run = json.loads((home / "runs" / NAME / "staging" / "run.json").read_text())
+    os.kill(run["pid"], signal.SIGKILL)
+    start = time.monotonic()
+    while True:
+        row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+        if row["server"]["state"] == "down":
+            break
+        assert time.monotonic() - start < 2.0, row
+        time.sleep(0.1)
+    human = cli("status")
+    assert "down" in human.out and "not running" in human.out
+    again = cli("deploy", project, "--env", "staging")
+    assert again.code == 0, again.err
+    assert infer(port_of(project, "staging")) == (200, "1.0.0")
+
+
+@pytest.mark.slow
+def test_two_deploys_at_once_run_one_after_the_other(project: Path, home: Path) -> None:
+    other = project.parent / "other.yaml"
+    other.write_text(project.read_text().replace("Predicts which", "Also predicts which"))
+    env = {**os.environ, "CPMAI_HOME": str(home)}
+    procs = [
+        subprocess.Popen(
+            [*CPMAI, "deploy", str(m), "--env", "staging"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in (project, other)
+    ]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    deploys = [e for e in events(home, "deploy") if e["details"]["result"] == "live"]
+    assert len(deploys) == 2 and {d["version"] for d in deploys} == {"1.0.0", "1.1.0"}
+    from cpmai.targets.local import LocalTarget
+
+    live = LocalTarget(home, NAME, "staging").status()
+    assert live.live == deploys[-1]["version"]  # the ledger and the server agree
+    assert infer(port_of(project, "staging"))[1] == deploys[-1]["version"]
+
+
+@pytest.mark.slow
+def test_a_version_the_server_cannot_load_leaves_the_old_one_serving(
+    project: Path, home: Path, cli: Any
+) -> None:
+    from cpmai.artifacts import open_artifact
+    from cpmai.errors import TargetError
+    from cpmai.targets import RolloutPlan
+    from cpmai.targets.local import LocalTarget
+
+    assert cli("deploy", project, "--env", "staging").code == 0
+    port = port_of(project, "staging")
+    edit(project, description="to be corrupted")
+    assert cli("package", project).code == 0
+    twin = home / "artifacts" / NAME / "1.1.0" / "model" / "twin.onnx"
+    twin.chmod(0o644)
+    twin.write_bytes(twin.read_bytes() + b"\0")
+    promoted = cli("promote", NAME, "1.1.0", "--env", "staging")
+    assert promoted.code == 5 and "content changed" in promoted.err  # caught before the target
+    # the target's own check: the server verifies what it loads and refuses, the old one stays
+    manifest = open_artifact(home, NAME, "1.0.0").manifest()
+    plan = RolloutPlan(NAME, "staging", "1.1.0", manifest.environments["staging"], manifest.slo)
+    with pytest.raises(TargetError, match=r"(?s)could not load 1\.1\.0.*1\.0\.0 keeps serving"):
+        LocalTarget(home, NAME, "staging").rollout(plan, lambda _: None)
+    assert infer(port) == (200, "1.0.0")
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_start_exits_6_and_is_recorded(
+    project: Path, home: Path, cli: Any
+) -> None:
+    import socket
+
+    port = port_of(project, "staging")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = cli("deploy", project, "--env", "staging")
+    assert result.code == 6 and "exited with status" in result.err
+    failed = events(home, "deploy")[-1]
+    assert failed["details"]["result"] == "failed"
+    row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+    assert row["version"] is None
+
+
+@pytest.mark.slow
+def test_a_canary_that_breaches_rolls_back_by_itself(project: Path, home: Path, cli: Any) -> None:
+    import pandas as pd
+
+    not_yet = cli("--actor", "approver@example.com", "approve", NAME, "1.0.0", "-e", "production")
+    assert not_yet.code == 2  # nothing packaged yet: nothing to approve
+    assert cli("package", project).code == 0
+    assert (
+        cli("--actor", "approver@example.com", "approve", NAME, "1.0.0", "-e", "production").code
+        == 0
+    )
+    first = cli("deploy", project, "--env", "production")
+    assert first.code == 0, first.err
+    port = port_of(project, "production")
+    # 1.1.0 has never seen region "north" in its reference data: its server refuses those rows
+    data = project.parent / "data"
+    reference = pd.read_csv(data / "reference.csv")
+    reference[reference["region"] != "north"].to_csv(data / "reference-v2.csv", index=False)
+    doc = load(project)
+    doc["data"]["reference"] = "data/reference-v2.csv"
+    project.write_text(yaml.safe_dump(doc))
+    assert cli("package", project).code == 0
+    assert (
+        cli("--actor", "approver@example.com", "approve", NAME, "1.1.0", "-e", "production").code
+        == 0
+    )
+    client = Client(port)
+    client.start()
+    result = cli("deploy", project, "--env", "production", "--watch")
+    outcomes = client.finish()
+    assert result.code == 6, result.err
+    assert "breached at 20%" in result.err and "error rate" in result.err
+    assert "canary 20%" in result.err  # --watch / progress lines
+    assert outcomes[(200, "1.0.0")] > 0  # the canary's 422s are what the breach saw
+    failed = events(home, "deploy")[-1]
+    assert failed["version"] == "1.1.0" and failed["details"]["result"] == "rolled-back"
+    assert failed["details"]["canary"]["canary"]["error_rate"] > 0.5
+    row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+    assert row["version"] == "1.0.0" and row["server"]["live"] == "1.0.0"
+    assert row["server"]["canary"] is None
+    assert infer(port) == (200, "1.0.0")
+
+
+@pytest.mark.slow
+def test_stop_is_recorded_and_name_at_env_resolves(project: Path, home: Path, cli: Any) -> None:
+    from cpmai.refs import resolve
+
+    assert cli("deploy", project, "--env", "staging").code == 0
+    assert resolve(home, f"{NAME}@staging").version == "1.0.0"
+    stopped = cli("stop", NAME, "--env", "staging")
+    assert stopped.code == 0 and "stopped" in stopped.out
+    assert events(home)[-1]["action"] == "stop"
+    row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+    assert row["version"] is None and row["server"]["state"] == "stopped"
+    with pytest.raises(Exception, match="no version is recorded as live"):
+        resolve(home, f"{NAME}@staging")
+    assert cli("stop", NAME, "--env", "staging").out.startswith("nothing was running")
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_histogram_quantile_and_canary_verdicts() -> None:
+    from cpmai.manifest import Rollout
+    from cpmai.serving.metrics import LATENCY_BUCKETS
+    from cpmai.targets.local import Window, judge, quantile
+
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    counts[LATENCY_BUCKETS.index(0.001)] = 100  # everything between 0.5 and 1 ms
+    assert quantile(counts, 0.5) == pytest.approx(0.75)
+    assert quantile(counts, 0.99) == pytest.approx(0.995)
+    assert quantile([0] * len(counts), 0.99) is None
+    settings = Rollout(strategy="canary", steps=[10, 100], min_requests=20)
+    ok = Window(1000, 1, 1.0)
+    assert judge(ok, Window(100, 1, 1.1), settings, None) == "ok"
+    assert judge(ok, Window(100, 30, 1.0), settings, None).startswith("breach: error rate")
+    assert judge(ok, Window(100, 0, 9.0), settings, None).startswith("breach: p99")
+    assert judge(ok, Window(100, 0, 9.0), settings, 50.0) == "ok"  # under the SLO: fine
+    assert judge(ok, Window(5, 5, 1.0), settings, None).startswith("no verdict")
+
+
+def test_rollback_target_skips_versions_rolled_back_from() -> None:
+    from cpmai.ledger import GENESIS, Event, replay
+
+    def event(seq: int, action: str, version: str, result: str = "live") -> Event:
+        return Event(seq, f"2026-01-0{seq}T00:00:00Z", "a", action, "m", version, "p",
+                     {"result": result}, GENESIS, "h")  # fmt: skip
+
+    history = [
+        event(1, "deploy", "1.0.0"),
+        event(2, "deploy", "1.1.0"),
+        event(3, "deploy", "1.2.0"),
+        event(4, "rollback", "1.1.0"),  # 1.2.0 was bad
+        event(5, "deploy", "1.3.0", result="failed"),  # never live
+    ]
+    env = replay(history).env("m", "p")
+    assert env.live is not None and env.live.version == "1.1.0"
+    previous = env.previous_good()
+    assert previous is not None and previous.version == "1.0.0"
+    past = replay(history, until="2026-01-03T12:00:00Z").env("m", "p")
+    assert past.live is not None and past.live.version == "1.2.0"
+
+
+def test_status_of_nothing(home: Path, cli: Any) -> None:
+    result = cli("status")
+    assert result.code == 0 and "nothing deployed yet" in result.out
+
+
+def test_cli_processes_are_real(project: Path, home: Path) -> None:
+    """The same commands as a subprocess: exit codes and streams as CI scripts see them."""
+    outcome = run_cpmai("deploy", str(project), "--env", "nowhere", env={"CPMAI_HOME": str(home)})
+    assert outcome.code == 2 and outcome.out == "" and "no environment 'nowhere'" in outcome.err
