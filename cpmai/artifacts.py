@@ -125,11 +125,18 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
     from cpmai.runtime import formats
 
     source = manifest.resolve(manifest.model.path)
+    log = StepLog()
+    with log.step("fingerprint sources") as step:
+        fingerprint = source_fingerprint(manifest, source)
+        reused = _reuse(home, manifest.name, fingerprint)
+        step.note = f"sha256:{fingerprint[:12]}" + (f", same as {reused.version}" if reused else "")
+    if reused is not None:
+        reused.steps = log.steps
+        return reused
     fmt = formats.detect_format(source, manifest.model.format)
     _remove_abandoned_builds(home / "tmp")
     build = home / "tmp" / f"build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     (build / "model").mkdir(parents=True)
-    log = StepLog()
     try:
         with log.step("copy and hash") as step:
             files = _copy_inputs(manifest, source, build)
@@ -166,11 +173,79 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file())
         with log.step("record") as step:
             result = _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
+            _remember(home, fingerprint, result.version)
             step.note = "new version" if result.created else "identical content exists"
         result.steps = log.steps
         return result
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def source_fingerprint(manifest: Manifest, source: Path) -> str:
+    """SHA-256 over everything a build depends on: the manifest's content, the bytes of the
+    model and data files, and the Python environment (every installed distribution's version).
+    Equal fingerprints build equal artifacts, so a repeated `package`/`deploy` skips the build."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    from cpmai.fsutil import sha256_file
+
+    parts = [f"cpmai {__version__}", f"python {platform.python_version()}"]
+    dump = manifest.model_dump(mode="json")
+    dump.pop("version", None)
+    dump.pop("extends", None)
+    parts.append(json.dumps(dump, sort_keys=True))
+    sources = [p for p in sorted(source.rglob("*")) if p.is_file()] if source.is_dir() else [source]
+    for item in sources:
+        parts.append(
+            f"model {item.relative_to(source) if source.is_dir() else ''} {sha256_file(item)}"
+        )
+    for role in ("reference", "holdout"):
+        rel = getattr(manifest.data, role)
+        if rel is not None:
+            parts.append(f"{role} {sha256_file(manifest.resolve(rel))}")
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    parts.extend(dists)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+SOURCES_CACHE = "cache/sources.json"
+
+
+def _remember(home: Path, fingerprint: str, version: str) -> None:
+    """Note which version these sources built (a cache: losing it only costs a rebuild)."""
+    path = home / SOURCES_CACHE
+    try:
+        known = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    known[fingerprint] = version
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(known).encode())
+
+
+def _reuse(home: Path, name: str, fingerprint: str) -> PackageResult | None:
+    """The packaged version built from exactly these sources, if it is recorded and intact."""
+    try:
+        version = json.loads((home / SOURCES_CACHE).read_text()).get(fingerprint)
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    record = replay(Ledger(home).events()).versions.get(name, {}).get(str(version))
+    if record is None or verify(home, record):
+        return None  # not recorded, damaged or missing: build again (and restore it)
+    path = artifact_dir(home, name, record.version)
+    meta = json.loads((path / ARTIFACT_FILE).read_text())
+    return PackageResult(
+        name,
+        record.version,
+        record.digest,
+        path,
+        False,
+        int(meta["size_bytes"]),
+        str(meta["format"]),
+        dict(meta["files"]),
+    )
 
 
 def _remove_abandoned_builds(tmp: Path) -> None:

@@ -108,6 +108,40 @@ def test_same_bytes_are_recognised(churn: Path, home: Path) -> None:
     assert len(Ledger(home).events()) == 1
 
 
+def test_unchanged_sources_skip_the_build_and_any_change_rebuilds(churn: Path, home: Path) -> None:
+    first = package(churn, home)
+    again = package(churn, home)  # same manifest, model, data and environment: no build at all
+    assert [s.name for s in again.steps] == ["fingerprint sources"]
+    assert (again.version, again.digest, again.created) == ("1.0.0", first.digest, False)
+    holdout = churn.parent / "data" / "holdout.csv"
+    holdout.write_text(holdout.read_text() + holdout.read_text().splitlines()[1] + "\n")
+    changed = package(churn, home)
+    assert "load model" in [s.name for s in changed.steps]
+    assert (changed.version, changed.created) == ("1.1.0", True)
+    os.chmod(changed.path / "MODEL_CARD.md", 0o644)
+    (changed.path / "MODEL_CARD.md").write_text("edited")  # a damaged artifact is not reused
+    assert "load model" in [s.name for s in package(churn, home).steps]
+
+
+@pytest.mark.slow
+def test_the_onnx_twin_is_byte_identical_whatever_the_hash_seed(
+    churn: Path, tmp_path: Path
+) -> None:
+    digests = set()
+    for seed in ("1", "2", "3", "4", "5"):  # unsorted, 5 seeds agree by chance 1 time in 16
+        home = tmp_path / f"state-{seed}"
+        subprocess.run(
+            [sys.executable, "-m", "cpmai", "--home", str(home), "package", str(churn)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+            capture_output=True,
+        )
+        digests.add(
+            sha256_file(home / "artifacts" / "churn-classifier" / "1.0.0" / "model" / "twin.onnx")
+        )
+    assert len(digests) == 1  # skl2onnx's opset list came out in set order before cpmai sorted it
+
+
 def test_changed_content_gets_the_next_version(churn: Path, home: Path) -> None:
     package(churn, home)
     edit_manifest(churn, description="retrained")
