@@ -455,3 +455,58 @@ def test_cli_processes_are_real(project: Path, home: Path) -> None:
     """The same commands as a subprocess: exit codes and streams as CI scripts see them."""
     outcome = run_cpmai("deploy", str(project), "--env", "nowhere", env={"CPMAI_HOME": str(home)})
     assert outcome.code == 2 and outcome.out == "" and "no environment 'nowhere'" in outcome.err
+
+
+@pytest.mark.parametrize("classes", [[0, 1], ["no", "yes"], ["a", "b", "c"]])
+def test_gate_metrics_agree_with_scikit_learn(classes: list[Any]) -> None:
+    import numpy as np
+    from sklearn import metrics as m
+
+    from cpmai.gates import score
+
+    rng = np.random.default_rng(7)
+    truth = rng.choice(classes, 500)
+    predicted = np.where(rng.random(500) < 0.7, truth, rng.choice(classes, 500))
+    raw = rng.random((500, len(classes))).round(2)  # rounded: many tied scores
+    probabilities = raw / raw.sum(axis=1, keepdims=True)
+    binary = len(classes) == 2
+    average: Any = "binary" if binary else "macro"
+    kwargs: dict[str, Any] = {"average": average, "zero_division": 0}
+    if binary:
+        kwargs["pos_label"] = classes[-1]
+    expected = {
+        "accuracy": m.accuracy_score(truth, predicted),
+        "precision": m.precision_score(truth, predicted, **kwargs),
+        "recall": m.recall_score(truth, predicted, **kwargs),
+        "f1": m.f1_score(truth, predicted, **kwargs),
+        "roc_auc": m.roc_auc_score(truth, probabilities[:, -1])
+        if binary
+        else m.roc_auc_score(truth, probabilities, multi_class="ovr", labels=classes),
+        "log_loss": m.log_loss(truth, probabilities, labels=classes),
+    }
+    for metric, value in expected.items():
+        assert score(metric, truth, predicted, probabilities, classes) == pytest.approx(
+            value, abs=1e-9
+        ), metric
+
+
+def test_regression_gate_metrics_agree_with_scikit_learn() -> None:
+    import numpy as np
+    from sklearn import metrics as m
+
+    from cpmai.gates import score
+
+    rng = np.random.default_rng(3)
+    truth = rng.normal(10, 3, 400)
+    truth[:5] = 0.0  # mape's guard against division by zero
+    predicted = truth + rng.normal(0, 1, 400)
+    expected = {
+        "mae": m.mean_absolute_error(truth, predicted),
+        "rmse": m.mean_squared_error(truth, predicted) ** 0.5,
+        "r2": m.r2_score(truth, predicted),
+        "mape": m.mean_absolute_percentage_error(truth, predicted),
+    }
+    for metric, value in expected.items():
+        assert score(metric, truth, predicted, None, None) == pytest.approx(value, rel=1e-12), (
+            metric
+        )
