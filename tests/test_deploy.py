@@ -510,3 +510,42 @@ def test_regression_gate_metrics_agree_with_scikit_learn() -> None:
         assert score(metric, truth, predicted, None, None) == pytest.approx(value, rel=1e-12), (
             metric
         )
+
+
+@pytest.mark.slow
+def test_replicas_run_as_workers_that_switch_together_and_die_with_their_supervisor(
+    project: Path, home: Path, cli: Any
+) -> None:
+    import psutil
+
+    doc = load(project)
+    doc["environments"]["staging"]["replicas"] = 2
+    project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert cli("deploy", project, "--env", "staging").code == 0
+    status = json.loads(cli("status", NAME, "--json").out)["environments"][0]["server"]
+    assert status["state"] == "running" and status["workers"] == 2
+    port = port_of(project, "staging")
+    clients = [Client(port) for _ in range(4)]
+    for client in clients:
+        client.start()
+    edit(project, description="second version")
+    assert cli("deploy", project, "--env", "staging").code == 0
+    time.sleep(0.5)
+    outcomes: Counter[Any] = Counter()
+    for client in clients:
+        outcomes += client.finish()
+    assert set(outcomes) <= {(200, "1.0.0"), (200, "1.1.0")}, outcomes
+    assert outcomes[(200, "1.1.0")] > 0
+    time.sleep(1.2)  # workers report their counters once a second
+    workers = [
+        json.loads(p.read_text()) for p in (home / "runs" / NAME / "staging" / "workers").glob("*")
+    ]
+    assert len(workers) == 2 and all(w["live"] == "1.1.0" for w in workers)
+    assert sum(w["counters"]["1.1.0"]["requests"] for w in workers) > 0
+    supervisor = psutil.Process(status["pid"])
+    children = supervisor.children(recursive=True)
+    supervisor.kill()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, alive  # no orphan keeps the port
+    row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
+    assert row["server"]["state"] == "down"

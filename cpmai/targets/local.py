@@ -171,11 +171,11 @@ class LocalTarget:
             result.steps.append({"step": "unchanged", "seconds": 0.0, "note": "already live"})
             return result
         keep = [old] if old else []
-        started = time.perf_counter()
-        progress(f"loading {plan.version} beside {old} in the running server")
-        self._switch(live=old, canary=plan.version, keep=[], what="load", fallback=old)
-        result.steps.append(_step("load", started, f"{plan.version} loaded by every worker"))
         if plan.canary and old:
+            started = time.perf_counter()
+            progress(f"loading {plan.version} beside {old} in the running server")
+            self._switch(live=old, canary=plan.version, keep=[], what="load", fallback=old)
+            result.steps.append(_step("load", started, f"{plan.version} loaded by every worker"))
             for percent in plan.spec.rollout.steps[:-1]:
                 started = time.perf_counter()
                 window = self._canary_step(plan, old, percent, progress)
@@ -186,6 +186,8 @@ class LocalTarget:
                         raise CanaryBreach(plan, percent, window)
                     progress(f"breach at {percent}% but auto_rollback is off: going on")
         started = time.perf_counter()
+        # each worker loads what it lacks first and switches only when it has it (or reports
+        # failure and keeps serving the old version)
         self._switch(live=plan.version, keep=keep, what="switch", fallback=old)
         result.steps.append(_step("switch", started, f"{plan.version} takes all traffic"))
         return result
