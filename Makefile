@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving clean
+.PHONY: demo test lint format install bench bench-serving bench-deploy clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: set up, train the churn example, then validate, package and list its versions
+## demo: set up, train the churn example, package it, deploy it to staging, ask it, stop it
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python train.py
 	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai package $(EXAMPLE)/cpmai.yaml
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai versions churn-classifier
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai deploy $(EXAMPLE)/cpmai.yaml --env staging --reason "make demo"
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai status churn-classifier
+	$(BIN)/python $(EXAMPLE)/ask.py http://127.0.0.1:8081
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
 
@@ -41,6 +44,10 @@ format: $(STAMP)
 ## bench: the foundation's performance checks (start-up, ledger reads, hashing)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
+
+## bench-deploy: time from deploy to healthy, rollback switch time (local target)
+bench-deploy: $(STAMP)
+	$(BIN)/python benchmarks/deploy.py
 
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)

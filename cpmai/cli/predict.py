@@ -16,7 +16,11 @@ from cpmai.cli.project import JsonFlag
 
 def predict(
     ref: Annotated[
-        str, typer.Argument(help="NAME or NAME@VERSION (default: the latest).", show_default=False)
+        str,
+        typer.Argument(
+            help="NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest.",
+            show_default=False,
+        ),
     ],
     input_file: Annotated[
         Path,

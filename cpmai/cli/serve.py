@@ -14,7 +14,8 @@ def serve(
     ref: Annotated[
         str,
         typer.Argument(
-            help="NAME, NAME@VERSION (default: the latest version).", show_default=False
+            help="NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest.",
+            show_default=False,
         ),
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
