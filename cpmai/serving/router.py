@@ -6,13 +6,13 @@ rewrite atomically:
 
     {"seq": 7, "live": "1.1.0", "canary": "1.2.0", "weight": 0.1, "keep": ["1.0.0"]}
 
-Every worker polls the file (every 0.05 s: one stat call). A version it does not hold yet is verified against the
-ledger and loaded in a thread while the current ones keep answering; only when every version the
-table names is loaded does the worker switch. A version that fails to load leaves the routing as
-it was and is reported. So a switch never drops a request or a connection: clients keep their
-sockets, requests in flight finish on the version that took them, and the version left behind is
-closed once nothing runs on it. `keep` holds the previous version loaded, so a rollback is a
-pointer swap.
+Every worker polls the file (every 0.05 s: one stat call). A version it does not hold yet is
+verified against the ledger and loaded in a thread while the current ones keep answering; only
+when every version the table names is loaded does the worker switch. A version that fails to
+load leaves the routing as it was and is reported. So a switch never drops a request or a
+connection: clients keep their sockets, requests in flight finish on the version that took them,
+and the version left behind is closed once nothing runs on it. `keep` holds the previous version
+loaded, so a rollback is a pointer swap.
 
 Routing: infer without a version and /invocations go to the canary with probability `weight`,
 else to the live version; `/v2/models/NAME/versions/V/...` goes to version V if held;
