@@ -167,6 +167,7 @@ def _go_live(
             manifest = artifact.manifest()
             spec = _env_spec(manifest, env)
             step.note = f"sha256:{artifact.digest[:12]}"
+        get_target(spec.target, home, name, env)  # an unavailable target: refused before gates
         state = replay(ledger.events())
         with log.step("gates") as step:
             report = gates.check(artifact, manifest, env, state, actor=actor)
@@ -230,6 +231,16 @@ def _roll_out(
     started = time.perf_counter()
     try:
         outcome = target.rollout(plan, progress)
+    except KeyboardInterrupt:  # the target put the previous routing back before re-raising
+        ledger.append(
+            action,
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={**base, "result": "interrupted"},
+        )
+        raise
     except TargetError as exc:
         ledger.append(
             action,

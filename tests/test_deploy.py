@@ -549,3 +549,60 @@ def test_replicas_run_as_workers_that_switch_together_and_die_with_their_supervi
     assert not alive, alive  # no orphan keeps the port
     row = json.loads(cli("status", NAME, "--json").out)["environments"][0]
     assert row["server"]["state"] == "down"
+
+
+def test_an_unavailable_target_is_refused_before_the_gates(
+    project: Path, home: Path, cli: Any
+) -> None:
+    doc = load(project)
+    doc["environments"]["staging"] = {"target": "ray"}
+    project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = cli("deploy", project, "--env", "staging")
+    assert result.code == 2 and "target 'ray' is not available yet" in result.err
+    assert not events(home, "gate")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_canary_puts_traffic_back_and_is_recorded(
+    project: Path, home: Path
+) -> None:
+    doc = load(project)
+    doc["environments"]["staging"]["rollout"] = {
+        "strategy": "canary",
+        "steps": [50, 100],
+        "window_s": 30,
+    }
+    project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, "CPMAI_HOME": str(home)}
+    assert (
+        subprocess.run([*CPMAI, "deploy", str(project), "--env", "staging"], env=env).returncode
+        == 0
+    )
+    edit(project, description="second version")
+    proc = subprocess.Popen(
+        [*CPMAI, "deploy", str(project), "--env", "staging"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # wait until the canary step is under way
+        lines.append(line)
+        if "canary 50% of traffic" in line:
+            break
+    routes = json.loads((home / "runs" / NAME / "staging" / "routes.json").read_text())
+    assert routes["canary"] == "1.1.0" and routes["weight"] == 0.5
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    routes = json.loads((home / "runs" / NAME / "staging" / "routes.json").read_text())
+    assert routes["live"] == "1.0.0" and routes["canary"] is None
+    last = events(home)[-1]
+    assert (last["action"], last["version"], last["details"]["result"]) == (
+        "deploy",
+        "1.1.0",
+        "interrupted",
+    )
+    assert infer(port_of(project, "staging")) == (200, "1.0.0")

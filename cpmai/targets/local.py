@@ -170,6 +170,16 @@ class LocalTarget:
             self._route(live=old, keep=[v for v in routes.get("keep", []) if v != old])
             result.steps.append({"step": "unchanged", "seconds": 0.0, "note": "already live"})
             return result
+        try:
+            return self._replace(plan, old, result, progress)
+        except KeyboardInterrupt:
+            self._route(live=old, keep=[])  # interrupted: everything back on the live version
+            raise
+
+    def _replace(
+        self, plan: RolloutPlan, old: str | None, result: RolloutResult, progress: Progress
+    ) -> RolloutResult:
+        """Move the running server from `old` to the plan's version (canary steps first)."""
         keep = [old] if old else []
         if plan.canary and old:
             started = time.perf_counter()
@@ -241,6 +251,20 @@ class LocalTarget:
             "workers": spec.replicas,
         }
         write_atomic(self.run_path, json.dumps(run).encode())
+        try:
+            self._wait_started(process, run, seq, plan)
+        except KeyboardInterrupt:
+            self._kill(run)
+            raise
+        result = RolloutResult(url=self._url(run), previous=None, pid=process.pid)
+        result.steps.append(
+            _step("start", started, f"pid {process.pid}, {spec.replicas} worker(s)")
+        )
+        return result
+
+    def _wait_started(
+        self, process: subprocess.Popen[bytes], run: dict[str, Any], seq: int, plan: RolloutPlan
+    ) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if process.poll() is not None:
@@ -249,8 +273,8 @@ class LocalTarget:
                     f"{process.returncode} before it was ready:\n{self.log_tail()}",
                     hint=f"the whole log: {self.log_path}",
                 )
-            if self._applied(seq, plan.version, spec.replicas) and self._healthy(run):
-                break
+            if self._applied(seq, plan.version, plan.spec.replicas) and self._healthy(run):
+                return
             if time.monotonic() > deadline:
                 self._kill(run)
                 raise TargetError(
@@ -258,11 +282,6 @@ class LocalTarget:
                     f"{START_TIMEOUT:.0f} s:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
-        result = RolloutResult(url=self._url(run), previous=None, pid=process.pid)
-        result.steps.append(
-            _step("start", started, f"pid {process.pid}, {spec.replicas} worker(s)")
-        )
-        return result
 
     def _route(
         self,
