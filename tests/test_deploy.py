@@ -574,10 +574,14 @@ def test_ctrl_c_during_a_canary_puts_traffic_back_and_is_recorded(
     }
     project.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {**os.environ, "CPMAI_HOME": str(home)}
-    assert (
-        subprocess.run([*CPMAI, "deploy", str(project), "--env", "staging"], env=env).returncode
-        == 0
+    first = subprocess.run(
+        [*CPMAI, "deploy", str(project), "--env", "staging"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
+    assert first.returncode == 0, first.stderr
     edit(project, description="second version")
     proc = subprocess.Popen(
         [*CPMAI, "deploy", str(project), "--env", "staging"],
