@@ -1,0 +1,313 @@
+"""An HTTP/1.1 load generator: closed loop (N requests in flight) or open loop (arrivals on a
+schedule, constant or Poisson), over keep-alive connections, on uvloop where available.
+
+Latency in the open loop is measured from each request's *intended* send time, so a stall of the
+server delays every request scheduled during it and shows in the percentiles (no coordinated
+omission); the uncorrected figure (from the actual send) is kept beside it. The generator's own
+lag — how late it sent requests that found a connection free — is reported too: when it grows,
+the generator, not the server, is the bottleneck.
+
+Responses are parsed by hand (status line, Content-Length or chunked): the request path of the
+generator is a handful of bytes operations, callbacks rather than coroutines. `workers` > 1 runs
+that many processes, each with its share of the connections (and of the rate), their histograms
+merged afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from cpmai.bench.recorder import LoadResult, Recorder
+
+RECONNECT_S = 0.05
+
+
+@dataclass
+class LoadSpec:
+    url: str
+    """Base URL: http://host:port."""
+    path: str
+    bodies: list[bytes]
+    """Request bodies, sent in turn."""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 1
+    """Connections (closed loop: requests in flight)."""
+    rate: float | None = None
+    """Open loop: requests per second (None: closed loop)."""
+    arrival: str = "constant"
+    seed: int = 0
+    warmup_s: float = 1.0
+    duration_s: float = 5.0
+    min_requests: int = 0
+    max_duration_s: float = 60.0
+    """Measurement stops here even if `min_requests` was not reached (the result says so)."""
+
+
+def request_bytes(spec: LoadSpec) -> list[bytes]:
+    """Each body as a complete HTTP/1.1 request."""
+    parts = urlsplit(spec.url)
+    host = parts.netloc
+    extra = "".join(f"{k}: {v}\r\n" for k, v in spec.headers.items())
+    return [
+        (
+            f"POST {spec.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {spec.content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n"
+        ).encode()
+        + body
+        for body in spec.bodies
+    ]
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("buffer", "gen", "intended", "sent", "transport")
+
+    def __init__(self, gen: _Generator) -> None:
+        self.gen = gen
+        self.transport: Any = None
+        self.buffer = b""
+        self.sent = 0
+        self.intended = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.gen.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        head = buffer[:end]
+        mark = head.find(b"ontent-length:")
+        if mark < 0:
+            mark = head.find(b"ONTENT-LENGTH:")
+        if mark >= 0:
+            stop = head.find(b"\r\n", mark)
+            length = int(head[mark + 14 : stop if stop > 0 else len(head)])
+            total = end + 4 + length
+            if len(buffer) < total:
+                self.buffer = buffer
+                return
+        else:  # chunked (or a body ended by closing): wait for the last chunk
+            total = buffer.find(b"\r\n0\r\n\r\n", end)
+            if total < 0:
+                self.buffer = buffer
+                return
+            total += 7
+        self.buffer = buffer[total:]
+        self.gen.answered(self, int(buffer[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost(self, exc)
+
+
+class _Generator:
+    def __init__(self, spec: LoadSpec, start_ns: int, share: int, workers: int) -> None:
+        self.spec = spec
+        self.requests = request_bytes(spec)
+        self.next_body = share
+        self.start_ns = start_ns
+        self.measure_from = start_ns + int(spec.warmup_s * 1e9)
+        self.measure_until = self.measure_from + int(spec.duration_s * 1e9)
+        self.hard_stop = self.measure_from + int(spec.max_duration_s * 1e9)
+        self.min_requests = -(-spec.min_requests // workers)
+        self.open_loop = spec.rate is not None
+        self.recorder = Recorder(self.measure_from, open_loop=self.open_loop)
+        self.result = self.recorder.result
+        self.idle: list[_Connection] = []
+        self.backlog: deque[int] = deque()
+        self.stopping = False
+        self.done: asyncio.Future[None] | None = None
+        self.open = 0
+        self.tasks: list[asyncio.Task[None]] = []
+        parts = urlsplit(spec.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.rng = random.Random(spec.seed * 1000 + share)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        except OSError as exc:
+            self._error(type(exc).__name__)
+            if not self.stopping:
+                loop.call_later(RECONNECT_S, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self.stopping:
+            self.tasks.append(asyncio.get_running_loop().create_task(self.connect()))
+
+    def connected(self, conn: _Connection) -> None:
+        self.open += 1
+        if self.stopping:
+            conn.transport.close()
+        elif self.open_loop:
+            self._free(conn)
+        else:
+            self._send(conn, time.perf_counter_ns())
+
+    def lost(self, conn: _Connection, exc: Exception | None) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        elif conn.sent and not self.stopping:
+            self._error("ConnectionLost" if exc is None else type(exc).__name__)
+        if self.stopping:
+            if self.open == 0 and self.done is not None and not self.done.done():
+                self.done.set_result(None)
+            return
+        asyncio.get_running_loop().call_later(RECONNECT_S, self._reconnect)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _send(self, conn: _Connection, intended: int) -> None:
+        body = self.requests[self.next_body % len(self.requests)]
+        self.next_body += 1
+        conn.intended = intended
+        conn.sent = time.perf_counter_ns()
+        conn.transport.write(body)
+
+    def answered(self, conn: _Connection, status: int) -> None:
+        now = time.perf_counter_ns()
+        if conn.intended >= self.measure_from:
+            recorder = self.recorder
+            recorder.tick(now)
+            recorder.samples.append(now - conn.intended)
+            if self.open_loop:
+                recorder.raw.append(now - conn.sent)
+            recorder.outcome(200 <= status < 300, str(status))
+        conn.sent = 0
+        if self._finished(now):
+            self._stop()
+            conn.transport.close()
+        elif self.open_loop:
+            self._free(conn)
+        else:
+            self._send(conn, now)
+
+    def _error(self, kind: str) -> None:
+        now = time.perf_counter_ns()
+        if now >= self.measure_from:
+            self.recorder.tick(now)
+            self.recorder.outcome(False, kind)
+
+    def _free(self, conn: _Connection) -> None:
+        if self.backlog:
+            self._send(conn, self.backlog.popleft())
+        else:
+            self.idle.append(conn)
+
+    def _finished(self, now: int) -> bool:
+        if self.stopping:
+            return True
+        if now >= self.hard_stop:
+            return True
+        return now >= self.measure_until and self.result.requests >= self.min_requests
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.recorder.fold()
+        self.result.measured_s = (time.perf_counter_ns() - self.measure_from) / 1e9
+        for conn in list(self.idle):
+            conn.transport.close()
+
+    # --- open loop -----------------------------------------------------------------------------
+
+    def _gap_ns(self) -> int:
+        assert self.spec.rate is not None
+        mean = 1e9 / self.spec.rate
+        if self.spec.arrival == "poisson":
+            return max(1, int(self.rng.expovariate(1.0) * mean))
+        return max(1, int(mean))
+
+    def schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        base_loop, base_ns = loop.time(), time.perf_counter_ns()
+        next_due = self.start_ns
+
+        def fire() -> None:
+            nonlocal next_due
+            now = time.perf_counter_ns()
+            if self._finished(now):
+                self._stop()
+                return
+            while next_due <= now:
+                conn = self.idle.pop() if self.idle else None
+                if conn is not None:
+                    if next_due >= self.measure_from:
+                        self.recorder.lags.append(now - next_due)
+                    self._send(conn, next_due)
+                else:
+                    self.backlog.append(next_due)
+                next_due += self._gap_ns()
+            loop.call_at(base_loop + (next_due - base_ns) / 1e9, fire)
+
+        loop.call_at(base_loop + (next_due - base_ns) / 1e9, fire)
+
+    async def run(self, connections: int) -> LoadResult:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        delay = (self.start_ns - time.perf_counter_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.tasks = [loop.create_task(self.connect()) for _ in range(connections)]
+        if self.open_loop:
+            self.schedule()
+        watchdog = (self.hard_stop - time.perf_counter_ns()) / 1e9 + 5
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), timeout=max(watchdog, 1))
+        except TimeoutError:
+            self._stop()
+        return self.result
+
+
+def _run_in_this_process(
+    spec: LoadSpec, start_ns: int, share: int, workers: int, connections: int
+) -> LoadResult:
+    generator = _Generator(spec, start_ns, share, workers)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
+        return asyncio.run(generator.run(connections))
+    return uvloop.run(generator.run(connections))
+
+
+def _worker(args: tuple[LoadSpec, int, int, int, int]) -> dict[str, Any]:
+    return _run_in_this_process(*args).to_wire()
+
+
+def run_load(spec: LoadSpec, workers: int = 1) -> LoadResult:
+    """Drive `spec` with `workers` processes; returns the merged result."""
+    start_ns = time.perf_counter_ns() + int(0.3e9)  # every worker starts on the same instant
+    if workers <= 1:
+        return _run_in_this_process(spec, start_ns, 0, 1, spec.concurrency)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [spec.concurrency // workers + (1 if i < spec.concurrency % workers else 0)
+              for i in range(workers)]  # fmt: skip
+    specs = []
+    for i, connections in enumerate(shares):
+        part = replace(spec)
+        if spec.rate is not None:
+            part.rate = spec.rate / workers
+        specs.append((part, start_ns + int(0.5e9), i, workers, max(connections, 1)))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = [LoadResult.from_wire(w) for w in pool.map(_worker, specs)]
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other)
+    return merged
