@@ -3,6 +3,7 @@ machine's fingerprint that decides whether two runs may be compared."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -146,10 +147,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     governor = None
-    try:
+    with contextlib.suppress(OSError):
         governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
-    except OSError:
-        pass
     frequency = psutil.cpu_freq()
     packages = {}
     for dist in ("cpmai", "numpy", "scikit-learn", "onnxruntime", "uvicorn", "pandas"):

@@ -1,0 +1,323 @@
+"""`cpmai bench`: run the load levels, summarise them, check SLOs, compare with a baseline, save.
+
+A run is a list of *levels* (one concurrency, rate or batch size each). Every level has a
+warm-up that is not counted, then lasts at least `duration_s` and at least `min_requests`
+requests (capped by `max_duration_s`, and said so when the cap cut it short). Each level is cut
+into one-second windows; it is "stable" when throughput and p99 of the last three full windows
+are each within 10% (max/min), as Triton's perf_analyzer requires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpmai.bench.recorder import LoadResult
+from cpmai.errors import UsageError
+
+SCHEMA = "cpmai-bench/1"
+STABLE_WINDOWS = 3
+STABLE_SPREAD = 1.10
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Level:
+    mode: str
+    """closed | open | inprocess."""
+    concurrency: int
+    rate: float | None = None
+    batch_size: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.mode}:c={self.concurrency}:r={self.rate}:b={self.batch_size}"
+
+    @property
+    def label(self) -> str:
+        if self.mode == "open":
+            return f"rate {self.rate:g}/s"
+        text = f"c={self.concurrency}"
+        return text + (f" batch={self.batch_size}" if self.batch_size != 1 else "")
+
+
+@dataclass
+class Settings:
+    warmup_s: float = 1.0
+    duration_s: float = 5.0
+    min_requests: int = 100
+    max_duration_s: float = 60.0
+    workers: int = 1
+    arrival: str = "constant"
+    seed: int = 0
+
+
+@dataclass
+class Target:
+    """What is measured: an in-process call, or an HTTP endpoint."""
+
+    kind: str
+    """inprocess | http."""
+    name: str | None = None
+    version: str | None = None
+    url: str | None = None
+    path: str | None = None
+    protocol: str | None = None
+    pid: int | None = None
+    run_level: Callable[[Level, Settings], LoadResult] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "url": self.url,
+            "path": self.path,
+            "protocol": self.protocol,
+            "pid": self.pid,
+        }
+
+
+def summarise(level: Level, result: LoadResult, settings: Settings) -> dict[str, Any]:
+    """A level's figures as plain data (the JSON schema's `levels[]`)."""
+    requests = result.requests
+    seconds = result.measured_s or settings.duration_s
+    full = [i for i in sorted(result.windows) if i + 1 <= seconds]  # drop the partial last one
+    windows = []
+    for index in full:
+        window = result.windows[index]
+        latency = window["latency"]
+        p50, p99 = latency.percentile(50), latency.percentile(99)
+        windows.append(
+            {
+                "index": index,
+                "requests": window["count"],
+                "errors": window["errors"],
+                "throughput_rps": float(window["count"]),
+                "p50_ms": None if p50 is None else round(p50 / 1e6, 6),
+                "p99_ms": None if p99 is None else round(p99 / 1e6, 6),
+            }
+        )
+    stable, note = _stability(windows)
+    summary: dict[str, Any] = {
+        "key": level.key,
+        "label": level.label,
+        "mode": level.mode,
+        "concurrency": level.concurrency,
+        "rate": level.rate,
+        "batch_size": level.batch_size,
+        "requests": requests,
+        "ok": result.ok,
+        "errors": dict(result.errors),
+        "error_rate": round(sum(result.errors.values()) / requests, 6) if requests else 0.0,
+        "measured_s": round(seconds, 3),
+        "throughput_rps": round(requests / seconds, 2) if seconds else 0.0,
+        "rows_per_s": round(requests * level.batch_size / seconds, 2) if seconds else 0.0,
+        "latency_ms": result.latency.summary_ms(),
+        "uncorrected_ms": result.uncorrected.summary_ms() if result.uncorrected else None,
+        "lag_ms": result.lag.summary_ms() if result.lag else None,
+        "min_requests_met": requests >= settings.min_requests,
+        "stable": stable,
+        "stability": note,
+        "windows": windows,
+        "histogram": result.latency.to_dict(),
+    }
+    return summary
+
+
+def _stability(windows: list[dict[str, Any]]) -> tuple[bool, str]:
+    last = windows[-STABLE_WINDOWS:]
+    if len(last) < STABLE_WINDOWS:
+        return False, f"unstable: fewer than {STABLE_WINDOWS} full one-second windows"
+    spreads = {}
+    for metric in ("throughput_rps", "p99_ms"):
+        values = [w[metric] for w in last if w[metric]]
+        if len(values) < STABLE_WINDOWS:
+            return False, f"unstable: {metric} missing in the last windows"
+        spreads[metric] = max(values) / min(values)
+    worst = max(spreads, key=lambda k: spreads[k])
+    if spreads[worst] > STABLE_SPREAD:
+        return False, (
+            f"unstable: {worst} varied {spreads[worst]:.2f}× over the last {STABLE_WINDOWS} windows"
+        )
+    return True, "stable: throughput and p99 within 10% over the last 3 windows"
+
+
+def warnings_for(level: dict[str, Any]) -> list[str]:
+    out = []
+    if not level["min_requests_met"]:
+        out.append(f"{level['label']}: fewer requests than --min-requests before --max-duration")
+    if not level["stable"]:
+        out.append(f"{level['label']}: {level['stability']}")
+    corrected, raw, lag = level["latency_ms"], level["uncorrected_ms"], level["lag_ms"]
+    if raw and corrected["p99_ms"] and raw["p99_ms"]:
+        slack = (lag or {}).get("p99_ms") or 0.0
+        if corrected["p99_ms"] > 1.5 * raw["p99_ms"] + slack:
+            out.append(
+                f"{level['label']}: p99 from the intended send time is "
+                f"{corrected['p99_ms']:.2f} ms but {raw['p99_ms']:.2f} ms from the actual send: "
+                "requests queued behind slow ones (the server stalled or is saturated at this rate)"
+            )
+    return out
+
+
+def run_levels(
+    target: Target,
+    levels: list[Level],
+    settings: Settings,
+    progress: Progress,
+    *,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure each level in turn; `until(summary)` true stops the sweep early."""
+    assert target.run_level is not None
+    out = []
+    for i, level in enumerate(levels, start=1):
+        progress(f"level {i}/{len(levels)}: {level.label}")
+        summary = summarise(level, target.run_level(level, settings), settings)
+        out.append(summary)
+        if until is not None and until(summary):
+            break
+    return out
+
+
+def meets(level: dict[str, Any], slo: dict[str, float]) -> bool:
+    from cpmai.bench.verdicts import check_slo
+
+    return all(c["passed"] for c in check_slo([level], slo))
+
+
+def find_capacity(
+    target: Target,
+    mode: str,
+    start: float,
+    settings: Settings,
+    slo: dict[str, float],
+    progress: Progress,
+    *,
+    batch_size: int = 1,
+    connections: int = 64,
+    limit: float = 1024,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The highest concurrency (closed loop, doubling) or rate (open loop: doubling, then three
+    bisections) that meets the SLO."""
+    assert target.run_level is not None
+    measured: list[dict[str, Any]] = []
+
+    def probe(value: float) -> dict[str, Any]:
+        level = (
+            Level("open", connections, rate=round(value, 1), batch_size=batch_size)
+            if mode == "open"
+            else Level(mode, int(value), batch_size=batch_size)
+        )
+        progress(f"capacity: trying {level.label}")
+        assert target.run_level is not None
+        summary = summarise(level, target.run_level(level, settings), settings)
+        summary["meets_slo"] = meets(summary, slo)
+        measured.append(summary)
+        return summary
+
+    good: dict[str, Any] | None = None
+    bad: dict[str, Any] | None = None
+    value = start
+    while value <= limit:
+        summary = probe(value)
+        if not summary["meets_slo"]:
+            bad = summary
+            break
+        if good is not None and mode != "open":
+            gain = summary["throughput_rps"] / max(good["throughput_rps"], 1e-9)
+            if gain < 1.05:  # more in flight adds only queueing from here
+                good = summary
+                break
+        good = summary
+        value *= 2
+    if mode == "open" and good is not None and bad is not None:
+        low, high = float(good["rate"]), float(bad["rate"])
+        for _ in range(3):
+            middle = (low + high) / 2
+            summary = probe(middle)
+            if summary["meets_slo"]:
+                good, low = summary, middle
+            else:
+                high = middle
+    capacity = {
+        "mode": mode,
+        "slo": slo,
+        "found": good is not None,
+        "level": good["label"] if good else None,
+        "concurrency": good["concurrency"] if good else None,
+        "rate": good["rate"] if good else None,
+        "throughput_rps": good["throughput_rps"] if good else None,
+        "first_breach": bad["label"] if bad else None,
+        "note": ""
+        if good
+        else f"even {measured[0]['label']} breaches the SLO"
+        if measured
+        else "nothing measured",
+    }
+    return measured, capacity
+
+
+# --- saving and baselines -------------------------------------------------------------------------
+
+
+def bench_dir(home: Path, target: Target) -> Path:
+    if target.name:
+        return home / "bench" / target.name / (target.version or "unversioned")
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target.url or "")
+    return home / "bench" / "_url" / f"{parts.hostname}_{parts.port}"
+
+
+def save(home: Path, target: Target, result: dict[str, Any]) -> Path:
+    from cpmai.fsutil import write_atomic
+
+    folder = bench_dir(home, target)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = result["time"].replace(":", "").replace("-", "")
+    path = folder / f"{stamp}-{os.getpid()}.json"
+    write_atomic(path, json.dumps(result, indent=1).encode())
+    return path
+
+
+def load_baseline(home: Path, target: Target, which: str) -> tuple[Path, dict[str, Any]]:
+    """`latest` (the newest saved run of this model, any version), a VERSION, or a FILE."""
+    candidate = Path(which)
+    if which not in ("latest",) and candidate.suffix == ".json":
+        if not candidate.is_file():
+            raise UsageError(f"--baseline {which}: file not found")
+        return candidate, _read_run(candidate)
+    if target.name:
+        root = home / "bench" / target.name
+        folders = [root / which] if which != "latest" else [p for p in root.glob("*") if p.is_dir()]
+    else:
+        folders = [bench_dir(home, target)]
+    runs = sorted((p for folder in folders for p in folder.glob("*.json")), key=lambda p: p.name)
+    if not runs:
+        raise UsageError(
+            f"--baseline {which}: no saved benchmark run found"
+            + (f" for {target.name}" if target.name else ""),
+            hint="run `cpmai bench` once to save one (runs are kept under .cpmai/bench/)",
+        )
+    return runs[-1], _read_run(runs[-1])
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--baseline {path}: not a readable benchmark result: {exc}") from None
+    if data.get("schema") != SCHEMA:
+        raise UsageError(f"--baseline {path}: not a cpmai benchmark result ({SCHEMA})")
+    return data
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

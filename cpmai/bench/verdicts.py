@@ -1,0 +1,133 @@
+"""SLO checks and baseline comparisons: the verdicts a CI job acts on.
+
+An SLO is `p99_ms=20,error_rate=0.01,throughput_min=1000`; an unknown metric is an error
+(exit 2), never silently ignored. A regression against a baseline needs both a ratio over the
+threshold (default 1.10) and a significant difference (one-sided Mann–Whitney U, p < 0.05, on
+the per-second windows), as asv does; runs from machines with different fingerprints are not
+compared unless forced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cpmai.errors import UsageError
+
+UPPER_BOUNDS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "error_rate")
+LOWER_BOUNDS = ("throughput_min",)
+KNOWN = UPPER_BOUNDS + LOWER_BOUNDS
+ALPHA = 0.05
+MIN_WINDOWS = 3
+
+
+def parse_slo(text: str) -> dict[str, float]:
+    """`p99_ms=20,error_rate=0.01` → {"p99_ms": 20.0, "error_rate": 0.01}."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"--slo {part!r}: expected METRIC=VALUE, e.g. p99_ms=20")
+        if key not in KNOWN:
+            raise UsageError(f"--slo: unknown metric {key!r} (known: {', '.join(KNOWN)})")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UsageError(f"--slo {part!r}: {value!r} is not a number") from None
+        if number != number or number < 0:
+            raise UsageError(f"--slo {part!r}: expected a number >= 0")
+        out[key] = number
+    if not out:
+        raise UsageError("--slo: no checks given (e.g. p99_ms=20,error_rate=0.01)")
+    return out
+
+
+def measured(level: dict[str, Any], metric: str) -> float | None:
+    if metric == "error_rate":
+        return float(level["error_rate"])
+    if metric == "throughput_min":
+        return float(level["throughput_rps"])
+    value = level["latency_ms"].get(metric)
+    return None if value is None else float(value)
+
+
+def check_slo(levels: list[dict[str, Any]], slo: dict[str, float]) -> list[dict[str, Any]]:
+    """One check per level and metric."""
+    checks = []
+    for level in levels:
+        for metric, threshold in slo.items():
+            value = measured(level, metric)
+            passed = value is not None and (
+                value >= threshold if metric in LOWER_BOUNDS else value <= threshold
+            )
+            checks.append(
+                {
+                    "level": level["label"],
+                    "metric": metric,
+                    "threshold": threshold,
+                    "op": ">=" if metric in LOWER_BOUNDS else "<=",
+                    "measured": value,
+                    "passed": passed,
+                }
+            )
+    return checks
+
+
+def compare(
+    current: dict[str, Any], baseline: dict[str, Any], *, threshold: float, force: bool
+) -> dict[str, Any]:
+    """Compare matching load levels of two runs: p99 and throughput."""
+    mine, theirs = current["machine"]["fingerprint"], baseline["machine"]["fingerprint"]
+    if mine != theirs and not force:
+        raise UsageError(
+            f"the baseline was measured on another machine (fingerprint {theirs}: "
+            f"{baseline['machine']['cpu']}, {baseline['machine']['cores']} cores) than this run "
+            f"({mine}); figures from different machines do not compare",
+            hint="rerun the baseline here, or pass --force to compare anyway",
+        )
+    by_key = {level["key"]: level for level in baseline["levels"]}
+    rows = []
+    for level in current["levels"]:
+        base = by_key.get(level["key"])
+        if base is None:
+            continue
+        rows.append(_compare_level(level, base, threshold))
+    return {
+        "threshold": threshold,
+        "alpha": ALPHA,
+        "fingerprints_match": mine == theirs,
+        "comparisons": rows,
+        "regressed": any(r["regressed"] for r in rows),
+    }
+
+
+def _compare_level(level: dict[str, Any], base: dict[str, Any], threshold: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"level": level["label"], "checks": []}
+    for metric, higher_is_worse in (("p99_ms", True), ("throughput_rps", False)):
+        now_values = [w[metric] for w in level["windows"] if w.get(metric) is not None]
+        then_values = [w[metric] for w in base["windows"] if w.get(metric) is not None]
+        now = level["latency_ms"]["p99_ms"] if metric == "p99_ms" else level["throughput_rps"]
+        then = base["latency_ms"]["p99_ms"] if metric == "p99_ms" else base["throughput_rps"]
+        if not now or not then:
+            continue
+        ratio = now / then if higher_is_worse else then / now
+        p_value = None
+        if len(now_values) >= MIN_WINDOWS and len(then_values) >= MIN_WINDOWS:
+            from scipy.stats import mannwhitneyu
+
+            side = "greater" if higher_is_worse else "less"
+            p_value = float(mannwhitneyu(now_values, then_values, alternative=side).pvalue)
+        significant = p_value is not None and p_value < ALPHA
+        out["checks"].append(
+            {
+                "metric": metric,
+                "baseline": then,
+                "current": now,
+                "ratio": round(ratio, 4),
+                "p_value": p_value,
+                "regressed": ratio > threshold and significant,
+                "note": "" if p_value is not None else f"fewer than {MIN_WINDOWS} windows: no test",
+            }
+        )
+    out["regressed"] = any(c["regressed"] for c in out["checks"])
+    return out
