@@ -58,7 +58,7 @@ class Settings:
 
 
 @dataclass
-class Target:
+class Subject:
     """What is measured: an in-process call, or an HTTP endpoint."""
 
     kind: str
@@ -167,7 +167,7 @@ def warnings_for(level: dict[str, Any]) -> list[str]:
 
 
 def run_levels(
-    target: Target,
+    subject: Subject,
     levels: list[Level],
     settings: Settings,
     progress: Progress,
@@ -175,11 +175,11 @@ def run_levels(
     until: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure each level in turn; `until(summary)` true stops the sweep early."""
-    assert target.run_level is not None
+    assert subject.run_level is not None
     out = []
     for i, level in enumerate(levels, start=1):
         progress(f"level {i}/{len(levels)}: {level.label}")
-        summary = summarise(level, target.run_level(level, settings), settings)
+        summary = summarise(level, subject.run_level(level, settings), settings)
         out.append(summary)
         if until is not None and until(summary):
             break
@@ -193,7 +193,7 @@ def meets(level: dict[str, Any], slo: dict[str, float]) -> bool:
 
 
 def find_capacity(
-    target: Target,
+    subject: Subject,
     mode: str,
     start: float,
     settings: Settings,
@@ -206,7 +206,7 @@ def find_capacity(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The highest concurrency (closed loop, doubling) or rate (open loop: doubling, then three
     bisections) that meets the SLO."""
-    assert target.run_level is not None
+    assert subject.run_level is not None
     measured: list[dict[str, Any]] = []
 
     def probe(value: float) -> dict[str, Any]:
@@ -216,8 +216,8 @@ def find_capacity(
             else Level(mode, int(value), batch_size=batch_size)
         )
         progress(f"capacity: trying {level.label}")
-        assert target.run_level is not None
-        summary = summarise(level, target.run_level(level, settings), settings)
+        assert subject.run_level is not None
+        summary = summarise(level, subject.run_level(level, settings), settings)
         summary["meets_slo"] = meets(summary, slo)
         measured.append(summary)
         return summary
@@ -267,19 +267,19 @@ def find_capacity(
 # --- saving and baselines -------------------------------------------------------------------------
 
 
-def bench_dir(home: Path, target: Target) -> Path:
-    if target.name:
-        return home / "bench" / target.name / (target.version or "unversioned")
+def bench_dir(home: Path, subject: Subject) -> Path:
+    if subject.name:
+        return home / "bench" / subject.name / (subject.version or "unversioned")
     from urllib.parse import urlsplit
 
-    parts = urlsplit(target.url or "")
+    parts = urlsplit(subject.url or "")
     return home / "bench" / "_url" / f"{parts.hostname}_{parts.port}"
 
 
-def save(home: Path, target: Target, result: dict[str, Any]) -> Path:
+def save(home: Path, subject: Subject, result: dict[str, Any]) -> Path:
     from cpmai.fsutil import write_atomic
 
-    folder = bench_dir(home, target)
+    folder = bench_dir(home, subject)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = result["time"].replace(":", "").replace("-", "")
     path = folder / f"{stamp}-{os.getpid()}.json"
@@ -287,23 +287,23 @@ def save(home: Path, target: Target, result: dict[str, Any]) -> Path:
     return path
 
 
-def load_baseline(home: Path, target: Target, which: str) -> tuple[Path, dict[str, Any]]:
+def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[str, Any]]:
     """`latest` (the newest saved run of this model, any version), a VERSION, or a FILE."""
     candidate = Path(which)
     if which not in ("latest",) and candidate.suffix == ".json":
         if not candidate.is_file():
             raise UsageError(f"--baseline {which}: file not found")
         return candidate, _read_run(candidate)
-    if target.name:
-        root = home / "bench" / target.name
+    if subject.name:
+        root = home / "bench" / subject.name
         folders = [root / which] if which != "latest" else [p for p in root.glob("*") if p.is_dir()]
     else:
-        folders = [bench_dir(home, target)]
+        folders = [bench_dir(home, subject)]
     runs = sorted((p for folder in folders for p in folder.glob("*.json")), key=lambda p: p.name)
     if not runs:
         raise UsageError(
             f"--baseline {which}: no saved benchmark run found"
-            + (f" for {target.name}" if target.name else ""),
+            + (f" for {subject.name}" if subject.name else ""),
             hint="run `cpmai bench` once to save one (runs are kept under .cpmai/bench/)",
         )
     return runs[-1], _read_run(runs[-1])
@@ -321,3 +321,92 @@ def _read_run(path: Path) -> dict[str, Any]:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Request:
+    """Everything `benchmark` needs besides the subject."""
+
+    levels: list[Level]
+    settings: Settings
+    slo: dict[str, float] | None = None
+    slo_source: str = ""
+    capacity: tuple[str, float, int, int] | None = None
+    """(mode, start, batch size, connections) to search for capacity instead of `levels`."""
+    baseline: str | None = None
+    threshold: float = 1.10
+    force: bool = False
+    save: bool = True
+
+
+def benchmark(home: Path, subject: Subject, request: Request, progress: Progress) -> dict[str, Any]:
+    """Measure, check, compare and save; returns the result document (docs/bench.schema.json).
+    `exit_code` in it is what the CLI exits with: 4 on an SLO breach or a regression."""
+    from cpmai.bench.resources import Sampler, machine
+    from cpmai.bench.verdicts import check_slo, compare
+
+    baseline = None
+    if request.baseline:  # read it first: a bad --baseline fails before minutes of load
+        baseline = load_baseline(home, subject, request.baseline)
+    sampler = Sampler(subject.pid) if subject.pid else None
+    capacity = None
+    started = time.perf_counter()
+    if sampler is not None:
+        sampler.__enter__()
+    try:
+        if request.capacity is not None:
+            assert request.slo, "capacity search needs an SLO"
+            mode, start, batch, connections = request.capacity
+            levels, capacity = find_capacity(
+                subject,
+                mode,
+                start,
+                request.settings,
+                request.slo,
+                progress,
+                batch_size=batch,
+                connections=connections,
+            )
+        else:
+            levels = run_levels(subject, request.levels, request.settings, progress)
+    finally:
+        if sampler is not None:
+            sampler.__exit__()
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "time": now_iso(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "target": subject.to_dict(),
+        "machine": machine(),
+        "settings": dict(request.settings.__dict__),
+        "levels": levels,
+        "resources": sampler.summary() if sampler else None,
+        "slo": None,
+        "capacity": capacity,
+        "baseline": None,
+        "warnings": [w for level in levels for w in warnings_for(level)],
+    }
+    breached = False
+    if request.slo:
+        checked = levels
+        if capacity is not None:  # the verdict is on the level found (or the first tried)
+            chosen = [lv for lv in levels if lv["label"] == capacity["level"]] or levels[:1]
+            checked = chosen
+        checks = check_slo(checked, request.slo)
+        passed = all(c["passed"] for c in checks)
+        result["slo"] = {"source": request.slo_source, "thresholds": request.slo,
+                         "checks": checks, "passed": passed}  # fmt: skip
+        breached = not passed
+    if subject.pid is None and subject.kind == "http":
+        result["warnings"].append(
+            "no resource figures: the server's process was not found (pass --pid)"
+        )
+    if baseline is not None:
+        path, data = baseline
+        comparison = compare(result, data, threshold=request.threshold, force=request.force)
+        result["baseline"] = {"file": str(path), **comparison}
+        breached = breached or comparison["regressed"]
+    result["exit_code"] = 4 if breached else 0
+    if request.save:
+        result["saved_to"] = str(save(home, subject, result))
+    return result

@@ -11,6 +11,7 @@ import typer
 
 from cpmai import __version__
 from cpmai.cli import (
+    bench,
     deploy,
     ledger_cmd,
     output,
@@ -62,6 +63,7 @@ for command in (
     versions.history,
     serve.serve,
     predict.predict,
+    bench.bench,
 ):
     app.command()(command)
 app.add_typer(ledger_cmd.app, name="ledger")
