@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-deploy clean
+.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: $(STAMP)
 ## bench-deploy: time from deploy to healthy, rollback switch time (local target)
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy.py
+
+## bench-loadgen: cpmai bench --url beside wrk, and the in-process timing overhead (needs wrk)
+bench-loadgen: $(STAMP)
+	$(BIN)/python benchmarks/loadgen.py
 
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)

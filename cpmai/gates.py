@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -254,76 +253,37 @@ def _auc(positive: Any, scores: Any) -> float:
 
 
 def latency_gates(artifact: Artifact, gate: LatencyGate, predictor: Predictor) -> list[GateResult]:
-    """A short in-process benchmark: `concurrency` threads scoring single reference rows for
-    `duration_s` (after a warm-up of 0.2 s), then the percentiles against the bounds."""
-    rows = _sample_rows(artifact, predictor)
-    stats = measure_latency(predictor, rows, gate.concurrency, gate.duration_s)
+    """A short in-process benchmark (`cpmai bench`'s engine): `concurrency` threads scoring
+    single reference rows for `duration_s` after a warm-up of 0.2 s; percentiles against the
+    bounds."""
+    from cpmai.bench.inprocess import make_batches, run_inprocess
+    from cpmai.bench.subjects import artifact_rows
+
+    names = [spec["name"] for spec in predictor.inputs]
+    result = run_inprocess(
+        predictor.run,
+        make_batches(artifact_rows(artifact, names), 1),
+        concurrency=gate.concurrency,
+        warmup_s=0.2,
+        duration_s=gate.duration_s,
+    )
+    stats = result.latency.summary_ms()
     out = []
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         bound = getattr(gate, key)
-        if bound is not None:
-            value = stats[key]
+        value = stats[key]
+        if bound is not None and value is not None:
             out.append(
                 GateResult(
                     f"latency:{key}",
-                    value <= bound,
+                    value <= bound and not result.errors,
                     round(value, 4),
                     f"<= {bound}",
-                    note=f"{stats['requests']:,} single-row calls, concurrency {gate.concurrency}",
+                    note=f"{result.requests:,} single-row calls, concurrency {gate.concurrency}"
+                    + (f", {sum(result.errors.values())} failed" if result.errors else ""),
                 )
             )
     return out
-
-
-def _sample_rows(
-    artifact: Artifact, predictor: Predictor, limit: int = 200
-) -> list[dict[str, Any]]:
-    from cpmai.runtime.data import read_table
-
-    reference = [rel for rel in artifact.meta["files"] if rel.startswith("data/reference.")]
-    if not reference:
-        reference = [rel for rel in artifact.meta["files"] if rel.startswith("data/holdout.")]
-    if not reference:
-        from cpmai.errors import UsageError
-
-        raise UsageError("the latency gate needs data.reference (rows to send)")
-    frame = read_table(artifact.path / reference[0]).head(limit)
-    names = [spec["name"] for spec in predictor.inputs]
-    return [{n: [row[n]] for n in names} for row in frame[names].to_dict("records")]
-
-
-def measure_latency(
-    predictor: Predictor, rows: list[dict[str, Any]], concurrency: int, duration_s: float
-) -> dict[str, Any]:
-    """Closed loop in process: each thread calls the model on one row at a time."""
-    import numpy as np
-
-    for row in rows[:20]:  # warm-up, not counted
-        predictor.run(row)
-    samples: list[list[float]] = [[] for _ in range(concurrency)]
-    stop_at = time.perf_counter() + duration_s
-
-    def worker(out: list[float], offset: int) -> None:
-        i = offset
-        while time.perf_counter() < stop_at:
-            row = rows[i % len(rows)]
-            begin = time.perf_counter_ns()
-            predictor.run(row)
-            out.append((time.perf_counter_ns() - begin) / 1e6)
-            i += 1
-
-    threads = [threading.Thread(target=worker, args=(samples[i], i)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    values = np.concatenate([np.asarray(s) for s in samples])
-    return {
-        "requests": int(values.size),
-        "p50_ms": float(np.percentile(values, 50)),
-        "p95_ms": float(np.percentile(values, 95)),
-        "p99_ms": float(np.percentile(values, 99)),
-    }
 
 
 # --- approvals ---------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def artifact_rows(artifact: Any, names: list[str]) -> list[dict[str, Any]]:
     ]
     if not reference:
         raise UsageError(
-            f"{artifact.name} {artifact.version} has no reference data to send; pass --input FILE"
+            f"{artifact.name} {artifact.version} holds no reference or holdout data to send",
+            hint="set data.reference in the manifest (or give `cpmai bench` an --input FILE)",
         )
     return read_rows(artifact.path / reference[0], names)
 
