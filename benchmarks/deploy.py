@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,16 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
+from _report import (  # benchmarks/ is on sys.path when run as a script
+    fingerprint,
+    free_port,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "churn-classifier"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpmai(*args: str, env: dict[str, str]) -> tuple[float, dict[str, Any]]:

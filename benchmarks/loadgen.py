@@ -28,7 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
+from _report import (  # benchmarks/ is on sys.path when run as a script
+    ensure_wrk,
+    fingerprint,
+    free_port,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -44,12 +49,6 @@ async def app(scope, receive, send):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -61,19 +60,6 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit("server did not start")
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
-        found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("wrk is needed (Debian package `wrk`)")
-    return found
 
 
 def run_wrk(wrk: str, url: str, body: str, connections: int, duration: float) -> float:

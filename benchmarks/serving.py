@@ -27,7 +27,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
+from _report import (  # benchmarks/ is on sys.path when run as a script
+    ensure_wrk,
+    fingerprint,
+    free_port,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -91,25 +95,6 @@ kinds = {{i.name: (np.float64 if i.type == "tensor(double)" else object)
         feed = {k: np.array([[row[k]]], dtype=t) for k, t in kinds.items()}
         out = orjson.dumps({"predictions": session.run(["label"], feed)[0].tolist()})""",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
-    found = shutil.which("wrk")
-    if not found:
-        sys.exit("wrk is needed (apt-get install wrk)")
-    return found
 
 
 def wait_ready(port: int, path: str = "/v2/health/ready", timeout: float = 60) -> None:
