@@ -1,7 +1,5 @@
 """`cpmai bench`: latency, throughput and resources, with verdicts CI can act on."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """`cpmai deploy`, `promote`, `rollback`, `stop`, `approve`: putting versions live, recorded."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

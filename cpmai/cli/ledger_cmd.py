@@ -1,7 +1,5 @@
 """`cpmai ledger verify` and `cpmai ledger repair`."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """The `cpmai` command: global options, the command groups, and the one error boundary."""
 
-from __future__ import annotations
-
 import errno
 import sys
 from pathlib import Path

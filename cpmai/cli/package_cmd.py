@@ -1,7 +1,5 @@
 """`cpmai package`: build the immutable artifact."""
 
-from __future__ import annotations
-
 from cpmai.cli.output import OPTIONS, detail, emit_json, show, wants_json
 from cpmai.cli.project import JsonFlag, ManifestArg
 

@@ -1,7 +1,5 @@
 """`cpmai predict`: score a file with a packaged model."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

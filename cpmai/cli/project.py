@@ -1,7 +1,5 @@
 """`cpmai init`, `cpmai validate`, `cpmai schema`: starting and checking a manifest."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

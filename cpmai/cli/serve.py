@@ -1,7 +1,5 @@
 """`cpmai serve`: one packaged version over HTTP (Open Inference Protocol v2 and MLflow)."""
 
-from __future__ import annotations
-
 import os
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`cpmai status`: what is live where, now or at a past moment."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

@@ -3,8 +3,6 @@
 These read only the ledger (no pandas, no scikit-learn): they must start fast.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
