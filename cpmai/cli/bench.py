@@ -208,7 +208,11 @@ def bench(
         force=force,
         save=not no_save,
     )
-    result = benchmark(home, subject, request, info)
+    if OPTIONS.err.is_terminal and not OPTIONS.quiet:  # a live status line, on a terminal only
+        with OPTIONS.err.status("starting") as status:
+            result = benchmark(home, subject, request, lambda message: status.update(message))
+    else:
+        result = benchmark(home, subject, request, info)
     from cpmai.bench import reports
 
     for path, text in ((junit, reports.junit), (markdown, reports.markdown), (csv, reports.to_csv)):
