@@ -1,6 +1,7 @@
 """The `cpmai` command: global options, the command groups, and the one error boundary."""
 
 import errno
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -8,19 +9,33 @@ from typing import Annotated
 import typer
 
 from cpmai import __version__
-from cpmai.cli import (
-    bench,
-    deploy,
-    ledger_cmd,
-    output,
-    package_cmd,
-    predict,
-    project,
-    serve,
-    status,
-    versions,
-)
+from cpmai.cli import output
 from cpmai.errors import CpmaiError, ExitCode
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("cpmai.cli.project", "init"),
+    "validate": ("cpmai.cli.project", "validate"),
+    "schema": ("cpmai.cli.project", "schema"),
+    "package": ("cpmai.cli.package_cmd", "package"),
+    "deploy": ("cpmai.cli.deploy", "deploy"),
+    "approve": ("cpmai.cli.deploy", "approve"),
+    "promote": ("cpmai.cli.deploy", "promote"),
+    "rollback": ("cpmai.cli.deploy", "rollback"),
+    "status": ("cpmai.cli.status", "status"),
+    "stop": ("cpmai.cli.deploy", "stop"),
+    "versions": ("cpmai.cli.versions", "versions"),
+    "history": ("cpmai.cli.versions", "history"),
+    "serve": ("cpmai.cli.serve", "serve"),
+    "predict": ("cpmai.cli.predict", "predict"),
+    "bench": ("cpmai.cli.bench", "bench"),
+    "ledger": ("cpmai.cli.ledger_cmd", "app"),
+}
+"""Every command, in the order `cpmai --help` lists them: module and attribute (a function, or a
+Typer app for a group). Only the command being run is imported and built: typer turns each
+function's signature into click parameters, which for all of them costs more than the command
+itself in a quick one such as `versions`."""
+_GLOBAL_OPTIONS_WITH_VALUES = {"--home", "--actor"}
+
 
 EXIT_CODES_HELP = """\
 \b
@@ -36,35 +51,41 @@ Exit codes:
 """
 
 
-app = typer.Typer(
-    name="cpmai",
-    help="Take a validated model into production and keep it accountable there "
-    "(CPMAI phase 6).\n\n" + EXIT_CODES_HELP,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-)
-for command in (
-    project.init,
-    project.validate,
-    project.schema,
-    package_cmd.package,
-    deploy.deploy,
-    deploy.approve,
-    deploy.promote,
-    deploy.rollback,
-    status.status,
-    deploy.stop,
-    versions.versions,
-    versions.history,
-    serve.serve,
-    predict.predict,
-    bench.bench,
-):
-    app.command()(command)
-app.add_typer(ledger_cmd.app, name="ledger")
+def build_app(only: str | None = None) -> typer.Typer:
+    """The CLI with every command, or only `only` (when that is the command being run)."""
+    app = typer.Typer(
+        name="cpmai",
+        help="Take a validated model into production and keep it accountable there "
+        "(CPMAI phase 6).\n\n" + EXIT_CODES_HELP,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+    app.callback()(root)
+    for name, (module, attribute) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        target = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+    return app
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The command named in `args` (after the global options), if it is a known one."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_OPTIONS_WITH_VALUES:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def _version(value: bool) -> None:
@@ -73,7 +94,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     json_: Annotated[
         bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")
@@ -117,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     output.reset()
     output.OPTIONS.debug = "--debug" in args
     try:
+        app = build_app(_command_in(args))
         result = app(args=args, prog_name="cpmai", standalone_mode=False)
         code = int(result) if isinstance(result, int) else ExitCode.OK
     except CpmaiError as exc:
