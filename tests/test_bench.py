@@ -201,7 +201,7 @@ def test_baseline_identical_runs_pass_and_a_slower_server_is_a_regression(
         assert slower.returncode == 4, slower.stderr
         checks = json.loads(slower.stdout)["baseline"]["comparisons"][0]["checks"]
         p99 = next(c for c in checks if c["metric"] == "p99_ms")
-        assert p99["regressed"] and p99["ratio"] > 2 and p99["p_value"] < 0.05
+        assert p99["regressed"] and p99["ratio"] > 1.5 and p99["p_value"] < 0.05
         # another machine's run is refused unless forced
         other = json.loads(Path(saved).read_text())
         other["machine"]["fingerprint"] = "elsewhere"
