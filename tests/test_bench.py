@@ -258,3 +258,19 @@ def test_timing_overhead_is_measured() -> None:
     from cpmai.bench.inprocess import timing_overhead_ns
 
     assert 0 < timing_overhead_ns(10_000) < 50_000  # a sanity bound; benchmarks/ holds the target
+
+
+def test_a_server_that_answers_nothing_is_a_target_failure(rows: Path, tmp_path: Path) -> None:
+    out = bench(tmp_path / "state", "--url", f"http://127.0.0.1:{free_port()}", "--input",
+                str(rows), "--duration", "0.5", "--warmup", "0")  # fmt: skip
+    assert out.returncode == 6, out.stderr
+    assert (
+        "no request to http://127.0.0.1:" in out.stderr and "ConnectionRefusedError" in out.stderr
+    )
+    assert not (tmp_path / "state" / "bench").exists()  # nothing saved
+    bad = bench(tmp_path / "state", "--url", "ftp://x", "--input", str(rows))
+    assert bad.returncode == 2 and "expected http://HOST:PORT" in bad.stderr
+    junk = tmp_path / "junk.csv"
+    junk.write_bytes(b"\x00\xff\xfe garbage")
+    unreadable = bench(tmp_path / "state", "--url", "http://127.0.0.1:9", "--input", str(junk))
+    assert unreadable.returncode == 2 and "Traceback" not in unreadable.stderr

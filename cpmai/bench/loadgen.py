@@ -145,7 +145,9 @@ class _Generator:
                 loop.call_later(RECONNECT_S, self._reconnect)
 
     def _reconnect(self) -> None:
-        if not self.stopping:
+        if self._finished(time.perf_counter_ns()):  # e.g. a server that refuses every connection
+            self._stop()
+        else:
             self.tasks.append(asyncio.get_running_loop().create_task(self.connect()))
 
     def connected(self, conn: _Connection) -> None:
@@ -223,6 +225,8 @@ class _Generator:
         self.result.measured_s = (time.perf_counter_ns() - self.measure_from) / 1e9
         for conn in list(self.idle):
             conn.transport.close()
+        if self.open == 0 and self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
     # --- open loop -----------------------------------------------------------------------------
 

@@ -372,6 +372,16 @@ def benchmark(home: Path, subject: Subject, request: Request, progress: Progress
     finally:
         if sampler is not None:
             sampler.__exit__()
+    dead = [level for level in levels if level["requests"] and not level["ok"]]
+    if dead:
+        from cpmai.errors import TargetError
+
+        kinds = ", ".join(f"{k} ×{n}" for k, n in dead[0]["errors"].items())
+        where = subject.url or f"{subject.name} {subject.version}"
+        raise TargetError(
+            f"no request to {where} succeeded at {dead[0]['label']} ({kinds}): nothing to measure",
+            hint="is the server running and is this its protocol (--protocol mlflow|oip)?",
+        )
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "time": now_iso(),
