@@ -78,7 +78,8 @@ class Histogram:
             return None
         if q >= 100:
             return float(self.max_ns)
-        rank = max(1, int(np.ceil(q / 100 * self.count)))
+        q_milli = round(q * 1000)  # integer arithmetic: ceil(99.9% of 1000) must be 999
+        rank = max(1, -(-q_milli * self.count // 100_000))
         index = int(np.searchsorted(np.cumsum(self.counts), rank))
         return float(min(value_of(np.array([index]))[0], self.max_ns))
 

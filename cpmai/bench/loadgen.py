@@ -16,6 +16,7 @@ merged afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import deque
@@ -65,6 +66,38 @@ def request_bytes(spec: LoadSpec) -> list[bytes]:
     ]
 
 
+_MAX_BUFFER = 64 * 1024 * 1024
+
+
+def _response_end(buffer: bytes, end: int, status: int) -> int:
+    """Where the response whose headers end at `end` ends, or -1 when it is not all here yet."""
+    body = end + 4
+    if status < 200 or status in (204, 304):
+        return body
+    head = buffer[:end].lower()
+    mark = head.find(b"\r\ncontent-length:")
+    if mark >= 0:
+        stop = head.find(b"\r\n", mark + 2)
+        total = body + int(head[mark + 17 : stop if stop > 0 else len(head)])
+        return total if len(buffer) >= total else -1
+    if b"\r\ntransfer-encoding: chunked" in head:
+        position = body
+        while True:  # walk the chunks: size line, data, CRLF; a zero size ends (trailers after)
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                return -1
+            size = int(buffer[position:line_end].split(b";", 1)[0], 16)
+            if size == 0:
+                trailer_end = buffer.find(b"\r\n\r\n", line_end)
+                if buffer[line_end : line_end + 4] == b"\r\n\r\n":
+                    return line_end + 4
+                return -1 if trailer_end < 0 else trailer_end + 4
+            position = line_end + 2 + size + 2
+            if position > len(buffer):
+                return -1
+    return body  # no length and not chunked: a body-less answer as far as HTTP/1.1 keep-alive goes
+
+
 class _Connection(asyncio.Protocol):
     __slots__ = ("buffer", "gen", "intended", "sent", "transport")
 
@@ -81,29 +114,20 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            self.buffer = buffer
-            return
-        head = buffer[:end]
-        mark = head.find(b"ontent-length:")
-        if mark < 0:
-            mark = head.find(b"ONTENT-LENGTH:")
-        if mark >= 0:
-            stop = head.find(b"\r\n", mark)
-            length = int(head[mark + 14 : stop if stop > 0 else len(head)])
-            total = end + 4 + length
-            if len(buffer) < total:
-                self.buffer = buffer
-                return
-        else:  # chunked (or a body ended by closing): wait for the last chunk
-            total = buffer.find(b"\r\n0\r\n\r\n", end)
+        while buffer:  # one read may hold several responses (or part of one)
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            status = int(buffer[9:12])
+            total = _response_end(buffer, end, status)
             if total < 0:
-                self.buffer = buffer
-                return
-            total += 7
-        self.buffer = buffer[total:]
-        self.gen.answered(self, int(buffer[9:12]))
+                break
+            buffer = buffer[total:]
+            if self.sent:
+                self.gen.answered(self, status)
+        self.buffer = buffer
+        if len(self.buffer) > _MAX_BUFFER:  # not HTTP as we know it: give up on this connection
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gen.lost(self, exc)
@@ -222,7 +246,8 @@ class _Generator:
             return
         self.stopping = True
         self.recorder.fold()
-        self.result.measured_s = (time.perf_counter_ns() - self.measure_from) / 1e9
+        stopped = min(time.perf_counter_ns(), self.hard_stop)
+        self.result.measured_s = max(stopped - self.measure_from, 0) / 1e9
         for conn in list(self.idle):
             conn.transport.close()
         if self.open == 0 and self.done is not None and not self.done.done():
@@ -294,24 +319,30 @@ def _worker(args: tuple[LoadSpec, int, int, int, int]) -> dict[str, Any]:
 
 
 def run_load(spec: LoadSpec, workers: int = 1) -> LoadResult:
-    """Drive `spec` with `workers` processes; returns the merged result."""
-    start_ns = time.perf_counter_ns() + int(0.3e9)  # every worker starts on the same instant
-    if workers <= 1:
+    """Drive `spec` with `workers` processes (never more than connections); returns the merged
+    result. Workers are spawned, not forked: the parent runs threads (the resource sampler)."""
+    workers = max(1, min(workers, spec.concurrency))
+    if workers == 1:
+        start_ns = time.perf_counter_ns() + int(0.3e9)
         return _run_in_this_process(spec, start_ns, 0, 1, spec.concurrency)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     shares = [spec.concurrency // workers + (1 if i < spec.concurrency % workers else 0)
               for i in range(workers)]  # fmt: skip
-    specs = []
-    for i, connections in enumerate(shares):
-        part = replace(spec)
-        if spec.rate is not None:
-            part.rate = spec.rate / workers
-        specs.append((part, start_ns + int(0.5e9), i, workers, max(connections, 1)))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_warm, range(workers)))  # the workers have started and imported
+        start_ns = time.perf_counter_ns() + int(0.3e9)  # every worker starts on the same instant
+        specs = []
+        for i, connections in enumerate(shares):
+            part = replace(spec, rate=None if spec.rate is None else spec.rate / workers)
+            specs.append((part, start_ns, i, workers, connections))
         parts = [LoadResult.from_wire(w) for w in pool.map(_worker, specs)]
     merged = parts[0]
     for other in parts[1:]:
         merged.merge(other)
     return merged
+
+
+def _warm(_: int) -> int:
+    return os.getpid()

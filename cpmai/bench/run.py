@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
 from cpmai.bench.recorder import LoadResult
 from cpmai.errors import UsageError
 
@@ -202,7 +203,7 @@ def find_capacity(
     *,
     batch_size: int = 1,
     connections: int = 64,
-    limit: float = 1024,
+    limit: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The highest concurrency (closed loop, doubling) or rate (open loop: doubling, then three
     bisections) that meets the SLO."""
@@ -224,6 +225,10 @@ def find_capacity(
 
     good: dict[str, Any] | None = None
     bad: dict[str, Any] | None = None
+    if limit is None:
+        limit = MAX_RATE if mode == "open" else MAX_CONCURRENCY
+    if start > limit:
+        raise UsageError(f"capacity search: the start ({start:g}) is above the limit ({limit:g})")
     value = start
     while value <= limit:
         summary = probe(value)

@@ -1,10 +1,12 @@
 """`cpmai bench`: latency, throughput and resources, with verdicts CI can act on."""
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
 from cpmai.cli.project import JsonFlag
 
@@ -18,8 +20,12 @@ def _numbers(text: str | None, kind: type, option: str) -> list[Any]:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UsageError(f"{option} {text!r}: expected a comma-separated list of numbers") from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise UsageError(f"{option} {text!r}: expected numbers above 0")
+    if option == "--rate" and max(values) > MAX_RATE:
+        raise UsageError(f"--rate {text!r}: at most {MAX_RATE:,.0f} requests per second")
+    if option == "--concurrency" and max(values) > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency {text!r}: at most {MAX_CONCURRENCY}")
     return values
 
 
@@ -161,6 +167,14 @@ def bench(
     from cpmai.settings import resolve_home
 
     home = resolve_home(OPTIONS.home)
+    floats = {"--duration": duration, "--warmup": warmup, "--max-duration": max_duration,
+              "--threshold": threshold}  # fmt: skip
+    for option, number in floats.items():
+        if not math.isfinite(number):
+            raise UsageError(f"{option} {number}: expected a finite number")
+    for path in (junit, markdown, csv):  # before minutes of load, not after
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{path}: the folder {path.parent} does not exist")
     if arrival not in ("constant", "poisson"):
         raise UsageError(f"--arrival {arrival!r}: expected constant or poisson")
     if protocol not in ("mlflow", "oip"):
