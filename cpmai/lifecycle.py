@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpmai.errors import GateError, TargetError, UsageError
+from cpmai.errors import CpmaiError, GateError, TargetError, UsageError
 from cpmai.ledger import Ledger, State, replay
 from cpmai.steps import StepLog
 from cpmai.targets import RolloutPlan, get_target
@@ -90,6 +90,28 @@ def env_lock(
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) interrupt a rollout the way
+    Ctrl-C does, so the target puts the previous routing back and the ledger records it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _env_spec(manifest: Manifest, env: str) -> Any:
@@ -230,7 +252,8 @@ def _roll_out(
     base = {"target": spec.target, "reason": reason, "strategy": spec.rollout.strategy}
     started = time.perf_counter()
     try:
-        outcome = target.rollout(plan, progress)
+        with _signals_interrupt():
+            outcome = target.rollout(plan, progress)
     except KeyboardInterrupt:  # the target put the previous routing back before re-raising
         ledger.append(
             action,
@@ -241,7 +264,9 @@ def _roll_out(
             details={**base, "result": "interrupted"},
         )
         raise
-    except TargetError as exc:
+    except CpmaiError as exc:
+        if not isinstance(exc, TargetError):  # e.g. a port already in use: still a failed rollout
+            exc = TargetError(exc.message, hint=exc.hint)
         ledger.append(
             action,
             actor=actor,
@@ -256,7 +281,19 @@ def _roll_out(
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        raise
+        raise exc from None
+    except Exception as error:  # anything else: recorded as a failed rollout, exit 6
+        ledger.append(
+            action,
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={**base, "result": "failed", "error": f"{type(error).__name__}: {error}"},
+        )
+        raise TargetError(
+            f"the rollout of {name} {version} in {env} failed: {type(error).__name__}: {error}"
+        ) from error
     changed = not any(s["step"] == "unchanged" for s in outcome.steps)
     progress(f"rollout  {time.perf_counter() - started:.2f} s  {outcome.url}")
     ledger.append(

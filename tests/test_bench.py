@@ -82,9 +82,13 @@ def test_histogram_percentiles_are_within_a_tenth_of_a_percent() -> None:
     histogram = Histogram()
     for chunk in np.array_split(values, 7):
         histogram.record_many(chunk)
-    for q in (50, 90, 99, 99.9):
-        exact = float(np.percentile(values, q, method="inverted_cdf"))
-        assert histogram.percentile(q) == pytest.approx(exact, rel=1e-3), q
+    ordered = np.sort(values)
+    for q_milli in (50_000, 90_000, 99_000, 99_900):  # the rank in integers: ceil(q × n)
+        exact = float(ordered[-(-q_milli * values.size // 100_000) - 1])
+        assert histogram.percentile(q_milli / 1000) == pytest.approx(exact, rel=1e-3), q_milli
+    small = Histogram()
+    small.record_many(list(range(1, 1001)))
+    assert small.percentile(99.9) == 999 and small.percentile(50) == 500
     assert histogram.percentile(100) == values.max()
     again = Histogram.from_dict(json.loads(json.dumps(histogram.to_dict())))
     assert again.percentile(99) == histogram.percentile(99) and again.count == values.size

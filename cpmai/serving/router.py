@@ -91,7 +91,7 @@ class EnvironmentApp:
         self.canary: InferenceApp | None = None
         self.weight = 0.0
         self.seq = 0
-        self.routes_mtime = 0.0
+        self.routes_stamp: tuple[int, int, int] | None = None
         self.load_errors: dict[str, str] = {}
         self.failed_seq = 0
         self.started = time.time()
@@ -181,16 +181,20 @@ class EnvironmentApp:
 
     async def _apply_if_changed(self) -> bool:
         try:
-            mtime = self.routes_path.stat().st_mtime_ns
+            info = self.routes_path.stat()
         except FileNotFoundError:
             return False
-        if mtime == self.routes_mtime:
+        # every write is a new file (written aside, renamed): the inode changes even when a
+        # coarse clock gives two writes the same mtime
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp == self.routes_stamp:
             return False
-        self.routes_mtime = mtime
         routes = read_routes(self.routes_path)
         if routes is None or int(routes.get("seq", 0)) <= max(self.seq, self.failed_seq):
+            self.routes_stamp = stamp
             return False
         await self._apply(routes)
+        self.routes_stamp = stamp  # only once applied: a table that raised is tried again
         self._report()
         return True
 

@@ -33,6 +33,8 @@ from cpmai.serving.router import read_routes, run_dir
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 START_TIMEOUT = 60.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Health checks go straight to the server, whatever http_proxy says."""
 SWITCH_TIMEOUT = 60.0
 STOP_TIMEOUT = 35.0
 
@@ -111,14 +113,14 @@ class LocalTarget:
 
     def _url(self, run: dict[str, Any]) -> str:
         host = run["host"]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{shown}:{run['port']}"
+        shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        return (
+            f"http://[{shown}]:{run['port']}" if ":" in shown else f"http://{shown}:{run['port']}"
+        )
 
     def _healthy(self, run: dict[str, Any], timeout: float = 0.5) -> bool:
         try:
-            with urllib.request.urlopen(
-                f"{self._url(run)}/v2/health/ready", timeout=timeout
-            ) as reply:
+            with _DIRECT.open(f"{self._url(run)}/v2/health/ready", timeout=timeout) as reply:
                 return int(reply.status) == 200
         except (OSError, ValueError):
             return False
@@ -170,10 +172,26 @@ class LocalTarget:
             self._route(live=old, keep=[v for v in routes.get("keep", []) if v != old])
             result.steps.append({"step": "unchanged", "seconds": 0.0, "note": "already live"})
             return result
+        changed = [
+            f"{key} {run.get(key)} → {value}"
+            for key, value in (
+                ("host", plan.spec.host),
+                ("port", plan.spec.port),
+                ("workers", plan.spec.replicas),
+            )
+            if value is not None and run.get(key) != value
+        ]
+        if changed:
+            progress(
+                f"note: {', '.join(changed)} in the manifest does not apply to the running "
+                f"server until `cpmai stop {self.name} --env {self.env}` and a new deploy"
+            )
         try:
             return self._replace(plan, old, result, progress)
-        except KeyboardInterrupt:
-            self._route(live=old, keep=[])  # interrupted: everything back on the live version
+        except (KeyboardInterrupt, TargetError):
+            # interrupted, timed out or refused: everything back on the version that was live
+            # (a worker restarted by uvicorn reads the table again: it must name the old one)
+            self._route(live=old, keep=[])
             raise
 
     def _replace(
@@ -273,6 +291,11 @@ class LocalTarget:
                     f"{process.returncode} before it was ready:\n{self.log_tail()}",
                     hint=f"the whole log: {self.log_path}",
                 )
+            failed = [w for w in self._workers() if int(w.get("failed_seq", 0)) >= seq]
+            if failed:
+                self._kill(run)
+                errors = "; ".join(f"{v}: {e}" for v, e in failed[0].get("errors", {}).items())
+                raise TargetError(f"the server could not load {plan.version}: {errors}")
             if self._applied(seq, plan.version, plan.spec.replicas) and self._healthy(run):
                 return
             if time.monotonic() > deadline:
