@@ -278,3 +278,46 @@ def test_a_server_that_answers_nothing_is_a_target_failure(rows: Path, tmp_path:
     junk.write_bytes(b"\x00\xff\xfe garbage")
     unreadable = bench(tmp_path / "state", "--url", "http://127.0.0.1:9", "--input", str(junk))
     assert unreadable.returncode == 2 and "Traceback" not in unreadable.stderr
+
+
+def test_the_response_parser_handles_what_servers_send() -> None:
+    from cpmai.bench.loadgen import _Connection
+
+    class Gen:
+        def __init__(self) -> None:
+            self.statuses: list[int] = []
+
+        def answered(self, conn: Any, status: int) -> None:
+            self.statuses.append(status)
+            conn.sent = 1  # as if the next request went out
+
+        def unreadable(self, conn: Any) -> None:
+            self.statuses.append(-1)
+
+    class Transport:
+        def close(self) -> None:
+            raise AssertionError("closed")
+
+    gen = Gen()
+    conn = _Connection(gen)  # type: ignore[arg-type]
+    conn.transport = Transport()
+    conn.sent = 1
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n"
+        b"7;ext=1\r\n\r\n0\r\n\r\n\r\n"  # a chunk whose data looks like the last chunk
+        b"0\r\nX-Trailer: t\r\n\r\n"
+    )
+    data = (
+        b"HTTP/1.1 200 OK\r\ncontent-Length: 2\r\n\r\nok"
+        + b"HTTP/1.1 204 No Content\r\n\r\n"
+        + chunked
+        + b"HTTP/1.1 503 Busy\r\nCONTENT-LENGTH: 0\r\n\r\n"
+    )
+    for i in range(0, len(data), 7):  # in pieces, as a socket may deliver them
+        conn.data_received(data[i : i + 7])
+    assert gen.statuses == [200, 204, 200, 503] and conn.buffer == b""
+    conn.data_received(data)  # all at once: several responses in one read
+    assert gen.statuses[4:] == [200, 204, 200, 503]
+    conn.data_received(b"SSH-2.0-OpenSSH\r\n\r\n")  # not HTTP: an error, not a crash
+    assert gen.statuses[-1] == -1 and conn.buffer == b""

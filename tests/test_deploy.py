@@ -563,8 +563,9 @@ def test_an_unavailable_target_is_refused_before_the_gates(
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_canary_puts_traffic_back_and_is_recorded(
-    project: Path, home: Path
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_during_a_canary_puts_traffic_back_and_is_recorded(
+    project: Path, home: Path, sig: int
 ) -> None:
     doc = load(project)
     doc["environments"]["staging"]["rollout"] = {
@@ -598,7 +599,7 @@ def test_ctrl_c_during_a_canary_puts_traffic_back_and_is_recorded(
             break
     routes = json.loads((home / "runs" / NAME / "staging" / "routes.json").read_text())
     assert routes["canary"] == "1.1.0" and routes["weight"] == 0.5
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
     routes = json.loads((home / "runs" / NAME / "staging" / "routes.json").read_text())

@@ -118,8 +118,13 @@ class _Connection(asyncio.Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 break
-            status = int(buffer[9:12])
-            total = _response_end(buffer, end, status)
+            try:
+                status = int(buffer[9:12])
+                total = _response_end(buffer, end, status)
+            except ValueError:  # not an HTTP/1.1 response we can read: an error, a new connection
+                self.buffer = b""
+                self.gen.unreadable(self)
+                return
             if total < 0:
                 break
             buffer = buffer[total:]
@@ -221,6 +226,11 @@ class _Generator:
             self._free(conn)
         else:
             self._send(conn, now)
+
+    def unreadable(self, conn: _Connection) -> None:
+        self._error("UnreadableResponse")
+        conn.sent = 0
+        conn.transport.close()
 
     def _error(self, kind: str) -> None:
         now = time.perf_counter_ns()
