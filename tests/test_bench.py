@@ -321,3 +321,13 @@ def test_the_response_parser_handles_what_servers_send() -> None:
     assert gen.statuses[4:] == [200, 204, 200, 503]
     conn.data_received(b"SSH-2.0-OpenSSH\r\n\r\n")  # not HTTP: an error, not a crash
     assert gen.statuses[-1] == -1 and conn.buffer == b""
+
+
+@pytest.mark.slow
+def test_worker_processes_merge_their_histograms(delay20: DelayServer) -> None:
+    result = run_load(spec(delay20.url, concurrency=4, duration_s=2), workers=2)
+    assert not result.errors and result.requests >= 300  # 4 in flight × ~50/s × 2 s
+    assert 20 <= result.latency.summary_ms()["p50_ms"] <= 23  # type: ignore[operator]
+    assert sum(w["count"] for w in result.windows.values()) == result.requests
+    one = run_load(spec(delay20.url, concurrency=1, duration_s=1), workers=4)  # capped at 1
+    assert 40 <= one.requests / one.measured_s <= 51  # one in flight, not four

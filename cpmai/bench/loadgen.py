@@ -211,7 +211,7 @@ class _Generator:
 
     def answered(self, conn: _Connection, status: int) -> None:
         now = time.perf_counter_ns()
-        if conn.intended >= self.measure_from:
+        if conn.intended >= self.measure_from and not self.stopping:  # after the stop: not counted
             recorder = self.recorder
             recorder.tick(now)
             recorder.samples.append(now - conn.intended)
@@ -234,7 +234,7 @@ class _Generator:
 
     def _error(self, kind: str) -> None:
         now = time.perf_counter_ns()
-        if now >= self.measure_from:
+        if now >= self.measure_from and not self.stopping:
             self.recorder.tick(now)
             self.recorder.outcome(False, kind)
 
