@@ -86,6 +86,13 @@ def test_histogram_percentiles_are_within_a_tenth_of_a_percent() -> None:
     for q_milli in (50_000, 90_000, 99_000, 99_900):  # the rank in integers: ceil(q × n)
         exact = float(ordered[-(-q_milli * values.size // 100_000) - 1])
         assert histogram.percentile(q_milli / 1000) == pytest.approx(exact, rel=1e-3), q_milli
+    from cpmai.bench.histogram import Sparse
+
+    halves = np.array_split(values, 2)
+    sparse = Sparse.of(halves[0]).merge(Sparse.of(halves[1]))  # what windows hold
+    assert sparse.count == values.size
+    for q in (50, 99, 99.9, 100):
+        assert sparse.percentile(q) == histogram.percentile(q), q
     small = Histogram()
     small.record_many(list(range(1, 1001)))
     assert small.percentile(99.9) == 999 and small.percentile(50) == 500

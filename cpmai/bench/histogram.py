@@ -74,14 +74,7 @@ class Histogram:
 
     def percentile(self, q: float) -> float | None:
         """The q-th percentile (0-100) in nanoseconds (the exact max for q = 100)."""
-        if self.count == 0:
-            return None
-        if q >= 100:
-            return float(self.max_ns)
-        q_milli = round(q * 1000)  # integer arithmetic: ceil(99.9% of 1000) must be 999
-        rank = max(1, -(-q_milli * self.count // 100_000))
-        index = int(np.searchsorted(np.cumsum(self.counts), rank))
-        return float(min(value_of(np.array([index]))[0], self.max_ns))
+        return _percentile(None, self.counts, self.count, self.max_ns, q)
 
     def summary_ms(self) -> dict[str, float | None]:
         """p50, p90, p95, p99, p99.9, max and mean in milliseconds."""
@@ -117,3 +110,71 @@ class Histogram:
         histogram.min_ns = data["min_ns"]
         histogram.max_ns = int(data["max_ns"])
         return histogram
+
+
+def _percentile(
+    buckets: np.ndarray[Any, Any] | None,
+    counts: np.ndarray[Any, Any],
+    total: int,
+    max_ns: int,
+    q: float,
+) -> float | None:
+    """The q-th percentile of a histogram given as counts per bucket (all buckets when
+    `buckets` is None, else the listed ones, in increasing order)."""
+    if total == 0:
+        return None
+    if q >= 100:
+        return float(max_ns)
+    q_milli = round(q * 1000)  # integer arithmetic: ceil(99.9% of 1000) must be 999
+    rank = max(1, -(-q_milli * total // 100_000))
+    position = int(np.searchsorted(np.cumsum(counts), rank))
+    index = position if buckets is None else int(buckets[position])
+    return float(min(value_of(np.array([index]))[0], max_ns))
+
+
+class Sparse:
+    """A histogram kept as its non-empty buckets only (a few KB): what each one-second window
+    holds, so an hour of windows stays small. Mergeable like `Histogram`."""
+
+    __slots__ = ("buckets", "count", "counts", "max_ns")
+
+    def __init__(
+        self, buckets: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], max_ns: int
+    ) -> None:
+        self.buckets = buckets
+        self.counts = counts
+        self.count = int(counts.sum())
+        self.max_ns = max_ns
+
+    @classmethod
+    def of(cls, values_ns: np.ndarray[Any, Any]) -> Sparse:
+        if values_ns.size == 0:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
+        buckets, counts = np.unique(bucket_of(values_ns), return_counts=True)
+        return cls(buckets.astype(np.int32), counts.astype(np.int64), int(values_ns.max()))
+
+    def merge(self, other: Sparse) -> Sparse:
+        joined = np.concatenate([self.buckets, other.buckets])
+        buckets, inverse = np.unique(joined, return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([self.counts, other.counts]))
+        return Sparse(
+            buckets.astype(np.int32), counts.astype(np.int64), max(self.max_ns, other.max_ns)
+        )
+
+    def percentile(self, q: float) -> float | None:
+        return _percentile(self.buckets, self.counts, self.count, self.max_ns, q)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "buckets": self.buckets.tolist(),
+            "counts": self.counts.tolist(),
+            "max_ns": self.max_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sparse:
+        return cls(
+            np.asarray(data["buckets"], dtype=np.int32),
+            np.asarray(data["counts"], dtype=np.int64),
+            int(data["max_ns"]),
+        )

@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpmai.bench.histogram import Histogram
+import numpy as np
+
+from cpmai.bench.histogram import Histogram, Sparse
 
 WINDOW_NS = 1_000_000_000
 
@@ -40,12 +42,13 @@ class LoadResult:
             if mine is not None and theirs is not None:
                 mine.merge(theirs)
         for index, window in other.windows.items():
-            target = self.windows.setdefault(
-                index, {"count": 0, "errors": 0, "latency": Histogram()}
-            )
+            target = self.windows.get(index)
+            if target is None:
+                self.windows[index] = dict(window)
+                continue
             target["count"] += window["count"]
             target["errors"] += window["errors"]
-            target["latency"].merge(window["latency"])
+            target["latency"] = target["latency"].merge(window["latency"])
         self.ok += other.ok
         self.errors.update(other.errors)
         self.measured_s = max(self.measured_s, other.measured_s)
@@ -74,7 +77,7 @@ class LoadResult:
             uncorrected=hist(data["uncorrected"]),
             lag=hist(data["lag"]),
             windows={
-                int(i): {**w, "latency": Histogram.from_dict(w["latency"])}
+                int(i): {**w, "latency": Sparse.from_dict(w["latency"])}
                 for i, w in data["windows"].items()
             },
             ok=int(data["ok"]),
@@ -117,17 +120,14 @@ class Recorder:
 
     def fold(self) -> None:
         """Move the samples of the window that ended into the histograms."""
-        if self.window >= 0 and (self.samples or self.window_count):
-            window = Histogram()
-            window.record_many(self.samples)
+        values = np.asarray(self.samples, dtype=np.int64)
+        self.result.latency.record_many(values)
+        if self.window >= 0 and (values.size or self.window_count):
             self.result.windows[int(self.window)] = {
                 "count": self.window_count,
                 "errors": self.window_errors,
-                "latency": window,
+                "latency": Sparse.of(values),
             }
-            self.result.latency.merge(window)
-        elif self.samples:
-            self.result.latency.record_many(self.samples)
         if self.result.uncorrected is not None:
             self.result.uncorrected.record_many(self.raw)
         if self.result.lag is not None:
