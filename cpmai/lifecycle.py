@@ -251,67 +251,44 @@ def _roll_out(
     ledger = Ledger(home)
     base = {"target": spec.target, "reason": reason, "strategy": spec.rollout.strategy}
     started = time.perf_counter()
+
+    def record(result: str, **details: Any) -> None:
+        seconds = round(time.perf_counter() - started, 3)
+        ledger.append(
+            action,
+            actor=actor,
+            name=name,
+            version=version,
+            env=env,
+            details={**base, "result": result, **details, "seconds": seconds},
+        )
+
     try:
         with _signals_interrupt():
             outcome = target.rollout(plan, progress)
     except KeyboardInterrupt:  # the target put the previous routing back before re-raising
-        ledger.append(
-            action,
-            actor=actor,
-            name=name,
-            version=version,
-            env=env,
-            details={**base, "result": "interrupted"},
-        )
+        record("interrupted")
         raise
     except CpmaiError as exc:
         if not isinstance(exc, TargetError):  # e.g. a port already in use: still a failed rollout
             exc = TargetError(exc.message, hint=exc.hint)
-        ledger.append(
-            action,
-            actor=actor,
-            name=name,
-            version=version,
-            env=env,
-            details={
-                **base,
-                "result": "rolled-back" if hasattr(exc, "window") else "failed",
-                "error": exc.message,
-                "canary": getattr(exc, "window", None),
-                "seconds": round(time.perf_counter() - started, 3),
-            },
-        )
+        window = getattr(exc, "window", None)
+        record("rolled-back" if window else "failed", error=exc.message, canary=window)
         raise exc from None
     except Exception as error:  # anything else: recorded as a failed rollout, exit 6
-        ledger.append(
-            action,
-            actor=actor,
-            name=name,
-            version=version,
-            env=env,
-            details={**base, "result": "failed", "error": f"{type(error).__name__}: {error}"},
-        )
+        record("failed", error=f"{type(error).__name__}: {error}")
         raise TargetError(
             f"the rollout of {name} {version} in {env} failed: {type(error).__name__}: {error}"
         ) from error
     changed = not any(s["step"] == "unchanged" for s in outcome.steps)
     progress(f"rollout  {time.perf_counter() - started:.2f} s  {outcome.url}")
-    ledger.append(
-        action,
-        actor=actor,
-        name=name,
-        version=version,
-        env=env,
-        details={
-            **base,
-            "result": "live",
-            "previous": outcome.previous,
-            "url": outcome.url,
-            "pid": outcome.pid,
-            "changed": changed,
-            "steps": outcome.steps,
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+    record(
+        "live",
+        previous=outcome.previous,
+        url=outcome.url,
+        pid=outcome.pid,
+        changed=changed,
+        steps=outcome.steps,
     )
     return LiveResult(
         action=action,
