@@ -51,6 +51,7 @@ def write_manifest(manifest: Path) -> Path:
         "max_size_mb": 50,
         "approvals": {"production": 1},
     }
+    doc["monitoring"]["sample_interval_s"] = 0.2  # the servers' resource samples, quickly
     doc["environments"] = {
         "staging": {"target": "local", "port": free_port()},
         "production": {
@@ -236,6 +237,16 @@ def test_deploy_switch_and_rollback_under_load_lose_nothing(
     assert set(outcomes) <= {(200, "1.0.0"), (200, "1.1.0")}, outcomes  # no failure of any kind
     assert outcomes[(200, "1.0.0")] > 0 and outcomes[(200, "1.1.0")] > 0
     assert served / client.elapsed >= 200, (served, client.elapsed)
+
+    samples = [
+        json.loads(line)
+        for path in (home / "logs" / NAME / "staging").glob("resources-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(samples) >= 5  # every 0.2 s while the server ran, beside the prediction log
+    assert {s["version"] for s in samples} <= {"1.0.0", "1.1.0"}
+    assert all(s["rss_bytes"] > 10_000_000 and s["cpu_percent"] >= 0 for s in samples)
+    assert max(s["cpu_percent"] for s in samples) > 5  # it was busy serving the client
 
     rollback = events(home, "rollback")[-1]
     assert rollback["details"]["reason"] == "drill" and rollback["details"]["previous"] == "1.1.0"

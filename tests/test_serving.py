@@ -486,7 +486,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(packaged: Pa
     assert refused, "clients kept being served after shutdown"
     logged = sum(
         len(p.read_text().splitlines())
-        for p in (packaged / "logs" / NAME / "shutdown-test").glob("*.jsonl")
+        for p in (packaged / "logs" / NAME / "shutdown-test").glob("predictions-*.jsonl")
     )
     assert logged == len(finished), "every served request is in the log after shutdown"
 

@@ -28,7 +28,10 @@ from cpmai.serving.predlog import PredictionLog
 from cpmai.serving.validation import RequestError, Validator
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cpmai.artifacts import Artifact
+    from cpmai.serving.resources import ResourceLog
 
 CONFIG_ENV = "CPMAI_SERVE_CONFIG"
 _JSON = [(b"content-type", b"application/json")]
@@ -53,6 +56,8 @@ class ServeConfig:
     max_latency_ms: float = 0.0
     log_sample_rate: float = 1.0
     prediction_log: bool = True
+    sample_interval_s: float = 5.0
+    """How often the server samples its own CPU and memory (`monitoring.sample_interval_s`)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -60,7 +65,8 @@ class ServeConfig:
     def for_artifact(self, artifact: Artifact) -> ServeConfig:
         """This config for `artifact`: its version, and batching, logging and body limits from
         the `serving:` section of the manifest packaged with it."""
-        settings = artifact.manifest().serving
+        manifest = artifact.manifest()
+        settings = manifest.serving
         return replace(
             self,
             version=artifact.version,
@@ -68,11 +74,25 @@ class ServeConfig:
             max_batch_rows=settings.max_batch_size,
             max_latency_ms=settings.max_latency_ms,
             log_sample_rate=settings.log_sample_rate,
+            sample_interval_s=manifest.monitoring.sample_interval_s,
         )
 
     @classmethod
     def from_env(cls) -> ServeConfig:
         return cls(**json.loads(os.environ[CONFIG_ENV]))
+
+
+def resource_log(config: ServeConfig, version: Callable[[], str | None]) -> ResourceLog | None:
+    """The process's resource sampler (started), unless the prediction log is off."""
+    if not config.prediction_log:
+        return None
+    from cpmai.serving.resources import ResourceLog
+
+    log = ResourceLog(
+        Path(config.home) / "logs" / config.name / config.env, config.sample_interval_s, version
+    )
+    log.start()
+    return log
 
 
 def create_app_from_env() -> InferenceApp:
@@ -126,6 +146,7 @@ class InferenceApp:
             on_batch=self.metrics.observe_batch,
         )
         self.token = config.token.encode() if config.token else None
+        self.resources: ResourceLog | None = None
         self.ready = False
         self.label_datatype = _label_datatype(predictor.signature)
         self.metadata = orjson.dumps(self._metadata())
@@ -147,9 +168,12 @@ class InferenceApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.start()
+                self.resources = resource_log(self.config, lambda: self.version)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.close()
+                if self.resources is not None:
+                    self.resources.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -34,13 +34,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cpmai.fsutil import write_atomic
-from cpmai.serving.app import InferenceApp, ServeConfig
+from cpmai.serving.app import InferenceApp, ServeConfig, resource_log
 from cpmai.serving.metrics import LATENCY_BUCKETS, merged_registry
+
+if TYPE_CHECKING:
+    from cpmai.serving.resources import ResourceLog
 
 POLL_SECONDS = 0.05
 REPORT_SECONDS = 1.0
@@ -98,6 +101,7 @@ class EnvironmentApp:
         self.parent = os.getppid()
         self.registry = merged_registry(lambda: [(v, s.metrics) for v, s in self.slots.items()])
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.resources: ResourceLog | None = None
 
     # --- ASGI ------------------------------------------------------------------------------
 
@@ -153,10 +157,17 @@ class EnvironmentApp:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 self._spawn(self._watch())
+                live = self.live
+                assert live is not None
+                self.resources = resource_log(
+                    live.config, lambda: self.live.version if self.live else None
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for slot in self.slots.values():
                     slot.close()
+                if self.resources is not None:
+                    self.resources.close()
                 self.status_path.unlink(missing_ok=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
