@@ -328,6 +328,15 @@ def test_the_response_parser_handles_what_servers_send() -> None:
     assert gen.statuses[4:] == [200, 204, 200, 503]
     conn.data_received(b"SSH-2.0-OpenSSH\r\n\r\n")  # not HTTP: an error, not a crash
     assert gen.statuses[-1] == -1 and conn.buffer == b""
+    conn.sent = 1
+    conn.data_received(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"  # not the answer
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding:gzip, chunked\r\ncontent-length: 99\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"  # chunked wins over Content-Length (RFC 9112)
+    )
+    assert gen.statuses[-2:] == [-1, 200] and conn.buffer == b""  # the 103 was skipped
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: -40\r\n\r\n")  # must not hang
+    assert gen.statuses[-1] == -1
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ class LoadResult:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     measured_s: float = 0.0
+    not_sent: int = 0
+    """Open loop: arrivals still queued for a free connection when the level stopped."""
 
     @property
     def requests(self) -> int:
@@ -50,6 +52,7 @@ class LoadResult:
             target["errors"] += window["errors"]
             target["latency"] = target["latency"].merge(window["latency"])
         self.ok += other.ok
+        self.not_sent += other.not_sent
         self.errors.update(other.errors)
         self.measured_s = max(self.measured_s, other.measured_s)
 
@@ -63,6 +66,7 @@ class LoadResult:
                 i: {**w, "latency": w["latency"].to_dict()} for i, w in self.windows.items()
             },
             "ok": self.ok,
+            "not_sent": self.not_sent,
             "errors": dict(self.errors),
             "measured_s": self.measured_s,
         }
@@ -81,6 +85,7 @@ class LoadResult:
                 for i, w in data["windows"].items()
             },
             ok=int(data["ok"]),
+            not_sent=int(data["not_sent"]),
             errors=Counter(data["errors"]),
             measured_s=float(data["measured_s"]),
         )

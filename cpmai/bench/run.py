@@ -114,6 +114,7 @@ def summarise(level: Level, result: LoadResult, settings: Settings) -> dict[str,
         "batch_size": level.batch_size,
         "requests": requests,
         "ok": result.ok,
+        "not_sent": result.not_sent,
         "errors": dict(result.errors),
         "error_rate": round(sum(result.errors.values()) / requests, 6) if requests else 0.0,
         "measured_s": round(seconds, 3),
@@ -155,6 +156,11 @@ def warnings_for(level: dict[str, Any]) -> list[str]:
         out.append(f"{level['label']}: fewer requests than --min-requests before --max-duration")
     if not level["stable"]:
         out.append(f"{level['label']}: {level['stability']}")
+    if level["not_sent"]:
+        out.append(
+            f"{level['label']}: {level['not_sent']} arrivals were still waiting for a free "
+            "connection when the level ended (the server did not keep up, or add --concurrency)"
+        )
     corrected, raw, lag = level["latency_ms"], level["uncorrected_ms"], level["lag_ms"]
     if raw and corrected["p99_ms"] and raw["p99_ms"]:
         slack = (lag or {}).get("p99_ms") or 0.0

@@ -188,8 +188,8 @@ class LocalTarget:
             )
         try:
             return self._replace(plan, old, result, progress)
-        except (KeyboardInterrupt, TargetError):
-            # interrupted, timed out or refused: everything back on the version that was live
+        except BaseException:
+            # interrupted, timed out, refused or a bug: everything back on the version that was live
             # (a worker restarted by uvicorn reads the table again: it must name the old one)
             self._route(live=old, keep=[])
             raise
