@@ -189,8 +189,6 @@ def source_fingerprint(manifest: Manifest, source: Path) -> str:
     import platform
     from importlib import metadata
 
-    from cpmai.fsutil import sha256_file
-
     parts = [f"cpmai {__version__}", f"python {platform.python_version()}"]
     dump = manifest.model_dump(mode="json")
     dump.pop("version", None)

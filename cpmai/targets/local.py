@@ -30,6 +30,7 @@ from cpmai.errors import TargetError
 from cpmai.fsutil import write_atomic
 from cpmai.serving.metrics import LATENCY_BUCKETS
 from cpmai.serving.router import read_routes, run_dir
+from cpmai.steps import Step
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 START_TIMEOUT = 60.0
@@ -527,11 +528,7 @@ def _describe(w: Window) -> str:
 def _step(
     name: str, started: float, note: str, data: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    step: dict[str, Any] = {
-        "step": name,
-        "seconds": round(time.perf_counter() - started, 4),
-        "note": note,
-    }
+    step = Step(name, time.perf_counter() - started, note).to_dict()
     if data:
         step["canary"] = data
     return step
