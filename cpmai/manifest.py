@@ -269,12 +269,12 @@ class Drift(Strict):
 
 
 class Quality(Strict):
-    """The model-quality floor once ground truth arrives."""
+    """The model-quality bound once ground truth arrives."""
 
     metric: str
     """A metric of the task (e.g. accuracy, rmse)."""
     min: float
-    """Alert below this value."""
+    """Alert below this value (for error metrics — mae, rmse, mape, log_loss — above it)."""
 
 
 class Triggers(Strict):
@@ -286,6 +286,9 @@ class Triggers(Strict):
     """Which findings fire a trigger."""
     command: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     """The command to run when a trigger fires (with --run-triggers)."""
+    cooldown_hours: Annotated[float, Field(ge=0, le=8760)] = 24.0
+    """A trigger that fired for the same version and environment within this many hours is
+    reported but not fired again (no new ledger event, no second run of `command`)."""
 
 
 class Serving(Strict):

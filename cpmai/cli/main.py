@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cpmai.cli.serve", "serve"),
     "predict": ("cpmai.cli.predict", "predict"),
     "bench": ("cpmai.cli.bench", "bench"),
+    "monitor": ("cpmai.cli.monitor", "monitor"),
     "ledger": ("cpmai.cli.ledger_cmd", "app"),
 }
 """Every command, in the order `cpmai --help` lists them: module and attribute (a function, or a

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gc
 import hmac
+import itertools
 import json
 import os
+import secrets
 import sys
 import time
 import traceback
@@ -146,6 +148,8 @@ class InferenceApp:
             on_batch=self.metrics.observe_batch,
         )
         self.token = config.token.encode() if config.token else None
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{secrets.token_hex(4)}-"
         self.resources: ResourceLog | None = None
         self.ready = False
         self.label_datatype = _label_datatype(predictor.signature)
@@ -302,11 +306,14 @@ class InferenceApp:
             )
             return
         raw: dict[str, list[Any]] | None = None
-        rows, request_id, warnings = 0, None, None
+        rows, warnings, body_id = 0, None, None
         labels: list[Any] | None = None
         probs_list: list[Any] | None = None
+        headers = _headers(scope)
+        request_id = (
+            _client_id(headers.get(b"x-request-id")) or f"{self._id_prefix}{next(self._ids)}"
+        )
         try:
-            headers = _headers(scope)
             self._authorize(headers)
             body = await self._body(headers, receive)
             if oip:
@@ -316,7 +323,9 @@ class InferenceApp:
                     self.names,
                     self.kinds,
                 )
-                request_id = doc.get("id")
+                body_id = doc.get("id")
+                if body_id is not None:
+                    request_id = body_id
                 want_proba = _wants_probabilities_oip(doc)
             else:
                 content_type = headers.get(b"content-type", b"application/json").decode()
@@ -337,7 +346,7 @@ class InferenceApp:
             probs_list = None if probabilities is None else probabilities.tolist()
             if oip:
                 payload = protocols.oip_response(
-                    self.name, self.version, request_id, labels, self.label_datatype, probs_list
+                    self.name, self.version, body_id, labels, self.label_datatype, probs_list
                 )
             else:
                 doc_out: dict[str, Any] = {"predictions": labels}
@@ -373,7 +382,7 @@ class InferenceApp:
                 request_id=request_id,
             )
             return
-        await _respond(send, 200, payload)
+        await _respond(send, 200, payload, [*_JSON, (b"x-request-id", _id_header(request_id))])
         elapsed = time.perf_counter() - start
         self.metrics.observe(endpoint, 200, elapsed)
         if warnings:
@@ -440,6 +449,8 @@ class InferenceApp:
         headers = list(extra or [])
         if allow is not None:
             headers.append((b"allow", allow))
+        if request_id is not None:
+            headers.append((b"x-request-id", _id_header(request_id)))
         await _respond(send, status, body, _JSON + headers)
         elapsed = time.perf_counter() - start
         self.metrics.observe(endpoint, status, elapsed)
@@ -546,6 +557,19 @@ def _label_datatype(signature: dict[str, Any]) -> str:
     if all(isinstance(c, int | float) for c in categories):
         return "FP64"
     return "BYTES"
+
+
+def _client_id(value: bytes | None) -> str | None:
+    """A client's X-Request-Id, if it is a sane one (printable ASCII, at most 200 bytes)."""
+    if not value or len(value) > 200 or not value.isascii():
+        return None
+    text = value.decode()
+    return text if text.isprintable() else None
+
+
+def _id_header(request_id: Any) -> bytes:
+    text = request_id if isinstance(request_id, str) else orjson.dumps(request_id).decode()
+    return text.encode("ascii", "replace")[:200] if text.isprintable() else b"-"
 
 
 def _small(raw: dict[str, list[Any]] | None) -> bool:

@@ -1,0 +1,419 @@
+"""`cpmai monitor`: traffic, latency, errors, resources, drift and quality of an environment,
+and the triggers they fire."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
+from cpmai.cli.project import JsonFlag
+
+
+def monitor(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Model name, or a manifest file (its monitoring: and slo: bounds then apply).",
+            show_default=False,
+        ),
+    ],
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env",
+            "-e",
+            help="Environment (`batch` for `cpmai predict`'s log).",
+            show_default=False,
+        ),
+    ],
+    window: Annotated[str, typer.Option(help="Window length: 30s, 5m, 1h, 1d.")] = "1h",
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start: an ISO time (UTC) or an age such as 2h or 7d.", show_default=False
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="End: an ISO time (UTC) or an age; default now.", show_default=False),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="The version whose rows drift and quality judge (default: the live one).",
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ground truth (CSV/JSON/Parquet): `id` [+ `row`] and `label` columns, or labels "
+            "in row order.",
+            show_default=False,
+        ),
+    ] = None,
+    run_triggers: Annotated[
+        bool,
+        typer.Option(
+            "--run-triggers", help="Run monitoring.triggers.command when a trigger fires."
+        ),
+    ] = False,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="Write a Markdown summary (CI step summary).", show_default=False),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="A live dashboard in the terminal (Ctrl-C leaves).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="--watch: seconds between refreshes.")] = 2.0,
+    json_: JsonFlag = False,
+) -> int:
+    """Report, per window and for the whole period: requests, rows, requests/s, errors by status,
+    latency p50/p95/p99 against the SLO; CPU and memory of the server; data drift of every input
+    and of the predictions against the reference data (KS / chi-square on small references,
+    Wasserstein / Jensen–Shannon on large ones, PSI for all); missing, out-of-range and unseen
+    values; model quality with --labels; the live version's age.
+
+    Exit 4 when a bound is breached (drift, quality, SLO, age). Breaches listed in
+    monitoring.triggers.on are recorded in the ledger as `trigger` events (once per cooldown);
+    with --run-triggers the trigger command runs and its exit status is recorded too.
+    """
+    import math
+
+    from cpmai.errors import UsageError
+    from cpmai.monitor.logs import parse_duration, parse_moment
+    from cpmai.settings import resolve_actor, resolve_home
+
+    home = resolve_home(OPTIONS.home)
+    name, manifest = _target(target)
+    if not math.isfinite(interval) or interval < 0.1:
+        raise UsageError(f"--interval {interval}: expected at least 0.1 seconds")
+    if watch:
+        return _watch(home, name, env, interval)
+    now = time.time()
+    window_s = parse_duration(window)
+    start = parse_moment(since, now=now) if since else None
+    end = parse_moment(until, now=now) if until else None
+    if markdown is not None and not markdown.parent.is_dir():
+        raise UsageError(f"{markdown}: the folder {markdown.parent} does not exist")
+    if labels is not None and not labels.is_file():
+        raise UsageError(f"--labels {labels}: file not found")
+    from cpmai.monitor.run import monitor as run
+    from cpmai.monitor.triggers import fire, run_command
+
+    result = run(
+        home,
+        name,
+        env,
+        window_s=window_s,
+        since=start,
+        until=end,
+        version=version,
+        manifest=manifest,
+        labels_file=labels,
+        now=now,
+    )
+    doc = result.doc
+    triggers = (manifest or _own_manifest(home, name, doc["version"])).monitoring.triggers
+    actor = resolve_actor(OPTIONS.actor)
+    result.fired = fire(
+        home,
+        result.alerts,
+        triggers,
+        name=name,
+        version=doc["version"],
+        env=env,
+        actor=actor,
+        period=doc["period"],
+    )
+    if run_triggers and result.fired:
+        if triggers.command is None:
+            warn("--run-triggers: monitoring.triggers.command is not set; nothing to run")
+        else:
+            info(f"running the trigger command: {triggers.command}")
+            result.run = run_command(
+                home,
+                triggers.command,
+                result.fired,
+                name=name,
+                version=doc["version"],
+                env=env,
+                actor=actor,
+            )
+    out = result.to_dict()
+    out["exit_code"] = 4 if result.alerts else 0
+    if markdown is not None:
+        from cpmai.monitor.reports import markdown as to_markdown
+
+        markdown.write_text(to_markdown(out))
+    if wants_json(json_):
+        emit_json(out)
+    else:
+        _render(out)
+    return int(out["exit_code"])
+
+
+def _target(text: str) -> tuple[str, Any]:
+    """A model name, or a manifest file (then its name and its current bounds)."""
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        from cpmai.manifest import load_manifest
+
+        manifest = load_manifest(path, check_files=False)
+        return manifest.name, manifest
+    return text, None
+
+
+def _own_manifest(home: Path, name: str, version: str) -> Any:
+    from cpmai.artifacts import open_artifact
+
+    return open_artifact(home, name, version).manifest()
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _render(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    period, traffic = doc["period"], doc["traffic"]
+    show(
+        f"[bold]{doc['name']}[/bold] @ {doc['env']}: version {doc['version']} "
+        f"(live: {doc['live_version'] or 'none'}), {period['since']} → {period['until']}"
+    )
+    log = doc["log"]
+    if not log["requests_logged"]:
+        show(
+            f"no traffic in this period ({log['files']} log file(s) in {log['folder']}); "
+            "send requests, or widen --since"
+        )
+    if log["unreadable_lines"]:
+        warn(f"{log['unreadable_lines']} unreadable line(s) in the prediction log were skipped")
+    windows = doc["windows"]
+    shown = windows[-24:]
+    table = Table(
+        title=f"traffic by window of {period['window_s']:g} s"
+        + (f" (last {len(shown)} of {len(windows)})" if len(shown) < len(windows) else ""),
+        title_justify="left",
+    )
+    for column in ("window", "requests", "req/s", "errors", "p50 ms", "p95 ms", "p99 ms",
+                   "CPU %", "RSS MiB", "drift"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("window", "drift") else "right")
+    for row in [*shown, {**traffic, "start": "whole period", "drift": doc["drift"]}]:
+        lat = row["latency_ms"]
+        res = row.get("resources") or {}
+        table.add_row(
+            row["start"].replace("T", " ").replace("Z", "")
+            if row["start"] != "whole period"
+            else "[bold]whole period[/bold]",
+            f"{row['requests']:,}",
+            f"{row['requests_per_s']:.2f}",
+            _rate(row["error_rate"]),
+            _ms(lat["p50_ms"]),
+            _ms(lat["p95_ms"]),
+            _slo_cell(lat["p99_ms"], doc["slo"]["bounds"].get("p99_ms")),
+            f"{res['cpu_percent_mean']:.1f}" if res else "-",
+            f"{res['rss_mb_mean']:.0f}" if res else "-",
+            _drift_cell(row["drift"]),
+        )
+    show(table)
+    if traffic["errors"]:
+        show("errors by status: " + ", ".join(f"{k}: {v:,}" for k, v in traffic["errors"].items()))
+    checks = doc["slo"]["checks"]
+    if checks:
+        show(
+            "SLO: "
+            + "  ".join(
+                f"{_mark(c['passed'])} {c['metric']} {_g(c['measured'])} (≤ {c['bound']:g})"
+                for c in checks
+            )
+        )
+    _render_drift(doc)
+    _render_quality(doc)
+    age = doc["age"]
+    show(
+        f"age: {age['days']:.1f} days since packaging"
+        + (f" (max {age['max_days']})" if age["max_days"] else "")
+        + (f"; live since {age['live_since'][:19]}Z" if age["live_since"] else "")
+    )
+    for alert in doc["alerts"]:
+        show(f"[red]ALERT[/red] {alert['kind']}: {alert['message']} — trigger {alert['trigger']}")
+    if doc.get("trigger_run"):
+        run = doc["trigger_run"]
+        show(f"trigger command exited {run['exit_code']} after {run['seconds']:.1f} s")
+    if not doc["alerts"]:
+        show("[green]within bounds[/green]")
+
+
+def _mark(passed: bool | None) -> str:
+    return "[green]✓[/green]" if passed else ("[red]✗[/red]" if passed is False else "-")
+
+
+def _slo_cell(value: float | None, bound: float | None) -> str:
+    text = _ms(value)
+    if value is not None and bound is not None and value > bound:
+        return f"[red]{text}[/red]"
+    return text
+
+
+def _drift_cell(summary: dict[str, Any]) -> str:
+    status = summary["status"]
+    if status == "drift":
+        return f"[red]drift {len(summary['drifted'])}/{summary['judged']}[/red]"
+    if status == "ok":
+        return f"[green]ok[/green] {len(summary['drifted'])}/{summary['judged']}"
+    return "[dim]not enough data[/dim]"
+
+
+def _render_drift(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    drift = doc["drift"]
+    table = Table(
+        title=f"data drift of version {drift['version']} against its reference data "
+        f"({drift['reference_rows']:,} rows): {drift['status']}",
+        title_justify="left",
+    )
+    for column in ("feature", "method", "statistic", "p-value", "PSI", "rows", "status",
+                   "missing", "out of range", "unseen"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("feature", "method", "status") else "right"
+        )
+    quality = {q["feature"]: q for q in doc["data_quality"]}
+    rows = list(drift["features"])
+    if drift.get("prediction"):
+        rows.append({**drift["prediction"], "feature": "(prediction)"})
+    for f in rows:
+        q = quality.get(f["feature"], {})
+        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
+        table.add_row(
+            f["feature"],
+            f["method"],
+            _g(f["statistic"]),
+            _g(f["p_value"]),
+            _g(f["psi"]),
+            f"{f['rows']:,}",
+            f"[{colour}]{f['status']}[/{colour}]",
+            str(q.get("missing", "-")) if q else "",
+            "-" if not q or q.get("out_of_range") is None else str(q["out_of_range"]),
+            str(q.get("unseen", "")) if q else "",
+        )
+    show(table)
+    for q in doc["data_quality"]:
+        if q.get("unseen_values"):
+            values = ", ".join(f"{k!r} ×{v}" for k, v in q["unseen_values"].items())
+            show(f"  {q['feature']}: refused unseen values {values}")
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _render_quality(doc: dict[str, Any]) -> None:
+    quality = doc.get("model_quality")
+    if not quality:
+        return
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in quality["metrics"].items())
+    line = (
+        f"model quality ({quality['labelled_rows']:,} of {quality['labels_given']:,} labels "
+        f"matched by {quality['join']}): {metrics or 'no labelled rows'}"
+    )
+    if quality.get("metric"):
+        line += f"  — {quality['metric']} {_mark(quality['passed'])} (bound {quality['bound']:g})"
+    show(line)
+
+
+# --- the live view ---------------------------------------------------------------------------
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    top = max(values, default=0.0)
+    if top <= 0:
+        return _BLOCKS[0] * len(values)
+    return "".join(_BLOCKS[min(int(v / top * (len(_BLOCKS) - 1) + 0.5), 7)] for v in values)
+
+
+def _watch(home: Path, name: str, env: str, interval: float) -> int:
+    from rich.live import Live
+
+    from cpmai.monitor.live import LiveMonitor
+
+    view = LiveMonitor(home, name, env, bucket_s=interval)
+    try:
+        with Live(_dashboard(view.poll()), console=OPTIONS.out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(_dashboard(view.poll()), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    info("stopped watching")
+    return 0
+
+
+def _dashboard(snap: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    minute = snap["minute"]
+    slo = snap["slo"]
+    header = Table.grid(padding=(0, 2))
+    header.add_row(
+        f"[bold]{snap['name']}[/bold] @ {snap['env']}",
+        f"live: [bold]{snap['live_version'] or 'none'}[/bold]",
+        time.strftime("%H:%M:%S", time.gmtime(snap["time"])) + " UTC",
+    )
+    traffic = Table.grid(padding=(0, 2))
+    traffic.add_row(
+        "req/s", sparkline(snap["rps"]), f"{snap['rps'][-1]:.1f}" if snap["rps"] else "-"
+    )
+    traffic.add_row(
+        "p99 ms", sparkline(snap["p99_ms"]), _ms(snap["p99_ms"][-1] if snap["p99_ms"] else None)
+    )
+    p99_bound = slo.get("p99_ms")
+    err_bound = slo.get("error_rate")
+    p99_ok = minute["p99_ms"] is None or p99_bound is None or minute["p99_ms"] <= p99_bound
+    err_ok = minute["error_rate"] is None or err_bound is None or minute["error_rate"] <= err_bound
+    last = Table.grid(padding=(0, 2))
+    last.add_row(
+        f"last minute: {minute['requests']:,} requests ({minute['requests_per_s']:.1f}/s)",
+        f"p50 {_ms(minute['p50_ms'])} ms",
+        ("[green]" if p99_ok else "[red]")
+        + f"p99 {_ms(minute['p99_ms'])} ms"
+        + (f" (SLO {p99_bound:g})" if p99_bound else "")
+        + ("[/green]" if p99_ok else "[/red]"),
+        ("[green]" if err_ok else "[red]")
+        + f"errors {_rate(minute['error_rate'])}"
+        + ("[/green]" if err_ok else "[/red]"),
+    )
+    res = snap["resources"]
+    last.add_row(
+        f"CPU {res['cpu_percent']:.0f}%  RSS {res['rss_mb']:.0f} MiB ({res['processes']} proc)"
+        if res
+        else "CPU/RSS: no recent samples",
+        "",
+        "",
+        "",
+    )
+    drift = Table(title="drift (last minutes)", title_justify="left", expand=False)
+    for column in ("feature", "method", "statistic", "PSI", "rows", "status"):
+        drift.add_column(column)
+    for f in snap["drift"]:
+        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
+        drift.add_row(
+            f["feature"], f["method"], _g(f["statistic"]), _g(f["psi"]), f"{f['rows']:,}",
+            f"[{colour}]{f['status']}[/{colour}]",
+        )  # fmt: skip
+    return Panel(Group(header, traffic, last, drift), title="cpmai monitor --watch", expand=False)

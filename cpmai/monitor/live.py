@@ -1,0 +1,239 @@
+"""The data behind `cpmai monitor --watch`: the log tailed as it grows.
+
+Each `poll()` reads only the bytes appended since the last one (whole lines), keeps the last
+`horizon_s` seconds of requests and at most `max_rows` rows for drift, and returns a snapshot:
+requests/s and p99 per `bucket_s` bucket (sparklines), error rate and percentiles over the last
+minute, CPU and memory from the newest resource samples, drift per feature over the horizon,
+SLO status and the live version. Rendering is the CLI's business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpmai.monitor import drift as drift_mod
+from cpmai.monitor.logs import _join, _parse_piece, _Piece, log_files, read_resources
+from cpmai.monitor.run import (
+    Subject,
+    _rank,
+    choose_version,
+    load_subject,
+    newest_logged_version,
+    reference_profiles,
+)
+
+FIRST_READ_BYTES = 32 << 20
+"""On start, read at most this much of each file's end: the view is about the last minutes."""
+
+
+@dataclass
+class _Chunk:
+    time: np.ndarray
+    status: np.ndarray
+    latency: np.ndarray
+    weight: np.ndarray
+    row_time: np.ndarray
+    features: dict[str, Any]
+    vocab: dict[str, list[Any]]
+
+
+class LiveMonitor:
+    def __init__(
+        self,
+        home: Path,
+        name: str,
+        env: str,
+        *,
+        horizon_s: float = 300.0,
+        bucket_s: float = 2.0,
+        buckets: int = 60,
+        max_rows: int = 200_000,
+    ) -> None:
+        from cpmai.monitor.logs import log_folder
+
+        self.home, self.name, self.env = home, name, env
+        self.folder = log_folder(home, name, env)
+        self.horizon_s, self.bucket_s, self.buckets = horizon_s, bucket_s, buckets
+        self.max_rows = max_rows
+        self.offsets: dict[str, int] = {}
+        self.chunks: deque[_Chunk] = deque()
+        self.subject: Subject | None = None
+        self.profiles: dict[str, drift_mod.Profile] = {}
+        self.live_version: str | None = None
+
+    def _ensure_subject(self) -> None:
+        version, since = choose_version(self.home, self.name, self.env, None)
+        self.live_version = version
+        focus = version or newest_logged_version(self.folder)
+        if focus is None or (self.subject and self.subject.artifact.version == focus):
+            return
+        self.subject = load_subject(self.home, self.name, focus, None, since)
+        self.profiles, _, _ = reference_profiles(self.subject)
+        self.chunks.clear()  # rows of another version: not this one's drift
+
+    def poll(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        self._ensure_subject()
+        if self.subject is not None:
+            self._read_new(now)
+        self._trim(now)
+        return self._snapshot(now)
+
+    def _read_new(self, now: float) -> None:
+        assert self.subject is not None
+        subject = self.subject
+        job = (subject.artifact.version, subject.specs, subject.output_kind, None, None, False)
+        parts = []
+        for path in log_files(self.folder, "predictions", now - self.horizon_s, now):
+            key = str(path)
+            size = path.stat().st_size
+            start = self.offsets.get(key)
+            if start is None:
+                start = _line_start(path, max(0, size - FIRST_READ_BYTES))
+            if size <= start:
+                continue
+            part = _parse_piece(_Piece(key, start, size), job)
+            parts.append(part)
+            self.offsets[key] = part["consumed"]
+        if not parts:
+            return
+        joined = _join(parts, subject.specs, subject.output_kind, False, 0, 0)
+        self.chunks.append(
+            _Chunk(
+                joined.time,
+                joined.status,
+                joined.latency_ms,
+                joined.weight,
+                joined.row_time,
+                joined.features,
+                joined.vocab,
+            )
+        )
+
+    def _trim(self, now: float) -> None:
+        while self.chunks and (
+            len(self.chunks[0].time) == 0 or self.chunks[0].time.max() < now - self.horizon_s
+        ):
+            self.chunks.popleft()
+        while len(self.chunks) > 1 and sum(len(c.row_time) for c in self.chunks) > self.max_rows:
+            self.chunks.popleft()
+
+    def _snapshot(self, now: float) -> dict[str, Any]:
+        times = _cat([c.time for c in self.chunks])
+        status = _cat([c.status for c in self.chunks])
+        latency = _cat([c.latency for c in self.chunks])
+        weight = _cat([c.weight for c in self.chunks])
+        edges = now - self.bucket_s * np.arange(self.buckets, -1, -1)
+        which = np.searchsorted(edges, times, side="right") - 1
+        inside = (which >= 0) & (which < self.buckets)
+        counts = np.bincount(which[inside], weights=weight[inside], minlength=self.buckets)
+        rps = counts / self.bucket_s
+        p99 = []
+        for index in range(self.buckets):
+            picked = np.sort(latency[inside & (which == index) & (status < 400)])
+            p99.append(_rank(picked, 99) or 0.0)
+        minute = times >= now - 60
+        ok = status[minute] < 400
+        count = float(weight[minute].sum())
+        recent = np.sort(latency[minute][ok])
+        subject = self.subject
+        slo = subject.manifest.slo.model_dump(exclude_none=True) if subject else {}
+        snapshot: dict[str, Any] = {
+            "time": now,
+            "name": self.name,
+            "env": self.env,
+            "live_version": self.live_version,
+            "version": subject.artifact.version if subject else None,
+            "rps": rps.round(3).tolist(),
+            "p99_ms": p99,
+            "minute": {
+                "requests": round(count),
+                "requests_per_s": round(count / 60, 2),
+                "error_rate": round(float(weight[minute][~ok].sum()) / count, 4) if count else None,
+                "p50_ms": _rank(recent, 50),
+                "p99_ms": _rank(recent, 99),
+            },
+            "slo": slo,
+            "resources": self._resources(now),
+            "drift": self._drift(),
+        }
+        return snapshot
+
+    def _resources(self, now: float) -> dict[str, Any] | None:
+        samples = read_resources(self.folder, now - 60, None)
+        if not samples:
+            return None
+        newest: dict[Any, dict[str, Any]] = {}
+        for sample in samples:
+            newest[sample.get("pid")] = sample
+        fresh = [s for s in newest.values() if s["t"] >= now - 30]
+        if not fresh:
+            return None
+        return {
+            "processes": len(fresh),
+            "cpu_percent": round(sum(float(s["cpu_percent"]) for s in fresh), 1),
+            "rss_mb": round(sum(float(s["rss_bytes"]) for s in fresh) / 2**20, 1),
+        }
+
+    def _drift(self) -> list[dict[str, Any]]:
+        if self.subject is None:
+            return []
+        settings = self.subject.manifest.monitoring.drift
+        out = []
+        for spec in self.subject.specs:
+            profile = self.profiles.get(spec.name)
+            if profile is None:
+                continue
+            values = [c.features[spec.name] for c in self.chunks if spec.name in c.features]
+            if spec.kind == "categorical":
+                codes, vocab = _merge(list(self.chunks), spec.name)
+                result = drift_mod.compare(
+                    profile,
+                    codes,
+                    threshold=settings.threshold,
+                    p_value=settings.p_value,
+                    min_samples=settings.min_samples,
+                    vocab=vocab,
+                )
+            else:
+                result = drift_mod.compare(
+                    profile,
+                    _cat(values),
+                    threshold=settings.threshold,
+                    p_value=settings.p_value,
+                    min_samples=settings.min_samples,
+                )
+            out.append(result.to_dict())
+        return out
+
+
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0)
+
+
+def _merge(chunks: list[_Chunk], name: str) -> tuple[np.ndarray, list[Any]]:
+    merged: dict[Any, int] = {}
+    out = []
+    for chunk in chunks:
+        local = chunk.vocab.get(name, [])
+        mapping = np.array([merged.setdefault(v, len(merged)) for v in local] + [-1])
+        out.append(mapping[chunk.features[name]])
+    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int32)), list(merged)
+
+
+def _line_start(path: Path, offset: int) -> int:
+    """The first line start at or after `offset`."""
+    if offset == 0:
+        return 0
+    with path.open("rb") as handle:
+        handle.seek(offset - 1)
+        if handle.read(1) == b"\n":
+            return offset
+        handle.readline()
+        return handle.tell()

@@ -1,0 +1,151 @@
+"""Data quality of what was served, and model quality once ground truth arrives.
+
+Ground truth comes as a file (`--labels labels.csv`): with an `id` column it is joined on the
+request id the server returned (`X-Request-Id`, or the OIP body's `id`), and an optional `row`
+column (0-based) picks a row of a multi-row request; without one, labels follow the scored rows
+in time order (batch scoring). The label column is `label`, or the manifest's `data.target`, or
+the one column left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpmai.errors import UsageError
+from cpmai.gates import LOWER_IS_BETTER, score
+from cpmai.monitor.drift import _key
+from cpmai.monitor.logs import FeatureSpec, Traffic
+
+LABEL_METRICS = {
+    "classification": ["accuracy", "precision", "recall", "f1"],
+    "regression": ["mae", "rmse", "r2", "mape"],
+}
+
+
+def data_quality(
+    traffic: Traffic, specs: list[FeatureSpec], inputs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per input: missing values, values outside the reference range, refused unseen categories."""
+    bounds = {spec["name"]: (spec.get("min"), spec.get("max")) for spec in inputs}
+    rows = int(traffic.row_time.shape[0])
+    out = []
+    for spec in specs:
+        entry: dict[str, Any] = {"feature": spec.name, "kind": spec.kind, "rows": rows}
+        values = traffic.features.get(spec.name)
+        if values is None:
+            entry.update(missing=None, out_of_range=None, unseen=0)
+        else:
+            missing = (
+                int(np.isnan(values).sum()) if spec.kind == "numeric" else int((values < 0).sum())
+            )
+            entry["missing"] = missing
+            entry["missing_share"] = round(missing / rows, 6) if rows else None
+            low, high = bounds.get(spec.name, (None, None))
+            if spec.kind == "numeric" and low is not None and high is not None:
+                with np.errstate(invalid="ignore"):
+                    outside = int(((values < low) | (values > high)).sum())
+                entry["out_of_range"] = outside
+                entry["out_of_range_share"] = round(outside / rows, 6) if rows else None
+            else:
+                entry["out_of_range"] = None
+        unseen = traffic.unseen.get(spec.name)
+        entry["unseen"] = sum(unseen.values()) if unseen else 0
+        if unseen:
+            entry["unseen_values"] = dict(unseen.most_common(5))
+        out.append(entry)
+    return out
+
+
+@dataclass
+class Labels:
+    truth: np.ndarray
+    """Per focus row: the true label (object), or None where no label matched."""
+    matched: int
+    given: int
+    join: str
+
+
+def read_labels(path: Path, traffic: Traffic, *, target: str | None) -> Labels:
+    from cpmai.runtime.data import read_table
+
+    frame = read_table(path)
+    column = _label_column(frame.columns.tolist(), target, path)
+    rows = int(traffic.row_time.shape[0])
+    truth = np.full(rows, None, dtype=object)
+    values = frame[column].tolist()
+    matched: int
+    if "id" in frame.columns:
+        if traffic.ids is None:
+            raise UsageError("internal: request ids were not read")
+        where: dict[tuple[str, int], int] = {}
+        for position, (rid, row) in enumerate(traffic.ids):
+            where[(str(rid), row)] = position
+        row_numbers = frame["row"].tolist() if "row" in frame.columns else [0] * len(frame)
+        matched = 0
+        for rid, row, value in zip(frame["id"].tolist(), row_numbers, values, strict=True):
+            found = where.get((str(rid), int(row)))
+            if found is not None and _present(value):
+                truth[found] = value
+                matched += 1
+        return Labels(truth, matched, len(frame), "id")
+    if len(frame) != rows:
+        raise UsageError(
+            f"{path.name}: {len(frame)} labels but {rows} scored rows in the period; with no "
+            "`id` column labels follow the rows in order, so the counts must match "
+            "(add an id column, or choose the period with --since/--until)"
+        )
+    order = np.argsort(traffic.row_time, kind="stable")
+    truth[order] = np.array(values, dtype=object)
+    matched = sum(1 for v in values if _present(v))
+    return Labels(truth, matched, len(frame), "row order")
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value == value
+
+
+def _label_column(columns: list[str], target: str | None, path: Path) -> str:
+    if "label" in columns:
+        return "label"
+    if target and target in columns:
+        return target
+    rest = [c for c in columns if c not in ("id", "row")]
+    if len(rest) == 1:
+        return rest[0]
+    wanted = "`label`" + (f" or `{target}`" if target else "")
+    raise UsageError(f"{path.name}: no label column (expected {wanted}; columns: {columns})")
+
+
+def model_quality(
+    task: str,
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    vocab: list[Any] | None,
+    classes: list[Any] | None = None,
+) -> dict[str, float]:
+    """The task's label metrics on the rows that have a label (predictions decoded from codes);
+    `classes` in the model's order (the last is the positive class of a binary task)."""
+    has = np.array([_present(v) for v in truth.tolist()], dtype=bool) if len(truth) else truth
+    if not has.any():
+        return {}
+    if task == "regression":
+        y = np.asarray(truth[has], dtype=float)
+        p = np.asarray(predicted[has], dtype=float)
+        return {m: score(m, y, p, None, None) for m in LABEL_METRICS[task]}
+    assert vocab is not None
+    decoded = np.array([_key(v) for v in vocab] + [""], dtype=object)
+    said = decoded[predicted[has]]
+    actual = np.array([_key(v) for v in truth[has].tolist()], dtype=object)
+    seen = set(actual.tolist()) | set(said.tolist())
+    known = [_key(c) for c in classes or []]
+    ordered = known + sorted(seen - set(known))
+    return {m: score(m, actual, said, None, ordered) for m in LABEL_METRICS[task]}
+
+
+def below_bound(metric: str, value: float, bound: float) -> bool:
+    """Whether `value` breaks the quality bound (a floor, or a ceiling for error metrics)."""
+    return value > bound if metric in LOWER_IS_BETTER else value < bound

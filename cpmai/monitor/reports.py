@@ -1,0 +1,78 @@
+"""`cpmai monitor --markdown`: the result as a short Markdown summary (a scheduled CI job's step
+summary or an issue comment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    period, traffic, drift = doc["period"], doc["traffic"], doc["drift"]
+    alerts = doc["alerts"]
+    verdict = "🔴 alerts" if alerts else "🟢 within bounds"
+    lines = [
+        f"## cpmai monitor: {doc['name']} @ {doc['env']} — {verdict}",
+        "",
+        f"Version **{doc['version']}** (live: {doc['live_version'] or 'none'}), "
+        f"{period['since']} → {period['until']}, windows of {period['window_s']:g} s.",
+        "",
+    ]
+    if alerts:
+        lines += ["| alert | trigger | detail |", "| --- | --- | --- |"]
+        lines += [f"| {a['kind']} | {a['trigger']} | {a['message']} |" for a in alerts]
+        lines.append("")
+    lat = traffic["latency_ms"]
+    lines += [
+        "| requests | req/s | error rate | p50 ms | p95 ms | p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {traffic['requests']:,} | {_num(traffic['requests_per_s'])} | "
+        f"{_num(traffic['error_rate'])} | {_num(lat['p50_ms'])} | {_num(lat['p95_ms'])} | "
+        f"{_num(lat['p99_ms'])} |",
+        "",
+    ]
+    checks = doc["slo"]["checks"]
+    if checks:
+        marks = ", ".join(
+            f"{'✅' if c['passed'] else ('❌' if c['passed'] is False else '–')} "
+            f"{c['metric']} {_num(c['measured'])} (≤ {c['bound']:g})"
+            for c in checks
+        )
+        lines += [f"SLO: {marks}", ""]
+    res = traffic.get("resources")
+    if res:
+        lines += [
+            f"Resources: CPU mean {res['cpu_percent_mean']:.1f}% (peak "
+            f"{res['cpu_percent_peak']:.1f}%), RSS mean {res['rss_mb_mean']:.0f} MiB (peak "
+            f"{res['rss_mb_peak']:.0f} MiB), {res['processes']} process(es).",
+            "",
+        ]
+    lines += [
+        f"Data drift: **{drift['status']}**"
+        + (f" ({len(drift['drifted'])}/{drift['judged']} features)" if drift["judged"] else ""),
+        "",
+        "| feature | method | statistic | p-value | PSI | status |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    rows = list(drift["features"])
+    if drift.get("prediction"):
+        rows.append({**drift["prediction"], "feature": "(prediction)"})
+    for f in rows:
+        lines.append(
+            f"| {f['feature']} | {f['method']} | {_num(f['statistic'])} | {_num(f['p_value'])} "
+            f"| {_num(f['psi'])} | {f['status']} |"
+        )
+    quality = doc.get("model_quality")
+    if quality:
+        metrics = ", ".join(f"{k} {_num(v, 4)}" for k, v in quality["metrics"].items())
+        lines += ["", f"Model quality on {quality['labelled_rows']:,} labelled rows: {metrics}."]
+    age = doc["age"]
+    lines += ["", f"Age: {age['days']:.1f} days since packaging (max {age['max_days'] or '–'})."]
+    return "\n".join(lines) + "\n"
