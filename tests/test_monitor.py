@@ -1,0 +1,469 @@
+"""`cpmai monitor`: the statistics against scipy and scikit-learn, the log reader, and the whole
+loop on a real server — reference-like traffic, shifted traffic, refused categories, labels,
+triggers in the ledger with their cooldown and command, batch scoring, the live view."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import yaml
+from test_deploy import NAME, load, port_of, write_manifest
+
+from conftest import CPMAI, FEATURES, ROOT, run_cpmai
+
+SCHEMA = json.loads((ROOT / "docs" / "monitor.schema.json").read_text())
+
+
+# --- the statistics ---------------------------------------------------------------------------
+
+
+def test_wasserstein_equals_scipy_with_ties_and_unequal_sizes() -> None:
+    from scipy.stats import wasserstein_distance
+
+    from cpmai.monitor.drift import wasserstein
+
+    rng = np.random.default_rng(3)
+    cases = [
+        (rng.normal(size=500), rng.normal(0.3, 1.2, size=20_000)),
+        (
+            rng.integers(0, 10, size=300).astype(float),
+            rng.integers(2, 12, size=7_000).astype(float),
+        ),
+        (rng.exponential(size=5), rng.exponential(size=4)),
+        (np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0])),
+    ]
+    for u, v in cases:
+        ours = wasserstein(np.sort(u), np.sort(v))
+        assert ours == pytest.approx(wasserstein_distance(u, v), abs=1e-9, rel=1e-12)
+
+
+def test_jensen_shannon_chi_square_and_psi() -> None:
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chi2_contingency
+
+    from cpmai.monitor.drift import chi_square, jensen_shannon, psi
+
+    ref, cur = np.array([550, 250, 200, 0]), np.array([50, 60, 880, 10])
+    assert jensen_shannon(ref, cur) == pytest.approx(
+        jensenshannon(ref / ref.sum(), cur / cur.sum()), abs=1e-12
+    )
+    stat, p = chi_square(ref, cur)
+    expected = chi2_contingency(np.array([ref, cur]), correction=False)
+    assert (stat, p) == pytest.approx((expected.statistic, expected.pvalue), abs=1e-9)
+    # PSI by hand: Σ (c − r) ln(c / r), with the empty reference bin floored at 1e-4
+    r = np.array([0.55, 0.25, 0.2, 1e-4])
+    c = np.array([0.05, 0.06, 0.88, 0.01])
+    assert psi([0.55, 0.25, 0.2, 0.0], c) == pytest.approx(float(np.sum((c - r) * np.log(c / r))))
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_methods_follow_reference_size_type_and_sample_size() -> None:
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    from cpmai.monitor.drift import compare, profile_categorical, profile_numeric
+
+    rng = np.random.default_rng(5)
+    small = rng.normal(size=800)
+    current = np.concatenate([rng.normal(0.5, 1, size=400), [np.nan] * 7])
+    result = compare(
+        profile_numeric("x", small), current, threshold=0.1, p_value=0.05, min_samples=100
+    )
+    scipy_ks = ks_2samp(small, current[~np.isnan(current)])
+    assert result.method == "ks" and result.rows == 400
+    assert result.statistic == pytest.approx(scipy_ks.statistic, abs=1e-9)
+    assert result.p_value == pytest.approx(scipy_ks.pvalue, abs=1e-9)
+    assert result.drifted is True
+
+    large = rng.normal(size=5000)
+    same = compare(
+        profile_numeric("x", large), rng.normal(size=3000), threshold=0.1, p_value=0.05,
+        min_samples=100,
+    )  # fmt: skip
+    assert same.method == "wasserstein" and same.drifted is False
+    assert same.statistic is not None and same.statistic < 0.1
+
+    few = profile_numeric("calls", rng.integers(0, 3, size=2000).astype(float))
+    assert few.kind == "categorical"
+    shifted = compare(
+        few, rng.integers(1, 4, size=900).astype(float), threshold=0.1, p_value=0.05,
+        min_samples=100,
+    )  # fmt: skip
+    assert shifted.method == "jensen_shannon" and shifted.drifted is True
+
+    colours = ["red"] * 300 + ["blue"] * 200 + ["green"] * 100
+    codes = np.array([0] * 50 + [1] * 30 + [2] * 40 + [-1] * 5, dtype=np.int32)
+    chi = compare(
+        profile_categorical("colour", colours), codes, threshold=0.1, p_value=0.05,
+        min_samples=100, vocab=["red", "blue", "green"],
+    )  # fmt: skip
+    table = np.array([[300, 200, 100], [50, 30, 40]])
+    assert chi.method == "chi2" and chi.rows == 120
+    assert chi.p_value == pytest.approx(chi2_contingency(table, correction=False).pvalue, abs=1e-9)
+
+    too_few = compare(
+        profile_numeric("x", large), rng.normal(size=99), threshold=0.1, p_value=0.05,
+        min_samples=100,
+    )  # fmt: skip
+    assert too_few.drifted is None and too_few.to_dict()["status"] == "not enough data"
+
+
+def test_label_metrics_equal_scikit_learns() -> None:
+    from sklearn import metrics
+
+    from cpmai.monitor.quality import model_quality
+
+    rng = np.random.default_rng(9)
+    truth = rng.integers(0, 2, size=500)
+    said = np.where(rng.random(500) < 0.8, truth, 1 - truth)
+    vocab = [1, 0]  # the log's codes: 0 stands for label 1, 1 for label 0
+    codes = np.where(said == 1, 0, 1).astype(np.int32)
+    got = model_quality("classification", truth.astype(object), codes, vocab, [0, 1])
+    assert got["accuracy"] == pytest.approx(metrics.accuracy_score(truth, said), abs=1e-12)
+    assert got["precision"] == pytest.approx(metrics.precision_score(truth, said), abs=1e-12)
+    assert got["recall"] == pytest.approx(metrics.recall_score(truth, said), abs=1e-12)
+    assert got["f1"] == pytest.approx(metrics.f1_score(truth, said), abs=1e-12)
+    y = rng.normal(10, 3, size=300)
+    p = y + rng.normal(0, 1, size=300)
+    reg = model_quality("regression", y.astype(object), p, None)
+    assert reg["mae"] == pytest.approx(metrics.mean_absolute_error(y, p), abs=1e-12)
+    assert reg["rmse"] == pytest.approx(metrics.root_mean_squared_error(y, p), abs=1e-12)
+    assert reg["r2"] == pytest.approx(metrics.r2_score(y, p), abs=1e-12)
+
+
+# --- the log reader ---------------------------------------------------------------------------
+
+
+def _line(i: int, moment: str, version: str = "1.0.0", status: int = 200) -> bytes:
+    doc: dict[str, Any] = {
+        "model": NAME, "version": version, "endpoint": "invocations", "status": status,
+        "sample_rate": 1.0, "time": moment, "latency_ms": 1.0 + i % 7, "rows": 2,
+        "id": f"r{i}", "inputs": {"a": [float(i), None], "c": ["x", "y" if i % 3 else "z"]},
+        "outputs": [i % 2, 1], "probabilities": None, "warnings": None, "error": None,
+    }  # fmt: skip
+    if status >= 400:
+        doc.update(rows=0, outputs=None, inputs={"a": [1.0], "c": ["nope"]}, error="bad")
+    return orjson.dumps(doc) + b"\n"
+
+
+def test_parallel_and_serial_reads_agree_and_damage_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpmai.monitor import logs
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    for pid in (11, 12):
+        lines = [
+            _line(i, f"2026-11-26T05:{i // 60 % 60:02d}:{i % 60:02d}.000000Z") for i in range(900)
+        ]
+        lines.insert(100, b"{not json\n")
+        lines.append(_line(7, "2026-11-26T06:00:00.000000Z", status=422))
+        lines.append(_line(8, "2026-11-26T06:00:01.000000Z", version="2.0.0"))
+        lines.append(b'{"torn": tru')  # a write still in progress: not read, not counted
+        (folder / f"predictions-2026-11-26-{pid}.jsonl").write_bytes(b"".join(lines))
+    specs = [
+        logs.FeatureSpec("a", "numeric"),
+        logs.FeatureSpec("c", "categorical", frozenset("xyz")),
+    ]
+
+    def read(**kw: Any) -> Any:
+        return logs.read_traffic(
+            folder, focus="1.0.0", specs=specs, output_kind="categorical", **kw
+        )
+
+    serial = read(with_ids=True)
+    monkeypatch.setattr(logs, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(logs, "PARALLEL_BYTES", 0)
+    parallel = read(with_ids=True, workers=2)
+    for got in (serial, parallel):
+        assert got.requests == 2 * 902 and got.unreadable == 2
+        assert len(got.row_time) == 2 * 900 * 2
+        assert got.unseen == {"c": {"nope": 2}}
+        assert sorted(got.versions) == ["1.0.0", "2.0.0"]
+        assert int(np.isnan(got.features["a"]).sum()) == 1800
+    assert np.array_equal(np.sort(serial.latency_ms), np.sort(parallel.latency_ms))
+    decode = [serial.vocab["c"][k] for k in serial.features["c"]]
+    decode_p = [parallel.vocab["c"][k] for k in parallel.features["c"]]
+    assert sorted(decode) == sorted(decode_p) and decode.count("z") == 2 * 300
+    assert sorted(map(str, serial.ids or [])) == sorted(map(str, parallel.ids or []))
+    window = read(since=logs.parse_moment("2026-11-26T05:10:00", now=0),
+                  until=logs.parse_moment("2026-11-26T05:11:00", now=0))  # fmt: skip
+    assert window.requests == 2 * 60
+
+
+def test_bad_arguments_are_usage_errors(home: Path, cli: Any) -> None:
+    cases = [
+        (["monitor", NAME, "--env", "staging", "--window", "soon"], "not a duration"),
+        (["monitor", NAME, "--env", "staging", "--since", "yesterday-ish"], "neither a time"),
+        (["monitor", "nobody", "--env", "staging"], "no model named 'nobody'"),
+        (["monitor", NAME, "--env", "staging", "--interval", "0"], "--interval"),
+        (["monitor", NAME, "--env", "staging", "--labels", "missing.csv"], "file not found"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.code == 2, (args, result.err)
+        assert message in result.err and "Traceback" not in result.err
+
+
+# --- the whole loop on a real server ----------------------------------------------------------
+
+
+def _post(port: int, rows: list[dict[str, Any]], request_id: str) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = json.dumps({"dataframe_records": rows})
+        conn.request(
+            "POST", "/invocations", body,
+            {"Content-Type": "application/json", "X-Request-Id": request_id},
+        )  # fmt: skip
+        reply = conn.getresponse()
+        data = json.loads(reply.read())
+        assert reply.getheader("x-request-id") == request_id
+        return reply.status, data
+    finally:
+        conn.close()
+
+
+def _send(port: int, frame: pd.DataFrame, prefix: str, per_request: int = 50) -> list[Any]:
+    predictions: list[Any] = []
+    records = json.loads(frame[FEATURES].to_json(orient="records"))
+    for start in range(0, len(records), per_request):
+        status, data = _post(port, records[start : start + per_request], f"{prefix}-{start}")
+        assert status == 200, data
+        predictions.extend(data["predictions"])
+    return predictions
+
+
+def _monitor(*args: Any, cwd: Path | None = None) -> tuple[int, dict[str, Any]]:
+    result = run_cpmai("--json", "monitor", NAME, *map(str, args), cwd=cwd)
+    assert result.code in (0, 4), result.err
+    doc = json.loads(result.out)
+    import jsonschema
+
+    jsonschema.validate(doc, SCHEMA)
+    return result.code, doc
+
+
+def _events(home: Path, action: str) -> list[dict[str, Any]]:
+    lines = (home / "ledger.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["action"] == action]
+
+
+def _iso_now() -> str:
+    time.sleep(1.2)  # the log flushes every second: a clean cut between phases
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    time.sleep(1.1)
+    return moment
+
+
+@pytest.mark.slow
+def test_drift_labels_refusals_and_triggers_on_a_real_server(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    from sklearn.metrics import accuracy_score
+
+    manifest = write_manifest(churn)
+    doc = load(manifest)
+    doc["slo"] = {"p99_ms": 2000, "error_rate": 0.01}
+    marker = tmp_path / "ran.txt"
+    doc["monitoring"] = {
+        "drift": {"threshold": 0.1, "share": 0.25},
+        "quality": {"metric": "accuracy", "min": 0.5},
+        "triggers": {
+            "on": ["drift", "slo"],
+            "command": f'{sys.executable} -c "import os,pathlib; '
+            f"pathlib.Path(r'{marker}').write_text(os.environ['CPMAI_TRIGGERS'])\"",
+        },
+    }
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    port = port_of(manifest, "staging")
+    deployed = run_cpmai("deploy", manifest, "--env", "staging")
+    assert deployed.code == 0, deployed.err
+    try:
+        reference = pd.read_csv(churn.parent / "data" / "reference.csv")
+        rng = np.random.default_rng(11)
+        calm = reference.iloc[rng.integers(0, len(reference), size=1500)].reset_index(drop=True)
+        t0 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+        said = _send(port, calm, "calm")
+        t1 = _iso_now()
+
+        shifted = reference.iloc[rng.integers(0, len(reference), size=1500)].reset_index(drop=True)
+        shifted["tenure_months"] = shifted["tenure_months"] + int(reference["tenure_months"].std())
+        shifted["contract"] = np.where(rng.random(1500) < 0.9, "two-year", shifted["contract"])
+        _send(port, shifted, "shift")
+        t2 = _iso_now()
+        refused = [{**calm.iloc[i][FEATURES].to_dict(), "region": "atlantis"} for i in range(5)]
+        for i, row in enumerate(refused):
+            status, body = _post(port, [json.loads(json.dumps(row, default=int))], f"bad-{i}")
+            assert status == 422 and "region" in body["message"]
+        time.sleep(1.3)
+
+        # reference-like traffic: no drift, within bounds, nothing recorded
+        labels = tmp_path / "labels.csv"
+        pd.DataFrame(
+            {"id": [f"calm-{(i // 50) * 50}" for i in range(1500)],
+             "row": [i % 50 for i in range(1500)], "label": calm["churned"]}
+        ).to_csv(labels, index=False)  # fmt: skip
+        code, calm_doc = _monitor(
+            "--env", "staging", "--since", t0, "--until", t1, "--labels", labels, cwd=tmp_path
+        )
+        assert code == 0, calm_doc["alerts"]
+        assert calm_doc["drift"]["status"] == "ok" and calm_doc["drift"]["drifted"] == []
+        assert calm_doc["traffic"]["requests"] == 30 and calm_doc["traffic"]["rows"] == 1500
+        assert calm_doc["traffic"]["error_rate"] == 0
+        quality = calm_doc["model_quality"]
+        assert quality["labelled_rows"] == 1500 and quality["join"] == "id"
+        expected = accuracy_score(calm["churned"], said)
+        assert quality["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+        assert quality["passed"] is True
+        assert _events(home, "trigger") == []
+
+        # one numeric feature moved by a standard deviation, one category made dominant
+        code, shift_doc = _monitor(
+            "--env", "staging", "--since", t1, "--until", t2, "--run-triggers", cwd=tmp_path
+        )
+        assert code == 4
+        assert sorted(shift_doc["drift"]["drifted"]) == ["contract", "tenure_months"]
+        assert [a["kind"] for a in shift_doc["alerts"]] == ["drift"]
+        assert shift_doc["alerts"][0]["trigger"] == "fired"
+        by_name = {q["feature"]: q for q in shift_doc["data_quality"]}
+        assert by_name["tenure_months"]["out_of_range"] > 0
+        fired = _events(home, "trigger")
+        assert [(e["details"]["kind"], e["version"], e["env"]) for e in fired] == [
+            ("drift", "1.0.0", "staging")
+        ]
+        assert sorted(e["feature"] for e in fired[0]["details"]["evidence"]["features"]) == [
+            "contract", "tenure_months",
+        ]  # fmt: skip
+        assert marker.read_text() == "drift"
+        runs = _events(home, "trigger-run")
+        assert len(runs) == 1 and runs[0]["details"]["exit_code"] == 0
+
+        # again within the cooldown: still exit 4, nothing recorded or run a second time
+        marker.unlink()
+        code, again = _monitor(
+            "--env", "staging", "--since", t1, "--until", t2, "--run-triggers", cwd=tmp_path
+        )
+        assert code == 4 and again["alerts"][0]["trigger"].startswith("cooling down")
+        assert len(_events(home, "trigger")) == 1 and not marker.exists()
+
+        # refused unseen categories: counted per feature, and the error rate breaks the SLO
+        code, bad_doc = _monitor("--env", "staging", "--since", t2, cwd=tmp_path)
+        assert code == 4
+        assert bad_doc["traffic"]["errors"] == {"422": 5}
+        region = next(q for q in bad_doc["data_quality"] if q["feature"] == "region")
+        assert region["unseen"] == 5 and region["unseen_values"] == {"atlantis": 5}
+        assert [a["kind"] for a in bad_doc["alerts"]] == ["slo"]
+        assert _events(home, "trigger")[-1]["details"]["kind"] == "slo"
+
+        # the whole period, hour windows, and the Markdown summary
+        summary = tmp_path / "monitor.md"
+        result = run_cpmai("monitor", NAME, "--env", "staging", "--markdown", summary)
+        assert result.code == 4 and "drift" in result.out and "ALERT" in result.out
+        text = summary.read_text()
+        assert "| tenure_months | wasserstein |" in text and "🔴" in text
+    finally:
+        run_cpmai("stop", NAME, "--env", "staging")
+
+
+@pytest.mark.slow
+def test_batch_scoring_labels_in_row_order(churn: Path, home: Path, tmp_path: Path) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    assert run_cpmai("package", churn).code == 0
+    holdout = pd.read_csv(churn.parent / "data" / "holdout.csv")
+    features = tmp_path / "features.csv"
+    holdout[FEATURES].to_csv(features, index=False)
+    scored = tmp_path / "scored.csv"
+    result = run_cpmai("predict", NAME, "--input", features, "--output", scored)
+    assert result.code == 0, result.err
+    said = pd.read_csv(scored)["prediction"]
+    labels = tmp_path / "labels.csv"
+    holdout[["churned"]].to_csv(labels, index=False)
+    _code, doc = _monitor("--env", "batch", "--labels", labels)
+    quality = doc["model_quality"]
+    assert quality["join"] == "row order" and quality["labelled_rows"] == len(holdout)
+    assert quality["metrics"]["accuracy"] == pytest.approx(
+        accuracy_score(holdout["churned"], said), abs=1e-6
+    )
+    assert quality["metrics"]["f1"] == pytest.approx(f1_score(holdout["churned"], said), abs=1e-6)
+    short = tmp_path / "short.csv"
+    holdout[["churned"]].head(10).to_csv(short, index=False)
+    wrong = run_cpmai("monitor", NAME, "--env", "batch", "--labels", short)
+    assert wrong.code == 2 and "10 labels but" in wrong.err and "Traceback" not in wrong.err
+
+
+@pytest.mark.slow
+def test_live_view_refreshes_and_leaves_on_ctrl_c(churn: Path, home: Path) -> None:
+    from cpmai.serving.predlog import PredictionLog
+
+    assert run_cpmai("package", churn).code == 0
+    log = PredictionLog(home / "logs" / NAME / "staging", model=NAME, version="1.0.0")
+    log.folder.mkdir(parents=True)
+    row = {"tenure_months": [15], "monthly_charges": [18.0], "support_calls": [2],
+           "late_payments": [0], "plan": ["basic"], "contract": ["two-year"],
+           "payment_method": ["bank-transfer"], "region": ["north"]}  # fmt: skip
+    for i in range(200):
+        log.record("invocations", 200, 0.001 + i * 1e-5, 1, row, [0], request_id=f"w{i}")
+    log.flush()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: cpmai on a real terminal
+        os.environ.update(COLUMNS="120", LINES="40", CPMAI_HOME=str(home))
+        os.execv(sys.executable, [*CPMAI, "monitor", NAME, "--env", "staging", "--watch",
+                                  "--interval", "0.3"])  # fmt: skip
+    output = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and output.count(b"last minute") < 3:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    output += os.read(fd, 65536)
+                except OSError:
+                    break
+        os.kill(pid, signal.SIGINT)
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+    assert output.count(b"last minute") >= 3, text[-2000:]
+    assert "200 requests" in text and "tenure_months" in text and "live: none" in text
+    assert "stopped watching" in text and "Traceback" not in text
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_subprocess_cli_help_lists_monitor() -> None:
+    result = subprocess.run(
+        [*CPMAI, "monitor", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    for option in ("--window", "--since", "--labels", "--run-triggers", "--watch", "--markdown"):
+        assert option in result.stdout
