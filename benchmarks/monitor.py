@@ -1,0 +1,185 @@
+"""`cpmai monitor` over a big prediction log (issue #7's target: 1,000,000 rows × 30 features in
+under 5 s and under 1.5 GB peak memory on the 2-core development machine).
+
+    python benchmarks/monitor.py [--rows 1000000] [--runs 3] [--keep DIR]
+
+Builds a 30-feature model (20 numeric, 10 categorical inputs; a scikit-learn pipeline), packages
+it, and writes a prediction log with the server's own writer (`PredictionLog`): one request of
+one row per line, spread evenly over 24 hours, the last 6 hours with 5 features shifted. Then
+runs `cpmai monitor --window 1h --json` as a subprocess `--runs` times and reports the median
+wall time and the peak memory of the process tree (the parent and its parser workers, summed,
+sampled every 20 ms). Exits 4 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
+
+NUMERIC, CATEGORICAL = 20, 10
+LEVELS = ["alpha", "beta", "gamma", "delta", "epsilon"]
+
+
+def build_project(folder: Path) -> Path:
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(1)
+    rows = 8000
+    frame = pd.DataFrame({f"n{i}": rng.normal(i, 1 + i / 10, rows).round(4) for i in range(NUMERIC)})
+    for i in range(CATEGORICAL):
+        frame[f"c{i}"] = rng.choice(LEVELS, size=rows)
+    logit = frame["n0"] - frame["n1"] / 2 + (frame["c0"] == "alpha")
+    frame["y"] = (rng.random(rows) < 1 / (1 + np.exp(-logit + 0.5))).astype(int)
+    numeric = [f"n{i}" for i in range(NUMERIC)]
+    categorical = [f"c{i}" for i in range(CATEGORICAL)]
+    model = make_pipeline(
+        ColumnTransformer(
+            [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(), categorical)]
+        ),
+        LogisticRegression(max_iter=500),
+    ).fit(frame[numeric + categorical], frame["y"])
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, folder / "model.joblib")
+    frame.iloc[:5000].to_csv(folder / "data" / "reference.csv", index=False)
+    frame.iloc[5000:].to_csv(folder / "data" / "holdout.csv", index=False)
+    manifest = folder / "cpmai.yaml"
+    manifest.write_text(
+        "name: wide\nmodel: {path: model.joblib, task: classification, runtime: sklearn}\n"
+        "data: {reference: data/reference.csv, holdout: data/holdout.csv, target: y}\n"
+        "slo: {p99_ms: 50, error_rate: 0.01}\n"
+        "environments: {production: {target: local, port: 18099}}\n"
+        "monitoring: {drift: {threshold: 0.1, share: 0.5}}\n"
+    )
+    return manifest
+
+
+def write_log(home: Path, rows: int, start: float) -> int:
+    """`rows` one-row requests over 24 h through the server's writer; returns the bytes."""
+    import numpy as np
+
+    from cpmai.serving.predlog import PredictionLog
+
+    folder = home / "logs" / "wide" / "production"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = PredictionLog(folder, model="wide", version="1.0.0")
+    rng = np.random.default_rng(2)
+    step = 86400 / rows
+    block = 50_000
+    moment = [start]
+    log._now = lambda: time.strftime(  # type: ignore[method-assign]
+        "%Y-%m-%dT%H:%M:%S", time.gmtime(moment[0])
+    ) + f".{int(moment[0] % 1 * 1e6):06d}Z"
+    for first in range(0, rows, block):
+        count = min(block, rows - first)
+        shifted = first >= rows * 0.75
+        numbers = [
+            (rng.normal(i + (1.5 if shifted and i < 5 else 0), 1 + i / 10, count).round(4)).tolist()
+            for i in range(NUMERIC)
+        ]
+        levels = [rng.choice(LEVELS, size=count).tolist() for _ in range(CATEGORICAL)]
+        labels = rng.integers(0, 2, size=count).tolist()
+        latency = rng.gamma(2.0, 0.0006, size=count).tolist()
+        for j in range(count):
+            inputs = {f"n{i}": [numbers[i][j]] for i in range(NUMERIC)}
+            inputs.update({f"c{i}": [levels[i][j]] for i in range(CATEGORICAL)})
+            moment[0] = start + (first + j) * step
+            log.record("infer", 200, latency[j], 1, inputs, [labels[j]], request_id=f"r{first + j}")
+        log.flush()
+    return sum(p.stat().st_size for p in folder.glob("predictions-*.jsonl"))
+
+
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, float, dict[str, object]]:
+    """Wall seconds, peak RSS of the process tree (MiB), and the JSON result."""
+    import psutil
+
+    peak = [0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watched = psutil.Process(proc.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                tree = [watched, *watched.children(recursive=True)]
+                total = 0
+                for p in tree:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            done.wait(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate(timeout=600)
+    elapsed = time.perf_counter() - started
+    done.set()
+    thread.join()
+    if proc.returncode not in (0, 4):
+        sys.exit(f"cpmai monitor failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return elapsed, peak[0] / 2**20, json.loads(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="Build in this folder and keep it.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or Path(scratch)
+        home = folder / "state"
+        env = {**os.environ, "CPMAI_HOME": str(home)}
+        cpmai = [sys.executable, "-m", "cpmai"]
+        if not (home / "logs").exists():
+            manifest = build_project(folder / "project")
+            subprocess.run([*cpmai, "-q", "package", str(manifest)], env=env, check=True)
+            start = time.time() - 86400
+            began = time.perf_counter()
+            size = write_log(home, args.rows, start)
+            print(f"log: {args.rows:,} rows, {size / 2**20:,.0f} MiB, written in "
+                  f"{time.perf_counter() - began:.0f} s")  # fmt: skip
+        command = [*cpmai, "--json", "monitor", "wide", "--env", "production", "--window", "1h",
+                   "--version", "1.0.0", "--since", "25h"]  # fmt: skip
+        runs = [measure(command, env) for _ in range(args.runs)]
+    seconds = statistics.median(r[0] for r in runs)
+    memory = statistics.median(r[1] for r in runs)
+    doc = runs[-1][2]
+    drift = doc["drift"]  # type: ignore[index]
+    print(f"machine: {fingerprint()}")
+    print(f"runs: {', '.join(f'{r[0]:.2f} s / {r[1]:,.0f} MiB' for r in runs)}")
+    print(f"result: {doc['traffic']['rows']:,} rows, {len(doc['windows'])} windows, drift "  # type: ignore[index]
+          f"{drift['status']} ({', '.join(drift['drifted'])})")  # fmt: skip
+    return verdicts(
+        [
+            (f"monitor, {args.rows:,} rows × 30 features (median of {args.runs})",
+             f"{seconds:.2f} s", "< 5 s", seconds < 5),
+            ("peak memory of the process tree", f"{memory:,.0f} MiB", "< 1,536 MiB",
+             memory < 1536),
+        ],  # fmt: skip
+        ("what", "measured", "target"),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
