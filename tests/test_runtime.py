@@ -247,7 +247,9 @@ def test_predict_scores_a_file_in_chunks(churn: Path, home: Path, tmp_path: Path
     assert np.allclose(scored["probability_1"], model.predict_proba(frame[FEATURES])[:, 1])
     assert scored["churned"].tolist() == frame["churned"].tolist()  # passed through
     logged = list((home / "logs" / "churn-classifier" / "batch").glob("*.jsonl"))
-    assert sum(len(p.read_text().splitlines()) for p in logged) == summary["chunks"]
+    blocks = [json.loads(line) for p in logged for line in p.read_text().splitlines()]
+    assert sum(len(b["requests"]["t"]) for b in blocks) == summary["chunks"]
+    assert sum(len(b["outputs"]) for b in blocks) == len(frame)
 
 
 def test_predict_refuses_bad_rows_and_leaves_no_partial_output(

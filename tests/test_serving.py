@@ -423,17 +423,23 @@ def test_prediction_log_is_written_within_a_second_or_two(server: Server) -> Non
     assert server.post_json(INFER, body).status == 200
     folder = server.home / "logs" / NAME / "default"
     deadline = time.monotonic() + 5
-    line = None
-    while time.monotonic() < deadline and line is None:
+    found = None
+    while time.monotonic() < deadline and found is None:
         for path in folder.glob("predictions-*.jsonl"):
             for text in path.read_text().splitlines():
-                if marker in text:
-                    line = json.loads(text)
+                block = json.loads(text)
+                if marker in block["requests"]["id"]:
+                    found = block, block["requests"]["id"].index(marker)
         time.sleep(0.1)
-    assert line is not None, "the request never reached the prediction log"
-    assert line["status"] == 200 and line["rows"] == 2 and line["version"] == "1.0.0"
-    assert line["inputs"]["plan"] == ["premium", "basic"]
-    assert len(line["outputs"]) == 2 and line["latency_ms"] > 0
+    assert found is not None, "the request never reached the prediction log"
+    block, i = found
+    requests = block["requests"]
+    assert block["format"] == "cpmai-predlog/2" and block["version"] == "1.0.0"
+    assert requests["status"][i] == 200 and requests["rows"][i] == 2
+    assert requests["latency_ms"][i] > 0
+    first = sum(requests["rows"][:i])  # this request's rows among the block's served rows
+    assert block["inputs"]["plan"][first : first + 2] == ["premium", "basic"]
+    assert len(block["outputs"]) == sum(requests["rows"])
 
 
 # --- auth, shutdown, integrity, the uvicorn call ----------------------------------------------
@@ -485,8 +491,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(packaged: Pa
     assert any(when > stopped_at for _, when in finished), "no request was in flight at SIGTERM"
     assert refused, "clients kept being served after shutdown"
     logged = sum(
-        len(p.read_text().splitlines())
+        len(json.loads(line)["requests"]["t"])
         for p in (packaged / "logs" / NAME / "shutdown-test").glob("predictions-*.jsonl")
+        for line in p.read_text().splitlines()
     )
     assert logged == len(finished), "every served request is in the log after shutdown"
 

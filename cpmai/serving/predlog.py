@@ -1,16 +1,31 @@
-"""The prediction log: every served request (or a sample of the successful ones), as JSON lines
-under `logs/NAME/ENV/`, written off the request path.
+"""The prediction log: every served request (or a sample of the successful ones) under
+`logs/NAME/ENV/`, written off the request path, in columns.
 
-The request path serializes its line at once (orjson, a few microseconds) and appends the bytes
-to a list: holding bytes rather than thousands of live dicts keeps the garbage collector from
-pausing the server. A background thread swaps the list out at least once a second and appends it
-to `predictions-YYYY-MM-DD-PID.jsonl` in one write, so `cpmai monitor` sees what was served a
-second ago. One file per process and day: with several workers no two processes append to the
-same file.
+The request path appends the request's fields and its input values to the open block's column
+lists (under an uncontended lock: a microsecond or two, about what serializing a line cost).
+Floats and strings are not tracked by the garbage collector, so holding a second of traffic this
+way does not make collections slower. A background thread swaps the block out at least once a
+second and appends it to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor`
+sees what was served a second ago; one file per process and day, so workers never interleave.
 
-A line: {"model", "version", "endpoint", "status", "sample_rate", "time", "latency_ms", "rows",
-"id", "inputs": {name: [values]}, "outputs": [...], "probabilities", "warnings", "error"} —
-`null` where a field does not apply.
+Why columns: reading is what costs. A JSON line per request made the reader build a dict and a
+list per input per request (about 29 µs a request of 30 inputs on the 2-core machine); a block
+of columns loads as flat lists that numpy takes in one call (about 4 µs a request). The file is
+still JSON lines (`jq '.inputs.tenure_months'` works).
+
+A line (format "cpmai-predlog/2"):
+
+    {"format": "cpmai-predlog/2", "model": ..., "version": ..., "pid": ..., "sample_rate": ...,
+     "requests": {"t": [epoch seconds], "endpoint": [...], "status": [...],
+                  "latency_ms": [...], "rows": [...], "id": [...],
+                  "warnings": [null | [...]], "error": [null | "..."]},
+     "inputs": {name: [one value per served row]}, "outputs": [one per served row],
+     "probabilities": null | [null | [p, ...] per served row],
+     "refused": [{"request": i, "inputs": {name: [...]}}]}
+
+Served rows are those of successful requests (status < 400), in request order; `rows` says how
+many each request carried (0 for a refused one). `refused` keeps the inputs of refused requests
+that had parseable, small inputs (what unseen categories are counted from).
 """
 
 from __future__ import annotations
@@ -19,15 +34,48 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+FORMAT = "cpmai-predlog/2"
 FLUSH_SECONDS = 1.0
 MAX_BUFFER = 200_000
+"""Requests held before the disk is considered to be falling behind (then new ones are dropped
+and counted)."""
+
+
+class _Block:
+    __slots__ = (
+        "endpoint",
+        "error",
+        "ids",
+        "inputs",
+        "latency",
+        "outputs",
+        "probabilities",
+        "refused",
+        "rows",
+        "status",
+        "times",
+        "warnings",
+    )
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.endpoint: list[str] = []
+        self.status: list[int] = []
+        self.latency: list[float] = []
+        self.rows: list[int] = []
+        self.ids: list[Any] = []
+        self.warnings: list[Any] = []
+        self.error: list[str | None] = []
+        self.inputs: dict[str, list[Any]] = {}
+        self.outputs: list[Any] = []
+        self.probabilities: list[Any] | None = None
+        self.refused: list[dict[str, Any]] = []
 
 
 class PredictionLog:
@@ -45,15 +93,15 @@ class PredictionLog:
         self.version = version
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
-        self._buffer: deque[bytes] = deque()
-        self._heads: dict[tuple[str, int], bytes] = {}
+        self._block = _Block()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._second = -1
-        self._prefix = ""
         self.written = 0
         self.dropped = 0
+        self._clock = time.time
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -73,69 +121,87 @@ class PredictionLog:
         error: str | None = None,
         request_id: Any = None,
     ) -> None:
-        """Called on the request path: about a microsecond — the constant fields are
-        pre-serialized, orjson writes the variable ones, a deque takes the line (no lock)."""
+        """Called on the request path: appends to the open block's columns."""
         if status < 400 and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        try:
-            variable = orjson.dumps(
-                {
-                    "id": request_id,
-                    "inputs": inputs,
-                    "outputs": outputs,
-                    "probabilities": probabilities,
-                    "warnings": warnings or None,
-                    "error": error,
-                }
-            )
-        except TypeError:  # something orjson cannot write (an odd client id): keep the line
-            variable = orjson.dumps({"id": repr(request_id), "outputs": outputs, "error": error})
-        head = self._heads.get((endpoint, status))
-        if head is None:
-            head = self._heads[(endpoint, status)] = orjson.dumps(
-                {
-                    "model": self.model,
-                    "version": self.version,
-                    "endpoint": endpoint,
-                    "status": status,
-                    "sample_rate": self.sample_rate if status < 400 else 1.0,
-                }
-            )[:-1]
-        line = b'%s,"time":"%s","latency_ms":%.4f,"rows":%d,%s\n' % (
-            head,
-            self._now().encode(),
-            latency_s * 1000,
-            rows,
-            variable[1:],
-        )
-        if len(self._buffer) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
-            self.dropped += 1
-            return
-        self._buffer.append(line)
-
-    def _now(self) -> str:
-        moment = time.time()
-        second = int(moment)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((moment - second) * 1_000_000):06d}Z"
+        served = status < 400 and inputs is not None and outputs is not None
+        if not isinstance(request_id, (str, int, float, type(None))):
+            request_id = repr(request_id)  # an odd client id must not break the block
+        with self._lock:
+            block = self._block
+            if len(block.times) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
+                self.dropped += 1
+                return
+            block.times.append(self._clock())
+            block.endpoint.append(endpoint)
+            block.status.append(status)
+            block.latency.append(round(latency_s * 1000, 4))
+            block.ids.append(request_id)
+            block.warnings.append(warnings or None)
+            block.error.append(error)
+            if not served:
+                block.rows.append(0)
+                if inputs is not None:
+                    block.refused.append({"request": len(block.times) - 1, "inputs": inputs})
+                return
+            assert inputs is not None and outputs is not None
+            block.rows.append(len(outputs))
+            columns = block.inputs
+            for name, values in inputs.items():
+                column = columns.get(name)
+                if column is None:
+                    column = columns[name] = [None] * len(block.outputs)
+                column.extend(values)
+            if probabilities is not None and block.probabilities is None:
+                block.probabilities = [None] * len(block.outputs)
+            block.outputs.extend(outputs)
+            if block.probabilities is not None:
+                block.probabilities.extend(probabilities or [None] * len(outputs))
 
     def flush(self) -> int:
-        """Write what is buffered; returns the number of lines written."""
-        buffer = self._buffer
-        chunks = [buffer.popleft() for _ in range(len(buffer))]  # deque pops: thread-safe
-        if not chunks:
+        """Write what is buffered as one line; returns the number of requests written."""
+        with self._lock:
+            block, self._block = self._block, _Block()
+        if not block.times:
             return 0
+        line = orjson.dumps(
+            {
+                "format": FORMAT,
+                "model": self.model,
+                "version": self.version,
+                "pid": os.getpid(),
+                "sample_rate": self.sample_rate,
+                "requests": {
+                    "t": block.times,
+                    "endpoint": block.endpoint,
+                    "status": block.status,
+                    "latency_ms": block.latency,
+                    "rows": block.rows,
+                    "id": block.ids,
+                    "warnings": block.warnings,
+                    "error": block.error,
+                },
+                "inputs": block.inputs,
+                "outputs": block.outputs,
+                "probabilities": block.probabilities,
+                "refused": block.refused,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, b"".join(chunks))
-        finally:
-            os.close(fd)
-        self.written += len(chunks)
-        return len(chunks)
+        with self._write_lock:  # the thread and close() may both flush at shutdown
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    os.write(fd, line + b"\n")
+                finally:
+                    os.close(fd)
+            except OSError:
+                self.dropped += len(block.times)  # on /metrics: never silent
+                raise
+        self.written += len(block.times)
+        return len(block.times)
 
     def _run(self) -> None:
         while not self._stop.is_set():
