@@ -185,7 +185,7 @@ def test_parallel_and_serial_reads_agree_and_damage_is_counted(
 
     folder = tmp_path / "logs"
     folder.mkdir()
-    start = time.time() - 3600
+    start = time.time() // 86400 * 86400 + 60  # today (UTC), as the files' names say
     for pid in (11, 12):
         _write_log(folder, pid, start)
     specs = [
@@ -217,6 +217,35 @@ def test_parallel_and_serial_reads_agree_and_damage_is_counted(
     assert ("r7", 1) in (serial.ids or [])
     window = read(since=start + 600, until=start + 660)
     assert window.requests == 2 * 60 and len(window.row_time) == 2 * 60 * 2
+
+    # the parse cache: a second read parses nothing, appended lines are picked up, and every
+    # read agrees with a full parse
+    cache = tmp_path / "cache"
+    first = read(cache=cache)
+    torn = len(b'{"format": "cpmai-predlog/2", "requests": {"t": [1')
+    again = read(cache=cache)  # only the two unfinished last lines are read again
+    assert again.bytes == 2 * torn and again.requests == first.requests == serial.requests
+    path = sorted(folder.glob("predictions-*.jsonl"))[0]
+    with path.open("rb+") as handle:  # complete the torn line, add a block after it
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(size - torn)
+        handle.truncate()
+    _write_log(folder, 13, start + 5000)
+    newer = sorted(folder.glob("*-13.jsonl"))[0]
+    path.write_bytes(path.read_bytes() + newer.read_bytes())
+    newer.unlink()
+    grown = read(cache=cache)
+    full = read()
+    assert grown.requests == full.requests == serial.requests + 902
+    assert 0 < grown.bytes < path.stat().st_size
+    for name in ("time", "latency_ms", "row_time", "outputs"):
+        assert np.array_equal(np.sort(getattr(grown, name)), np.sort(getattr(full, name)))
+    window = read(cache=cache, since=start + 600, until=start + 660)
+    assert window.requests == 2 * 60
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"{p.name}.npz" for p in folder.glob("*.jsonl")
+    )
 
 
 def test_bad_arguments_are_usage_errors(home: Path, cli: Any) -> None:

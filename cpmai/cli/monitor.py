@@ -68,6 +68,12 @@ def monitor(
         bool, typer.Option("--watch", help="A live dashboard in the terminal (Ctrl-C leaves).")
     ] = False,
     interval: Annotated[float, typer.Option(help="--watch: seconds between refreshes.")] = 2.0,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache", help="Parse the whole log again (ignore and do not update the cache)."
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> int:
     """Report, per window and for the whole period: requests, rows, requests/s, errors by status,
@@ -114,6 +120,7 @@ def monitor(
         manifest=manifest,
         labels_file=labels,
         now=now,
+        use_cache=not no_cache,
     )
     doc = result.doc
     triggers = (manifest or _own_manifest(home, name, doc["version"])).monitoring.triggers

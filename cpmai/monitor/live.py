@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from cpmai.monitor import drift as drift_mod
-from cpmai.monitor.logs import _join, _parse_piece, _Piece, log_files, read_resources
+from cpmai.monitor.logs import (
+    _join_parts,
+    _parse_piece,
+    _Piece,
+    _traffic,
+    log_files,
+    read_resources,
+)
 from cpmai.monitor.run import (
     Subject,
     _rank,
@@ -88,7 +95,15 @@ class LiveMonitor:
     def _read_new(self, now: float) -> None:
         assert self.subject is not None
         subject = self.subject
-        job = (subject.artifact.version, subject.specs, subject.output_kind, None, None, False)
+        job = (
+            subject.artifact.version,
+            subject.specs,
+            subject.output_kind,
+            None,
+            None,
+            False,
+            subject.classes,
+        )
         parts = []
         for path in log_files(self.folder, "predictions", now - self.horizon_s, now):
             key = str(path)
@@ -103,7 +118,7 @@ class LiveMonitor:
             self.offsets[key] = part["consumed"]
         if not parts:
             return
-        joined = _join(parts, subject.specs, subject.output_kind, False, 0, 0)
+        joined = _traffic(_join_parts(parts, subject.specs, subject.output_kind, False), 0, 0)
         self.chunks.append(
             _Chunk(
                 joined.time,

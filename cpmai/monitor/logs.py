@@ -12,9 +12,11 @@ counted, never fatal; a line still being written is left for the next read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +114,9 @@ def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
 
 
+CACHE_FORMAT = 1
+
+
 def read_traffic(
     folder: Path,
     *,
@@ -122,12 +127,35 @@ def read_traffic(
     until: float | None = None,
     with_ids: bool = False,
     workers: int | None = None,
+    output_categories: list[Any] | None = None,
+    cache: Path | None = None,
 ) -> Traffic:
-    """Every logged request in [since, until); the focus version's rows as columns."""
+    """Every logged request in [since, until); the focus version's rows as columns.
+
+    With `cache` (a folder), what was parsed of each log file is kept there as numpy arrays
+    with the byte offset it reaches: the next read parses only what was appended since (log
+    files only grow). A cache that does not match the file (replaced, shrunk) or the signature
+    is ignored and rewritten. Reads that need request ids (label joins) bypass it."""
+    import numpy as np
+
     files = log_files(folder, "predictions", since, until)
-    pieces = list(_pieces(files))
+    use_cache = cache is not None and not with_ids
+    schema = _schema_key(focus, specs, output_kind, output_categories)
+    starts: dict[str, int] = {}
+    cached: dict[str, dict[str, Any]] = {}
+    if use_cache:
+        assert cache is not None
+        _drop_stale(cache, folder)
+        for path in files:
+            part = _load_cached(cache / f"{path.name}.npz", path, schema)
+            if part is not None:
+                cached[str(path)] = part
+                starts[str(path)] = int(part["offset"])
+    pieces = list(_pieces(files, starts))
     total = sum(p.end - p.start for p in pieces)
-    job = (focus, specs, output_kind, since, until, with_ids)
+    # parse without the time filter when caching: the cache holds whole files
+    window = (None, None) if use_cache else (since, until)
+    job = (focus, specs, output_kind, *window, with_ids, output_categories)
     cpus = workers or os.cpu_count() or 1
     if total >= PARALLEL_BYTES and cpus > 1 and len(pieces) > 1:
         import multiprocessing
@@ -137,16 +165,141 @@ def read_traffic(
         with ProcessPoolExecutor(
             max_workers=min(cpus, len(pieces)), mp_context=multiprocessing.get_context(method)
         ) as pool:
-            parts = list(pool.map(_parse_piece, pieces, [job] * len(pieces)))
+            parsed = list(pool.map(_parse_piece, pieces, [job] * len(pieces)))
     else:
-        parts = [_parse_piece(piece, job) for piece in pieces]
-    return _join(parts, specs, output_kind, with_ids, len(files), total)
+        parsed = [_parse_piece(piece, job) for piece in pieces]
+    if not use_cache:
+        return _traffic(_join_parts(parsed, specs, output_kind, with_ids), len(files), total)
+    assert cache is not None
+    per_file: dict[str, list[dict[str, Any]]] = {}
+    for piece, part in zip(pieces, parsed, strict=True):
+        per_file.setdefault(piece.path, []).append(part)
+    parts = []
+    for path in files:
+        key = str(path)
+        new = per_file.get(key, [])
+        old = [cached[key]] if key in cached else []
+        if not new and old:
+            parts.append(old[0])
+            continue
+        whole = _join_parts(old + new, specs, output_kind, False)
+        whole["offset"] = max([int(p["consumed"]) for p in new] + [starts.get(key, 0)])
+        _save_cached(cache / f"{path.name}.npz", path, schema, whole, np)
+        parts.append(whole)
+    filtered = [_filter_part(part, since, until, np) for part in parts]
+    return _traffic(_join_parts(filtered, specs, output_kind, False), len(files), total)
 
 
-def _pieces(files: list[Path]) -> Any:
+def _schema_key(
+    focus: str | None, specs: list[FeatureSpec], output_kind: str, outputs: list[Any] | None
+) -> str:
+    import hashlib
+    import json
+
+    described: list[Any] = [CACHE_FORMAT, focus, output_kind, [str(v) for v in outputs or []]]
+    described += [[s.name, s.kind, sorted(map(str, s.categories))] for s in specs]
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+
+def _drop_stale(cache: Path, folder: Path) -> None:
+    """Cached parses of log files that are gone (deleted, rotated away)."""
+    if not cache.is_dir():
+        return
+    for item in cache.glob("*.npz"):
+        if not (folder / item.name[: -len(".npz")]).exists():
+            item.unlink(missing_ok=True)
+
+
+_ARRAYS = ("time", "status", "latency", "rows", "weight", "version", "endpoint", "row_time",
+           "outputs")  # fmt: skip
+
+
+def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np: Any) -> None:
+    import io
+    import json
+
+    from cpmai.fsutil import write_atomic
+
+    info = log.stat()
+    meta = {
+        "schema": schema,
+        "inode": info.st_ino,
+        "device": info.st_dev,
+        "offset": part["offset"],
+        "versions": part["versions"],
+        "endpoints": part["endpoints"],
+        "vocab": part["vocab"],
+        "unseen": part["unseen"],
+        "refused_rows": part["refused_rows"],
+        "unreadable": part["unreadable"],
+        "features": list(part["features"]),
+    }
+    arrays = {name: part[name] for name in _ARRAYS}
+    arrays.update({f"feature:{n}": v for n, v in part["features"].items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # an unwritable cache only costs the next read time
+        write_atomic(target, buffer.getvalue())
+
+
+def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
+    import json
+
+    import numpy as np
+
+    try:
+        with np.load(target, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            info = log.stat()
+            if (
+                meta["schema"] != schema
+                or meta["inode"] != info.st_ino
+                or meta["device"] != info.st_dev
+                or meta["offset"] > info.st_size
+            ):
+                return None
+            part: dict[str, Any] = {name: data[name] for name in _ARRAYS}
+            part["features"] = {n: data[f"feature:{n}"] for n in meta["features"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    part.update(
+        versions=meta["versions"],
+        endpoints=meta["endpoints"],
+        vocab=meta["vocab"],
+        unseen={k: Counter(v) for k, v in meta["unseen"].items()},
+        refused_rows=meta["refused_rows"],
+        unreadable=meta["unreadable"],
+        offset=meta["offset"],
+        ids=None,
+    )
+    return part
+
+
+def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[str, Any]:
+    if since is None and until is None:
+        return part
+    keep = np.ones(len(part["time"]), dtype=bool)
+    rows = np.ones(len(part["row_time"]), dtype=bool)
+    if since is not None:
+        keep &= part["time"] >= since
+        rows &= part["row_time"] >= since
+    if until is not None:
+        keep &= part["time"] < until
+        rows &= part["row_time"] < until
+    out = dict(part)
+    for name in ("time", "status", "latency", "rows", "weight", "version", "endpoint"):
+        out[name] = part[name][keep]
+    out["row_time"] = part["row_time"][rows]
+    out["outputs"] = part["outputs"][rows]
+    out["features"] = {n: v[rows] for n, v in part["features"].items()}
+    return out
+
+
+def _pieces(files: list[Path], starts: dict[str, int] | None = None) -> Any:
     for path in files:
         size = path.stat().st_size
-        start = 0
+        start = (starts or {}).get(str(path), 0)
         with path.open("rb") as handle:
             while start < size:
                 end = min(start + PIECE_BYTES, size)
@@ -160,148 +313,193 @@ def _pieces(files: list[Path]) -> Any:
 
 def _parse_piece(piece: _Piece, job: tuple[Any, ...]) -> dict[str, Any]:
     """Parse one piece of a log file into arrays (runs in a worker process for large logs)."""
+    import gc
+
     import numpy as np
     import orjson
 
-    focus, specs, output_kind, since, until, with_ids = job
+    focus, specs, output_kind, since, until, with_ids, output_categories = job
     with Path(piece.path).open("rb") as handle:
         handle.seek(piece.start)
         data = handle.read(piece.end - piece.start)
     lines = data.split(b"\n")
     lines.pop()  # b"" after the last newline, or a line still being written (read next time)
     consumed = piece.start + data.rfind(b"\n") + 1
-    acc = _Accumulator(specs, output_kind, with_ids)
-    for line in lines:
-        try:
-            block = orjson.loads(line)
-            acc.add(block, focus, since, until, np)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-            acc.unreadable += 1
+    acc = _Accumulator(specs, output_kind, with_ids, output_categories)
+    enabled = gc.isenabled()
+    gc.disable()  # a block is millions of short-lived objects: collections would only cost
+    try:
+        for line in lines:
+            try:
+                block = orjson.loads(line)
+                acc.add(block, focus, since, until)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                acc.unreadable += 1
+    finally:
+        if enabled:
+            gc.enable()
     return acc.result(np) | {"consumed": consumed}
 
 
 class _Accumulator:
-    """Blocks of one piece, filtered by time, as lists of numpy arrays."""
+    """The blocks of one piece, filtered by time: Python lists extended block by block (a quiet
+    server writes a block of a few requests every second, so per-block numpy calls would cost
+    more than the data), turned into numpy arrays once at the end."""
 
-    def __init__(self, specs: list[FeatureSpec], output_kind: str, with_ids: bool) -> None:
-        self.specs = specs
+    def __init__(
+        self,
+        specs: list[FeatureSpec],
+        output_kind: str,
+        with_ids: bool,
+        output_categories: list[Any] | None = None,
+    ) -> None:
+        self.specs = [s for s in specs if s.kind != "text"]
         self.output_kind = output_kind
         self.with_ids = with_ids
-        self.requests: dict[str, list[Any]] = {
-            k: [] for k in ("time", "status", "latency", "rows", "weight")
-        }
-        self.version: list[Any] = []
+        self.time: list[float] = []
+        self.status: list[int] = []
+        self.latency: list[float] = []
+        self.rows: list[int] = []
+        self.rate: list[float] = []
+        self.version: list[int] = []
         self.version_index: dict[str, int] = {}
-        self.endpoint: list[Any] = []
-        self.endpoint_index: dict[str, int] = {}
-        self.row_time: list[Any] = []
-        self.features: dict[str, list[Any]] = {s.name: [] for s in specs if s.kind != "text"}
+        self.endpoint: list[str] = []
+        self.row_time: list[float] = []
+        self.features: dict[str, list[Any]] = {s.name: [] for s in self.specs}
         self.vocab: dict[str, dict[Any, int]] = {
             s.name: {v: i for i, v in enumerate(sorted(s.categories, key=str))}
-            for s in specs
+            for s in self.specs
             if s.kind == "categorical"
         }
-        self.vocab["__output__"] = {}
+        self.vocab["__output__"] = {v: i for i, v in enumerate(output_categories or [])}
         self.outputs: list[Any] = []
         self.ids: list[Any] = []
         self.unseen: dict[str, Counter[str]] = {}
         self.refused_rows = 0
         self.unreadable = 0
 
-    def add(
-        self, block: dict[str, Any], focus: str | None, since: Any, until: Any, np: Any
-    ) -> None:
+    def add(self, block: dict[str, Any], focus: str | None, since: Any, until: Any) -> None:
         req = block["requests"]
-        times = np.asarray(req["t"], dtype=np.float64)
+        times, status, latency = req["t"], req["status"], req["latency_ms"]
+        rows, endpoint = req["rows"], req["endpoint"]
         count = len(times)
-        status = np.asarray(req["status"], dtype=np.int16)
-        latency = np.asarray(req["latency_ms"], dtype=np.float64)
-        rows = np.asarray(req["rows"], dtype=np.int64)
-        if not (len(status) == len(latency) == len(rows) == count):
+        if not (len(status) == len(latency) == len(rows) == len(endpoint) == count):
             raise ValueError("columns of unequal length")
-        keep = np.ones(count, dtype=bool)
-        if since is not None:
-            keep &= times >= since
-        if until is not None:
-            keep &= times < until
+        if not count:
+            return
+        first, last = min(times), max(times)
+        if (since is not None and last < since) or (until is not None and first >= until):
+            return
+        partial = (since is not None and first < since) or (until is not None and last >= until)
+        keep = (
+            [(since is None or t >= since) and (until is None or t < until) for t in times]
+            if partial
+            else None
+        )
         rate = float(block.get("sample_rate") or 1.0)
         version = str(block["version"])
-        if keep.any():
-            self.requests["time"].append(times[keep])
-            self.requests["status"].append(status[keep])
-            self.requests["latency"].append(latency[keep])
-            self.requests["rows"].append(rows[keep])
-            weight = np.where(status[keep] < 400, 1.0 / rate if rate > 0 else 1.0, 1.0)
-            self.requests["weight"].append(weight)
-            kept = int(keep.sum())
-            code = self.version_index.setdefault(version, len(self.version_index))
-            self.version.append(np.full(kept, code, dtype=np.int16))
-            index = self.endpoint_index
-            codes = [index.setdefault(e, len(index)) for e in req["endpoint"]]
-            if len(codes) != count:
-                raise ValueError("columns of unequal length")
-            self.endpoint.append(np.array(codes, dtype=np.int16)[keep])
-        if version != focus:
+        mine = version == focus
+        if mine:  # check before anything is added: the columns must stay aligned
+            refused = max(status) >= 400
+            served = (
+                [r if s < 400 else 0 for r, s in zip(rows, status, strict=True)]
+                if refused
+                else rows
+            )
+            total = sum(served)
+            outputs = block["outputs"]
+            inputs = block["inputs"]
+            if len(outputs) != total or (
+                total and any(len(inputs[s.name]) != total for s in self.specs)
+            ):
+                raise ValueError("inputs or outputs do not match the rows served")
+        code = self.version_index.setdefault(version, len(self.version_index))
+        if keep is None:
+            self.time.extend(times)
+            self.status.extend(status)
+            self.latency.extend(latency)
+            self.rows.extend(rows)
+            self.endpoint.extend(endpoint)
+            kept = count
+        else:
+            for column, values in (
+                (self.time, times),
+                (self.status, status),
+                (self.latency, latency),
+                (self.rows, rows),
+                (self.endpoint, endpoint),
+            ):
+                column.extend(v for v, k in zip(values, keep, strict=True) if k)
+            kept = sum(keep)
+        self.rate.extend([rate] * kept)
+        self.version.extend([code] * kept)
+        if not mine:
             return
         for refused in block.get("refused") or []:
-            if keep[int(refused["request"])]:
+            if keep is None or keep[int(refused["request"])]:
                 self.refused_rows += _count_unseen(self.specs, refused["inputs"], self.unseen)
-        served = np.where(status < 400, rows, 0)
-        total = int(served.sum())
-        outputs = block["outputs"]
-        if len(outputs) != total:
-            raise ValueError("outputs do not match the rows served")
-        row_keep = np.repeat(keep, served)
-        if not row_keep.any():
+        if not total:
             return
-        everything = bool(row_keep.all())
-        self.row_time.append(np.repeat(times, served)[row_keep])
-        inputs = block["inputs"]
-        for spec in self.specs:
-            if spec.kind == "text":
-                continue
-            values = inputs[spec.name]
-            if len(values) != total:
-                raise ValueError(f"input {spec.name} does not match the rows served")
-            if spec.kind == "numeric":
-                column = _floats(values, np)
-            else:
-                column = _codes(values, self.vocab[spec.name], np)
-            self.features[spec.name].append(column if everything else column[row_keep])
-        if self.output_kind == "numeric":
-            out = _floats(outputs, np)
+        if keep is None:
+            self.outputs.extend(outputs)
+            for spec in self.specs:
+                self.features[spec.name].extend(inputs[spec.name])
+            if total == count and not refused:  # one row per request (the usual case)
+                self.row_time.extend(times)
+                if self.with_ids:
+                    self.ids.extend((rid, 0) for rid in req["id"])
+                return
+            rows_of: Iterable[int] = range(count)
         else:
-            out = _codes(outputs, self.vocab["__output__"], np)
-        self.outputs.append(out if everything else out[row_keep])
-        if self.with_ids:
-            ids = req["id"]
-            for index in np.flatnonzero(keep & (served > 0)).tolist():
-                self.ids.extend((ids[index], r) for r in range(int(served[index])))
+            row_keep = [k for k, n in zip(keep, served, strict=True) for _ in range(n)]
+            self.outputs.extend(v for v, k in zip(outputs, row_keep, strict=True) if k)
+            for spec in self.specs:
+                values = inputs[spec.name]
+                self.features[spec.name].extend(
+                    v for v, k in zip(values, row_keep, strict=True) if k
+                )
+            rows_of = [i for i in range(count) if keep[i]]
+        for i in rows_of:
+            n = served[i]
+            if n:
+                self.row_time.extend([times[i]] * n)
+                if self.with_ids:
+                    self.ids.extend((req["id"][i], r) for r in range(n))
 
     def result(self, np: Any) -> dict[str, Any]:
-        def cat(parts: list[Any], dtype: Any) -> Any:
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
+        status = np.array(self.status, dtype=np.int16)
+        rate = np.array(self.rate, dtype=np.float64)
+        weight = np.where((status < 400) & (rate > 0), 1.0 / np.where(rate > 0, rate, 1.0), 1.0)
+        endpoint_index: dict[str, int] = {}
+        endpoint = np.array(
+            [endpoint_index.setdefault(e, len(endpoint_index)) for e in self.endpoint],
+            dtype=np.int16,
+        )
         features: dict[str, Any] = {}
         for spec in self.specs:
+            values = self.features[spec.name]
             if spec.kind == "numeric":
-                features[spec.name] = cat(self.features[spec.name], np.float64)
-            elif spec.kind == "categorical":
-                features[spec.name] = cat(self.features[spec.name], np.int32)
+                features[spec.name] = _floats(values, np)
+            else:
+                features[spec.name] = _codes(values, self.vocab[spec.name], np)
+        if self.output_kind == "numeric":
+            outputs = _floats(self.outputs, np)
+        else:
+            outputs = _codes(self.outputs, self.vocab["__output__"], np)
         return {
-            "time": cat(self.requests["time"], np.float64),
-            "status": cat(self.requests["status"], np.int16),
-            "latency": cat(self.requests["latency"], np.float64),
-            "rows": cat(self.requests["rows"], np.int64),
-            "weight": cat(self.requests["weight"], np.float64),
-            "version": cat(self.version, np.int16),
+            "time": np.array(self.time, dtype=np.float64),
+            "status": status,
+            "latency": np.array(self.latency, dtype=np.float64),
+            "rows": np.array(self.rows, dtype=np.int64),
+            "weight": weight,
+            "version": np.array(self.version, dtype=np.int16),
             "versions": list(self.version_index),
-            "endpoint": cat(self.endpoint, np.int16),
-            "endpoints": list(self.endpoint_index),
-            "row_time": cat(self.row_time, np.float64),
+            "endpoint": endpoint,
+            "endpoints": list(endpoint_index),
+            "row_time": np.array(self.row_time, dtype=np.float64),
             "features": features,
             "vocab": {name: list(index) for name, index in self.vocab.items()},
-            "outputs": cat(self.outputs, np.float64 if self.output_kind == "numeric" else np.int32),
+            "outputs": outputs,
             "ids": self.ids if self.with_ids else None,
             "unseen": self.unseen,
             "refused_rows": self.refused_rows,
@@ -325,16 +523,18 @@ def _float_or_nan(value: Any) -> float:
 
 def _codes(values: list[Any], index: dict[Any, int], np: Any) -> Any:
     """Integer codes into `index` (grown with values not seen before); -1 for None."""
-    lookup = index.get
-    codes = [lookup(v, -2) if type(v) is str else -2 for v in values]
-    if -2 in codes:  # a value not indexed yet, a None, or a number/bool category
-        for i, value in enumerate(values):
-            if codes[i] == -2:
-                if value is None:
-                    codes[i] = -1
-                else:
-                    key = _hashable(value)
-                    codes[i] = index.setdefault(key, len(index))
+    table = {**index, None: -1}
+    try:
+        return np.array(list(map(table.__getitem__, values)), dtype=np.int32)
+    except (KeyError, TypeError):  # a value not indexed yet, or an unhashable one
+        pass
+    codes = []
+    for value in values:
+        key = None if value is None else _hashable(value)
+        code = table.get(key)
+        if code is None:
+            code = table[key] = index.setdefault(key, len(index))
+        codes.append(code)
     return np.array(codes, dtype=np.int32)
 
 
@@ -359,14 +559,10 @@ def _count_unseen(specs: list[FeatureSpec], inputs: Any, into: dict[str, Any]) -
     return rows
 
 
-def _join(
-    parts: list[dict[str, Any]],
-    specs: list[FeatureSpec],
-    output_kind: str,
-    with_ids: bool,
-    files: int,
-    total: int,
-) -> Traffic:
+def _join_parts(
+    parts: list[dict[str, Any]], specs: list[FeatureSpec], output_kind: str, with_ids: bool
+) -> dict[str, Any]:
+    """Parts parsed or cached separately, as one part (codes mapped onto one vocabulary)."""
     import numpy as np
 
     def cat(key: str, dtype: Any) -> Any:
@@ -392,27 +588,46 @@ def _join(
     for part in parts:
         for name, counts in part["unseen"].items():
             unseen.setdefault(name, Counter()).update(counts)
-    ids: list[Any] | None = None
-    if with_ids:
-        ids = [item for p in parts for item in (p["ids"] or [])]
+    return {
+        "time": cat("time", np.float64),
+        "status": cat("status", np.int16),
+        "latency": cat("latency", np.float64),
+        "rows": cat("rows", np.int64),
+        "weight": cat("weight", np.float64),
+        "version": version_codes,
+        "versions": versions,
+        "endpoint": endpoint_codes,
+        "endpoints": endpoints,
+        "row_time": cat("row_time", np.float64),
+        "features": features,
+        "vocab": vocab,
+        "outputs": outputs,
+        "ids": [item for p in parts for item in (p["ids"] or [])] if with_ids else None,
+        "unseen": unseen,
+        "refused_rows": sum(p["refused_rows"] for p in parts),
+        "unreadable": sum(p["unreadable"] for p in parts),
+    }
+
+
+def _traffic(part: dict[str, Any], files: int, total: int) -> Traffic:
     return Traffic(
-        time=cat("time", np.float64),
-        status=cat("status", np.int16),
-        latency_ms=cat("latency", np.float64),
-        rows=cat("rows", np.int64),
-        weight=cat("weight", np.float64),
-        version=version_codes,
-        versions=versions,
-        endpoint=endpoint_codes,
-        endpoints=endpoints,
-        row_time=cat("row_time", np.float64),
-        features=features,
-        vocab=vocab,
-        outputs=outputs,
-        ids=ids,
-        unseen=unseen,
-        refused_rows=sum(p["refused_rows"] for p in parts),
-        unreadable=sum(p["unreadable"] for p in parts),
+        time=part["time"],
+        status=part["status"],
+        latency_ms=part["latency"],
+        rows=part["rows"],
+        weight=part["weight"],
+        version=part["version"],
+        versions=part["versions"],
+        endpoint=part["endpoint"],
+        endpoints=part["endpoints"],
+        row_time=part["row_time"],
+        features=part["features"],
+        vocab=part["vocab"],
+        outputs=part["outputs"],
+        ids=part["ids"],
+        unseen=part["unseen"],
+        refused_rows=part["refused_rows"],
+        unreadable=part["unreadable"],
         files=files,
         bytes=total,
     )

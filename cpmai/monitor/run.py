@@ -10,7 +10,6 @@ focus version's rows, compared with its own reference data.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -152,10 +151,40 @@ def load_subject(
     )
 
 
+PROFILE_CACHE_FORMAT = 1
+
+
 def reference_profiles(
     subject: Subject,
 ) -> tuple[dict[str, drift_mod.Profile], drift_mod.Profile | None, int]:
-    """Profiles of the reference data's features and of the model's predictions on it."""
+    """Profiles of the reference data's features and of the model's predictions on it.
+
+    Computed once per artifact (it means reading the reference file and running the model) and
+    kept in `cache/monitor/`; a cache that cannot be read is rebuilt, never trusted."""
+    import pickle
+
+    from cpmai import __version__
+    from cpmai.fsutil import write_atomic
+
+    artifact = subject.artifact
+    home = artifact.path.parents[2]
+    cache = home / "cache" / "monitor" / f"{artifact.name}-{artifact.digest[:16]}.pickle"
+    key = (PROFILE_CACHE_FORMAT, __version__, artifact.digest)
+    try:
+        stored = pickle.loads(cache.read_bytes())
+        if stored[0] == key:
+            return stored[1]  # type: ignore[no-any-return]
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, IndexError, TypeError):
+        pass
+    result = _profiles(subject)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cache, pickle.dumps((key, result)))
+    return result
+
+
+def _profiles(
+    subject: Subject,
+) -> tuple[dict[str, drift_mod.Profile], drift_mod.Profile | None, int]:
     from cpmai.runtime.data import read_table
 
     files = sorted((subject.artifact.path / "data").glob("reference.*"))
@@ -176,36 +205,16 @@ def reference_profiles(
             )
         elif spec.kind == "categorical":
             profiles[spec.name] = drift_mod.profile_categorical(spec.name, column.tolist())
-    predictions = reference_predictions(subject, frame)
-    if subject.output_kind == "numeric":
-        output = drift_mod.profile_numeric("prediction", np.asarray(predictions, dtype=float))
-    else:
-        output = drift_mod.profile_categorical("prediction", list(predictions))
-    return profiles, output, len(frame)
-
-
-def reference_predictions(subject: Subject, frame: Any) -> list[Any]:
-    """The model's predictions on its reference data (computed once per artifact, then cached)."""
-    from cpmai.fsutil import write_atomic
-
-    artifact = subject.artifact
-    home = artifact.path.parents[2]
-    cache = home / "cache" / "monitor" / f"{artifact.name}-{artifact.digest[:16]}.json"
-    try:
-        cached: list[Any] = json.loads(cache.read_text())
-        if len(cached) == len(frame):
-            return cached
-    except (FileNotFoundError, ValueError):
-        pass
     from cpmai.runtime.predictor import Predictor
 
-    predictor = Predictor.from_artifact(artifact)
+    predictor = Predictor.from_artifact(subject.artifact)
     columns = {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
     labels, _ = predictor.run(columns, False)
-    values: list[Any] = labels.tolist()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache, json.dumps(values).encode())
-    return values
+    if subject.output_kind == "numeric":
+        output = drift_mod.profile_numeric("prediction", np.asarray(labels, dtype=float))
+    else:
+        output = drift_mod.profile_categorical("prediction", labels.tolist())
+    return profiles, output, len(frame)
 
 
 def monitor(
@@ -220,6 +229,7 @@ def monitor(
     manifest: Manifest | None = None,
     labels_file: Path | None = None,
     now: float | None = None,
+    use_cache: bool = True,
 ) -> MonitorResult:
     """Read the period's log and samples and judge them. Records nothing (see `triggers.fire`)."""
     now = time.time() if now is None else now
@@ -246,6 +256,8 @@ def monitor(
         since=since,
         until=until,
         with_ids=labels_file is not None,
+        output_categories=subject.classes,
+        cache=home / "cache" / "monitor" / "logs" / name / env if use_cache else None,
     )
     start = since if since is not None else (float(traffic.time.min()) if traffic.requests else end)
     start = float(np.floor(start / window_s) * window_s) if since is None else start
@@ -264,21 +276,18 @@ def monitor(
     slo.pop("throughput_min", None)  # a capacity bound: `cpmai bench` checks it, traffic cannot
 
     bounds = [(start + i * window_s, min(start + (i + 1) * window_s, end)) for i in range(count)]
+    per_window, features = _drift_all(traffic, subject, profiles, settings.drift, bounds)
     windows = []
     for index, (low, high) in enumerate(bounds):
         entry = _traffic_summary(traffic, low, high, last=index == count - 1)
         entry.update(_resource_summary(resources, low, high, settings.sample_interval_s))
-        entry["drift"] = _drift_summary(
-            _drift(traffic, subject, profiles, settings.drift, low, high),
-            settings.drift.share,
-        )
+        entry["drift"] = _drift_summary(per_window[index], settings.drift.share)
         if labels is not None:
             entry["quality"] = _quality(subject, traffic, labels, low, high)
         entry["slo"] = _slo_checks(entry, slo)
         windows.append(entry)
     period = _traffic_summary(traffic, start, end, last=True)
     period.update(_resource_summary(resources, start, end, settings.sample_interval_s))
-    features = _drift(traffic, subject, profiles, settings.drift, start, end)
     prediction = None
     if output_profile is not None:
         prediction = drift_mod.compare(
@@ -407,33 +416,52 @@ def _resource_summary(
     }
 
 
-def _drift(
+def _drift_all(
     traffic: Traffic,
     subject: Subject,
     profiles: dict[str, drift_mod.Profile],
     settings: Any,
-    low: float,
-    high: float,
-) -> list[drift_mod.FeatureDrift]:
-    mask = (traffic.row_time >= low) & (traffic.row_time <= high)
-    everything = bool(mask.all())
-    out = []
-    for spec in subject.specs:
-        profile = profiles.get(spec.name)
-        values = traffic.features.get(spec.name)
-        if profile is None or values is None:
-            continue
-        out.append(
-            drift_mod.compare(
-                profile,
-                values if everything else values[mask],
+    bounds: list[tuple[float, float]],
+) -> tuple[list[list[drift_mod.FeatureDrift]], list[drift_mod.FeatureDrift]]:
+    """Every feature's drift in every window and over the whole period.
+
+    Rows are put in time order once, so a window is a slice, not a mask; the comparisons run
+    on a thread per core (numpy's sorts and sums release the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    times = traffic.row_time
+    order = None
+    if len(times) > 1 and not bool(np.all(times[1:] >= times[:-1])):
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+    cuts = [int(np.searchsorted(times, low, side="left")) for low, _ in bounds]
+    cuts.append(len(times))
+    names = [s.name for s in subject.specs if s.name in profiles and s.name in traffic.features]
+
+    def one(name: str) -> list[drift_mod.FeatureDrift]:
+        values = traffic.features[name]
+        if order is not None:
+            values = values[order]
+        vocab = traffic.vocab.get(name)
+
+        def compare(part: np.ndarray) -> drift_mod.FeatureDrift:
+            return drift_mod.compare(
+                profiles[name],
+                part,
                 threshold=settings.threshold,
                 p_value=settings.p_value,
                 min_samples=settings.min_samples,
-                vocab=traffic.vocab.get(spec.name),
+                vocab=vocab,
             )
-        )
-    return out
+
+        windows = [compare(values[cuts[i] : cuts[i + 1]]) for i in range(len(bounds))]
+        return [*windows, compare(values)]
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(one, names))
+    per_window = [[r[i] for r in results] for i in range(len(bounds))]
+    return per_window, [r[-1] for r in results]
 
 
 def _drift_summary(features: list[drift_mod.FeatureDrift], share: float) -> dict[str, Any]:
