@@ -215,10 +215,9 @@ _ARRAYS = ("time", "status", "latency", "rows", "weight", "version", "endpoint",
 
 
 def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np: Any) -> None:
-    import io
     import json
 
-    from cpmai.fsutil import write_atomic
+    from cpmai.fsutil import write_atomic_with
 
     info = log.stat()
     meta = {
@@ -236,11 +235,11 @@ def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np:
     }
     arrays = {name: part[name] for name in _ARRAYS}
     arrays.update({f"feature:{n}": v for n, v in part["features"].items()})
-    buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # an unwritable cache only costs the next read time
-        write_atomic(target, buffer.getvalue())
+        write_atomic_with(
+            target, lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
+        )
 
 
 def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
