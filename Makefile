@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen clean
+.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen bench-monitor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: set up, train the churn example, package it, deploy it to staging, ask it, bench it, stop it
+## demo: set up, train the churn example, package it, deploy it to staging, ask it, bench it, monitor it, stop it
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python train.py
 	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
@@ -25,6 +25,7 @@ demo: $(STAMP)
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai status churn-classifier
 	$(BIN)/python $(EXAMPLE)/ask.py http://127.0.0.1:8081
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai bench churn-classifier@staging --url http://127.0.0.1:8081 --concurrency 1,8 --duration 3
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai monitor churn-classifier --env staging --window 1m
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
@@ -53,6 +54,11 @@ bench-deploy: $(STAMP)
 ## bench-loadgen: cpmai bench --url beside wrk, and the in-process timing overhead (needs wrk)
 bench-loadgen: $(STAMP)
 	$(BIN)/python benchmarks/loadgen.py
+
+## bench-monitor: cpmai monitor over a 1,000,000-row prediction log (cold and cached), peak memory
+bench-monitor: $(STAMP)
+	$(BIN)/python benchmarks/monitor.py
+	$(BIN)/python benchmarks/sampler.py
 
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)
