@@ -165,7 +165,7 @@ def _write_log(folder: Path, pid: int, start: float) -> None:
         if i % 100 == 99:
             log.flush()
         if i == 450:
-            path = next(folder.glob("predictions-*.jsonl"))
+            path = next(folder.glob(f"predictions-*-{os.getpid()}.jsonl"))
             with path.open("ab") as handle:
                 handle.write(b"{not json\n")
     log.record("invocations", 422, 0.001, 0, {"a": [1.0], "c": ["nope"]}, None, error="bad")
@@ -508,3 +508,44 @@ def test_subprocess_cli_help_lists_monitor() -> None:
     assert result.returncode == 0
     for option in ("--window", "--since", "--labels", "--run-triggers", "--watch", "--markdown"):
         assert option in result.stdout
+
+
+def test_no_traffic_yet_and_the_age_trigger(churn: Path, home: Path, cli: Any) -> None:
+    """No server needed: a packaged version, an empty log, then the clock moved 100 days on."""
+    from cpmai.manifest import load_manifest
+    from cpmai.monitor.run import monitor
+    from cpmai.monitor.triggers import fire
+
+    doc = load(churn)
+    doc["monitoring"]["triggers"] = {"max_age_days": 90, "on": ["age"]}
+    churn.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert cli("package", churn).code == 0
+    quiet = cli("--json", "monitor", NAME, "--env", "staging", "--version", "1.0.0")
+    assert quiet.code == 0, quiet.err
+    result = json.loads(quiet.out)
+    jsonschema_validate(result)
+    assert result["traffic"]["requests"] == 0 and result["alerts"] == []
+    assert result["drift"]["status"] == "not enough data"
+    assert result["traffic"]["latency_ms"]["p99_ms"] is None
+    text = cli("monitor", NAME, "--env", "staging", "--version", "1.0.0")
+    assert text.code == 0 and "no traffic in this period" in text.out
+    never = cli("monitor", NAME, "--env", "staging")
+    assert never.code == 2 and "nothing to monitor" in never.err
+
+    later = time.time() + 100 * 86400
+    old = monitor(home, NAME, "staging", version="1.0.0", now=later)
+    assert [a.kind for a in old.alerts] == ["age"] and old.doc["age"]["days"] > 99
+    settings = load_manifest(churn).monitoring.triggers
+    fired = fire(home, old.alerts, settings, name=NAME, version="1.0.0", env="staging",
+                 actor="t", period=old.doc["period"])  # fmt: skip
+    assert [a.kind for a in fired] == ["age"]
+    again = fire(home, old.alerts, settings, name=NAME, version="1.0.0", env="staging",
+                 actor="t", period=old.doc["period"])  # fmt: skip
+    assert again == [] and old.alerts[0].trigger.startswith("cooling down")
+    assert [e["details"]["kind"] for e in _events(home, "trigger")] == ["age"]
+
+
+def jsonschema_validate(doc: dict[str, Any]) -> None:
+    import jsonschema
+
+    jsonschema.validate(doc, SCHEMA)
