@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: set up, train the churn example, package it, deploy it to staging, ask it, bench it, monitor it, stop it
+## demo: set up, train the churn example, package it, deploy it to staging, ask it, send it traffic, monitor it, bench it, stop it
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python train.py
 	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
@@ -24,8 +24,9 @@ demo: $(STAMP)
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai deploy $(EXAMPLE)/cpmai.yaml --env staging --reason "make demo"
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai status churn-classifier
 	$(BIN)/python $(EXAMPLE)/ask.py http://127.0.0.1:8081
+	cd $(EXAMPLE) && ../../$(BIN)/python traffic.py http://127.0.0.1:8081
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai monitor churn-classifier --env staging --window 1m --labels $(EXAMPLE)/labels.csv
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai bench churn-classifier@staging --url http://127.0.0.1:8081 --concurrency 1,8 --duration 3
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai monitor churn-classifier --env staging --window 1m
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify

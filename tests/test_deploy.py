@@ -347,7 +347,11 @@ def test_a_server_that_cannot_start_exits_6_and_is_recorded(
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         result = cli("deploy", project, "--env", "staging")
-    assert result.code == 6 and "exited with status" in result.err
+    # refused before starting: a process already listening there would answer the health
+    # checks in the new server's place
+    assert result.code == 6, result.err
+    assert f"cannot start a server on 127.0.0.1:{port}" in result.err
+    assert f"by process {os.getpid()}" in result.err
     failed = events(home, "deploy")[-1]
     assert failed["details"]["result"] == "failed"
     row = json.loads(cli("status", NAME, "--json").out)["environments"][0]

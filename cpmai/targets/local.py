@@ -229,6 +229,7 @@ class LocalTarget:
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in (self.folder / "workers").glob("*.json"):
             stale.unlink(missing_ok=True)
+        _check_port_free(spec.host, port)
         seq = self._route(live=plan.version, keep=[])
         progress(f"starting a server for {plan.version} on {spec.host}:{port}")
         started = time.perf_counter()
@@ -532,6 +533,34 @@ def _step(
     if data:
         step["canary"] = data
     return step
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start where another process already listens: its health answers would pass
+    for the new server's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            from cpmai.bench.resources import pid_listening_on
+
+            owner = pid_listening_on(port)
+            who = f" by process {owner}" + _command_of(owner) if owner else ""
+            raise TargetError(
+                f"cannot start a server on {host}:{port}: {exc.strerror or exc}{who}",
+                hint="stop that process, or give the environment another port: in the manifest",
+            ) from None
+
+
+def _command_of(pid: int) -> str:
+    import psutil
+
+    try:
+        return f" ({' '.join(psutil.Process(pid).cmdline())[:120]})"
+    except psutil.Error:
+        return ""
 
 
 def _free_port(host: str) -> int:
