@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
 from train import CATEGORICAL, HERE, NUMERIC, make_customers
 
 
