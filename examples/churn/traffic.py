@@ -52,9 +52,7 @@ def main() -> None:
             reply.read()
         truth = customers["churned"].iloc[start : start + 50]
         labels += [(request_id, row, int(value)) for row, value in enumerate(truth)]
-    args.labels.write_text(
-        "id,row,label\n" + "".join(f"{i},{r},{v}\n" for i, r, v in labels)
-    )
+    args.labels.write_text("id,row,label\n" + "".join(f"{i},{r},{v}\n" for i, r, v in labels))
     kind = "shifted " if args.shift else ""
     print(
         f"sent {len(features):,} {kind}customers in {len(labels) // 50 or 1} requests to "
