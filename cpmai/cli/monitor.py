@@ -292,7 +292,7 @@ def _render_drift(doc: dict[str, Any]) -> None:
         title_justify="left",
     )
     for column in ("feature", "method", "statistic", "p-value", "PSI", "rows", "status",
-                   "missing", "out of range", "unseen"):  # fmt: skip
+                   "missing", "outside", "unseen"):  # fmt: skip
         table.add_column(
             column, justify="left" if column in ("feature", "method", "status") else "right"
         )
@@ -323,7 +323,7 @@ def _render_drift(doc: dict[str, Any]) -> None:
 
 
 def _g(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _render_quality(doc: dict[str, Any]) -> None:
@@ -335,9 +335,9 @@ def _render_quality(doc: dict[str, Any]) -> None:
         f"model quality ({quality['labelled_rows']:,} of {quality['labels_given']:,} labels "
         f"matched by {quality['join']}): {metrics or 'no labelled rows'}"
     )
-    if quality.get("metric"):
-        line += f"  — {quality['metric']} {_mark(quality['passed'])} (bound {quality['bound']:g})"
     show(line)
+    if quality.get("metric"):
+        show(f"  {quality['metric']} {_mark(quality['passed'])} (bound {quality['bound']:g})")
 
 
 # --- the live view ---------------------------------------------------------------------------
