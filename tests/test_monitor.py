@@ -243,9 +243,15 @@ def test_parallel_and_serial_reads_agree_and_damage_is_counted(
         assert np.array_equal(np.sort(getattr(grown, name)), np.sort(getattr(full, name)))
     window = read(cache=cache, since=start + 600, until=start + 660)
     assert window.requests == 2 * 60
-    assert sorted(p.name for p in cache.iterdir()) == sorted(
-        f"{p.name}.npz" for p in folder.glob("*.jsonl")
+    assert sorted(p.name.rsplit(".", 2)[0] for p in cache.iterdir()) == sorted(
+        p.name for p in folder.glob("*.jsonl")
     )
+    other = logs.read_traffic(folder, focus="2.0.0", specs=specs, output_kind="categorical",
+                              cache=cache)  # fmt: skip
+    assert len(other.row_time) == 3 and len(list(cache.iterdir())) == 4  # one set per version
+    path.unlink()
+    read(cache=cache)
+    assert len(list(cache.iterdir())) == 2  # the deleted log's entries are gone
 
 
 def test_bad_arguments_are_usage_errors(home: Path, cli: Any) -> None:

@@ -147,7 +147,7 @@ def read_traffic(
         assert cache is not None
         _drop_stale(cache, folder)
         for path in files:
-            part = _load_cached(cache / f"{path.name}.npz", path, schema)
+            part = _load_cached(_cache_file(cache, path, schema), path, schema)
             if part is not None:
                 cached[str(path)] = part
                 starts[str(path)] = int(part["offset"])
@@ -184,7 +184,7 @@ def read_traffic(
             continue
         whole = _join_parts(old + new, specs, output_kind, False)
         whole["offset"] = max([int(p["consumed"]) for p in new] + [starts.get(key, 0)])
-        _save_cached(cache / f"{path.name}.npz", path, schema, whole, np)
+        _save_cached(_cache_file(cache, path, schema), path, schema, whole, np)
         parts.append(whole)
     filtered = [_filter_part(part, since, until, np) for part in parts]
     return _traffic(_join_parts(filtered, specs, output_kind, False), len(files), total)
@@ -201,12 +201,18 @@ def _schema_key(
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
+def _cache_file(cache: Path, log: Path, schema: str) -> Path:
+    """One per log file and signature (monitoring two versions does not overwrite each other)."""
+    return cache / f"{log.name}.{schema[:16]}.npz"
+
+
 def _drop_stale(cache: Path, folder: Path) -> None:
     """Cached parses of log files that are gone (deleted, rotated away)."""
     if not cache.is_dir():
         return
     for item in cache.glob("*.npz"):
-        if not (folder / item.name[: -len(".npz")]).exists():
+        log = item.name.rsplit(".", 2)[0]
+        if not (folder / log).exists():
             item.unlink(missing_ok=True)
 
 
