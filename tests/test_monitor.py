@@ -261,6 +261,8 @@ def test_bad_arguments_are_usage_errors(home: Path, cli: Any) -> None:
         (["monitor", "nobody", "--env", "staging"], "no model named 'nobody'"),
         (["monitor", NAME, "--env", "staging", "--interval", "0"], "--interval"),
         (["monitor", NAME, "--env", "staging", "--labels", "missing.csv"], "file not found"),
+        (["monitor", NAME, "--env", "staging", "--watch", "--since", "1h"], "--watch draws"),
+        (["--json", "monitor", NAME, "--env", "staging", "--watch"], "not take --json"),
     ]
     for args, message in cases:
         result = cli(*args)

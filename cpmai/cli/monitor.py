@@ -97,6 +97,11 @@ def monitor(
     if not math.isfinite(interval) or interval < 0.1:
         raise UsageError(f"--interval {interval}: expected at least 0.1 seconds")
     if watch:
+        given = [flag for flag, value in (("--json", wants_json(json_)), ("--labels", labels),
+                 ("--markdown", markdown), ("--run-triggers", run_triggers), ("--since", since),
+                 ("--until", until), ("--version", version)) if value]  # fmt: skip
+        if given:
+            raise UsageError(f"--watch draws the last minutes live; it does not take {given[0]}")
         return _watch(home, name, env, interval)
     now = time.time()
     window_s = parse_duration(window)
