@@ -359,6 +359,7 @@ class _Accumulator:
         output_categories: list[Any] | None = None,
     ) -> None:
         self.specs = [s for s in specs if s.kind != "text"]
+        self.names = {s.name for s in self.specs}
         self.output_kind = output_kind
         self.with_ids = with_ids
         self.time: list[float] = []
@@ -415,7 +416,11 @@ class _Accumulator:
             outputs = block["outputs"]
             inputs = block["inputs"]
             if len(outputs) != total or (
-                total and any(len(inputs[s.name]) != total for s in self.specs)
+                total
+                and not (
+                    inputs.keys() >= self.names
+                    and set(map(len, map(inputs.__getitem__, self.names))) == {total}
+                )
             ):
                 raise ValueError("inputs or outputs do not match the rows served")
         code = self.version_index.setdefault(version, len(self.version_index))
