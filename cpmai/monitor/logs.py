@@ -292,6 +292,8 @@ def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[
     if until is not None:
         keep &= part["time"] < until
         rows &= part["row_time"] < until
+    if keep.all() and rows.all():
+        return part
     out = dict(part)
     for name in ("time", "status", "latency", "rows", "weight", "version", "endpoint"):
         out[name] = part[name][keep]
@@ -574,6 +576,9 @@ def _join_parts(
 ) -> dict[str, Any]:
     """Parts parsed or cached separately, as one part (codes mapped onto one vocabulary)."""
     import numpy as np
+
+    if len(parts) == 1 and (parts[0]["ids"] is not None or not with_ids):
+        return parts[0]  # nothing to map: no copy of a million rows
 
     def cat(key: str, dtype: Any) -> Any:
         arrays = [p[key] for p in parts]
