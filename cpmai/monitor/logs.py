@@ -2,7 +2,7 @@
 
 The prediction log (`cpmai.serving.predlog`) is one file per server process and day, one JSON
 line per block of requests (a second's worth), in columns: numpy takes each column in one call.
-Parsing is still what costs (about 4 µs a request of 30 inputs on the 2-core machine), so large
+Parsing is still what costs (9–13 µs a request of 30 inputs on the 2-core machine), so large
 logs are cut at line boundaries into pieces of `PIECE_BYTES` that worker processes parse in
 parallel; each piece comes back as numpy arrays, never as millions of Python objects. Inputs are
 kept only for the version under study (`focus`): drift and data quality compare that version's
