@@ -74,7 +74,10 @@ def predict(
     log = None
     if not no_log:
         log = PredictionLog(
-            home / "logs" / target.name / "batch", model=target.name, version=target.version
+            home / "logs" / target.name / "batch",
+            model=target.name,
+            version=target.version,
+            signature=predictor.signature,
         )
         log.start()
     show_bar = sys.stderr.isatty() and not OPTIONS.quiet and not wants_json(json_)

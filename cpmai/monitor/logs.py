@@ -139,6 +139,12 @@ def read_traffic(
     import numpy as np
 
     files = log_files(folder, "predictions", since, until)
+    indexed: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {}
+    if not with_ids:  # the index holds no request ids
+        for path in files:
+            found, covered = _indexed(path, focus, specs, output_kind)
+            if found:
+                indexed[str(path)] = (found, _gaps(covered, path.stat().st_size))
     use_cache = cache is not None and not with_ids
     schema = _schema_key(focus, specs, output_kind, output_categories)
     starts: dict[str, int] = {}
@@ -147,11 +153,19 @@ def read_traffic(
         assert cache is not None
         _drop_stale(cache, folder)
         for path in files:
+            if str(path) in indexed:
+                continue
             part = _load_cached(_cache_file(cache, path, schema), path, schema)
             if part is not None:
                 cached[str(path)] = part
                 starts[str(path)] = int(part["offset"])
-    pieces = list(_pieces(files, starts))
+    pieces: list[_Piece] = []
+    for path in files:
+        if str(path) in indexed:
+            for low, high in indexed[str(path)][1]:
+                pieces += _pieces_between(path, low, high)
+        else:
+            pieces += _pieces([path], starts)
     total = sum(p.end - p.start for p in pieces)
     # parse without the time filter when caching: the cache holds whole files
     window = (None, None) if use_cache else (since, until)
@@ -168,9 +182,6 @@ def read_traffic(
             parsed = list(pool.map(_parse_piece, pieces, [job] * len(pieces)))
     else:
         parsed = [_parse_piece(piece, job) for piece in pieces]
-    if not use_cache:
-        return _traffic(_join_parts(parsed, specs, output_kind, with_ids), len(files), total)
-    assert cache is not None
     per_file: dict[str, list[dict[str, Any]]] = {}
     for piece, part in zip(pieces, parsed, strict=True):
         per_file.setdefault(piece.path, []).append(part)
@@ -178,6 +189,13 @@ def read_traffic(
     for path in files:
         key = str(path)
         new = per_file.get(key, [])
+        if key in indexed:
+            parts += indexed[key][0] + new
+            continue
+        if not use_cache:
+            parts += new
+            continue
+        assert cache is not None
         old = [cached[key]] if key in cached else []
         if not new and old:
             parts.append(old[0])
@@ -187,7 +205,7 @@ def read_traffic(
         _save_cached(_cache_file(cache, path, schema), path, schema, whole, np)
         parts.append(whole)
     filtered = [_filter_part(part, since, until, np) for part in parts]
-    return _traffic(_join_parts(filtered, specs, output_kind, False), len(files), total)
+    return _traffic(_join_parts(filtered, specs, output_kind, with_ids), len(files), total)
 
 
 def _schema_key(
@@ -305,17 +323,130 @@ def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[
 
 def _pieces(files: list[Path], starts: dict[str, int] | None = None) -> Any:
     for path in files:
-        size = path.stat().st_size
-        start = (starts or {}).get(str(path), 0)
-        with path.open("rb") as handle:
-            while start < size:
-                end = min(start + PIECE_BYTES, size)
-                if end < size:
-                    handle.seek(end)
-                    handle.readline()  # finish the line the cut fell in
-                    end = min(handle.tell(), size)
-                yield _Piece(str(path), start, end)
-                start = end
+        yield from _pieces_between(path, (starts or {}).get(str(path), 0), path.stat().st_size)
+
+
+def _pieces_between(path: Path, start: int, stop: int) -> Any:
+    """[start, stop) of a log file (both at line starts, or stop at its end) in pieces of about
+    PIECE_BYTES, cut at line ends."""
+    with path.open("rb") as handle:
+        while start < stop:
+            end = min(start + PIECE_BYTES, stop)
+            if end < stop:
+                handle.seek(end)
+                handle.readline()  # finish the line the cut fell in
+                end = min(handle.tell(), stop)
+            yield _Piece(str(path), start, end)
+            start = end
+
+
+def _gaps(covered: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a log file that no (offset, length) in `covered` covers."""
+    gaps = []
+    position = 0
+    for offset, length in sorted(covered):
+        if offset > position:
+            gaps.append((position, offset))
+        position = max(position, offset + length)
+    if position < size:
+        gaps.append((position, size))
+    return gaps
+
+
+def _indexed(
+    path: Path, focus: str | None, specs: list[FeatureSpec], output_kind: str
+) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    """The parts the server's index (`cpmai.serving.logindex`) holds for a log file, and the
+    JSON byte ranges they cover. A record that does not fit the reader's signature, or that
+    names bytes the file does not have, is left out (its blocks are parsed from JSON)."""
+    import glob
+
+    import numpy as np
+
+    from cpmai.serving.logindex import read_records
+
+    size = path.stat().st_size
+    parts: list[dict[str, Any]] = []
+    covered: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    for index_file in sorted(path.parent.glob(f"{glob.escape(path.name)}.*.idx")):
+        for record in read_records(index_file):
+            blocks = record["blocks"]
+            if any(o + n > size or o in seen for o, n in blocks):
+                continue
+            part = _record_part(record, focus, specs, output_kind, np)
+            if part is None:
+                continue
+            parts.append(part)
+            covered += blocks
+            seen.update(o for o, _ in blocks)
+    return parts, covered
+
+
+def _record_part(
+    record: dict[str, Any], focus: str | None, specs: list[FeatureSpec], output_kind: str, np: Any
+) -> dict[str, Any] | None:
+    data, vocab_of = record["data"], record["vocab"]
+    times = data["t"]
+    count = len(times)
+    status = data["status"].astype(np.int16)
+    rows = data["rows"].astype(np.int64)
+    rate = float(record.get("sample_rate") or 1.0)
+    if not (len(status) == len(rows) == len(data["latency_ms"]) == len(data["endpoint"]) == count):
+        return None
+    part: dict[str, Any] = {
+        "time": times,
+        "status": status,
+        "latency": data["latency_ms"],
+        "rows": rows,
+        "weight": np.where(status < 400, 1.0 / rate if rate > 0 else 1.0, 1.0),
+        "version": np.zeros(count, dtype=np.int16),
+        "versions": [str(record["version"])],
+        "endpoint": data["endpoint"].astype(np.int16),
+        "endpoints": list(vocab_of.get("endpoint", [])),
+        "ids": None,
+        "unseen": {},
+        "refused_rows": 0,
+        "unreadable": 0,
+    }
+    features: dict[str, Any] = {}
+    vocab: dict[str, list[Any]] = {}
+    if str(record["version"]) != focus:
+        for spec in specs:
+            if spec.kind == "numeric":
+                features[spec.name] = np.zeros(0)
+            elif spec.kind == "categorical":
+                features[spec.name], vocab[spec.name] = np.zeros(0, dtype=np.int32), []
+        part.update(row_time=np.zeros(0), features=features)
+        if output_kind == "numeric":
+            part["outputs"] = np.zeros(0)
+        else:
+            part["outputs"], vocab["__output__"] = np.zeros(0, dtype=np.int32), []
+        part["vocab"] = vocab
+        return part
+    served = np.where(status < 400, rows, 0)
+    row_time = np.repeat(times, served)
+    total = len(row_time)
+    for spec in specs:
+        if spec.kind == "text":
+            continue
+        values = data.get(f"feature:{spec.name}")
+        wanted = "f" if spec.kind == "numeric" else "i"
+        if values is None or values.dtype.kind != wanted or len(values) != total:
+            return None  # written for another signature: the JSON reader decides
+        features[spec.name] = values
+        if spec.kind == "categorical":
+            vocab[spec.name] = list(vocab_of.get(f"feature:{spec.name}", []))
+    outputs = data.get("outputs")
+    wanted = "f" if output_kind == "numeric" else "i"
+    if outputs is None or outputs.dtype.kind != wanted or len(outputs) != total:
+        return None
+    if output_kind != "numeric":
+        vocab["__output__"] = list(vocab_of.get("outputs", []))
+    for refused in record.get("refused") or []:
+        part["refused_rows"] += _count_unseen(specs, refused.get("inputs"), part["unseen"])
+    part.update(row_time=row_time, features=features, outputs=outputs, vocab=vocab)
+    return part
 
 
 def _parse_piece(piece: _Piece, job: tuple[Any, ...]) -> dict[str, Any]:
@@ -664,6 +795,10 @@ def _merge_codes(
     parts: list[dict[str, Any]], name: str, np: Any, key: str = "features"
 ) -> tuple[Any, list[Any]]:
     """Each piece coded its values in its own order: map them onto one vocabulary."""
+    vocabularies = [part["vocab"][name] for part in parts]
+    if parts and all(v == vocabularies[0] for v in vocabularies):  # nothing to map
+        codes = [part[key] if key == "outputs" else part["features"][name] for part in parts]
+        return np.concatenate(codes), list(vocabularies[0])
     merged: dict[Any, int] = {}
     out = []
     for part in parts:

@@ -133,6 +133,7 @@ class InferenceApp:
                 model=self.name,
                 version=self.version,
                 sample_rate=config.log_sample_rate,
+                signature=predictor.signature,
             )
             if config.prediction_log
             else None

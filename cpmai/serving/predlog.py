@@ -30,6 +30,7 @@ that had parseable, small inputs (what unseen categories are counted from).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -87,7 +88,27 @@ class PredictionLog:
         version: str,
         sample_rate: float = 1.0,
         flush_seconds: float = FLUSH_SECONDS,
+        signature: dict[str, Any] | None = None,
     ) -> None:
+        """With `signature` (the artifact's), blocks are also indexed in columns
+        (`cpmai.serving.logindex`) for fast reading."""
+        from cpmai.serving.logindex import feature_kind
+
+        self._kinds: dict[str, str] | None = None
+        self._output_kind = "categorical"
+        self._categories: dict[str, list[Any]] = {}
+        if signature is not None:
+            self._kinds = {s["name"]: feature_kind(s["type"]) for s in signature["inputs"]}
+            outputs = signature.get("outputs") or [{}]
+            self._output_kind = "numeric" if outputs[0].get("type") == "number" else "categorical"
+            self._categories = {
+                s["name"]: sorted(s.get("categories") or [], key=str) for s in signature["inputs"]
+            }
+            self._categories["__output__"] = list(outputs[0].get("categories") or [])
+        self._pending: list[tuple[int, int, dict[str, Any]]] = []
+        self._pending_path: Path | None = None
+        self._pending_requests = 0
+        self._pending_since = 0.0
         self.folder = folder
         self.model = model
         self.version = version
@@ -190,18 +211,60 @@ class PredictionLog:
         )
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+        line += b"\n"
         with self._write_lock:  # the thread and close() may both flush at shutdown
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 try:
-                    os.write(fd, line + b"\n")
+                    os.write(fd, line)
+                    # O_APPEND moved this descriptor's offset to the end of *this* line, even
+                    # if another writer (another version's log) appended meanwhile
+                    offset = os.lseek(fd, 0, os.SEEK_CUR) - len(line)
                 finally:
                     os.close(fd)
             except OSError:
                 self.dropped += len(block.times)  # on /metrics: never silent
                 raise
+            self._index_block(path, offset, len(line), block)
         self.written += len(block.times)
         return len(block.times)
+
+    def _index_block(self, path: Path, offset: int, length: int, block: _Block) -> None:
+        """Add the block to the pending index record; write the record when it is due."""
+        if self._kinds is None:
+            return
+        from cpmai.serving import logindex
+
+        if self._pending and self._pending_path != path:  # a new day, a new file
+            self._write_index()
+        try:
+            arrays = logindex.block_arrays(block, self._kinds, self._output_kind, self._categories)
+        except logindex.Unindexable:
+            return  # the JSON line stays; readers parse it
+        if not self._pending:
+            self._pending_since = self._clock()
+        self._pending.append((offset, length, arrays))
+        self._pending_path = path
+        self._pending_requests += len(block.times)
+        if (
+            self._pending_requests >= logindex.INDEX_MAX_REQUESTS
+            or self._clock() - self._pending_since >= logindex.INDEX_SECONDS
+            or self._stop.is_set()
+        ):
+            self._write_index()
+
+    def _write_index(self) -> None:
+        from cpmai.serving import logindex
+
+        pending, self._pending, self._pending_requests = self._pending, [], 0
+        if not pending or self._pending_path is None or self._kinds is None:
+            return
+        target = self._pending_path.with_name(f"{self._pending_path.name}.{self.version}.idx")
+        with contextlib.suppress(OSError):  # the index only saves readers time
+            logindex.write_record(
+                target, pending, version=self.version, sample_rate=self.sample_rate,
+                kinds=self._kinds,
+            )  # fmt: skip
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -219,3 +282,5 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
+        with self._write_lock:
+            self._write_index()
