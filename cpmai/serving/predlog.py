@@ -26,6 +26,9 @@ A line (format "cpmai-predlog/2"):
 Served rows are those of successful requests (status < 400), in request order; `rows` says how
 many each request carried (0 for a refused one). `refused` keeps the inputs of refused requests
 that had parseable, small inputs (what unseen categories are counted from).
+
+Given the artifact's signature, the writer also indexes the blocks it wrote in columns
+(`cpmai.serving.logindex`): what `cpmai monitor` reads instead of parsing JSON.
 """
 
 from __future__ import annotations
