@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def block_arrays(
     kinds: dict[str, str],
     output_kind: str,
     categories: dict[str, list[Any]] | None = None,
+    pause: Callable[[], object] = lambda: None,
 ) -> dict[str, Any]:
     """One block's columns as arrays (codes + vocabulary for categories). `categories` (the
     signature's, and "__output__" for the classes) start each vocabulary in a fixed order, so
-    records share vocabularies and readers need not map codes."""
+    records share vocabularies and readers need not map codes. `pause` runs between columns:
+    the server passes `time.sleep(0)`, which hands the interpreter back to the event loop
+    instead of holding it for a whole block (requests would wait up to the 5 ms switch
+    interval otherwise)."""
     categories = categories or {}
     served = len(block.outputs)
     out: dict[str, Any] = {
@@ -76,6 +81,7 @@ def block_arrays(
         out["features"][name] = (
             _numbers(values) if kind == "numeric" else _coded(values, categories.get(name))
         )
+        pause()
     out["outputs"] = (
         _numbers(block.outputs)
         if output_kind == "numeric"
@@ -110,6 +116,7 @@ def write_record(
     version: str,
     sample_rate: float,
     kinds: dict[str, str],
+    pause: Callable[[], object] = lambda: None,
 ) -> None:
     """Append one record covering `blocks` ((offset, length, arrays) each) to `path`."""
     arrays: dict[str, Any] = {}
@@ -121,6 +128,7 @@ def write_record(
     for name, kind in kinds.items():
         if kind != "text":
             _join_column(f"feature:{name}", [b[2]["features"][name] for b in blocks], arrays, vocab)
+            pause()
     refused: list[dict[str, Any]] = []
     first = 0
     for _, _, parts in blocks:
