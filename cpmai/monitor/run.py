@@ -30,7 +30,6 @@ from cpmai.monitor.logs import (
     read_traffic,
 )
 from cpmai.monitor.quality import (
-    LABEL_METRICS,
     Labels,
     below_bound,
     data_quality,
@@ -78,13 +77,11 @@ class Subject:
 
 
 def feature_specs(inputs: list[dict[str, Any]]) -> list[FeatureSpec]:
-    kinds = {"number": "numeric", "integer": "numeric", "category": "categorical"}
-    kinds["boolean"] = "categorical"
+    from cpmai.serving.logindex import feature_kind  # the writer's rule: one place for it
+
     return [
         FeatureSpec(
-            spec["name"],
-            kinds.get(spec["type"], "text"),
-            frozenset(spec.get("categories") or []),
+            spec["name"], feature_kind(spec["type"]), frozenset(spec.get("categories") or [])
         )
         for spec in inputs
     ]
@@ -569,7 +566,3 @@ def _alerts(doc: dict[str, Any], manifest: Manifest) -> list[Alert]:
             )
         )
     return alerts
-
-
-def label_metrics(task: str) -> list[str]:
-    return LABEL_METRICS[task]
