@@ -128,7 +128,7 @@ def monitor(
         use_cache=not no_cache,
     )
     doc = result.doc
-    triggers = (manifest or _own_manifest(home, name, doc["version"])).monitoring.triggers
+    triggers = result.triggers
     actor = resolve_actor(OPTIONS.actor)
     result.fired = fire(
         home,
@@ -176,12 +176,6 @@ def _target(text: str) -> tuple[str, Any]:
         manifest = load_manifest(path, check_files=False)
         return manifest.name, manifest
     return text, None
-
-
-def _own_manifest(home: Path, name: str, version: str) -> Any:
-    from cpmai.artifacts import open_artifact
-
-    return open_artifact(home, name, version).manifest()
 
 
 # --- the report ------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def _aligned_counts(
     """Reference and current counts over the union of their categories."""
     assert profile.categories is not None and profile.counts is not None
     categories = list(profile.categories)
-    position = {_key(c): i for i, c in enumerate(categories)}
+    position = {category_key(c): i for i, c in enumerate(categories)}
     if vocab is None:  # a numeric feature with few distinct values, compared as categories
         values, counts = np.unique(present, return_counts=True)
         pairs = list(zip(values.tolist(), counts.tolist(), strict=True))
@@ -190,7 +190,7 @@ def _aligned_counts(
     current = np.zeros(len(categories), dtype=np.int64)
     extra: list[int] = []
     for value, count in pairs:
-        index = position.get(_key(value))
+        index = position.get(category_key(value))
         if index is None:
             extra.append(count)
         else:
@@ -199,7 +199,7 @@ def _aligned_counts(
     return reference, np.concatenate([current, np.array(extra, dtype=np.int64)])
 
 
-def _key(value: Any) -> Any:
+def category_key(value: Any) -> Any:
     """Compare 1 and 1.0 and "1" as the same category: the log keeps JSON's types."""
     if isinstance(value, bool):
         return str(value).lower()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from cpmai.monitor.logs import (
 )
 from cpmai.monitor.run import (
     Subject,
+    _drift_all,
     _rank,
     choose_version,
     load_subject,
@@ -37,17 +37,6 @@ from cpmai.monitor.run import (
 
 FIRST_READ_BYTES = 32 << 20
 """On start, read at most this much of each file's end: the view is about the last minutes."""
-
-
-@dataclass
-class _Chunk:
-    time: np.ndarray
-    status: np.ndarray
-    latency: np.ndarray
-    weight: np.ndarray
-    row_time: np.ndarray
-    features: dict[str, Any]
-    vocab: dict[str, list[Any]]
 
 
 class LiveMonitor:
@@ -69,18 +58,19 @@ class LiveMonitor:
         self.horizon_s, self.bucket_s, self.buckets = horizon_s, bucket_s, buckets
         self.max_rows = max_rows
         self.offsets: dict[str, int] = {}
-        self.chunks: deque[_Chunk] = deque()
+        self.chunks: deque[dict[str, Any]] = deque()
+        """What each poll read (parts of `cpmai.monitor.logs`), oldest first."""
         self.subject: Subject | None = None
         self.profiles: dict[str, drift_mod.Profile] = {}
         self.live_version: str | None = None
 
     def _ensure_subject(self) -> None:
-        version, since = choose_version(self.home, self.name, self.env, None)
+        version, since, state = choose_version(self.home, self.name, self.env, None)
         self.live_version = version
         focus = version or newest_logged_version(self.folder)
         if focus is None or (self.subject and self.subject.artifact.version == focus):
             return
-        self.subject = load_subject(self.home, self.name, focus, None, since)
+        self.subject = load_subject(self.home, self.name, focus, None, since, state)
         self.profiles, _, _ = reference_profiles(self.subject)
         self.chunks.clear()  # rows of another version: not this one's drift
 
@@ -116,34 +106,31 @@ class LiveMonitor:
             part = _parse_piece(_Piece(key, start, size), job)
             parts.append(part)
             self.offsets[key] = part["consumed"]
-        if not parts:
-            return
-        joined = _traffic(_join_parts(parts, subject.specs, subject.output_kind, False), 0, 0)
-        self.chunks.append(
-            _Chunk(
-                joined.time,
-                joined.status,
-                joined.latency_ms,
-                joined.weight,
-                joined.row_time,
-                joined.features,
-                joined.vocab,
-            )
-        )
+        if parts:
+            self.chunks.append(_join_parts(parts, subject.specs, subject.output_kind, False))
 
     def _trim(self, now: float) -> None:
         while self.chunks and (
-            len(self.chunks[0].time) == 0 or self.chunks[0].time.max() < now - self.horizon_s
+            len(self.chunks[0]["time"]) == 0 or self.chunks[0]["time"].max() < now - self.horizon_s
         ):
             self.chunks.popleft()
-        while len(self.chunks) > 1 and sum(len(c.row_time) for c in self.chunks) > self.max_rows:
+        while len(self.chunks) > 1 and sum(len(c["row_time"]) for c in self.chunks) > self.max_rows:
             self.chunks.popleft()
 
     def _snapshot(self, now: float) -> dict[str, Any]:
-        times = _cat([c.time for c in self.chunks])
-        status = _cat([c.status for c in self.chunks])
-        latency = _cat([c.latency for c in self.chunks])
-        weight = _cat([c.weight for c in self.chunks])
+        subject = self.subject
+        traffic = (
+            _traffic(
+                _join_parts(list(self.chunks), subject.specs, subject.output_kind, False), 0, 0
+            )
+            if subject is not None and self.chunks
+            else None
+        )
+        empty = np.zeros(0)
+        times = traffic.time if traffic else empty
+        status = traffic.status if traffic else empty
+        latency = traffic.latency_ms if traffic else empty
+        weight = traffic.weight if traffic else empty
         edges = now - self.bucket_s * np.arange(self.buckets, -1, -1)
         which = np.searchsorted(edges, times, side="right") - 1
         inside = (which >= 0) & (which < self.buckets)
@@ -157,9 +144,13 @@ class LiveMonitor:
         ok = status[minute] < 400
         count = float(weight[minute].sum())
         recent = np.sort(latency[minute][ok])
-        subject = self.subject
-        slo = subject.manifest.slo.model_dump(exclude_none=True) if subject else {}
-        snapshot: dict[str, Any] = {
+        drift = []
+        if subject is not None and traffic is not None:
+            settings = subject.manifest.monitoring.drift
+            drift = [
+                f.to_dict() for f in _drift_all(traffic, subject, self.profiles, settings, [])[1]
+            ]
+        return {
             "time": now,
             "name": self.name,
             "env": self.env,
@@ -174,11 +165,10 @@ class LiveMonitor:
                 "p50_ms": _rank(recent, 50),
                 "p99_ms": _rank(recent, 99),
             },
-            "slo": slo,
+            "slo": subject.manifest.slo.model_dump(exclude_none=True) if subject else {},
             "resources": self._resources(now),
-            "drift": self._drift(),
+            "drift": drift,
         }
-        return snapshot
 
     def _resources(self, now: float) -> dict[str, Any] | None:
         samples = read_resources(self.folder, now - 60, None)
@@ -195,51 +185,6 @@ class LiveMonitor:
             "cpu_percent": round(sum(float(s["cpu_percent"]) for s in fresh), 1),
             "rss_mb": round(sum(float(s["rss_bytes"]) for s in fresh) / 2**20, 1),
         }
-
-    def _drift(self) -> list[dict[str, Any]]:
-        if self.subject is None:
-            return []
-        settings = self.subject.manifest.monitoring.drift
-        out = []
-        for spec in self.subject.specs:
-            profile = self.profiles.get(spec.name)
-            if profile is None:
-                continue
-            values = [c.features[spec.name] for c in self.chunks if spec.name in c.features]
-            if spec.kind == "categorical":
-                codes, vocab = _merge(list(self.chunks), spec.name)
-                result = drift_mod.compare(
-                    profile,
-                    codes,
-                    threshold=settings.threshold,
-                    p_value=settings.p_value,
-                    min_samples=settings.min_samples,
-                    vocab=vocab,
-                )
-            else:
-                result = drift_mod.compare(
-                    profile,
-                    _cat(values),
-                    threshold=settings.threshold,
-                    p_value=settings.p_value,
-                    min_samples=settings.min_samples,
-                )
-            out.append(result.to_dict())
-        return out
-
-
-def _cat(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays) if arrays else np.zeros(0)
-
-
-def _merge(chunks: list[_Chunk], name: str) -> tuple[np.ndarray, list[Any]]:
-    merged: dict[Any, int] = {}
-    out = []
-    for chunk in chunks:
-        local = chunk.vocab.get(name, [])
-        mapping = np.array([merged.setdefault(v, len(merged)) for v in local] + [-1])
-        out.append(mapping[chunk.features[name]])
-    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int32)), list(merged)
 
 
 def _line_start(path: Path, offset: int) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import UsageError
+from cpmai.serving.logindex import encode, hashable, merge_coded, read_records
 
 if TYPE_CHECKING:
     import numpy as np
@@ -363,8 +364,6 @@ def _indexed(
 
     import numpy as np
 
-    from cpmai.serving.logindex import read_records
-
     size = path.stat().st_size
     parts: list[dict[str, Any]] = []
     covered: list[tuple[int, int]] = []
@@ -624,11 +623,11 @@ class _Accumulator:
             if spec.kind == "numeric":
                 features[spec.name] = _floats(values, np)
             else:
-                features[spec.name] = _codes(values, self.vocab[spec.name], np)
+                features[spec.name] = encode(values, self.vocab[spec.name])
         if self.output_kind == "numeric":
             outputs = _floats(self.outputs, np)
         else:
-            outputs = _codes(self.outputs, self.vocab["__output__"], np)
+            outputs = encode(self.outputs, self.vocab["__output__"])
         return {
             "time": np.array(self.time, dtype=np.float64),
             "status": status,
@@ -664,27 +663,6 @@ def _float_or_nan(value: Any) -> float:
         return float("nan")
 
 
-def _codes(values: list[Any], index: dict[Any, int], np: Any) -> Any:
-    """Integer codes into `index` (grown with values not seen before); -1 for None."""
-    table = {**index, None: -1}
-    try:
-        return np.array(list(map(table.__getitem__, values)), dtype=np.int32)
-    except (KeyError, TypeError):  # a value not indexed yet, or an unhashable one
-        pass
-    codes = []
-    for value in values:
-        key = None if value is None else _hashable(value)
-        code = table.get(key)
-        if code is None:
-            code = table[key] = index.setdefault(key, len(index))
-        codes.append(code)
-    return np.array(codes, dtype=np.int32)
-
-
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) else repr(value)
-
-
 def _count_unseen(specs: list[FeatureSpec], inputs: Any, into: dict[str, Any]) -> int:
     rows = 0
     if not isinstance(inputs, dict):
@@ -697,7 +675,7 @@ def _count_unseen(specs: list[FeatureSpec], inputs: Any, into: dict[str, Any]) -
             continue
         rows = max(rows, len(values))
         for value in values:
-            if value is not None and _hashable(value) not in spec.categories:
+            if value is not None and hashable(value) not in spec.categories:
                 into.setdefault(spec.name, Counter())[str(value)[:60]] += 1
     return rows
 
@@ -795,18 +773,10 @@ def _merge_codes(
     parts: list[dict[str, Any]], name: str, np: Any, key: str = "features"
 ) -> tuple[Any, list[Any]]:
     """Each piece coded its values in its own order: map them onto one vocabulary."""
-    vocabularies = [part["vocab"][name] for part in parts]
-    if parts and all(v == vocabularies[0] for v in vocabularies):  # nothing to map
-        codes = [part[key] if key == "outputs" else part["features"][name] for part in parts]
-        return np.concatenate(codes), list(vocabularies[0])
-    merged: dict[Any, int] = {}
-    out = []
-    for part in parts:
-        codes = part[key] if key == "outputs" else part["features"][name]
-        local = part["vocab"][name]
-        mapping = np.array([merged.setdefault(v, len(merged)) for v in local] + [-1])
-        out.append(mapping[codes] if len(codes) else codes)  # -1 indexes the trailing -1
-    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int32)), list(merged)
+    return merge_coded(
+        [(part[key] if key == "outputs" else part["features"][name], part["vocab"][name])
+         for part in parts]
+    )  # fmt: skip
 
 
 def _epoch(text: str) -> float:

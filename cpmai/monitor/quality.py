@@ -17,7 +17,7 @@ import numpy as np
 
 from cpmai.errors import UsageError
 from cpmai.gates import LOWER_IS_BETTER, score
-from cpmai.monitor.drift import _key
+from cpmai.monitor.drift import category_key
 from cpmai.monitor.logs import FeatureSpec, Traffic
 
 LABEL_METRICS = {
@@ -137,11 +137,11 @@ def model_quality(
         p = np.asarray(predicted[has], dtype=float)
         return {m: score(m, y, p, None, None) for m in LABEL_METRICS[task]}
     assert vocab is not None
-    decoded = np.array([_key(v) for v in vocab] + [""], dtype=object)
+    decoded = np.array([category_key(v) for v in vocab] + [""], dtype=object)
     said = decoded[predicted[has]]
-    actual = np.array([_key(v) for v in truth[has].tolist()], dtype=object)
+    actual = np.array([category_key(v) for v in truth[has].tolist()], dtype=object)
     seen = set(actual.tolist()) | set(said.tolist())
-    known = [_key(c) for c in classes or []]
+    known = [category_key(c) for c in classes or []]
     ordered = known + sorted(seen - set(known))
     return {m: score(m, actual, said, None, ordered) for m in LABEL_METRICS[task]}
 

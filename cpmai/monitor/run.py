@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cpmai.errors import UsageError
-from cpmai.ledger import Ledger, replay
+from cpmai.ledger import Ledger, State, replay
 from cpmai.monitor import drift as drift_mod
 from cpmai.monitor.logs import (
     FeatureSpec,
@@ -40,7 +40,7 @@ from cpmai.monitor.triggers import Alert, TriggerRun
 
 if TYPE_CHECKING:
     from cpmai.artifacts import Artifact
-    from cpmai.manifest import Manifest
+    from cpmai.manifest import Manifest, Triggers
 
 SCHEMA = "cpmai-monitor/1"
 MAX_WINDOWS = 2000
@@ -50,6 +50,8 @@ PERCENTILES = (50, 95, 99)
 @dataclass
 class MonitorResult:
     doc: dict[str, Any]
+    triggers: Triggers
+    """The settings that decide which alerts fire (the manifest's in use)."""
     alerts: list[Alert] = field(default_factory=list)
     fired: list[Alert] = field(default_factory=list)
     run: TriggerRun | None = None
@@ -89,8 +91,8 @@ def feature_specs(inputs: list[dict[str, Any]]) -> list[FeatureSpec]:
 
 def choose_version(
     home: Path, name: str, env: str, until: float | None
-) -> tuple[str | None, str | None]:
-    """(version, live since) for the period ending at `until`."""
+) -> tuple[str | None, str | None, State]:
+    """(version, live since, the ledger's state then) for the period ending at `until`."""
     until_iso = None if until is None else datetime.fromtimestamp(until, UTC).isoformat()
     state = replay(Ledger(home).events(), until=until_iso)
     if name not in state.versions:
@@ -98,10 +100,10 @@ def choose_version(
         raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
     env_state = state.env(name, env)
     if env_state.live is not None:
-        return env_state.live.version, env_state.live.time
+        return env_state.live.version, env_state.live.time, state
     if env_state.history:
-        return env_state.history[-1].version, None
-    return None, None
+        return env_state.history[-1].version, None, state
+    return None, None, state
 
 
 def newest_logged_version(folder: Path) -> str | None:
@@ -123,7 +125,12 @@ def newest_logged_version(folder: Path) -> str | None:
 
 
 def load_subject(
-    home: Path, name: str, version: str, manifest: Manifest | None, live_since: str | None
+    home: Path,
+    name: str,
+    version: str,
+    manifest: Manifest | None,
+    live_since: str | None,
+    state: State | None = None,
 ) -> Subject:
     from cpmai.artifacts import open_artifact
 
@@ -133,8 +140,9 @@ def load_subject(
     outputs = signature.get("outputs") or [{}]
     own = artifact.manifest()
     task = own.model.task
-    state = replay(Ledger(home).events())
-    record = state.versions[name][artifact.version]
+    record = (state.versions if state else {}).get(name, {}).get(artifact.version)
+    if record is None:  # packaged after the period the state was replayed to
+        record = replay(Ledger(home).events()).versions[name][artifact.version]
     return Subject(
         artifact=artifact,
         manifest=manifest or own,
@@ -233,7 +241,7 @@ def monitor(
     end = min(until, now) if until is not None else now
     if since is not None and since >= end:
         raise UsageError("--since must be before --until (and before now)")
-    live_version, live_since = choose_version(home, name, env, until)
+    live_version, live_since, state = choose_version(home, name, env, until)
     folder = log_folder(home, name, env)
     focus = version or live_version or newest_logged_version(folder)
     if focus is None:
@@ -242,7 +250,7 @@ def monitor(
             f"there (deploy it with `cpmai deploy`, or score a file with `cpmai predict`)"
         )
     subject = load_subject(
-        home, name, focus, manifest, live_since if focus == live_version else None
+        home, name, focus, manifest, live_since if focus == live_version else None, state
     )
     settings = subject.manifest.monitoring
     traffic = read_traffic(
@@ -339,7 +347,7 @@ def monitor(
         "model_quality": quality_doc,
         "settings": settings.model_dump(mode="json"),
     }
-    return MonitorResult(doc, alerts=_alerts(doc, subject.manifest))
+    return MonitorResult(doc, settings.triggers, alerts=_alerts(doc, subject.manifest))
 
 
 def _iso(moment: float) -> str:

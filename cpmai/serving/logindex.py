@@ -98,15 +98,45 @@ def _numbers(values: list[Any]) -> Any:
 
 
 def _coded(values: list[Any], known: list[Any] | None = None) -> tuple[Any, list[Any]]:
-    index: dict[Any, int] = {None: -1}
-    for value in known or []:
-        index.setdefault(value, len(index) - 1)
+    index = {value: code for code, value in enumerate(known or [])}
+    return encode(values, index), list(index)
+
+
+def encode(values: list[Any], index: dict[Any, int]) -> Any:
+    """Integer codes into `index` (grown with values not seen before); -1 for None. A value
+    that cannot be a dictionary key (a list) is coded by its repr."""
+    table = {**index, None: -1}
     try:
-        codes = [index.setdefault(v, len(index) - 1) for v in values]
-    except TypeError:  # an unhashable value
-        raise Unindexable("a value that cannot be a category") from None
-    del index[None]
-    return np.array(codes, dtype=np.int32), list(index)
+        return np.array(list(map(table.__getitem__, values)), dtype=np.int32)
+    except (KeyError, TypeError):  # a value not indexed yet, or an unhashable one
+        pass
+    codes = []
+    for value in values:
+        key = None if value is None else hashable(value)
+        code = table.get(key)
+        if code is None:
+            code = table[key] = index.setdefault(key, len(index))
+        codes.append(code)
+    return np.array(codes, dtype=np.int32)
+
+
+def hashable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) else repr(value)
+
+
+def merge_coded(parts: list[tuple[Any, list[Any]]]) -> tuple[Any, list[Any]]:
+    """Columns coded separately, each (codes, its vocabulary): mapped onto one vocabulary."""
+    if not parts:
+        return np.zeros(0, dtype=np.int32), []
+    first = parts[0][1]
+    if all(values == first for _, values in parts):  # the usual case: nothing to map
+        return np.concatenate([codes for codes, _ in parts]), list(first)
+    merged: dict[Any, int] = {}
+    coded = []
+    for codes, values in parts:
+        mapping = np.array([merged.setdefault(v, len(merged)) for v in values] + [-1], np.int32)
+        coded.append(mapping[codes])  # -1 (None) indexes the trailing -1
+    return np.concatenate(coded), list(merged)
 
 
 def write_record(
@@ -170,21 +200,10 @@ def write_record(
 def _join_column(
     name: str, parts: list[Any], arrays: dict[str, Any], vocab: dict[str, list[Any]]
 ) -> None:
-    if not parts or not isinstance(parts[0], tuple):
+    if parts and isinstance(parts[0], tuple):
+        arrays[name], vocab[name] = merge_coded(parts)
+    else:
         arrays[name] = np.concatenate(parts) if parts else np.zeros(0)
-        return
-    first = parts[0][1]
-    if all(values == first for _, values in parts):  # the usual case: nothing to map
-        arrays[name] = np.concatenate([codes for codes, _ in parts])
-        vocab[name] = list(first)
-        return
-    merged: dict[Any, int] = {}
-    coded = []
-    for codes, values in parts:
-        mapping = np.array([merged.setdefault(v, len(merged)) for v in values] + [-1], np.int32)
-        coded.append(mapping[codes])
-    arrays[name] = np.concatenate(coded)
-    vocab[name] = list(merged)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
