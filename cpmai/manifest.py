@@ -350,7 +350,15 @@ class Business(Strict):
     value_per_prediction: NonNegFloat = 0.0
     """What one prediction is worth to the business, in `currency`."""
     baseline_cost_per_month: NonNegFloat = 0.0
-    """What the process cost per month before the model."""
+    """What the process cost per month before the model (counted as saved while it runs)."""
+    investment: NonNegFloat = 0.0
+    """What building the model cost (development, first training): what the net gain must pay
+    back."""
+    value_kpi: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")] | None = None
+    """A KPI recorded with `cpmai kpi record` whose values are value delivered, in `currency`:
+    used instead of predictions × value_per_prediction."""
+    value_from: list[Annotated[str, Field(pattern=_NAME)]] | None = None
+    """Environments whose predictions count as value (default: all; e.g. [production])."""
 
 
 class Manifest(Strict):

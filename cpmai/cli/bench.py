@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
-from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
+from cpmai.cli.output import OPTIONS, emit_json, progress, show, wants_json, warn
 from cpmai.cli.project import JsonFlag
 
 
@@ -222,11 +222,8 @@ def bench(
         force=force,
         save=not no_save,
     )
-    if OPTIONS.err.is_terminal and not OPTIONS.quiet:  # a live status line, on a terminal only
-        with OPTIONS.err.status("starting") as status:
-            result = benchmark(home, subject, request, lambda message: status.update(message))
-    else:
-        result = benchmark(home, subject, request, info)
+    with progress() as say:
+        result = benchmark(home, subject, request, say)
     from cpmai.bench import reports
 
     for path, text in ((junit, reports.junit), (markdown, reports.markdown), (csv, reports.to_csv)):

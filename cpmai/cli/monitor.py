@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
-from cpmai.cli.project import JsonFlag
+from cpmai.cli.project import JsonFlag, name_or_manifest
 
 
 def monitor(
@@ -93,7 +93,7 @@ def monitor(
     from cpmai.settings import resolve_actor, resolve_home
 
     home = resolve_home(OPTIONS.home)
-    name, manifest = _target(target)
+    name, manifest = name_or_manifest(target)
     if not math.isfinite(interval) or interval < 0.1:
         raise UsageError(f"--interval {interval}: expected at least 0.1 seconds")
     if watch:
@@ -165,17 +165,6 @@ def monitor(
     else:
         _render(out)
     return int(out["exit_code"])
-
-
-def _target(text: str) -> tuple[str, Any]:
-    """A model name, or a manifest file (then its name and its current bounds)."""
-    path = Path(text)
-    if text.endswith((".yaml", ".yml")) or path.is_file():
-        from cpmai.manifest import load_manifest
-
-        manifest = load_manifest(path, check_files=False)
-        return manifest.name, manifest
-    return text, None
 
 
 # --- the report ------------------------------------------------------------------------------

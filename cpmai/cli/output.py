@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,17 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+@contextmanager
+def progress(fallback: Callable[[str], None] = info) -> Iterator[Callable[[str], None]]:
+    """A callback for the core's progress messages: a live status line on a terminal (unless
+    -q), else `fallback` (`info`, or `detail` for steps only -v should show)."""
+    if OPTIONS.err.is_terminal and not OPTIONS.quiet:
+        with OPTIONS.err.status("starting") as status:
+            yield lambda message: status.update(_escape(message))
+    else:
+        yield fallback
 
 
 def wants_json(local: bool) -> bool:

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,20 @@ def _json_mode(value: bool) -> bool:
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="One JSON document on stdout.", callback=_json_mode)
 ]
+
+
+def name_or_manifest(text: str) -> tuple[str, Any]:
+    """A model name, or a manifest file (then its name and the manifest, whose current settings
+    apply)."""
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        from cpmai.manifest import load_manifest
+
+        manifest = load_manifest(path, check_files=False)
+        return manifest.name, manifest
+    return text, None
+
+
 ManifestArg = Annotated[Path, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)]
 
 

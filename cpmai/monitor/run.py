@@ -285,14 +285,14 @@ def monitor(
     windows = []
     for index, (low, high) in enumerate(bounds):
         entry = _traffic_summary(traffic, low, high, last=index == count - 1)
-        entry.update(_resource_summary(resources, low, high, settings.sample_interval_s))
+        entry.update(resource_summary(resources, low, high, settings.sample_interval_s))
         entry["drift"] = _drift_summary(per_window[index], settings.drift.share)
         if labels is not None:
             entry["quality"] = _quality(subject, traffic, labels, low, high)
         entry["slo"] = _slo_checks(entry, slo)
         windows.append(entry)
     period = _traffic_summary(traffic, start, end, last=True)
-    period.update(_resource_summary(resources, start, end, settings.sample_interval_s))
+    period.update(resource_summary(resources, start, end, settings.sample_interval_s))
     prediction = None
     if output_profile is not None:
         prediction = drift_mod.compare(
@@ -396,7 +396,7 @@ def _rank(ordered: np.ndarray, percentile: float) -> float | None:
     return round(float(ordered[index]), 3)
 
 
-def _resource_summary(
+def resource_summary(
     samples: list[dict[str, Any]], low: float, high: float, interval: float
 ) -> dict[str, Any]:
     """CPU % and RSS of the serving processes: samples taken at the same moment (one per process)

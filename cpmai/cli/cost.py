@@ -1,0 +1,293 @@
+"""`cpmai cost`: serving and retraining cost, cost per 1,000 predictions, budget and ROI."""
+
+from typing import Annotated, Any
+
+import typer
+
+from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
+from cpmai.cli.project import JsonFlag, name_or_manifest
+
+
+def cost(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Model name, or a manifest file (its costs:, business: and environments: then "
+            "apply: the way to try a new price sheet).",
+            show_default=False,
+        ),
+    ],
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env", "-e", help="One environment (default: every live one).", show_default=False
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start of the measured period: ISO time or age (default: 730h, a month).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End of the period (default: now).", show_default=False)
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(help="What if: this many replicas.", min=1, max=1000, show_default=False),
+    ] = None,
+    traffic: Annotated[
+        float | None,
+        typer.Option(help="What if: this many predictions per second.", show_default=False),
+    ] = None,
+    max_increase: Annotated[
+        str | None,
+        typer.Option(
+            help="Exit 4 when a cost rose more than this against the previous version (15%).",
+            show_default=False,
+        ),
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show every figure's formula and inputs.")
+    ] = False,
+    json_: JsonFlag = False,
+) -> int:
+    """What the model costs and returns: per environment, the allocation (replicas × (cpu ×
+    cpu_hour + memory_gb × memory_gb_hour) × 730 h) and the usage view from the servers' own
+    samples (charged max(reserved, used); idle share); cost per 1,000 predictions at the
+    benchmarked capacity and at the measured traffic; retraining (planned + triggered runs);
+    the monthly total against budget_per_month; ROI from business: per month and since the
+    first deployment.
+
+    Exit 4 when over budget, or with --max-increase when a cost rose more than that against the
+    previous version.
+    """
+    import math
+    import time
+
+    from cpmai.costs.estimate import estimate
+    from cpmai.errors import UsageError
+    from cpmai.monitor.logs import parse_moment
+    from cpmai.settings import resolve_home
+
+    name, manifest = name_or_manifest(target)
+    now = time.time()
+    if traffic is not None and (not math.isfinite(traffic) or traffic <= 0):
+        raise UsageError(f"--traffic {traffic}: expected predictions per second > 0")
+    with progress(detail) as say:
+        result = estimate(
+            resolve_home(OPTIONS.home),
+            name,
+            env=env,
+            manifest=manifest,
+            since=parse_moment(since, now=now) if since else None,
+            until=parse_moment(until, now=now) if until else None,
+            now=now,
+            replicas=replicas,
+            traffic=traffic,
+            max_increase=parse_share(max_increase) if max_increase else None,
+            progress=say,
+        )
+    doc = result.doc
+    if wants_json(json_):
+        emit_json(doc)
+    else:
+        render(doc, explain=explain)
+    return int(doc["exit_code"])
+
+
+def parse_share(text: str) -> float:
+    """`15%` or `0.15` → 0.15."""
+    from cpmai.errors import UsageError
+
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UsageError(f"--max-increase {text!r}: expected a share such as 15% or 0.15") from None
+    if not 0 <= value < 1000:
+        raise UsageError(f"--max-increase {text!r}: expected a share such as 15% or 0.15")
+    return value
+
+
+def money(value: float | None, currency: str = "") -> str:
+    """2 decimals, or 3 significant digits below 0.01 (a cost per 1,000 predictions is small)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:,.2f}"
+    return text + (f" {currency}" if currency else "")
+
+
+def _count(value: float | None) -> str:
+    """1,234 / 12.3k / 4.5M / 6.7G."""
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size * 10:
+            return f"{value / size:,.1f}{unit}"
+    return f"{value:,.0f}"
+
+
+def render(doc: dict[str, Any], *, explain: bool) -> None:
+    from rich.table import Table
+
+    from cpmai.costs.model import render as formula
+
+    cur = doc["currency"]
+    period = doc["period"]
+    show(
+        f"[bold]{doc['name']}[/bold]: costs in {cur}, prices from {doc['manifest']}; measured "
+        f"{period['since']} → {period['until']} ({period['hours']:g} h)"
+    )
+    table = Table(title="serving, per environment", title_justify="left")
+    for column in ("env", "version", "repl", "alloc/mo", "CPU used", "GiB used", "idle",
+                   "charged/mo", "pred/mo", "1k @capacity", "1k @traffic"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("env", "version") else "right")
+    for e in doc["environments"]:
+        usage = e["usage"]
+        idle = usage["idle_share"]["cost"]["value"] if usage else None
+        table.add_row(
+            e["env"] + (" (not live)" if e["planned"] else ""),
+            e["version"] or "-",
+            str(e["replicas"]),
+            money(e["allocation"]["per_month"]["value"]),
+            f"{usage['cpu_cores_used']:.3f}" if usage else "-",
+            f"{usage['memory_gib_used']:.3f}" if usage else "-",
+            f"{idle:.0%}" if idle is not None else "-",
+            money(e["serving_per_month"]["value"]),
+            _count(e["traffic"]["predictions_per_month"]),
+            money(e["cost_per_1000"]["at_capacity"]["value"]),
+            money(e["cost_per_1000"]["at_traffic"]["value"]),
+        )
+    show(table)
+    for e in doc["environments"]:
+        measured = e["traffic"]["measured_s"]
+        if e["traffic"]["predictions"] and measured < 3600:
+            warn(
+                f"{e['env']}: rates extrapolated from {measured:,.0f} s of live traffic "
+                f"({e['traffic']['predictions']:,} predictions)"
+            )
+        if e.get("usage_note"):
+            detail(f"{e['env']}: {e['usage_note']}")
+        if e.get("capacity_note"):
+            show(f"[dim]{e['env']}: {e['capacity_note']}[/dim]")
+        elif e["capacity"]:
+            cap = e["capacity"]
+            show(
+                f"[dim]{e['env']}: capacity {cap['predictions_per_s'] or 'n/a'} predictions/s "
+                f"({cap['note']}; {cap['source']}, {cap['time']})[/dim]"
+            )
+        previous = e.get("previous")
+        if previous:
+            rise = previous["increase"]
+            show(
+                f"{e['env']}: against {previous['previous']['version']}: serving per month "
+                f"{_change(rise['serving_per_month'])}, per 1,000 at capacity "
+                f"{_change(rise['cost_per_1000_at_capacity'])}"
+            )
+    retraining = doc["retraining"]
+    show(
+        f"retraining: {retraining['planned_runs_per_month']:g} planned run(s)/month + "
+        f"{retraining['triggered_runs']} triggered in the period → "
+        f"{money(retraining['per_month']['value'], cur)} a month"
+    )
+    total = doc["total_per_month"]["value"]
+    budget = doc["budget"]
+    line = f"[bold]total {money(total, cur)} a month[/bold]"
+    if budget["per_month"] is not None:
+        colour = "red" if budget["over"] else "green"
+        line += (
+            f" — [{colour}]{budget['used_share']:.0%} of the {money(budget['per_month'], cur)} "
+            f"budget[/{colour}]"
+        )
+    show(line)
+    _render_roi(doc["roi"], cur)
+    if doc["what_if"]:
+        _render_what_if(doc["what_if"], cur)
+    if explain:
+        show("\n[bold]how each figure is computed[/bold]")
+        for label, fig in _figures(doc):
+            show(f"  {label}: {formula(fig)}")
+    for alert in doc["alerts"]:
+        show(f"[red]ALERT[/red] {alert['kind']}: {alert['message']}")
+    if not doc["alerts"]:
+        show("[green]within budget[/green]" if budget["per_month"] is not None else "")
+
+
+def _change(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
+
+
+def _render_roi(roi: dict[str, Any], cur: str) -> None:
+    if not roi["configured"]:
+        warn(roi["note"])
+        return
+    pct = roi["roi_percent"]["value"]
+    payback = roi["payback_months"]["value"]
+    show(
+        f"ROI per month: value {money(roi['value_per_month']['value'], cur)}, saved "
+        f"{money(roi['savings_per_month']['value'], cur)}, net "
+        f"{money(roi['net_per_month']['value'], cur)}, ROI "
+        + ("n/a" if pct is None else f"{pct:,.0f}%")
+        + (
+            ""
+            if payback is None and not roi["net_per_month"]["value"]
+            else f", payback {'not at this rate' if payback is None else f'{payback:.1f} months'}"
+        )
+    )
+    to_date = roi.get("to_date")
+    if to_date:
+        show(
+            f"since the first deployment ({to_date['since']}, {to_date['months']:.2f} months): "
+            f"value {money(to_date['value'], cur)}, net {money(to_date['net']['value'], cur)}"
+            + (" — paid back" if to_date["paid_back"] else " — not paid back yet")
+        )
+
+
+def _render_what_if(plan: dict[str, Any], cur: str) -> None:
+    rate = plan["predictions_per_s"]
+    show(
+        f"[bold]what if[/bold] {plan['env']} ran {plan['replicas']} replica(s)"
+        + (f" at {rate:g} predictions/s" if rate is not None else "")
+        + f": {money(plan['allocation']['per_month']['value'], cur)} a month for serving, "
+        f"total {money(plan['total_per_month']['value'], cur)}"
+        + (" [red](over budget)[/red]" if plan["over_budget"] else "")
+    )
+    cap = plan["capacity"]["value"]
+    if cap is None:
+        show(f"  capacity unknown: {plan['note']}")
+    else:
+        show(
+            f"  capacity ≈ {cap:,.0f} predictions/s"
+            + (
+                f"; {plan['replicas_needed']} replica(s) needed"
+                + ("" if plan["fits"] else " [red](does not fit)[/red]")
+                if plan["replicas_needed"] is not None
+                else ""
+            )
+        )
+    if plan["cost_per_1000"]["value"] is not None:
+        show(f"  {money(plan['cost_per_1000']['value'], cur)} per 1,000 predictions")
+
+
+def _figures(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for e in doc["environments"]:
+        env = e["env"]
+        out.append((f"{env} allocation per hour", e["allocation"]["per_hour"]))
+        out.append((f"{env} allocation per month", e["allocation"]["per_month"]))
+        if e["usage"]:
+            out.append((f"{env} usage per hour", e["usage"]["usage_per_hour"]))
+            out.append((f"{env} charged per hour", e["usage"]["charged_per_hour"]))
+            out.append((f"{env} idle share of cost", e["usage"]["idle_share"]["cost"]))
+        out.append((f"{env} per 1,000 at capacity", e["cost_per_1000"]["at_capacity"]))
+        out.append((f"{env} per 1,000 at traffic", e["cost_per_1000"]["at_traffic"]))
+    out.append(("retraining per month", doc["retraining"]["per_month"]))
+    out.append(("total per month", doc["total_per_month"]))
+    roi = doc["roi"]
+    for key in ("value_per_month", "net_per_month", "roi_percent", "payback_months"):
+        out.append((key.replace("_", " "), roi[key]))
+    if roi.get("to_date"):
+        out.append(("net since the first deployment", roi["to_date"]["net"]))
+    return out

@@ -1,0 +1,189 @@
+"""What the cost model is fed: when each environment was live, what its servers used, what they
+served, how much a benchmark says they can carry, and which retraining runs triggers asked for."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cpmai.ledger import LIVE_ACTIONS, Event, parse_time
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A version live in an environment from `start` to `end` (None: still live)."""
+
+    version: str
+    start: float
+    end: float | None
+    url: str | None
+
+    def overlap(self, low: float, high: float) -> float:
+        end = high if self.end is None else min(self.end, high)
+        return max(0.0, end - max(self.start, low))
+
+
+def live_intervals(events: Iterable[Event], name: str, env: str) -> list[Interval]:
+    """Each stretch a version was live in `env`, oldest first, from the ledger."""
+    out: list[Interval] = []
+    current: tuple[str, float, str | None] | None = None
+    for event in events:
+        if event.name != name or event.env != env:
+            continue
+        moment = event.when.timestamp()
+        if event.action in LIVE_ACTIONS and event.version and event.details.get("result") == "live":
+            if current is not None:
+                out.append(Interval(current[0], current[1], moment, current[2]))
+            url = event.details.get("url")
+            current = (event.version, moment, str(url) if url else None)
+        elif event.action == "stop" and current is not None:
+            out.append(Interval(current[0], current[1], moment, current[2]))
+            current = None
+    if current is not None:
+        out.append(Interval(current[0], current[1], None, current[2]))
+    return out
+
+
+def live_seconds(
+    intervals: list[Interval], low: float, high: float, version: str | None = None
+) -> float:
+    return sum(i.overlap(low, high) for i in intervals if version is None or i.version == version)
+
+
+def triggered_runs(events: Iterable[Event], name: str, low: float, high: float) -> int:
+    """Retraining runs triggers called for in [low, high): one per monitor check that fired any
+    trigger (its `trigger` events share version, environment and second)."""
+    firings = {
+        (e.version, e.env, e.time)
+        for e in events
+        if e.action == "trigger" and e.name == name and low <= e.when.timestamp() < high
+    }
+    return len(firings)
+
+
+def first_live(events: Iterable[Event], name: str) -> float | None:
+    for event in events:
+        if (
+            event.name == name
+            and event.action in LIVE_ACTIONS
+            and event.details.get("result") == "live"
+        ):
+            return parse_time(event.time).timestamp()
+    return None
+
+
+def bench_runs(home: Path, name: str, version: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Saved `cpmai bench` results of a version, oldest first (unreadable ones skipped)."""
+    folder = home / "bench" / name / version
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("schema") == "cpmai-bench/1":
+            out.append((path, data))
+    return out
+
+
+def capacity(
+    home: Path, name: str, version: str, url: str | None, slo: dict[str, float]
+) -> dict[str, Any] | None:
+    """The sustained predictions/s at the SLO from the newest benchmark of this version — of the
+    environment's own server when one was benchmarked (same port), else of any server, else in
+    process (the model alone: an upper bound, the server adds parsing and HTTP). None: never
+    benchmarked."""
+    from cpmai.bench.verdicts import check_slo
+
+    runs = bench_runs(home, name, version)
+    if not runs:
+        return None
+    port = urlsplit(url).port if url else None
+
+    def rank(run: tuple[Path, dict[str, Any]]) -> tuple[int, str]:
+        target = run[1].get("target") or {}
+        same = target.get("url") and port and urlsplit(str(target["url"])).port == port
+        return (2 if same else 1 if target.get("kind") == "http" else 0, run[0].name)
+
+    path, data = max(runs, key=rank)
+    target = data.get("target") or {}
+    kind = "this environment's server" if rank((path, data))[0] == 2 else (
+        "another server" if target.get("kind") == "http" else "in process (the model alone)"
+    )  # fmt: skip
+    levels = [lv for lv in data.get("levels", []) if lv.get("ok")]
+    found = data.get("capacity") or {}
+    chosen: dict[str, Any] | None = None
+    note = ""
+    if found.get("found"):
+        chosen = next((lv for lv in levels if lv["label"] == found.get("level")), None)
+        note = "the capacity `cpmai bench --find-capacity` found"
+    if chosen is None and levels:
+        bounds = {k: v for k, v in slo.items() if k != "throughput_min"}
+        passing = [lv for lv in levels if all(c["passed"] for c in check_slo([lv], bounds))]
+        if passing:
+            chosen = max(passing, key=lambda lv: float(lv["rows_per_s"]))
+            note = "the busiest level that met the SLO" if bounds else "the busiest level (no SLO)"
+        else:
+            note = "no benchmarked level met the SLO"
+    return {
+        "file": str(path),
+        "time": data.get("time"),
+        "source": kind,
+        "level": chosen["label"] if chosen else None,
+        "predictions_per_s": round(float(chosen["rows_per_s"]), 3) if chosen else None,
+        "requests_per_s": round(float(chosen["throughput_rps"]), 3) if chosen else None,
+        "p99_ms": chosen["latency_ms"]["p99_ms"] if chosen else None,
+        "note": note,
+    }
+
+
+def bench_windows(home: Path, name: str, urls: set[str]) -> list[tuple[float, float]]:
+    """When `cpmai bench` loaded one of these servers: its requests are in the prediction log
+    but are not business traffic."""
+    ports = {urlsplit(u).port for u in urls}
+    out = []
+    folder = home / "bench" / name
+    for version in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
+        for _, data in bench_runs(home, name, version):
+            target = data.get("target") or {}
+            if target.get("kind") != "http" or urlsplit(str(target.get("url"))).port not in ports:
+                continue
+            end = parse_time(str(data["time"])).timestamp() + 1  # the time is rounded down
+            out.append((end - float(data.get("seconds", 0)) - 1, end))
+    return out
+
+
+def excluded_seconds(windows: list[tuple[float, float]], low: float, high: float) -> float:
+    return sum(max(0.0, min(b, high) - max(a, low)) for a, b in windows)
+
+
+def served(
+    traffic: Any, low: float, high: float, exclude: list[tuple[float, float]] | None = None
+) -> dict[str, Any]:
+    """Requests and predictions (rows answered 200) in [low, high) outside the `exclude`
+    windows, weighted by 1/sample rate, per version too."""
+    mask = (traffic.time >= low) & (traffic.time < high)
+    for a, b in exclude or []:
+        mask &= (traffic.time < a) | (traffic.time >= b)
+    ok = mask & (traffic.status == 200)
+    per_version: dict[str, int] = {}
+    if traffic.requests:
+        rows = traffic.rows * traffic.weight
+        for index, version in enumerate(traffic.versions):
+            count = float(rows[ok & (traffic.version == index)].sum())
+            if count:
+                per_version[version] = round(count)
+    return {
+        "requests": round(float(traffic.weight[mask].sum())) if traffic.requests else 0,
+        "predictions": round(float((traffic.rows * traffic.weight)[ok].sum()))
+        if traffic.requests
+        else 0,
+        "errors": round(float(traffic.weight[mask & (traffic.status != 200)].sum()))
+        if traffic.requests
+        else 0,
+        "per_version": per_version,
+    }
