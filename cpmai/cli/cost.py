@@ -6,6 +6,7 @@ import typer
 
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
 from cpmai.cli.project import JsonFlag, name_or_manifest
+from cpmai.report.text import count, money
 
 
 def cost(
@@ -111,24 +112,6 @@ def parse_share(text: str) -> float:
     return value
 
 
-def money(value: float | None, currency: str = "") -> str:
-    """2 decimals, or 3 significant digits below 0.01 (a cost per 1,000 predictions is small)."""
-    if value is None:
-        return "n/a"
-    text = f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:,.2f}"
-    return text + (f" {currency}" if currency else "")
-
-
-def _count(value: float | None) -> str:
-    """1,234 / 12.3k / 4.5M / 6.7G."""
-    if value is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size * 10:
-            return f"{value / size:,.1f}{unit}"
-    return f"{value:,.0f}"
-
-
 def render(doc: dict[str, Any], *, explain: bool) -> None:
     from rich.table import Table
 
@@ -156,7 +139,7 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
             f"{usage['memory_gib_used']:.3f}" if usage else "-",
             f"{idle:.0%}" if idle is not None else "-",
             money(e["serving_per_month"]["value"]),
-            _count(e["traffic"]["predictions_per_month"]),
+            count(e["traffic"]["predictions_per_month"]),
             money(e["cost_per_1000"]["at_capacity"]["value"]),
             money(e["cost_per_1000"]["at_traffic"]["value"]),
         )

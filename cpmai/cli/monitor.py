@@ -330,15 +330,6 @@ def _render_quality(doc: dict[str, Any]) -> None:
 
 # --- the live view ---------------------------------------------------------------------------
 
-_BLOCKS = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[float]) -> str:
-    top = max(values, default=0.0)
-    if top <= 0:
-        return _BLOCKS[0] * len(values)
-    return "".join(_BLOCKS[min(int(v / top * (len(_BLOCKS) - 1) + 0.5), 7)] for v in values)
-
 
 def _watch(home: Path, name: str, env: str, interval: float) -> int:
     from rich.live import Live
@@ -361,6 +352,8 @@ def _dashboard(snap: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
+
+    from cpmai.report.terminal import sparkline
 
     minute = snap["minute"]
     slo = snap["slo"]

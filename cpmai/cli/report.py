@@ -1,0 +1,102 @@
+"""`cpmai report`: the dashboard for leads and for CI."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpmai.cli.output import OPTIONS, detail, emit_json, info, progress, show, wants_json
+from cpmai.cli.project import JsonFlag, name_or_manifest
+
+
+def report(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Model name, or a manifest file (its slo:, monitoring:, costs: and business: "
+            "then apply).",
+            show_default=False,
+        ),
+    ],
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env", "-e", help="One environment (default: every one).", show_default=False
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start: ISO time or age (default: the first deployment, at most 730h ago).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End (default: now).", show_default=False)
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the dashboard as one self-contained HTML file.", show_default=False
+        ),
+    ] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="Write a Markdown summary (pull-request comment).", show_default=False),
+    ] = None,
+    json_: JsonFlag = False,
+) -> int:
+    """The dashboard: every version's journey (packaged → gated → approved → deployed → rolled
+    back, who and when), latency per version, traffic, SLOs and resources over time, drift and
+    data quality, triggers fired, KPIs, cost per environment and per 1,000 predictions, budget
+    and ROI.
+
+    Exit 4 when something is breached (an SLO over the period, drift, quality, age, budget),
+    as `cpmai monitor` and `cpmai cost` would; the report is written either way.
+    """
+    import time
+
+    from cpmai.errors import UsageError
+    from cpmai.monitor.logs import parse_moment
+    from cpmai.report.data import build
+    from cpmai.settings import resolve_home
+
+    name, manifest = name_or_manifest(target)
+    for path in (html, markdown):
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    now = time.time()
+    with progress(detail) as say:
+        doc = build(
+            resolve_home(OPTIONS.home),
+            name,
+            env=env,
+            manifest=manifest,
+            since=parse_moment(since, now=now) if since else None,
+            until=parse_moment(until, now=now) if until else None,
+            now=now,
+            progress=say,
+        )
+    breached = bool(doc["cost"]["alerts"]) or any(
+        mon["available"] and mon["alerts"] for mon in doc["monitoring"].values()
+    )
+    doc["exit_code"] = 4 if breached else 0
+    from cpmai.fsutil import write_atomic
+
+    if html is not None:
+        from cpmai.report.html import render as to_html
+
+        write_atomic(html, to_html(doc).encode())
+        info(f"wrote {html}")
+    if markdown is not None:
+        from cpmai.report.markdown import render as to_markdown
+
+        write_atomic(markdown, to_markdown(doc).encode())
+        info(f"wrote {markdown}")
+    if wants_json(json_):
+        emit_json(doc)
+    else:
+        from cpmai.report.terminal import render
+
+        show(render(doc))
+    return int(doc["exit_code"])

@@ -1,0 +1,336 @@
+"""What `cpmai report` shows, gathered in one document (schema cpmai-report/1): the versions
+and their journey from the ledger, latency per version from saved benchmarks, traffic, SLOs,
+resources, drift and quality from the prediction logs (through `cpmai monitor`'s own code),
+triggers, KPIs, and cost and ROI (through `cpmai cost`'s). The renderers only lay it out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cpmai.costs import measure
+from cpmai.costs.estimate import DEFAULT_PERIOD_S, choose_manifest, estimate
+from cpmai.costs.model import HOURS_PER_MONTH
+from cpmai.errors import UsageError
+from cpmai.ledger import Event, Ledger, replay
+
+if TYPE_CHECKING:
+    from cpmai.manifest import Manifest
+
+SCHEMA = "cpmai-report/1"
+JOURNEY = ("package", "gate", "approve", "approval-refused", "deploy", "promote", "rollback",
+           "stop", "trigger", "trigger-run")  # fmt: skip
+WINDOWS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+MAX_POINTS = 60
+
+
+def window_for(seconds: float) -> float:
+    """The smallest round window that draws the period in at most MAX_POINTS points."""
+    for window in WINDOWS:
+        if seconds / window <= MAX_POINTS:
+            return float(window)
+    return float(WINDOWS[-1])
+
+
+def build(
+    home: Path,
+    name: str,
+    *,
+    env: str | None = None,
+    manifest: Manifest | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    now: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    say = progress or (lambda _: None)
+    now = time.time() if now is None else now
+    end = min(until, now) if until is not None else now
+    events = Ledger(home).events()
+    manifest, source = choose_manifest(home, name, events, manifest)
+    first = measure.first_live(events, name)
+    start = since if since is not None else max(first or end - 3600, end - DEFAULT_PERIOD_S)
+    if start >= end:
+        raise UsageError("--since must be before --until (and before now)")
+    state = replay(events)
+    envs = _envs(state, name, env)
+    window = window_for(end - start)
+    say("costs")
+    cost = estimate(
+        home, name, env=env, manifest=manifest, since=start, until=end, now=now, progress=say
+    ).doc
+    monitored = {}
+    for env_name in envs:
+        say(f"monitoring {env_name}")
+        monitored[env_name] = _monitor(home, name, env_name, manifest, start, end, window, now)
+    value_trend = {
+        env_name: _value_trend(home, name, env_name, events, manifest, cost, start, end, window)
+        for env_name in envs
+    }
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "description": manifest.description,
+        "owners": manifest.owners,
+        "currency": manifest.costs.currency,
+        "manifest": source,
+        "generated": _iso(now),
+        "period": {"since": _iso(start), "until": _iso(end), "window_s": window},
+        "environments": _env_status(state, name, envs),
+        "versions": _versions(events, state, name),
+        "latency": _latency(home, name, state),
+        "monitoring": monitored,
+        "value_trend": value_trend,
+        "triggers": [
+            _event(e) for e in events if e.name == name and e.action in ("trigger", "trigger-run")
+        ],
+        "kpis": _kpis(events, name),
+        "cost": cost,
+        "slo": manifest.slo.model_dump(exclude_none=True),
+    }
+
+
+def _iso(moment: float) -> str:
+    from cpmai.costs.estimate import _iso as iso
+
+    return iso(moment)
+
+
+def _envs(state: Any, name: str, env: str | None) -> list[str]:
+    known = [e for e in state.envs_of(name) if e != "batch"]
+    if env is not None:
+        if env not in known:
+            raise UsageError(
+                f"--env {env}: {name} was never deployed there "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        return [env]
+    return known
+
+
+def _env_status(state: Any, name: str, envs: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for env in envs:
+        s = state.env(name, env)
+        out.append(
+            {
+                "env": env,
+                "live_version": s.live.version if s.live else None,
+                "since": s.live.time if s.live else None,
+                "url": s.live.details.get("url") if s.live else None,
+                "by": s.live.actor if s.live else None,
+                "versions_live_here": [r.version for r in s.history],
+                "last_event": s.last_event.action if s.last_event else None,
+            }
+        )
+    return out
+
+
+def _event(e: Event) -> dict[str, Any]:
+    details = e.details
+    summary = ""
+    if e.action == "gate":
+        failed = [r["gate"] for r in details.get("results", []) if not r.get("passed")]
+        summary = "passed" if details.get("passed") else "refused: " + ", ".join(failed)
+    elif e.action in ("deploy", "promote", "rollback"):
+        summary = str(details.get("result", ""))
+        if details.get("reason"):
+            summary += f" ({details['reason']})"
+    elif e.action in ("approve", "approval-refused"):
+        summary = str(details.get("note", ""))
+    elif e.action == "trigger":
+        summary = f"{details.get('kind', '')}: {details.get('message', '')}".strip(": ")
+    elif e.action == "trigger-run":
+        summary = f"exit {details.get('exit_code')}"
+    elif e.action == "package":
+        summary = str(details.get("digest", ""))[:19]
+    return {
+        "seq": e.seq,
+        "time": e.time,
+        "actor": e.actor,
+        "action": e.action,
+        "version": e.version,
+        "env": e.env,
+        "summary": summary,
+    }
+
+
+def _versions(events: list[Event], state: Any, name: str) -> list[dict[str, Any]]:
+    live_in: dict[str, list[str]] = {}
+    for env, s in state.envs_of(name).items():
+        if s.live is not None:
+            live_in.setdefault(s.live.version, []).append(env)
+    out = []
+    for record in state.versions_of(name):
+        journey = [
+            _event(e)
+            for e in events
+            if e.name == name and e.version == record.version and e.action in JOURNEY
+        ]
+        out.append(
+            {
+                "version": record.version,
+                "digest": record.digest,
+                "packaged": record.time,
+                "by": record.actor,
+                "live_in": live_in.get(record.version, []),
+                "journey": journey,
+            }
+        )
+    return out
+
+
+def _latency(home: Path, name: str, state: Any) -> list[dict[str, Any]]:
+    """Per version, the newest benchmark (a server's when there is one): each level's
+    percentiles. Versions never benchmarked are listed with no levels."""
+    out = []
+    for record in state.versions_of(name):
+        runs = measure.bench_runs(home, name, record.version)
+        entry: dict[str, Any] = {"version": record.version, "bench": None}
+        if runs:
+            path, data = max(
+                runs, key=lambda r: ((r[1].get("target") or {}).get("kind") == "http", r[0].name)
+            )
+            entry["bench"] = {
+                "file": str(path),
+                "time": data.get("time"),
+                "kind": (data.get("target") or {}).get("kind"),
+                "url": (data.get("target") or {}).get("url"),
+                "levels": [
+                    {
+                        "label": lv["label"],
+                        "throughput_rps": lv["throughput_rps"],
+                        "error_rate": lv["error_rate"],
+                        **{k: lv["latency_ms"].get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+                    }
+                    for lv in data.get("levels", [])
+                ],
+                "slo_passed": (data.get("slo") or {}).get("passed"),
+            }
+        out.append(entry)
+    return out
+
+
+def _monitor(
+    home: Path,
+    name: str,
+    env: str,
+    manifest: Manifest,
+    start: float,
+    end: float,
+    window: float,
+    now: float,
+) -> dict[str, Any]:
+    from cpmai.monitor.run import monitor
+
+    try:
+        result = monitor(
+            home, name, env, window_s=window, since=start, until=end, manifest=manifest, now=now
+        )
+    except UsageError as exc:
+        return {"available": False, "note": exc.message}
+    doc = result.doc
+    return {
+        "available": True,
+        "version": doc["version"],
+        "traffic": doc["traffic"],
+        "slo": doc["slo"],
+        "windows": [
+            {
+                "start": w["start"],
+                "requests": w["requests"],
+                "requests_per_s": w["requests_per_s"],
+                "error_rate": w["error_rate"],
+                "latency_ms": w["latency_ms"],
+                "resources": w.get("resources"),
+                "drift": w["drift"]["status"],
+                "slo_passed": None
+                if all(c["passed"] is None for c in w["slo"])
+                else all(c["passed"] is not False for c in w["slo"]),
+            }
+            for w in doc["windows"]
+        ],
+        "drift": {
+            "status": doc["drift"]["status"],
+            "reference_rows": doc["drift"]["reference_rows"],
+            "threshold": doc["settings"]["drift"]["threshold"],
+            "features": [
+                {
+                    k: f[k]
+                    for k in ("feature", "method", "statistic", "p_value", "psi", "rows", "status")
+                }
+                for f in doc["drift"]["features"]
+            ],
+        },
+        "data_quality": doc["data_quality"],
+        "alerts": [a.to_dict() for a in result.alerts],
+        "age": doc["age"],
+    }
+
+
+def _value_trend(
+    home: Path,
+    name: str,
+    env: str,
+    events: list[Event],
+    manifest: Manifest,
+    cost: dict[str, Any],
+    start: float,
+    end: float,
+    window: float,
+) -> list[dict[str, Any]]:
+    """Per window: what the environment cost (live seconds × allocation per hour) and what its
+    predictions were worth (without `cpmai bench` runs), and both added up."""
+    from cpmai.monitor.logs import log_folder, read_traffic
+
+    entry = next((e for e in cost["environments"] if e["env"] == env), None)
+    if entry is None:
+        return []
+    per_hour = float(entry["allocation"]["per_hour"]["value"])
+    counts = manifest.business.value_from is None or env in manifest.business.value_from
+    per_prediction = manifest.business.value_per_prediction if counts else 0.0
+    intervals = measure.live_intervals(events, name, env)
+    benches = measure.bench_windows(home, name, {i.url for i in intervals if i.url})
+    log = read_traffic(
+        log_folder(home, name, env),
+        focus=None,
+        specs=[],
+        output_kind="numeric",
+        since=start,
+        until=end,
+        cache=home / "cache" / "monitor" / "logs" / name / env,
+    )
+    out = []
+    total_cost = total_value = 0.0
+    low = start
+    while low < end:
+        high = min(low + window, end)
+        spent = measure.live_seconds(intervals, low, high) / 3600 * per_hour
+        worth = measure.served(log, low, high, benches)["predictions"] * per_prediction
+        total_cost += spent
+        total_value += worth
+        out.append(
+            {
+                "start": _iso(low),
+                "cost": round(spent, 6),
+                "value": round(worth, 6),
+                "cumulative_cost": round(total_cost, 6),
+                "cumulative_value": round(total_value, 6),
+            }
+        )
+        low = high
+    return out
+
+
+def _kpis(events: list[Event], name: str) -> dict[str, list[dict[str, Any]]]:
+    from cpmai import kpi
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in kpi.read(events, name):
+        out.setdefault(record.metric, []).append(record.to_dict())
+    return out
+
+
+__all__ = ["HOURS_PER_MONTH", "SCHEMA", "build", "window_for"]

@@ -1,0 +1,47 @@
+"""Formatting shared by the terminal, Markdown and HTML reports and `cpmai cost`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def money(value: float | None, currency: str = "") -> str:
+    """2 decimals, or 3 significant digits below 0.01 (a cost per 1,000 predictions is small)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:,.2f}"
+    return text + (f" {currency}" if currency else "")
+
+
+def count(value: float | None) -> str:
+    """1,234 / 12.3k / 4.5M / 6.7G."""
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size * 10:
+            return f"{value / size:,.1f}{unit}"
+    return f"{value:,.0f}"
+
+
+def short_time(iso: str | None) -> str:
+    """`2026-11-26T06:51:10.241Z` → `2026-11-26 06:51`."""
+    if not iso:
+        return "-"
+    return iso.replace("T", " ")[:16]
+
+
+def status_of(monitored: dict[str, Any]) -> tuple[str, str]:
+    """(css class / colour word, label) of an environment's SLO over the period."""
+    checks = monitored["slo"]["checks"]
+    judged = [c for c in checks if c["passed"] is not None]
+    if not judged:
+        return "none", "no data"
+    if all(c["passed"] for c in judged):
+        return "ok", "met"
+    return "bad", "missed"
+
+
+def windows_met(monitored: dict[str, Any]) -> tuple[int, int]:
+    """(windows that met the SLO, windows with traffic)."""
+    judged = [w for w in monitored["windows"] if w["slo_passed"] is not None]
+    return sum(1 for w in judged if w["slo_passed"]), len(judged)
