@@ -1,0 +1,191 @@
+"""`cpmai cost` and `cpmai kpi`: the formulas by hand, then a state folder with four hours of
+history (tests/cost_fixture.py) whose every figure is computed here from its numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cost_fixture import NAME, NOW, build, edit
+from cpmai.costs import model
+
+MONTH = 730.0
+PRICE_CPU, PRICE_MEM = 0.0416, 0.0052
+
+
+def approx(value: float) -> Any:
+    return pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+def test_formulas_by_hand() -> None:
+    alloc = model.allocation(2, 0.5, 2, 0.04, 0.005)
+    assert (alloc["cpu_cores"], alloc["memory_gib"]) == (1.0, 4.0)
+    assert alloc["per_hour"]["value"] == approx(1 * 0.04 + 4 * 0.005)  # 0.06
+    assert alloc["per_month"]["value"] == approx(0.06 * 730)  # 43.8
+    assert alloc["per_hour"]["inputs"]["replicas"] == 2
+
+    used = model.charged(1.0, 4.0, 0.25, 1.0, 0.04, 0.005)
+    assert used["usage_per_hour"]["value"] == approx(0.25 * 0.04 + 1 * 0.005)  # 0.015
+    assert used["charged_per_hour"]["value"] == approx(0.06)  # the reservation is charged
+    assert used["idle_share"]["cpu"]["value"] == approx(0.75)
+    assert used["idle_share"]["memory"]["value"] == approx(0.75)
+    assert used["idle_share"]["cost"]["value"] == approx((0.75 * 0.04 + 3 * 0.005) / 0.06)
+
+    over = model.charged(1.0, 4.0, 1.5, 1.0, 0.04, 0.005)  # more CPU used than reserved
+    assert over["charged_per_hour"]["value"] == approx(1.5 * 0.04 + 4 * 0.005)  # 0.08
+    assert over["idle_share"]["cpu"]["value"] == 0.0
+
+    assert model.per_thousand(0.06, 10.0, "x")["value"] == approx(0.06 * 1000 / 36000)
+    assert model.per_thousand(0.06, None, "x")["value"] is None
+    assert model.per_thousand(0.06, 0.0, "x")["value"] is None
+
+    retrain = model.retraining(12.0, 1.0, 3, 0.5)
+    assert retrain["per_month"]["value"] == approx(12 * (1 + 3 / 0.5))  # 84
+
+    roi = model.roi(100.0, 50.0, 200.0, 500.0, basis="b")
+    assert roi["savings_per_month"]["value"] == approx(150.0)
+    assert roi["net_per_month"]["value"] == approx(250.0)
+    assert roi["roi_percent"]["value"] == approx(500.0)
+    assert roi["payback_months"]["value"] == approx(2.0)
+    losing = model.roi(0.0, 50.0, 10.0, 500.0, basis="b")
+    assert losing["payback_months"]["value"] is None  # never paid back at this rate
+    assert "= 0.06" in model.render(alloc["per_hour"])
+
+
+@pytest.fixture
+def history(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> Path:
+    build(churn, home, monkeypatch, cli)
+    return churn
+
+
+def test_costs_of_a_known_history(history: Path, home: Path) -> None:
+    from cpmai.costs.estimate import estimate
+
+    doc = estimate(home, NAME, now=NOW).doc
+    assert doc["manifest"] == f"artifact {NAME} 1.1.0"
+    assert [e["env"] for e in doc["environments"]] == ["staging"]  # production never ran
+    staging = doc["environments"][0]
+    assert staging["version"] == "1.1.0" and staging["live_hours"] == approx(4.0)
+
+    alloc_hour = 1 * (1 * PRICE_CPU + 1 * PRICE_MEM)
+    assert staging["allocation"]["per_month"]["value"] == approx(alloc_hour * MONTH)
+    # 720 moments at 50 % / 512 MiB, 720 at 2 × 12.5 % / 2 × 128 MiB
+    usage = staging["usage"]
+    assert usage["cpu_cores_used"] == approx(0.375)
+    assert usage["memory_gib_used"] == approx(0.375)
+    assert usage["usage_per_hour"]["value"] == approx(0.375 * PRICE_CPU + 0.375 * PRICE_MEM)
+    assert usage["charged_per_hour"]["value"] == approx(alloc_hour)
+    assert usage["idle_share"]["cost"]["value"] == approx(0.625)
+    assert usage["samples"] == 720 + 1440 and usage["processes"] == 3
+
+    # 3,600 + 7,200 requests, less 11 s under each `cpmai bench` run
+    traffic = staging["traffic"]
+    assert traffic["predictions"] == 10_778 and traffic["bench_excluded_s"] == approx(22.0)
+    rate = 10_778 / (4 * 3600 - 22)
+    assert traffic["predictions_per_s"] == approx(round(rate, 6))
+    assert traffic["per_version"] == {"1.0.0": 3589, "1.1.0": 7189}
+
+    cap = staging["capacity"]
+    assert cap["level"] == "c=8" and cap["predictions_per_s"] == 1000.0  # c=64 missed the SLO
+    assert cap["source"] == "this environment's server"
+    per_1000 = staging["cost_per_1000"]
+    assert per_1000["at_capacity"]["value"] == approx(alloc_hour * 1000 / (3600 * 1000))
+    assert per_1000["at_traffic"]["value"] == approx(alloc_hour * 1000 / (3600 * rate))
+
+    previous = staging["previous"]
+    assert previous["previous"]["version"] == "1.0.0"
+    assert previous["increase"]["serving_per_month"] == 0.0  # both under their reservation
+    assert previous["increase"]["cost_per_1000_at_capacity"] == approx(1.0)  # half as fast
+
+    assert doc["retraining"]["triggered_runs"] == 2
+    retrain = 12.0 * (1 + 2 / 1.0)
+    assert doc["retraining"]["per_month"]["value"] == approx(retrain)
+    total = alloc_hour * MONTH + retrain
+    assert doc["total_per_month"]["value"] == approx(total)
+    assert doc["budget"] == {"per_month": 300.0, "used_share": round(total / 300, 6),
+                             "over": False}  # fmt: skip
+    assert doc["exit_code"] == 0
+
+    roi = doc["roi"]
+    value = round(rate * 3600 * MONTH) * 0.004
+    assert roi["value_per_month"]["value"] == approx(value)
+    assert roi["net_per_month"]["value"] == approx(value + 2500 - total)
+    months = 4 / MONTH
+    to_date = roi["to_date"]
+    assert to_date["months"] == approx(round(months, 6))
+    assert to_date["serving_cost"] == approx(round(4 * alloc_hour, 6))
+    assert to_date["retraining_cost"] == approx(round(12 * (1 * months + 2), 6))
+    assert to_date["value"] == approx(10_778 * 0.004)
+    assert to_date["paid_back"] is True
+
+
+def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli: Any) -> None:
+    from cpmai.costs.estimate import estimate
+    from cpmai.manifest import load_manifest
+
+    over = estimate(home, NAME, now=NOW, max_increase=0.15).doc
+    assert over["exit_code"] == 4
+    assert [a["kind"] for a in over["alerts"]] == ["increase"]
+    assert "cost per 1000 at capacity rose 100.0%" in over["alerts"][0]["message"]
+
+    edit(history, lambda doc: doc["costs"].update(budget_per_month=50))
+    tight = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).doc
+    assert tight["budget"]["over"] and tight["exit_code"] == 4
+    assert tight["manifest"].startswith("file ")
+
+    plan = estimate(home, NAME, now=NOW, replicas=3, traffic=2500.0).doc["what_if"]
+    alloc_hour = PRICE_CPU + PRICE_MEM
+    assert plan["capacity"]["value"] == approx(3000.0)
+    assert plan["replicas_needed"] == 3 and plan["fits"] is True
+    assert plan["cost_per_1000"]["value"] == approx(3 * alloc_hour * 1000 / (3600 * 2500))
+    assert plan["predictions_per_month"] == round(2500 * 3600 * MONTH)
+    retrain = 36.0
+    assert plan["total_per_month"]["value"] == approx(3 * alloc_hour * MONTH + retrain)
+
+    # the CLI runs on the real clock: the history is 11 months old, so the period (730 h)
+    # holds no traffic: every figure that needs it says so instead of printing a zero
+    result = cli("--json", "cost", NAME, "--env", "staging")
+    assert result.code == 0, result.err
+    now_doc = json.loads(result.out)
+    staging = now_doc["environments"][0]
+    assert staging["usage"] is None and "no resource samples" in staging["usage_note"]
+    assert staging["traffic"]["predictions"] == 0
+    assert staging["cost_per_1000"]["at_capacity"]["value"] is not None
+
+    text = cli("cost", NAME, "--explain", "--max-increase", "15%")
+    assert text.code == 4, text.err
+    assert "replicas × (cpu × cpu_hour + memory_gb × memory_gb_hour)" in text.out
+    assert "ALERT increase" in text.out
+    assert cli("cost", NAME, "--max-increase", "lots").code == 2
+    assert cli("cost", NAME, "--traffic", "-3", "--env", "staging").code == 2
+    assert cli("cost", "nope").code == 2
+    assert cli("cost", NAME, "--env", "mars").code == 2
+    planned = cli("cost", NAME, "--replicas", "2")
+    assert planned.code == 0 and "what if staging ran 2 replica(s)" in planned.out
+
+
+def test_kpis_are_ledger_events_and_can_be_the_value(history: Path, home: Path, cli: Any) -> None:
+    from cpmai.costs.estimate import estimate
+    from cpmai.ledger import Ledger
+    from cpmai.manifest import load_manifest
+
+    at = "2026-01-01T03:00:00Z"
+    assert cli("kpi", "record", NAME, "retained_revenue", "1200", "--at", at,
+               "--note", "finance").code == 0  # fmt: skip
+    assert cli("kpi", "record", NAME, "retained_revenue", "300", "--at", at).code == 0
+    assert cli("kpi", "record", NAME, "bad name!", "1").code == 2
+    assert cli("kpi", "record", "unknown-model", "x", "1").code == 2
+    assert cli("kpi", "record", NAME, "x", "nan").code == 2
+    listed = json.loads(cli("--json", "kpi", "list", NAME).out)
+    assert [r["value"] for r in listed] == [1200.0, 300.0] and listed[0]["note"] == "finance"
+    assert Ledger(home).verify().ok
+
+    edit(history, lambda doc: doc["business"].update(value_kpi="retained_revenue"))
+    roi = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).doc["roi"]
+    assert roi["value_per_month"]["value"] == approx(1500.0)  # the period is one month
+    assert roi["to_date"]["value"] == approx(1500.0)
+    assert math.isfinite(roi["roi_percent"]["value"])
