@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's chromium, for the test that opens the HTML report (playwright drives it; it
+# downloads no browser of its own)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
+
 ## demo: set up, train the churn example, package it, deploy it to staging, ask it, send it traffic, monitor it, bench it, stop it
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python train.py
@@ -32,8 +40,8 @@ demo: $(STAMP)
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
 
 ## test: set up, lint, then the whole suite (slow tests included)
-test: $(STAMP) lint
-	$(BIN)/python -m pytest -n auto --durations=15
+test: $(STAMP) $(CHROMIUM) lint
+	CPMAI_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n auto --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,7 +16,6 @@ Every figure the tests expect is computed by hand from these numbers.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,10 @@ DAY = "2026-01-01"
 
 
 def iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -87,7 +88,7 @@ def build(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) ->
         signature = open_artifact(home, NAME, version).signature
         log = PredictionLog(folder, model=NAME, version=version, signature=signature)
         moment = {"t": times[0]}
-        log._clock = lambda: moment["t"]  # type: ignore[method-assign]
+        log._clock = lambda moment=moment: moment["t"]  # type: ignore[method-assign,misc]
         for i, t in enumerate(times):
             moment["t"] = t
             row = reference[i % len(reference)]
@@ -126,8 +127,15 @@ def _bench(home: Path, version: str, end: float, levels: list[tuple[str, float, 
         "schema": "cpmai-bench/1",
         "time": stamp,
         "seconds": 10.0,
-        "target": {"kind": "http", "name": NAME, "version": version, "url": URL, "path": None,
-                   "protocol": "mlflow", "pid": None},  # fmt: skip
+        "target": {
+            "kind": "http",
+            "name": NAME,
+            "version": version,
+            "url": URL,
+            "path": None,
+            "protocol": "mlflow",
+            "pid": None,
+        },
         "levels": [
             {
                 "key": label,
@@ -145,6 +153,4 @@ def _bench(home: Path, version: str, end: float, levels: list[tuple[str, float, 
         "capacity": None,
         "slo": {"passed": all(p99 <= 50 for _, _, p99 in levels)},
     }
-    (folder / f"{stamp.replace(':', '').replace('-', '')}-{os.getpid()}.json").write_text(
-        json.dumps(doc)
-    )
+    (folder / f"{stamp.replace(':', '').replace('-', '')}-1.json").write_text(json.dumps(doc))

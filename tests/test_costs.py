@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cost_fixture import NAME, NOW, build, edit
+
 from cpmai.costs import model
 
 MONTH = 730.0
@@ -43,8 +43,8 @@ def test_formulas_by_hand() -> None:
     assert model.per_thousand(0.06, None, "x")["value"] is None
     assert model.per_thousand(0.06, 0.0, "x")["value"] is None
 
-    retrain = model.retraining(12.0, 1.0, 3, 0.5)
-    assert retrain["per_month"]["value"] == approx(12 * (1 + 3 / 0.5))  # 84
+    retrain = model.retraining(12.0, 1.0, 3)
+    assert retrain["per_month"]["value"] == approx(12 * (1 + 3))
 
     roi = model.roi(100.0, 50.0, 200.0, 500.0, basis="b")
     assert roi["savings_per_month"]["value"] == approx(150.0)
@@ -102,7 +102,7 @@ def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     assert previous["increase"]["cost_per_1000_at_capacity"] == approx(1.0)  # half as fast
 
     assert doc["retraining"]["triggered_runs"] == 2
-    retrain = 12.0 * (1 + 2 / 1.0)
+    retrain = 12.0 * (1 + 2)
     assert doc["retraining"]["per_month"]["value"] == approx(retrain)
     total = alloc_hour * MONTH + retrain
     assert doc["total_per_month"]["value"] == approx(total)

@@ -88,7 +88,6 @@ def estimate(
     start = since if since is not None else end - DEFAULT_PERIOD_S
     if start >= end:
         raise UsageError("--since must be before --until (and before now)")
-    period_months = (end - start) / 3600 / HOURS_PER_MONTH
     events = Ledger(home).events()
     manifest, source = choose_manifest(home, name, events, manifest)
     state = replay(events)
@@ -206,12 +205,11 @@ def estimate(
         )
         out_envs.append(entry)
     serving_total = sum(float(e["serving_per_month"]["value"]) for e in out_envs)
-    triggered = measure.triggered_runs(events, name, start, end)
+    # a trigger is counted over the month that ends with the period, whatever its length:
+    # two retraining runs in the first four hours are two runs this month, not 365
+    triggered = measure.triggered_runs(events, name, end - DEFAULT_PERIOD_S, end)
     retraining = model.retraining(
-        prices.retraining.cost_per_run,
-        prices.retraining.runs_per_month,
-        triggered,
-        period_months,
+        prices.retraining.cost_per_run, prices.retraining.runs_per_month, triggered
     )
     retrain_month = float(retraining["per_month"]["value"])
     total = serving_total + retrain_month
@@ -402,10 +400,10 @@ def _roi(
     counted = [e for e in envs if chosen is None or e["env"] in chosen]
     if business.value_kpi:
         records = kpi.read(events, name, business.value_kpi)
-        in_period = sum(r.value for r in records if start <= r.moment < end)
-        months = (end - start) / 3600 / HOURS_PER_MONTH
-        value = in_period / months if months else 0.0
-        basis = f"Σ KPI {business.value_kpi} in the period / period_months"
+        # KPI values are amounts delivered: the last month's add up to a month's value
+        month_start = end - DEFAULT_PERIOD_S
+        value = sum(r.value for r in records if month_start <= r.moment < end)
+        basis = f"Σ KPI {business.value_kpi} recorded in the last 730 h"
         value_to_date = sum(r.value for r in records if first is not None and r.moment >= first)
         has_value = bool(records)
     else:

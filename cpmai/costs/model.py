@@ -125,21 +125,17 @@ def per_thousand(per_hour: float, predictions_per_s: float | None, basis: str) -
     )
 
 
-def retraining(
-    cost_per_run: float, runs_per_month: float, triggered_runs: int, period_months: float
-) -> dict[str, Any]:
-    """Planned runs plus the runs triggers called for in the period, per month."""
-    triggered_per_month = triggered_runs / period_months if period_months > 0 else 0.0
+def retraining(cost_per_run: float, runs_per_month: float, triggered_runs: int) -> dict[str, Any]:
+    """Planned runs plus the runs triggers called for over the last month (730 h)."""
     return {
         "planned_runs_per_month": runs_per_month,
         "triggered_runs": triggered_runs,
         "per_month": figure(
-            cost_per_run * (runs_per_month + triggered_per_month),
-            "cost_per_run × (runs_per_month + triggered_runs / period_months)",
+            cost_per_run * (runs_per_month + triggered_runs),
+            "cost_per_run × (runs_per_month + triggered_runs in the last 730 h)",
             cost_per_run=cost_per_run,
             runs_per_month=runs_per_month,
             triggered_runs=triggered_runs,
-            period_months=_round(period_months),
         ),
     }
 

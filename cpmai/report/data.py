@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SCHEMA = "cpmai-report/1"
 JOURNEY = ("package", "gate", "approve", "approval-refused", "deploy", "promote", "rollback",
            "stop", "trigger", "trigger-run")  # fmt: skip
-WINDOWS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+WINDOWS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_POINTS = 60
 
 
@@ -49,6 +49,7 @@ def build(
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     events = Ledger(home).events()
+    given = manifest
     manifest, source = choose_manifest(home, name, events, manifest)
     first = measure.first_live(events, name)
     start = since if since is not None else max(first or end - 3600, end - DEFAULT_PERIOD_S)
@@ -59,7 +60,7 @@ def build(
     window = window_for(end - start)
     say("costs")
     cost = estimate(
-        home, name, env=env, manifest=manifest, since=start, until=end, now=now, progress=say
+        home, name, env=env, manifest=given, since=start, until=end, now=now, progress=say
     ).doc
     monitored = {}
     for env_name in envs:

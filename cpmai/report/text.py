@@ -6,10 +6,10 @@ from typing import Any
 
 
 def money(value: float | None, currency: str = "") -> str:
-    """2 decimals, or 3 significant digits below 0.01 (a cost per 1,000 predictions is small)."""
+    """2 decimals, or 3 significant digits below 1 (a cost per 1,000 predictions is small)."""
     if value is None:
         return "n/a"
-    text = f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:,.2f}"
+    text = f"{value:.3g}" if value and abs(value) < 1 else f"{value:,.2f}"
     return text + (f" {currency}" if currency else "")
 
 
