@@ -24,7 +24,7 @@ $(CHROMIUM):
 	else echo "chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
-## demo: set up, train the churn example, package it, deploy it to staging, ask it, send it traffic, monitor it, bench it, stop it
+## demo: set up, train the churn example, package it, deploy it to staging, ask it, send it traffic, monitor it, bench it, cost it, report on it (report.html), stop it
 demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python train.py
 	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
@@ -35,9 +35,11 @@ demo: $(STAMP)
 	cd $(EXAMPLE) && ../../$(BIN)/python traffic.py http://127.0.0.1:8081
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai monitor churn-classifier --env staging --window 1m --labels $(EXAMPLE)/labels.csv
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai bench churn-classifier@staging --url http://127.0.0.1:8081 --concurrency 1,8 --duration 3
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai cost churn-classifier --env staging
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
 	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai report churn-classifier --html $(EXAMPLE)/report.html --markdown $(EXAMPLE)/report.md
+	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
 
 ## test: set up, lint, then the whole suite (slow tests included)
 test: $(STAMP) $(CHROMIUM) lint

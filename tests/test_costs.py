@@ -17,6 +17,15 @@ MONTH = 730.0
 PRICE_CPU, PRICE_MEM = 0.0416, 0.0052
 
 
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "cost.schema.json").read_text())
+
+
+def validate(doc: dict[str, Any]) -> None:
+    import jsonschema
+
+    jsonschema.validate(doc, SCHEMA)
+
+
 def approx(value: float) -> Any:
     return pytest.approx(value, rel=1e-9, abs=1e-12)
 
@@ -66,6 +75,7 @@ def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     from cpmai.costs.estimate import estimate
 
     doc = estimate(home, NAME, now=NOW).doc
+    validate(doc)
     assert doc["manifest"] == f"artifact {NAME} 1.1.0"
     assert [e["env"] for e in doc["environments"]] == ["staging"]  # production never ran
     staging = doc["environments"][0]
@@ -137,7 +147,9 @@ def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli:
     assert tight["budget"]["over"] and tight["exit_code"] == 4
     assert tight["manifest"].startswith("file ")
 
-    plan = estimate(home, NAME, now=NOW, replicas=3, traffic=2500.0).doc["what_if"]
+    planned_doc = estimate(home, NAME, now=NOW, replicas=3, traffic=2500.0).doc
+    validate(planned_doc)
+    plan = planned_doc["what_if"]
     alloc_hour = PRICE_CPU + PRICE_MEM
     assert plan["capacity"]["value"] == approx(3000.0)
     assert plan["replicas_needed"] == 3 and plan["fits"] is True
@@ -151,6 +163,7 @@ def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli:
     result = cli("--json", "cost", NAME, "--env", "staging")
     assert result.code == 0, result.err
     now_doc = json.loads(result.out)
+    validate(now_doc)
     staging = now_doc["environments"][0]
     assert staging["usage"] is None and "no resource samples" in staging["usage_note"]
     assert staging["traffic"]["predictions"] == 0
