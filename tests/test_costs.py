@@ -133,6 +133,23 @@ def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     assert to_date["paid_back"] is True
 
 
+def test_half_an_hour_of_traffic_is_not_projected_to_a_month(history: Path, home: Path) -> None:
+    from cost_fixture import T0
+
+    from cpmai.costs.estimate import estimate
+
+    doc = estimate(home, NAME, now=T0 + 1800).doc
+    validate(doc)
+    traffic = doc["environments"][0]["traffic"]
+    assert traffic["predictions"] == 1800 - 10  # the bench run ending at T0 + 30 min took 10 s
+    assert traffic["predictions_per_s"] is not None and traffic["predictions_per_month"] is None
+    assert "too little to project a month" in traffic["note"]
+    roi = doc["roi"]
+    assert roi["value_per_month"]["value"] is None and roi["roi_percent"]["value"] is None
+    assert roi["projection_note"].startswith("no value per month yet")
+    assert roi["to_date"]["value"] == approx((1800 - 10) * 0.004)  # what happened is known
+
+
 def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli: Any) -> None:
     from cpmai.costs.estimate import estimate
     from cpmai.manifest import load_manifest

@@ -207,18 +207,19 @@ def _render_roi(roi: dict[str, Any], cur: str) -> None:
         warn(roi["note"])
         return
     pct = roi["roi_percent"]["value"]
-    payback = roi["payback_months"]["value"]
-    show(
+    payback = roi["payback_months"]
+    line = (
         f"ROI per month: value {money(roi['value_per_month']['value'], cur)}, saved "
         f"{money(roi['savings_per_month']['value'], cur)}, net "
         f"{money(roi['net_per_month']['value'], cur)}, ROI "
         + ("n/a" if pct is None else f"{pct:,.0f}%")
-        + (
-            ""
-            if payback is None and not roi["net_per_month"]["value"]
-            else f", payback {'not at this rate' if payback is None else f'{payback:.1f} months'}"
-        )
     )
+    if payback["inputs"]["investment"]:
+        months = payback["value"]
+        line += ", payback " + ("not at this rate" if months is None else f"{months:.1f} months")
+    show(line)
+    if roi.get("projection_note"):
+        show(f"[dim]{roi['projection_note']}[/dim]")
     to_date = roi.get("to_date")
     if to_date:
         show(

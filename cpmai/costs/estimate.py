@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SCHEMA = "cpmai-cost/1"
 DEFAULT_PERIOD_S = HOURS_PER_MONTH * 3600
 SKIP_ENVS = ("batch",)
+MIN_PROJECTION_S = 3600.0
+"""Live seconds of traffic a month's predictions (and value) are projected from, at least."""
 
 Progress = Callable[[str], None]
 
@@ -166,14 +168,22 @@ def estimate(
         excluded = measure.excluded_seconds(benches, start, end)
         seconds = max(entry["live_hours"] * 3600 - excluded, 0.0)
         rate = served["predictions"] / seconds if seconds > 0 else None
+        project = rate is not None and seconds >= MIN_PROJECTION_S
         entry["traffic"] = {
             **served,
             "measured_s": round(seconds, 3),
             "bench_excluded_s": round(excluded, 3),
             "predictions_per_s": None if rate is None else round(rate, 6),
-            "predictions_per_month": None if rate is None else round(rate * 3600 * HOURS_PER_MONTH),
+            "predictions_per_month": round(rate * 3600 * HOURS_PER_MONTH)
+            if project and rate is not None
+            else None,
             "basis": "predictions ÷ live seconds in the period, without `cpmai bench` runs",
         }
+        if rate is not None and not project:
+            entry["traffic"]["note"] = (
+                f"{seconds:,.0f} s of live traffic: too little to project a month "
+                f"(needs {MIN_PROJECTION_S / 3600:g} h)"
+            )
         charged_hour = (
             float(entry["usage"]["charged_per_hour"]["value"]) if entry["usage"] else alloc_hour
         )
@@ -398,6 +408,7 @@ def _roi(
     prices = manifest.costs
     chosen = business.value_from
     counted = [e for e in envs if chosen is None or e["env"] in chosen]
+    value: float | None
     if business.value_kpi:
         records = kpi.read(events, name, business.value_kpi)
         # KPI values are amounts delivered: the last month's add up to a month's value
@@ -407,8 +418,9 @@ def _roi(
         value_to_date = sum(r.value for r in records if first is not None and r.moment >= first)
         has_value = bool(records)
     else:
-        per_month = sum(e["traffic"]["predictions_per_month"] or 0 for e in counted)
-        value = per_month * business.value_per_prediction
+        projected = [e["traffic"]["predictions_per_month"] for e in counted]
+        known = [p for p in projected if p is not None]
+        value = sum(known) * business.value_per_prediction if known else None
         basis = "predictions_per_month × value_per_prediction"
         value_to_date = predictions_to_date * business.value_per_prediction
         has_value = business.value_per_prediction > 0
@@ -417,14 +429,17 @@ def _roi(
         {"kpi": business.value_kpi}
         if business.value_kpi
         else {
-            "predictions_per_month": sum(
-                e["traffic"]["predictions_per_month"] or 0 for e in counted
-            ),
+            "predictions_per_month": None
+            if value is None
+            else sum(e["traffic"]["predictions_per_month"] or 0 for e in counted),
             "value_per_prediction": business.value_per_prediction,
             "environments": [e["env"] for e in counted],
         }
     )
     doc["configured"] = has_value or business.baseline_cost_per_month > 0
+    short = [e["traffic"]["note"] for e in counted if e["traffic"].get("note")]
+    if value is None and short:
+        doc["projection_note"] = "no value per month yet: " + "; ".join(short)
     if not doc["configured"]:
         doc["note"] = (
             "no business value configured: set business.value_per_prediction (or value_kpi with "

@@ -141,10 +141,11 @@ def retraining(cost_per_run: float, runs_per_month: float, triggered_runs: int) 
 
 
 def roi(
-    value: float, cost: float, baseline: float, investment: float, *, basis: str
+    value: float | None, cost: float, baseline: float, investment: float, *, basis: str
 ) -> dict[str, Any]:
-    """Per month: value delivered, the old process's cost avoided, what the model costs."""
-    net = value + baseline - cost
+    """Per month: value delivered, the old process's cost avoided, what the model costs.
+    `value` None (not enough history to project): net, ROI and payback are None too."""
+    net = None if value is None else value + baseline - cost
     return {
         "value_per_month": figure(value, basis),
         "cost_per_month": figure(cost, "serving + retraining per month"),
@@ -162,13 +163,13 @@ def roi(
             cost_per_month=_round(cost),
         ),
         "roi_percent": figure(
-            net / cost * 100 if cost > 0 else None,
+            net / cost * 100 if net is not None and cost > 0 else None,
             "net_per_month / cost_per_month × 100",
             net_per_month=_round(net),
             cost_per_month=_round(cost),
         ),
         "payback_months": figure(
-            investment / net if investment > 0 and net > 0 else (0.0 if investment == 0 else None),
+            investment / net if net is not None and investment > 0 and net > 0 else None,
             "investment / net_per_month",
             investment=investment,
             net_per_month=_round(net),

@@ -134,7 +134,10 @@ def _cards(doc: dict[str, Any], cur: str) -> str:
         _card(
             "ROI / month",
             "n/a" if pct is None or not roi["configured"] else f"{pct:,.0f}%",
-            f"net {money(roi['net_per_month']['value'], cur)} a month"
+            (
+                roi.get("projection_note")
+                or f"net {money(roi['net_per_month']['value'], cur)} a month"
+            )
             if roi["configured"]
             else "business value not configured",
             "ok" if pct is not None and pct > 0 else "none",

@@ -118,6 +118,7 @@ def render(doc: dict[str, Any]) -> str:
             f"ROI: value {money(roi['value_per_month']['value'], cur)}/month, net "
             f"{money(roi['net_per_month']['value'], cur)}/month, "
             + ("n/a" if pct is None else f"{pct:,.0f}%")
+            + (f" ({roi['projection_note']})" if roi.get("projection_note") else "")
         )
     else:
         lines.append(f"ROI: {roi['note']}")

@@ -112,6 +112,7 @@ def render(doc: dict[str, Any]) -> Any:
     roi_line = (
         f"ROI {('n/a' if pct is None else f'{pct:,.0f}%')}, net "
         f"{money(roi['net_per_month']['value'], cur)} a month"
+        + (f" [dim]({roi['projection_note']})[/dim]" if roi.get("projection_note") else "")
         if roi["configured"]
         else f"[dim]{roi['note']}[/dim]"
     )
