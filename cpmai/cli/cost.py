@@ -148,7 +148,7 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
         measured = e["traffic"]["measured_s"]
         if e["traffic"]["predictions"] and measured < 3600:
             warn(
-                f"{e['env']}: rates extrapolated from {measured:,.0f} s of live traffic "
+                f"{e['env']}: per-second rates come from {measured:,.0f} s of live traffic "
                 f"({e['traffic']['predictions']:,} predictions)"
             )
         if e.get("usage_note"):

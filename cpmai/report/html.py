@@ -175,8 +175,10 @@ def _latency_chart(doc: dict[str, Any]) -> str | None:
     )
 
 
-def _labels(windows: list[dict[str, Any]]) -> list[str]:
-    return [short_time(w["start"]) for w in windows]
+def _labels(windows: list[dict[str, Any]], window_s: float) -> list[str]:
+    """Window starts, to the second when windows are shorter than a minute."""
+    width = 19 if window_s < 60 else 16
+    return [w["start"].replace("T", " ")[:width] for w in windows]
 
 
 def _env_charts(doc: dict[str, Any]) -> list[str]:
@@ -186,7 +188,7 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
             out.append(_figure(f"{env_name}: traffic", None, mon["note"]))
             continue
         windows = mon["windows"]
-        labels = _labels(windows)
+        labels = _labels(windows, doc["period"]["window_s"])
         out.append(
             _figure(
                 f"{env_name}: traffic (requests/s per window)",
@@ -241,7 +243,7 @@ def _value_chart(doc: dict[str, Any], cur: str) -> str | None:
     length = max(len(t) for t in trends)
     cost = [sum(t[i]["cumulative_cost"] for t in trends if i < len(t)) for i in range(length)]
     value = [sum(t[i]["cumulative_value"] for t in trends if i < len(t)) for i in range(length)]
-    labels = _labels(max(trends, key=len))
+    labels = _labels(max(trends, key=len), doc["period"]["window_s"])
     return svg.line_chart(
         "value",
         "Cost vs value",
