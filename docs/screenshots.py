@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     doc = build(HOME, "churn-classifier")
-    console = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(record=True, width=120, file=io.StringIO())
     console.print(terminal(doc))
     with tempfile.TemporaryDirectory() as folder:
         pages = {
