@@ -131,14 +131,7 @@ def estimate(
         interval = manifest.monitoring.sample_interval_s
         summary = resource_summary(samples, start, end, interval)["resources"]
         if summary:
-            usage = model.charged(
-                alloc["cpu_cores"],
-                alloc["memory_gib"],
-                summary["cpu_percent_mean"] / 100,
-                summary["rss_mb_mean"] / 1024,
-                prices.cpu_hour,
-                prices.memory_gb_hour,
-            )
+            usage = _charged(alloc, summary, prices)
             usage["samples"] = summary["samples"]
             usage["processes"] = summary["processes"]
             entry["usage"] = usage
@@ -282,6 +275,18 @@ def estimate(
     return CostResult(doc, alerts)
 
 
+def _charged(alloc: dict[str, Any], summary: dict[str, Any], prices: Any) -> dict[str, Any]:
+    """The usage view of an allocation, from `resource_summary`'s means (CPU %, MiB)."""
+    return model.charged(
+        alloc["cpu_cores"],
+        alloc["memory_gib"],
+        summary["cpu_percent_mean"] / 100,
+        summary["rss_mb_mean"] / 1024,
+        prices.cpu_hour,
+        prices.memory_gb_hour,
+    )
+
+
 def _environments(
     manifest: Manifest, state: Any, name: str, env: str | None
 ) -> list[tuple[str, bool]]:
@@ -334,16 +339,7 @@ def _previous(
         summary = resource_summary(mine, 0, math.inf, sample_interval)["resources"]
         month = float(alloc["per_month"]["value"])
         if summary:
-            month = float(
-                model.charged(
-                    alloc["cpu_cores"],
-                    alloc["memory_gib"],
-                    summary["cpu_percent_mean"] / 100,
-                    summary["rss_mb_mean"] / 1024,
-                    prices.cpu_hour,
-                    prices.memory_gb_hour,
-                )["charged_per_month"]["value"]
-            )
+            month = float(_charged(alloc, summary, prices)["charged_per_month"]["value"])
         cap = measure.capacity(home, name, version, url, slo)
         per_1000 = model.per_thousand(
             alloc_hour, cap["predictions_per_s"] if cap else None, "allocation, at capacity"
