@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from cpmai.report import svg
-from cpmai.report.text import count, money, short_time, status_of
+from cpmai.report.text import count, env_label, money, short_time, status_of
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -334,7 +334,7 @@ def _cost_table(doc: dict[str, Any], cur: str) -> str:
                 f"<td{' class=n' if i > 1 else ''}>{escape(str(cell))}</td>"
                 for i, cell in enumerate(
                     (
-                        e["env"],
+                        env_label(e),
                         e["version"] or "-",
                         e["replicas"],
                         money(e["allocation"]["per_month"]["value"]),

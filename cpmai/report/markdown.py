@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpmai.report.text import count, money, short_time, status_of, windows_met
+from cpmai.report.text import count, env_label, money, short_time, status_of, windows_met
 
 MARK = {"ok": "✅", "bad": "❌", "none": "➖"}
 
@@ -52,6 +52,8 @@ def render(doc: dict[str, Any]) -> str:
         else:
             rows.append([env["env"], env["live_version"] or "none", "-", "-", "no data yet",
                          "-", 0])  # fmt: skip
+    if not rows:
+        rows.append(["no deployment yet", "-", "-", "-", "-", "-", 0])
     lines += _table(["env", "live", "requests", "p99 ms", "SLO", "drift", "alerts"], rows)
     lines += ["", "### Latency per version (newest benchmark, busiest level)", ""]
     rows = []
@@ -81,7 +83,7 @@ def render(doc: dict[str, Any]) -> str:
     lines += ["", "### Cost and ROI", ""]
     rows = [
         [
-            e["env"],
+            env_label(e),
             e["version"] or "-",
             money(e["serving_per_month"]["value"], cur),
             "-" if not e["usage"] else f"{e['usage']['idle_share']['cost']['value']:.0%}",

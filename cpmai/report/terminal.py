@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpmai.report.text import count, money, short_time, status_of, windows_met
+from cpmai.report.text import count, env_label, money, short_time, status_of, windows_met
 
 COLOUR = {"ok": "green", "bad": "red", "none": "dim"}
 SPARK = 24
@@ -56,6 +56,8 @@ def render(doc: dict[str, Any]) -> Any:
             sparkline([w["requests_per_s"] for w in mon["windows"]][-SPARK:]),
             sparkline([w["latency_ms"]["p99_ms"] for w in mon["windows"]][-SPARK:]),
         )
+    if not doc["environments"]:
+        envs.add_row("[dim]no deployment yet: cpmai deploy MANIFEST --env ENV[/dim]", *[""] * 7)
     latency = Table(title="latency per version (newest benchmark)", title_justify="left")
     for column in ("version", "level", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         latency.add_column(column, justify="left" if column in ("version", "level") else "right")
@@ -95,7 +97,7 @@ def render(doc: dict[str, Any]) -> Any:
     for e in cost["environments"]:
         usage = e["usage"]
         money_table.add_row(
-            e["env"],
+            env_label(e),
             money(e["serving_per_month"]["value"]),
             "-" if not usage else f"{usage['idle_share']['cost']['value']:.0%}",
             count(e["traffic"]["predictions_per_month"]),

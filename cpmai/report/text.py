@@ -23,6 +23,11 @@ def count(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def env_label(entry: dict[str, Any]) -> str:
+    """An environment of `cpmai cost`'s document: "(not live)" when its cost is a plan."""
+    return str(entry["env"]) + (" (not live)" if entry["planned"] else "")
+
+
 def short_time(iso: str | None) -> str:
     """`2026-11-26T06:51:10.241Z` → `2026-11-26 06:51`."""
     if not iso:
