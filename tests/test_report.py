@@ -48,6 +48,11 @@ def test_markdown_and_json_of_a_known_history_are_stable(
 
     build(churn, home, monkeypatch, cli)
     doc = report(home, NAME, now=NOW)
+    import jsonschema
+
+    root = Path(__file__).parent.parent / "docs"
+    jsonschema.validate(doc, json.loads((root / "report.schema.json").read_text()))
+    jsonschema.validate(doc["cost"], json.loads((root / "cost.schema.json").read_text()))
     assert doc["period"] == {"since": "2026-01-01T00:00:00Z", "until": "2026-01-01T04:00:00Z",
                              "window_s": 300.0}  # fmt: skip
     versions = {v["version"]: v for v in doc["versions"]}
