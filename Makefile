@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen bench-monitor clean
+.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen bench-monitor bench-report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ bench-loadgen: $(STAMP)
 bench-monitor: $(STAMP)
 	$(BIN)/python benchmarks/monitor.py
 	$(BIN)/python benchmarks/sampler.py
+
+## bench-report: cpmai report and cpmai cost over a 1,000,000-row prediction log
+bench-report: $(STAMP)
+	$(BIN)/python benchmarks/report.py
 
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)

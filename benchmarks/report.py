@@ -38,8 +38,14 @@ def record_deploy(home: Path, moment: float) -> None:
     stamp = datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
     ledger.now_iso = lambda: stamp  # the deploy happened when the log starts
     with ledger.Ledger(home).transaction() as tx:
-        tx.append("deploy", actor="bench@example.com", name="wide", version="1.0.0",
-                  env="production", details={"result": "live", "url": "http://127.0.0.1:18099"})  # fmt: skip
+        tx.append(
+            "deploy",
+            actor="bench@example.com",
+            name="wide",
+            version="1.0.0",
+            env="production",
+            details={"result": "live", "url": "http://127.0.0.1:18099"},
+        )
 
 
 def main() -> int:
