@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cpmai.ledger import now_iso as REAL_NOW_ISO
+
 NAME = "churn-classifier"
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 NOW = T0 + 4 * 3600
@@ -36,6 +38,13 @@ def iso(moment: float) -> str:
         .isoformat(timespec="microseconds")
         .replace("+00:00", "Z")
     )
+
+
+def real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the ledger its own clock back (`build` moved it)."""
+    from cpmai import ledger
+
+    monkeypatch.setattr(ledger, "now_iso", REAL_NOW_ISO)
 
 
 def edit(manifest: Path, change: Any) -> None:
@@ -71,10 +80,13 @@ def build(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) ->
     append("deploy", T0, version="1.0.0", env="staging", details={"result": "live", "url": URL})
     append("deploy", T0 + 7200, version="1.1.0", env="staging",
            details={"result": "live", "url": URL, "previous": "1.0.0"})  # fmt: skip
-    for kind, moment in (("drift", T0 + 3 * 3600), ("quality", T0 + 3 * 3600),
-                         ("drift", T0 + 3.5 * 3600)):  # fmt: skip
+    # as `triggers.fire` records them: one event per alert, a microsecond apart, the same period
+    for kind, moment, check in (("drift", T0 + 3 * 3600, T0 + 3 * 3600),
+                                ("quality", T0 + 3 * 3600 + 1e-6, T0 + 3 * 3600),
+                                ("drift", T0 + 3.5 * 3600, T0 + 3.5 * 3600)):  # fmt: skip
+        period = {"since": iso(check - 3600), "until": iso(check)}
         append("trigger", moment, version="1.1.0", env="staging",
-               details={"kind": kind, "message": f"{kind} breached"})  # fmt: skip
+               details={"kind": kind, "message": f"{kind} breached", "period": period})  # fmt: skip
 
     folder = home / "logs" / NAME / "staging"
     folder.mkdir(parents=True, exist_ok=True)

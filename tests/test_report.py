@@ -65,7 +65,7 @@ def test_markdown_and_json_of_a_known_history_are_stable(
     assert len(staging["windows"]) == 48
     quiet = staging["windows"][12:24]  # the hour between the two versions: nothing served
     assert all(w["requests"] == 0 and w["slo_passed"] is None for w in quiet)
-    trend = doc["value_trend"]["staging"]
+    trend = doc["value_trend"]
     assert trend[-1]["cumulative_cost"] == pytest.approx(4 * 0.0468, rel=1e-6)
     assert trend[-1]["cumulative_value"] == pytest.approx(10_778 * 0.004, rel=1e-6)
     _golden("report.json", _mask(json.dumps(doc, indent=1, sort_keys=True) + "\n", home))
@@ -123,8 +123,13 @@ def test_html_report_of_a_real_deployment_in_chromium(churn: Path, home: Path) -
             page.wait_for_load_state("load")
             charts = page.eval_on_selector_all(
                 "svg.chart",
-                "els => els.map(e => [e.dataset.chart, e.querySelectorAll('.mark').length, "
-                "e.getBoundingClientRect().width, e.getBoundingClientRect().height])",
+                "els => els.map(e => { const box = e.viewBox.baseVal; "
+                "const marks = [...e.querySelectorAll('.mark')]; "
+                "const outside = marks.filter(m => { const b = m.getBBox(); "
+                "return b.x < -0.5 || b.y < -0.5 || b.x + b.width > box.width + 0.5 "
+                "|| b.y + b.height > box.height + 0.5; }).length; "
+                "return [e.dataset.chart, marks.length, e.getBoundingClientRect().width, "
+                "e.getBoundingClientRect().height, outside]; })",
             )
             cards = page.locator(".card").all_inner_texts()
             page.screenshot(path=str(ARTEFACTS / "report.png"), full_page=True)
@@ -132,9 +137,10 @@ def test_html_report_of_a_real_deployment_in_chromium(churn: Path, home: Path) -
             browser.close()
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    kinds = {kind: marks for kind, marks, _, _ in charts}
+    kinds = {kind: marks for kind, marks, _, _, _ in charts}
     for kind in ("latency", "traffic", "slo", "value", "cost", "drift"):
         assert kinds.get(kind, 0) > 0, f"chart {kind} is missing or empty: {charts}"
-    assert all(w > 100 and h > 50 for _, _, w, h in charts)
+    assert all(w > 100 and h > 50 for _, _, w, h, _ in charts)
+    assert [c for c in charts if c[4]] == [], "marks drawn outside their chart"
     assert any(c.startswith("STAGING LIVE") and "1.0.0" in c for c in cards), cards
     assert (ARTEFACTS / "report.png").stat().st_size > 10_000

@@ -6,7 +6,7 @@ import typer
 
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
 from cpmai.cli.project import JsonFlag, name_or_manifest
-from cpmai.report.text import count, money
+from cpmai.report.text import budget_share, count, env_label, idle, money
 
 
 def cost(
@@ -113,6 +113,7 @@ def parse_share(text: str) -> float:
 
 
 def render(doc: dict[str, Any], *, explain: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from cpmai.costs.model import render as formula
@@ -120,7 +121,8 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
     cur = doc["currency"]
     period = doc["period"]
     show(
-        f"[bold]{doc['name']}[/bold]: costs in {cur}, prices from {doc['manifest']}; measured "
+        f"[bold]{doc['name']}[/bold]: costs in {cur}, prices from {escape(doc['manifest'])}; "
+        f"measured "
         f"{period['since']} → {period['until']} ({period['hours']:g} h)"
     )
     table = Table(title="serving, per environment", title_justify="left")
@@ -129,22 +131,27 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
         table.add_column(column, justify="left" if column in ("env", "version") else "right")
     for e in doc["environments"]:
         usage = e["usage"]
-        idle = usage["idle_share"]["cost"]["value"] if usage else None
         table.add_row(
-            e["env"] + (" (not live)" if e["planned"] else ""),
+            env_label(e),
             e["version"] or "-",
             str(e["replicas"]),
             money(e["allocation"]["per_month"]["value"]),
             f"{usage['cpu_cores_used']:.3f}" if usage else "-",
             f"{usage['memory_gib_used']:.3f}" if usage else "-",
-            f"{idle:.0%}" if idle is not None else "-",
+            idle(e),
             money(e["serving_per_month"]["value"]),
             count(e["traffic"]["predictions_per_month"]),
             money(e["cost_per_1000"]["at_capacity"]["value"]),
             money(e["cost_per_1000"]["at_traffic"]["value"]),
         )
     show(table)
+    if doc["prices"].get("note"):
+        warn(doc["prices"]["note"])
+    if doc["counted"] != [e["env"] for e in doc["environments"]]:
+        show(f"[dim]the total counts every environment live now: {', '.join(doc['counted'])}[/dim]")
     for e in doc["environments"]:
+        if e["allocation"]["resources_from"].startswith("not in any manifest"):
+            warn(f"{e['env']}: {e['allocation']['resources_from']}")
         measured = e["traffic"]["measured_s"]
         if e["traffic"]["predictions"] and measured < 3600:
             warn(
@@ -154,7 +161,7 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
         if e.get("usage_note"):
             detail(f"{e['env']}: {e['usage_note']}")
         if e.get("capacity_note"):
-            show(f"[dim]{e['env']}: {e['capacity_note']}[/dim]")
+            show(f"[dim]{e['env']}: {escape(e['capacity_note'])}[/dim]")
         elif e["capacity"]:
             cap = e["capacity"]
             show(
@@ -180,10 +187,7 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
     line = f"[bold]total {money(total, cur)} a month[/bold]"
     if budget["per_month"] is not None:
         colour = "red" if budget["over"] else "green"
-        line += (
-            f" — [{colour}]{budget['used_share']:.0%} of the {money(budget['per_month'], cur)} "
-            f"budget[/{colour}]"
-        )
+        line += f" — [{colour}]{budget_share(budget, cur)}[/{colour}]"
     show(line)
     _render_roi(doc["roi"], cur)
     if doc["what_if"]:
@@ -191,9 +195,9 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
     if explain:
         show("\n[bold]how each figure is computed[/bold]")
         for label, fig in _figures(doc):
-            show(f"  {label}: {formula(fig)}")
+            show(f"  {label}: {escape(formula(fig))}")
     for alert in doc["alerts"]:
-        show(f"[red]ALERT[/red] {alert['kind']}: {alert['message']}")
+        show(f"[red]ALERT[/red] {alert['kind']}: {escape(alert['message'])}")
     if not doc["alerts"]:
         show("[green]within budget[/green]" if budget["per_month"] is not None else "")
 
@@ -203,6 +207,8 @@ def _change(value: float | None) -> str:
 
 
 def _render_roi(roi: dict[str, Any], cur: str) -> None:
+    from rich.markup import escape
+
     if not roi["configured"]:
         warn(roi["note"])
         return
@@ -219,7 +225,7 @@ def _render_roi(roi: dict[str, Any], cur: str) -> None:
         line += ", payback " + ("not at this rate" if months is None else f"{months:.1f} months")
     show(line)
     if roi.get("projection_note"):
-        show(f"[dim]{roi['projection_note']}[/dim]")
+        show(f"[dim]{escape(roi['projection_note'])}[/dim]")
     to_date = roi.get("to_date")
     if to_date:
         show(

@@ -56,9 +56,9 @@ def live_seconds(
 
 def triggered_runs(events: Iterable[Event], name: str, low: float, high: float) -> int:
     """Retraining runs triggers called for in [low, high): one per monitor check that fired any
-    trigger (its `trigger` events share version, environment and second)."""
+    trigger (its `trigger` events share version, environment and the period judged)."""
     firings = {
-        (e.version, e.env, e.time)
+        (e.version, e.env, json.dumps(e.details.get("period") or e.time[:19], sort_keys=True))
         for e in events
         if e.action == "trigger" and e.name == name and low <= e.when.timestamp() < high
     }
@@ -85,9 +85,35 @@ def bench_runs(home: Path, name: str, version: str) -> list[tuple[Path, dict[str
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("schema") == "cpmai-bench/1":
+        if _usable(data):
             out.append((path, data))
     return out
+
+
+def _usable(data: Any) -> bool:
+    """A saved `cpmai bench` result with what cost and report read (a file cut short or
+    written by hand is skipped, like one that does not parse)."""
+    if not isinstance(data, dict) or data.get("schema") != "cpmai-bench/1":
+        return False
+    if not isinstance(data.get("time"), str) or not isinstance(data.get("target"), dict):
+        return False
+    try:
+        parse_time(data["time"])
+        float(data.get("seconds", 0))
+    except (TypeError, ValueError):
+        return False
+    levels = data.get("levels")
+    if not isinstance(levels, list):
+        return False
+    for level in levels:
+        if not isinstance(level, dict) or not isinstance(level.get("latency_ms"), dict):
+            return False
+        try:
+            float(level["rows_per_s"]), float(level["throughput_rps"]), float(level["error_rate"])
+            str(level["label"])
+        except (KeyError, TypeError, ValueError):
+            return False
+    return data.get("capacity") is None or isinstance(data["capacity"], dict)
 
 
 def capacity(

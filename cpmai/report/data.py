@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.costs import measure
-from cpmai.costs.estimate import DEFAULT_PERIOD_S, choose_manifest, estimate
-from cpmai.costs.model import HOURS_PER_MONTH
+from cpmai.costs.estimate import DEFAULT_PERIOD_S, choose_manifest, estimate, iso, trend
 from cpmai.errors import UsageError
 from cpmai.ledger import Event, Ledger, replay
 
@@ -54,22 +53,27 @@ def build(
     first = measure.first_live(events, name)
     start = since if since is not None else max(first or end - 3600, end - DEFAULT_PERIOD_S)
     if start >= end:
+        if since is None:
+            raise UsageError(
+                f"--until {iso(end)} is before {name}'s first deployment ({iso(start)}): "
+                "give --since too"
+            )
         raise UsageError("--since must be before --until (and before now)")
     state = replay(events)
     envs = _envs(state, name, env)
     window = window_for(end - start)
     say("costs")
-    cost = estimate(
+    costed = estimate(
         home, name, env=env, manifest=given, since=start, until=end, now=now, progress=say
-    ).doc
+    )
+    cost = costed.doc
+    assert costed.facts is not None
     monitored = {}
     for env_name in envs:
         say(f"monitoring {env_name}")
         monitored[env_name] = _monitor(home, name, env_name, manifest, start, end, window, now)
-    value_trend = {
-        env_name: _value_trend(home, name, env_name, events, manifest, cost, start, end, window)
-        for env_name in envs
-    }
+    say("cost and value over time")
+    value_trend = trend(costed.facts, start, end, window)
     return {
         "schema": SCHEMA,
         "name": name,
@@ -77,8 +81,8 @@ def build(
         "owners": manifest.owners,
         "currency": manifest.costs.currency,
         "manifest": source,
-        "generated": _iso(now),
-        "period": {"since": _iso(start), "until": _iso(end), "window_s": window},
+        "generated": iso(now),
+        "period": {"since": iso(start), "until": iso(end), "window_s": window},
         "environments": _env_status(state, name, envs),
         "versions": _versions(events, state, name),
         "latency": _latency(home, name, state),
@@ -91,12 +95,6 @@ def build(
         "cost": cost,
         "slo": manifest.slo.model_dump(exclude_none=True),
     }
-
-
-def _iso(moment: float) -> str:
-    from cpmai.costs.estimate import _iso as iso
-
-    return iso(moment)
 
 
 def _envs(state: Any, name: str, env: str | None) -> list[str]:
@@ -271,60 +269,6 @@ def _monitor(
     }
 
 
-def _value_trend(
-    home: Path,
-    name: str,
-    env: str,
-    events: list[Event],
-    manifest: Manifest,
-    cost: dict[str, Any],
-    start: float,
-    end: float,
-    window: float,
-) -> list[dict[str, Any]]:
-    """Per window: what the environment cost (live seconds × allocation per hour) and what its
-    predictions were worth (without `cpmai bench` runs), and both added up."""
-    from cpmai.monitor.logs import log_folder, read_traffic
-
-    entry = next((e for e in cost["environments"] if e["env"] == env), None)
-    if entry is None:
-        return []
-    per_hour = float(entry["allocation"]["per_hour"]["value"])
-    counts = manifest.business.value_from is None or env in manifest.business.value_from
-    per_prediction = manifest.business.value_per_prediction if counts else 0.0
-    intervals = measure.live_intervals(events, name, env)
-    benches = measure.bench_windows(home, name, {i.url for i in intervals if i.url})
-    log = read_traffic(
-        log_folder(home, name, env),
-        focus=None,
-        specs=[],
-        output_kind="numeric",
-        since=start,
-        until=end,
-        cache=home / "cache" / "monitor" / "logs" / name / env,
-    )
-    out = []
-    total_cost = total_value = 0.0
-    low = start
-    while low < end:
-        high = min(low + window, end)
-        spent = measure.live_seconds(intervals, low, high) / 3600 * per_hour
-        worth = measure.served(log, low, high, benches)["predictions"] * per_prediction
-        total_cost += spent
-        total_value += worth
-        out.append(
-            {
-                "start": _iso(low),
-                "cost": round(spent, 6),
-                "value": round(worth, 6),
-                "cumulative_cost": round(total_cost, 6),
-                "cumulative_value": round(total_value, 6),
-            }
-        )
-        low = high
-    return out
-
-
 def _kpis(events: list[Event], name: str) -> dict[str, list[dict[str, Any]]]:
     from cpmai import kpi
 
@@ -332,6 +276,3 @@ def _kpis(events: list[Event], name: str) -> dict[str, list[dict[str, Any]]]:
     for record in kpi.read(events, name):
         out.setdefault(record.metric, []).append(record.to_dict())
     return out
-
-
-__all__ = ["HOURS_PER_MONTH", "SCHEMA", "build", "window_for"]

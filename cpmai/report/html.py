@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from cpmai.report import svg
-from cpmai.report.text import count, env_label, money, short_time, status_of
+from cpmai.report.text import budget_share, count, env_label, idle, money, short_time, status_of
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -122,9 +122,7 @@ def _cards(doc: dict[str, Any], cur: str) -> str:
         _card(
             "cost / month",
             money(total, cur),
-            f"{budget['used_share']:.0%} of {money(budget['per_month'], cur)} budget"
-            if budget["per_month"]
-            else "no budget set",
+            budget_share(budget, cur) if budget["per_month"] is not None else "no budget set",
             "bad" if budget["over"] else "ok",
         )
     )
@@ -191,7 +189,7 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
         labels = _labels(windows, doc["period"]["window_s"])
         out.append(
             _figure(
-                f"{env_name}: traffic (requests/s per window)",
+                f"{env_name}: traffic (requests/s per window, `cpmai bench` load included)",
                 svg.line_chart(
                     "traffic",
                     f"{env_name} traffic",
@@ -237,18 +235,17 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
 
 
 def _value_chart(doc: dict[str, Any], cur: str) -> str | None:
-    trends = [t for t in doc["value_trend"].values() if t]
-    if not trends:
+    windows = doc["value_trend"]
+    if not windows or not any(w["cumulative_cost"] or w["cumulative_value"] for w in windows):
         return None
-    length = max(len(t) for t in trends)
-    cost = [sum(t[i]["cumulative_cost"] for t in trends if i < len(t)) for i in range(length)]
-    value = [sum(t[i]["cumulative_value"] for t in trends if i < len(t)) for i in range(length)]
-    labels = _labels(max(trends, key=len), doc["period"]["window_s"])
     return svg.line_chart(
         "value",
         "Cost vs value",
-        labels,
-        [(f"cost ({cur})", list(cost)), (f"value ({cur})", list(value))],
+        _labels(windows, doc["period"]["window_s"]),
+        [
+            (f"cost ({cur})", [w["cumulative_cost"] for w in windows]),
+            (f"value ({cur})", [w["cumulative_value"] for w in windows]),
+        ],
         unit=cur,
     )
 
@@ -326,8 +323,6 @@ def _score(feature: dict[str, Any]) -> float | None:
 def _cost_table(doc: dict[str, Any], cur: str) -> str:
     rows = []
     for e in doc["cost"]["environments"]:
-        usage = e["usage"]
-        idle = usage["idle_share"]["cost"]["value"] if usage else None
         rows.append(
             "<tr>"
             + "".join(
@@ -338,7 +333,7 @@ def _cost_table(doc: dict[str, Any], cur: str) -> str:
                         e["version"] or "-",
                         e["replicas"],
                         money(e["allocation"]["per_month"]["value"]),
-                        "-" if idle is None else f"{idle:.0%}",
+                        idle(e),
                         money(e["serving_per_month"]["value"]),
                         count(e["traffic"]["predictions_per_month"]),
                         money(e["cost_per_1000"]["at_capacity"]["value"]),

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpmai.report.text import count, env_label, money, short_time, status_of, windows_met
+from cpmai.report.text import (
+    budget_share,
+    count,
+    env_label,
+    idle,
+    money,
+    short_time,
+    status_of,
+    windows_met,
+)
 
 MARK = {"ok": "✅", "bad": "❌", "none": "➖"}
 
@@ -86,7 +95,7 @@ def render(doc: dict[str, Any]) -> str:
             env_label(e),
             e["version"] or "-",
             money(e["serving_per_month"]["value"], cur),
-            "-" if not e["usage"] else f"{e['usage']['idle_share']['cost']['value']:.0%}",
+            idle(e),
             count(e["traffic"]["predictions_per_month"]),
             money(e["cost_per_1000"]["at_capacity"]["value"], cur),
             money(e["cost_per_1000"]["at_traffic"]["value"], cur),
@@ -108,10 +117,7 @@ def render(doc: dict[str, Any]) -> str:
     total = cost["total_per_month"]["value"]
     line = f"**Total {money(total, cur)} a month**"
     if budget["per_month"] is not None:
-        line += (
-            f" — {MARK['bad'] if budget['over'] else MARK['ok']} {budget['used_share']:.0%} of "
-            f"the {money(budget['per_month'], cur)} budget"
-        )
+        line += f" — {MARK['bad'] if budget['over'] else MARK['ok']} {budget_share(budget, cur)}"
     lines += ["", line + f" (retraining {money(cost['retraining']['per_month']['value'], cur)})"]
     roi = cost["roi"]
     if roi["configured"]:

@@ -40,10 +40,19 @@ def _frame(kind: str, title: str, width: int, height: int, body: list[str]) -> s
     )
 
 
-def _axes(top: float, left: int, right: int, upper: int, lower: int, unit: str) -> list[str]:
+def _range(values: list[float]) -> tuple[float, float]:
+    """(bottom, top) of the value axis: from 0 (or below it, for negative values) up."""
+    top = _nice_max(max(values, default=0.0))
+    low = min(values, default=0.0)
+    return (-_nice_max(-low) if low < 0 else 0.0), top
+
+
+def _axes(
+    bottom: float, top: float, left: int, right: int, upper: int, lower: int, unit: str
+) -> list[str]:
     out = []
     for i in range(5):
-        value = top * i / 4
+        value = bottom + (top - bottom) * i / 4
         y = lower - (lower - upper) * i / 4
         out.append(
             f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
@@ -82,16 +91,16 @@ def line_chart(
     left, right, upper, lower = 56, width - 12, 28, height - 44
     values = [v for _, vs in series for v in vs if v is not None]
     values += [b for _, b in bounds or []]
-    top = _nice_max(max(values, default=0.0))
+    bottom, top = _range(values)
     count = max(len(labels), 1)
 
     def x(i: int) -> float:
         return left + (right - left) * (i / (count - 1) if count > 1 else 0.5)
 
     def y(v: float) -> float:
-        return lower - (lower - upper) * min(v / top, 1.05)
+        return lower - (lower - upper) * min(max((v - bottom) / (top - bottom), 0.0), 1.05)
 
-    body = _axes(top, left, right, upper, lower, unit)
+    body = _axes(bottom, top, left, right, upper, lower, unit)
     for index, (name, vs) in enumerate(series):
         colour = PALETTE[index % len(PALETTE)]
         run: list[str] = []
@@ -150,21 +159,25 @@ def bar_chart(
     left, right, upper, lower = 56, width - 12, 28, height - 44
     values = [v for _, vs in series for v in vs if v is not None]
     values += [b for _, b in bounds or []]
-    top = _nice_max(max(values, default=0.0))
+    bottom, top = _range(values)
     groups = max(len(categories), 1)
     slot = (right - left) / groups
     bar = min(slot * 0.8 / max(len(series), 1), 48)
-    body = _axes(top, left, right, upper, lower, unit)
+
+    def y(v: float) -> float:
+        return lower - (lower - upper) * min(max((v - bottom) / (top - bottom), 0.0), 1.05)
+
+    body = _axes(bottom, top, left, right, upper, lower, unit)
     for g, category in enumerate(categories):
         start = left + slot * g + (slot - bar * len(series)) / 2
         for index, (name, vs) in enumerate(series):
             v = vs[g] if g < len(vs) else None
             if v is None:
                 continue
-            h = (lower - upper) * min(v / top, 1.05)
+            y0, y1 = sorted((y(0.0), y(v)))
             body.append(
-                f'<rect class="mark bar" x="{start + index * bar:.1f}" y="{lower - h:.1f}" '
-                f'width="{bar - 2:.1f}" height="{max(h, 0.5):.1f}" '
+                f'<rect class="mark bar" x="{start + index * bar:.1f}" y="{y0:.1f}" '
+                f'width="{bar - 2:.1f}" height="{max(y1 - y0, 0.5):.1f}" '
                 f'fill="{PALETTE[index % len(PALETTE)]}"><title>{escape(category)} '
                 f"{escape(name)}: {escape(_fmt(v))}</title></rect>"
             )
@@ -173,7 +186,7 @@ def bar_chart(
             f'class="tick">{escape(category)}</text>'
         )
     for label, value in bounds or []:
-        yv = lower - (lower - upper) * min(value / top, 1.05)
+        yv = y(value)
         body.append(
             f'<line class="bound" x1="{left}" x2="{right}" y1="{yv:.1f}" y2="{yv:.1f}" '
             f'stroke="#dc2626" stroke-dasharray="5 4"/>'

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpmai.report.text import count, env_label, money, short_time, status_of, windows_met
+from cpmai.report.text import (
+    budget_share,
+    count,
+    env_label,
+    idle,
+    money,
+    short_time,
+    status_of,
+    windows_met,
+)
 
 COLOUR = {"ok": "green", "bad": "red", "none": "dim"}
 SPARK = 24
@@ -24,6 +33,7 @@ def sparkline(values: list[float | None]) -> str:
 
 def render(doc: dict[str, Any]) -> Any:
     from rich.console import Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -78,7 +88,7 @@ def render(doc: dict[str, Any]) -> Any:
         versions.add_row(
             v["version"],
             short_time(v["packaged"]),
-            v["by"],
+            escape(v["by"]),
             ", ".join(v["live_in"]) or "-",
             " → ".join(
                 e["action"]
@@ -95,11 +105,10 @@ def render(doc: dict[str, Any]) -> Any:
     for column in ("env", "serving/mo", "idle", "pred/mo", "1k @capacity", "1k @traffic"):
         money_table.add_column(column, justify="left" if column == "env" else "right")
     for e in cost["environments"]:
-        usage = e["usage"]
         money_table.add_row(
             env_label(e),
             money(e["serving_per_month"]["value"]),
-            "-" if not usage else f"{usage['idle_share']['cost']['value']:.0%}",
+            idle(e),
             count(e["traffic"]["predictions_per_month"]),
             money(e["cost_per_1000"]["at_capacity"]["value"]),
             money(e["cost_per_1000"]["at_traffic"]["value"]),
@@ -108,22 +117,22 @@ def render(doc: dict[str, Any]) -> Any:
     budget_line = f"total [bold]{money(total, cur)}[/bold] a month"
     if budget["per_month"] is not None:
         colour = "red" if budget["over"] else "green"
-        budget_line += f", [{colour}]{budget['used_share']:.0%} of budget[/]"
+        budget_line += f", [{colour}]{budget_share(budget, cur)}[/]"
     roi = cost["roi"]
     pct = roi["roi_percent"]["value"]
     roi_line = (
         f"ROI {('n/a' if pct is None else f'{pct:,.0f}%')}, net "
         f"{money(roi['net_per_month']['value'], cur)} a month"
-        + (f" [dim]({roi['projection_note']})[/dim]" if roi.get("projection_note") else "")
+        + (f" [dim]({escape(roi['projection_note'])})[/dim]" if roi.get("projection_note") else "")
         if roi["configured"]
-        else f"[dim]{roi['note']}[/dim]"
+        else f"[dim]{escape(roi['note'])}[/dim]"
     )
     alerts = [
-        f"[red]●[/red] {env}: {a['kind']} — {a['message']}"
+        f"[red]●[/red] {env}: {a['kind']} — {escape(a['message'])}"
         for env, mon in doc["monitoring"].items()
         if mon["available"]
         for a in mon["alerts"]
-    ] + [f"[red]●[/red] {a['kind']} — {a['message']}" for a in cost["alerts"]]
+    ] + [f"[red]●[/red] {a['kind']} — {escape(a['message'])}" for a in cost["alerts"]]
     fired = sum(t["action"] == "trigger" for t in doc["triggers"])
     parts: list[Any] = [
         Panel(envs, title="environments", title_align="left"),

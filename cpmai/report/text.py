@@ -23,6 +23,21 @@ def count(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def idle(entry: dict[str, Any]) -> str:
+    """The idle share of an environment's cost, or "-" (no samples, or nothing priced)."""
+    usage = entry["usage"]
+    value = usage["idle_share"]["cost"]["value"] if usage else None
+    return "-" if value is None else f"{value:.0%}"
+
+
+def budget_share(budget: dict[str, Any], currency: str = "") -> str:
+    """ "38% of the 300.00 USD budget", or "over the 0.00 USD budget"."""
+    amount = money(budget["per_month"], currency)
+    if budget["used_share"] is None:
+        return f"{'over' if budget['over'] else 'within'} the {amount} budget"
+    return f"{budget['used_share']:.0%} of the {amount} budget"
+
+
 def env_label(entry: dict[str, Any]) -> str:
     """An environment of `cpmai cost`'s document: "(not live)" when its cost is a plan."""
     return str(entry["env"]) + (" (not live)" if entry["planned"] else "")
