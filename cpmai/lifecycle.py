@@ -285,7 +285,7 @@ def _roll_out(
             f"the rollout of {name} {version} in {env} failed: {type(error).__name__}: {error}"
         ) from error
     changed = not any(s["step"] == "unchanged" for s in outcome.steps)
-    progress(f"rollout  {time.perf_counter() - started:.2f} s  {outcome.url}")
+    progress(f"rollout  {time.perf_counter() - started:.2f} s  {outcome.url or ''}".rstrip())
     record(
         "live",
         previous=outcome.previous,
@@ -352,13 +352,19 @@ def rollback(
     return result
 
 
+def target_kind(env_state: Any) -> str:
+    """The target an environment's versions went to: the live one's, else the last one's."""
+    rollout = env_state.live or (env_state.history[-1] if env_state.history else None)
+    return str(rollout.details.get("target", "local")) if rollout else "local"
+
+
 def stop(home: Path, name: str, env: str, *, actor: str, reason: str | None = None) -> bool:
     """Stop what runs in `env` and record it. Returns False when nothing was recorded live."""
     with env_lock(home, name, env, _quiet):
         state = replay(Ledger(home).events())
         env_state = state.env(name, env)
-        kind = env_state.live.details.get("target", "local") if env_state.live else "local"
-        target = get_target(str(kind), home, name, env)
+        kind = target_kind(env_state)
+        target = get_target(kind, home, name, env)
         before = target.status()
         target.stop()
         if env_state.live is None and before.state == "stopped":
@@ -461,10 +467,11 @@ def _status_row(
         else None,
     }
     if live_view:
-        kind = str(row["target"] or "local")
+        kind = target_kind(env_state)
+        row["target"] = row["target"] or kind
         target = get_target(kind, home, name, env)
         row["server"] = target.status().to_dict()
-        if live is None and row["server"]["state"] == "stopped":
+        if live is None and row["server"]["state"] == "stopped" and kind == "local":
             row["server"]["detail"] = "nothing live"
     return row
 

@@ -253,6 +253,11 @@ class Environment(Strict):
     """ray: the cluster address (default: start a local one)."""
     namespace: Annotated[str, Field(max_length=253)] | None = None
     """kubernetes/kserve: the namespace to render into."""
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-zA-Z0-9._/:@-]{0,255}$")] | None = None
+    """docker/kubernetes/kserve: the image to build and run (default: NAME:VERSION; a registry
+    prefix such as registry.example.com/ml/NAME is kept, with :VERSION added)."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """kubernetes: the autoscaler's ceiling (default: 3 × replicas)."""
 
 
 class Drift(Strict):

@@ -28,22 +28,30 @@ def _context() -> tuple[Any, str]:
 
 
 def _render(result: Any, json_: bool) -> None:
+    from rich.markup import escape
+
     if wants_json(json_):
         emit_json(result.to_dict())
         return
     verb = {"deploy": "deployed", "promote": "promoted", "rollback": "rolled back to"}[
         result.action
     ]
+    where = result.url or ""
+    applied = next((s["note"] for s in result.steps if s.get("step") == "apply"), None)
+    if applied:  # a render or edge target: files written, the platform applies them
+        verb = {"deploy": "rendered", "promote": "rendered", "rollback": "rendered (rollback)"}[
+            result.action
+        ]
+        where = f"→ {escape(applied)}"
     if not result.changed:
         show(
-            f"[bold]{result.name} {result.version}[/bold] was already live in {result.env}  "
-            f"{result.url}"
+            f"[bold]{result.name} {result.version}[/bold] was already live in {result.env}  {where}"
         )
         return
     before = f" (was {result.previous})" if result.previous else ""
     show(
         f"{verb} [bold]{result.name} {result.version}[/bold] in {result.env}{before}  "
-        f"{result.url}  {result.seconds:.1f} s"
+        f"{result.seconds:.1f} s  {where}"
     )
 
 

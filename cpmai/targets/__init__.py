@@ -75,9 +75,17 @@ def get_target(kind: str, home: Path, name: str, env: str) -> Target:
         from cpmai.targets.local import LocalTarget
 
         return LocalTarget(home, name, env)
+    if kind in ("docker", "kubernetes", "kserve"):
+        from cpmai.targets.render import RenderTarget
+
+        return RenderTarget(kind, home, name, env)
+    if kind == "edge":
+        from cpmai.targets.edge import EdgeTarget
+
+        return EdgeTarget(home, name, env)
     from cpmai.errors import UsageError
 
     raise UsageError(
-        f"target {kind!r} is not available yet: only `local` is built",
-        hint="set `target: local` for this environment",
+        f"target {kind!r} is not available yet: local, docker, kubernetes, kserve and edge are",
+        hint="set another `target:` for this environment",
     )
