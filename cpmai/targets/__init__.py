@@ -83,9 +83,13 @@ def get_target(kind: str, home: Path, name: str, env: str) -> Target:
         from cpmai.targets.edge import EdgeTarget
 
         return EdgeTarget(home, name, env)
+    if kind == "ray":
+        from cpmai.targets.ray import RayTarget
+
+        return RayTarget(home, name, env)
     from cpmai.errors import UsageError
 
     raise UsageError(
-        f"target {kind!r} is not available yet: local, docker, kubernetes, kserve and edge are",
+        f"target {kind!r} is not available: local, ray, docker, kubernetes, kserve and edge are",
         hint="set another `target:` for this environment",
     )

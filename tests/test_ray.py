@@ -1,0 +1,112 @@
+"""The ray target on a real local Ray cluster: deploy with 2 replicas, answers with the model's
+own predictions over HTTP, a new version, a rollback, a stop that leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from cost_fixture import edit
+from test_targets import _expected, _get
+
+from conftest import FEATURES, run_cpmai
+
+pytest.importorskip("ray.serve", reason="the ray extra is not installed (make test installs it)")
+
+NAME = "churn-classifier"
+
+
+def _status(home: Path) -> dict[str, Any]:
+    result = run_cpmai("--json", "status", NAME)
+    assert result.code == 0, result.err
+    return next(r for r in json.loads(result.out)["environments"] if r["env"] == "cluster")
+
+
+def _replicas(address: str) -> dict[str, Any]:
+    """What Ray Serve itself says of the application (in a separate driver process)."""
+    code = (
+        "import json, ray\nfrom ray import serve\n"
+        f"ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR')\n"
+        f"app = serve.status().applications['{NAME}-cluster']\n"
+        "name = lambda x: getattr(x, 'value', str(x))\n"
+        "print(json.dumps({'status': name(app.status), 'replicas': {name(k): v for k, v in "
+        "app.deployments['model'].replica_states.items()}}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def _cluster_processes(port: int) -> list[str]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        command = " ".join(proc.info.get("cmdline") or [])
+        if "ray" in command and (f":{port} " in f"{command} " or f"={port} " in f"{command} "):
+            found.append(command[:120])
+    return found
+
+
+@pytest.mark.slow
+def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
+    def change(doc: dict[str, Any]) -> None:
+        doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}
+        doc["environments"] = {
+            "cluster": {"target": "ray", "replicas": 2, "resources": {"cpu": 0.5, "memory_gb": 0.5}}
+        }
+
+    edit(churn, change)
+    record_path = home / "runs" / NAME / "cluster" / "ray.json"
+    try:
+        deployed = run_cpmai("deploy", churn, "--env", "cluster", timeout=600)
+        assert deployed.code == 0, deployed.err
+        record = json.loads(record_path.read_text())
+        assert record["owned"] and record["version"] == "1.0.0"
+        row = _status(home)
+        assert row["server"]["state"] == "running" and row["server"]["live"] == "1.0.0"
+        assert row["target"] == "ray" and row["server"]["workers"] == 2
+        url = row["server"]["url"]
+        serve_says = _replicas(record["address"])
+        assert serve_says == {"status": "RUNNING", "replicas": {"RUNNING": 2}}
+
+        frame = pd.read_csv(churn.parent / "data" / "holdout.csv").head(40)
+        records = json.loads(frame[FEATURES].to_json(orient="records"))
+        status, reply = _get(f"{url}/invocations", {"dataframe_records": records})
+        assert status == 200 and reply["predictions"] == _expected(churn, frame)[0]
+        bad = [{**records[0], "region": "mars"}]
+        status, reply = _get(f"{url}/invocations", {"dataframe_records": bad})
+        assert status == 422 and "region" in json.dumps(reply)
+        assert _get(f"{url}/v2/health/ready")[0] == 200
+
+        edit(churn, lambda doc: doc.update(description="Retrained."))
+        assert run_cpmai("deploy", churn, "--env", "cluster", timeout=600).code == 0
+        assert _get(f"{url}/version")[1]["version"] == "1.1.0"
+        back = run_cpmai("rollback", NAME, "--env", "cluster", timeout=600)
+        assert back.code == 0, back.err
+        assert _get(f"{url}/version")[1]["version"] == "1.0.0"
+        status, reply = _get(f"{url}/invocations", {"dataframe_records": records})
+        assert status == 200 and reply["predictions"] == _expected(churn, frame)[0]
+        logged = list((home / "logs" / NAME / "cluster").glob("predictions-*.jsonl"))
+        assert logged, "the replicas wrote no prediction log"
+
+        stopped = run_cpmai("stop", NAME, "--env", "cluster", timeout=300)
+        assert stopped.code == 0, stopped.err
+        assert _status(home)["server"]["state"] == "stopped"
+        assert _cluster_processes(record["gcs_port"]) == []
+        events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
+        rollouts = [(e["action"], e["version"], e["details"].get("result"))
+                    for e in events if e["env"] == "cluster" and e["action"] != "gate"]  # fmt: skip
+        assert rollouts == [("deploy", "1.0.0", "live"), ("deploy", "1.1.0", "live"),
+                            ("rollback", "1.0.0", "live"), ("stop", "1.0.0", None)]  # fmt: skip
+    finally:
+        if record_path.exists():
+            from cpmai.targets.ray import _stop_cluster
+
+            _stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
