@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen bench-monitor bench-report clean
+.PHONY: demo test lint format install bench bench-serving bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ bench-loadgen: $(STAMP)
 bench-monitor: $(STAMP)
 	$(BIN)/python benchmarks/monitor.py
 	$(BIN)/python benchmarks/sampler.py
+
+## bench-ray: the ray target against the local one (1 and 2 replicas, concurrency 8 and 64)
+bench-ray: $(STAMP)
+	$(BIN)/python benchmarks/ray.py
 
 ## bench-report: cpmai report and cpmai cost over a 1,000,000-row prediction log
 bench-report: $(STAMP)
