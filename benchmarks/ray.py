@@ -113,8 +113,9 @@ def main() -> int:
                 try:
                     result = json.loads(bench.stdout)
                 except ValueError:
-                    Path("/tmp/bench-stdout.txt").write_text(bench.stdout)
-                    sys.exit(f"bench {name}: stdout is not one JSON document (/tmp/bench-stdout.txt)")
+                    kept = folder / f"bench-{name}.stdout"
+                    kept.write_text(bench.stdout)
+                    sys.exit(f"bench {name}: stdout is not one JSON document ({kept})")
                 for level in result["levels"]:
                     rows.append((name, level["label"], level["throughput_rps"],
                                  level["latency_ms"]["p50_ms"], level["latency_ms"]["p99_ms"],
