@@ -193,7 +193,10 @@ def _go_live(
             manifest = artifact.manifest()
             spec = _env_spec(manifest, env)
             step.note = f"sha256:{artifact.digest[:12]}"
-        get_target(spec.target, home, name, env)  # an unavailable target: refused before gates
+        target = get_target(spec.target, home, name, env)
+        preflight = getattr(target, "preflight", None)
+        if preflight is not None:  # e.g. a missing extra: refused before the gates
+            preflight()
         state = replay(ledger.events())
         with log.step("gates") as step:
             report = gates.check(artifact, manifest, env, state, actor=actor)

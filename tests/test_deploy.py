@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -567,13 +568,16 @@ def test_replicas_run_as_workers_that_switch_together_and_die_with_their_supervi
 
 
 def test_an_unavailable_target_is_refused_before_the_gates(
-    project: Path, home: Path, cli: Any
+    project: Path, home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The ray target without the `ray` extra: refused before any gate runs or is recorded."""
     doc = load(project)
     doc["environments"]["staging"] = {"target": "ray"}
     project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as when absent
     result = cli("deploy", project, "--env", "staging")
-    assert result.code == 2 and "target 'ray' is not available yet" in result.err
+    assert result.code == 2 and "needs Ray Serve, which is not installed" in result.err
+    assert "pip install 'cpmai[ray]'" in result.err
     assert not events(home, "gate")
 
 

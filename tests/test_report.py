@@ -27,7 +27,8 @@ def _mask(text: str, home: Path) -> str:
     """What differs from one machine or run to the next: the state folder, artifact digests
     (they hash environment.json, which names package versions)."""
     text = text.replace(str(home), "<home>")
-    return re.sub(r"sha256:[0-9a-f]{6,64}", "sha256:<digest>", text)
+    text = re.sub(r"sha256:[0-9a-f]{6,64}", "sha256:<digest>", text)
+    return re.sub(r"\b[0-9a-f]{16,64}\b", "<digest>", text)  # bare digests and their prefixes
 
 
 def _golden(name: str, text: str) -> None:

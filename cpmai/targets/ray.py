@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cpmai.errors import TargetError
+from cpmai.errors import TargetError, UsageError
 from cpmai.fsutil import write_atomic
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
@@ -64,7 +64,7 @@ def _require_ray() -> Any:
         import ray
         from ray import serve  # noqa: F401
     except ImportError:
-        raise TargetError(
+        raise UsageError(
             "the ray target needs Ray Serve, which is not installed",
             hint="pip install 'cpmai[ray]'",
         ) from None
@@ -190,6 +190,10 @@ class RayTarget:
         return ray
 
     # --- the target interface -------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Before any gate: Ray Serve must be installed."""
+        _require_ray()
 
     def rollout(self, plan: RolloutPlan, progress: Progress) -> RolloutResult:
         _require_ray()
