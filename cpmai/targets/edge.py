@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import TargetError
-from cpmai.fsutil import sha256_file, write_atomic
+from cpmai.fsutil import read_json_object, sha256_file, write_atomic
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
-from cpmai.targets.render import render_folder
+from cpmai.targets.render import render_folder, swap_in
 
 if TYPE_CHECKING:
     from cpmai.artifacts import Artifact
@@ -54,11 +54,7 @@ class EdgeTarget:
         self.record_path = self.folder / "bundle.json"
 
     def _record(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.record_path.read_text())
-            return data
-        except (OSError, ValueError):
-            return None
+        return read_json_object(self.record_path)
 
     def rollout(self, plan: RolloutPlan, progress: Progress) -> RolloutResult:
         from cpmai.artifacts import open_artifact
@@ -98,13 +94,7 @@ class EdgeTarget:
                 "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_atomic(scratch / "bundle.json", json.dumps(bundle, indent=1).encode())
-            old = None
-            if self.folder.exists():
-                old = self.folder.with_name(f".{self.env}.old.{time.time_ns()}")
-                self.folder.rename(old)
-            scratch.rename(self.folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            swap_in(scratch, self.folder)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cpmai.errors import TargetError, UsageError
-from cpmai.fsutil import write_atomic
+from cpmai.fsutil import read_json_object, write_atomic
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -133,11 +133,7 @@ class RayTarget:
         self.app_name = f"{name}-{env}"
 
     def _record(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.record_path.read_text())
-            return data
-        except (OSError, ValueError):
-            return None
+        return read_json_object(self.record_path)
 
     def _save(self, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpmai.fsutil import write_atomic
+from cpmai.fsutil import read_json_object, write_atomic
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 if TYPE_CHECKING:
@@ -39,6 +39,17 @@ def environment_of(artifact: Artifact) -> dict[str, Any]:
     """The artifact's environment.json: Python and the packages the model was packaged with."""
     data: dict[str, Any] = json.loads((artifact.path / "environment.json").read_text())
     return data
+
+
+def swap_in(scratch: Path, folder: Path) -> None:
+    """Put the fully written `scratch` folder in place of `folder` (the old one goes after)."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old.{time.time_ns()}")
+        folder.rename(old)
+    scratch.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def render_folder(home: Path, name: str, env: str) -> Path:
@@ -224,11 +235,7 @@ class RenderTarget:
         self.record_path = self.folder / "render.json"
 
     def _record(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.record_path.read_text())
-            return data
-        except (OSError, ValueError):
-            return None
+        return read_json_object(self.record_path)
 
     def command(self, image: str) -> str:
         build = f"docker build -t {image} {self.folder}"
@@ -316,13 +323,7 @@ class RenderTarget:
         return ["Dockerfile", "requirements.txt", ".dockerignore", "lib/cpmai/", "state/"]
 
     def _swap(self, scratch: Path) -> None:
-        old = None
-        if self.folder.exists():
-            old = self.folder.with_name(f".{self.env}.old.{time.time_ns()}")
-            self.folder.rename(old)
-        scratch.rename(self.folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(scratch, self.folder)
 
     def status(self) -> TargetStatus:
         record = self._record()
