@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,54 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
             from cpmai.targets.ray import _stop_cluster
 
             _stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
+
+
+@pytest.mark.slow
+def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> None:
+    """`address:` names a running cluster: the application goes there under /NAME-ENV, and
+    `stop` removes the application but leaves the cluster alone."""
+    from cpmai.targets.ray import _stop_cluster, ray_binary
+    from serving_helpers import free_port
+
+    gcs, http = free_port(), free_port()
+    subprocess.run([ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address",
+                    "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
+                    "--num-cpus", "2"], check=True, capture_output=True, timeout=180)  # fmt: skip
+    try:
+        subprocess.run([sys.executable, "-c", (
+            "import ray\nfrom ray import serve\n"
+            f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False, logging_level='ERROR')\n"
+            f"serve.start(http_options={{'host': '127.0.0.1', 'port': {http}}})\n"
+        )], check=True, capture_output=True, timeout=180)  # fmt: skip
+
+        def change(doc: dict[str, Any]) -> None:
+            doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}
+            doc["environments"] = {
+                "shared": {
+                    "target": "ray",
+                    "address": f"127.0.0.1:{gcs}",
+                    "replicas": 1,
+                    "resources": {"cpu": 0.5, "memory_gb": 0.5},
+                }
+            }
+
+        edit(churn, change)
+        deployed = run_cpmai("deploy", churn, "--env", "shared", timeout=600)
+        assert deployed.code == 0, deployed.err
+        row = next(r for r in json.loads(run_cpmai("--json", "status", NAME).out)["environments"]
+                   if r["env"] == "shared")  # fmt: skip
+        url = row["server"]["url"]
+        assert url == f"http://127.0.0.1:{http}/{NAME}-shared"
+        frame = pd.read_csv(churn.parent / "data" / "holdout.csv").head(10)
+        records = json.loads(frame[FEATURES].to_json(orient="records"))
+        status, reply = _get(f"{url}/invocations", {"dataframe_records": records})
+        assert status == 200 and reply["predictions"] == _expected(churn, frame)[0]
+        assert run_cpmai("stop", NAME, "--env", "shared", timeout=300).code == 0
+        assert _cluster_processes(gcs), "stop took down a cluster cpmai did not start"
+        gone = urllib.request.Request(f"{url}/version")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the application is gone
+            urllib.request.urlopen(gone, timeout=10)
+        assert refused.value.code == 404
+    finally:
+        _stop_cluster(gcs)
+    assert _cluster_processes(gcs) == []
