@@ -122,9 +122,18 @@ def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> 
     from serving_helpers import free_port
 
     gcs, http = free_port(), free_port()
-    subprocess.run([ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address",
-                    "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
-                    "--num-cpus", "2"], check=True, capture_output=True, timeout=180)  # fmt: skip
+    flags = (
+        "--ray-client-server-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+    )
+    ports = [part for flag in flags for part in (flag, str(free_port()))]
+    command = [ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address",
+               "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
+               "--num-cpus", "2", *ports]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=180)
     try:
         subprocess.run([sys.executable, "-c", (
             "import ray\nfrom ray import serve\n"

@@ -157,6 +157,12 @@ class RayTarget:
             "--include-dashboard", "false", "--disable-usage-stats",
             "--num-cpus", str(os.cpu_count() or 1), "--object-store-memory", str(256 * 2**20),
         ]  # fmt: skip
+        # Ray's fixed default ports (client server 10001, agent 52365, ...) would collide with
+        # another cluster on the machine: give each one a free port of its own
+        for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
+                     "--dashboard-agent-grpc-port", "--metrics-export-port",
+                     "--runtime-env-agent-port"):  # fmt: skip
+            command += [flag, str(_free_port())]
         result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
         if result.returncode != 0:
             raise TargetError(f"`ray start` failed: {(result.stderr or result.stdout)[-800:]}")
@@ -181,6 +187,14 @@ class RayTarget:
 
     def _connect(self, address: str) -> Any:
         ray = _require_ray()
+        host, _, port = address.rpartition(":")
+        if not address.startswith("ray://") and port.isdigit():
+            # ray.init waits minutes for a cluster that is not there: ask the port first
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+                    pass
+            except OSError as exc:
+                raise TargetError(f"no Ray cluster answers at {address}: {exc}") from None
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         return ray
