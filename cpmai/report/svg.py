@@ -7,6 +7,7 @@ hovering sees the number and a test can count what was drawn.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from html import escape
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04")
@@ -76,6 +77,36 @@ def _legend(series: list[str], left: int, y: int) -> list[str]:
     return out
 
 
+def _value_axis(
+    series: list[Series], bounds: list[tuple[str, float]] | None, upper: int, lower: int
+) -> tuple[float, float, Callable[[float], float]]:
+    """(bottom, top, y) of the vertical axis that holds every value and bound."""
+    values = [v for _, vs in series for v in vs if v is not None]
+    values += [b for _, b in bounds or []]
+    bottom, top = _range(values)
+
+    def y(v: float) -> float:
+        return lower - (lower - upper) * min(max((v - bottom) / (top - bottom), 0.0), 1.05)
+
+    return bottom, top, y
+
+
+def _bound_lines(
+    bounds: list[tuple[str, float]] | None, y: Callable[[float], float], left: int, right: int
+) -> list[str]:
+    """Dashed horizontal lines for bounds (an SLO, a budget), labelled at the right."""
+    out = []
+    for label, value in bounds or []:
+        at = y(value)
+        out.append(
+            f'<line class="bound" x1="{left}" x2="{right}" y1="{at:.1f}" y2="{at:.1f}" '
+            f'stroke="#dc2626" stroke-dasharray="5 4"/>'
+            f'<text x="{right}" y="{at - 4:.1f}" text-anchor="end" class="bound-label">'
+            f"{escape(label)} {escape(_fmt(value))}</text>"
+        )
+    return out
+
+
 def line_chart(
     kind: str,
     title: str,
@@ -89,16 +120,11 @@ def line_chart(
 ) -> str:
     """Lines over `labels` (x); None values leave gaps; `bounds` are dashed horizontal lines."""
     left, right, upper, lower = 56, width - 12, 28, height - 44
-    values = [v for _, vs in series for v in vs if v is not None]
-    values += [b for _, b in bounds or []]
-    bottom, top = _range(values)
+    bottom, top, y = _value_axis(series, bounds, upper, lower)
     count = max(len(labels), 1)
 
     def x(i: int) -> float:
         return left + (right - left) * (i / (count - 1) if count > 1 else 0.5)
-
-    def y(v: float) -> float:
-        return lower - (lower - upper) * min(max((v - bottom) / (top - bottom), 0.0), 1.05)
 
     body = _axes(bottom, top, left, right, upper, lower, unit)
     for index, (name, vs) in enumerate(series):
@@ -126,13 +152,7 @@ def line_chart(
                     f'<polyline class="mark line" fill="none" stroke="{colour}" '
                     f'stroke-width="2" points="{" ".join(points)}"/>'
                 )
-    for label, value in bounds or []:
-        body.append(
-            f'<line class="bound" x1="{left}" x2="{right}" y1="{y(value):.1f}" '
-            f'y2="{y(value):.1f}" stroke="#dc2626" stroke-dasharray="5 4"/>'
-            f'<text x="{right}" y="{y(value) - 4:.1f}" text-anchor="end" class="bound-label">'
-            f"{escape(label)} {escape(_fmt(value))}</text>"
-        )
+    body += _bound_lines(bounds, y, left, right)
     for i in sorted({0, count // 2, count - 1}):
         if i < len(labels):
             anchor = "start" if i == 0 and count > 1 else "end" if i == count - 1 else "middle"
@@ -157,15 +177,10 @@ def bar_chart(
 ) -> str:
     """Grouped vertical bars: one group per category, one bar per series."""
     left, right, upper, lower = 56, width - 12, 28, height - 44
-    values = [v for _, vs in series for v in vs if v is not None]
-    values += [b for _, b in bounds or []]
-    bottom, top = _range(values)
+    bottom, top, y = _value_axis(series, bounds, upper, lower)
     groups = max(len(categories), 1)
     slot = (right - left) / groups
     bar = min(slot * 0.8 / max(len(series), 1), 48)
-
-    def y(v: float) -> float:
-        return lower - (lower - upper) * min(max((v - bottom) / (top - bottom), 0.0), 1.05)
 
     body = _axes(bottom, top, left, right, upper, lower, unit)
     for g, category in enumerate(categories):
@@ -185,14 +200,7 @@ def bar_chart(
             f'<text x="{left + slot * (g + 0.5):.1f}" y="{lower + 16}" text-anchor="middle" '
             f'class="tick">{escape(category)}</text>'
         )
-    for label, value in bounds or []:
-        yv = y(value)
-        body.append(
-            f'<line class="bound" x1="{left}" x2="{right}" y1="{yv:.1f}" y2="{yv:.1f}" '
-            f'stroke="#dc2626" stroke-dasharray="5 4"/>'
-            f'<text x="{right}" y="{yv - 4:.1f}" text-anchor="end" class="bound-label">'
-            f"{escape(label)} {escape(_fmt(value))}</text>"
-        )
+    body += _bound_lines(bounds, y, left, right)
     body += _legend([name for name, _ in series], left, height - 8)
     return _frame(kind, title, width, height, body)
 
