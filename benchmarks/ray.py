@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -56,21 +55,14 @@ def serving_memory(home: Path, env: str) -> float:
     """MiB of RSS of what serves `env`: the local server's tree, or the Ray cluster's processes."""
     import psutil
 
+    from cpmai.targets.ray import cluster_processes
+
     run = home / "runs" / "churn-classifier" / env
-    procs: list[psutil.Process] = []
     if (run / "ray.json").exists():
-        port = json.loads((run / "ray.json").read_text())["gcs_port"]
-        mark = re.compile(rf"[:=]{port}\b")
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            command = " ".join(proc.info["cmdline"] or [])
-            if "ray" in command and mark.search(command):
-                roots.append(proc)
+        procs = cluster_processes(json.loads((run / "ray.json").read_text())["gcs_port"])
     else:
-        roots = [psutil.Process(json.loads((run / "run.json").read_text())["pid"])]
-    for root in roots:
-        procs.append(root)
-        procs += root.children(recursive=True)
+        root = psutil.Process(json.loads((run / "run.json").read_text())["pid"])
+        procs = [root, *root.children(recursive=True)]
     total = 0
     for proc in {p.pid: p for p in procs}.values():
         try:

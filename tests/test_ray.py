@@ -46,14 +46,9 @@ def _replicas(address: str) -> dict[str, Any]:
 
 
 def _cluster_processes(port: int) -> list[str]:
-    import psutil
+    from cpmai.targets.ray import cluster_processes
 
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        command = " ".join(proc.info.get("cmdline") or [])
-        if "ray" in command and (f":{port} " in f"{command} " or f"={port} " in f"{command} "):
-            found.append(command[:120])
-    return found
+    return [" ".join(p.cmdline())[:120] for p in cluster_processes(port) if p.is_running()]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import typer
 
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
 from cpmai.cli.project import JsonFlag, name_or_manifest
+from cpmai.report.text import ms
 
 
 def monitor(
@@ -170,10 +171,6 @@ def monitor(
 # --- the report ------------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
@@ -214,8 +211,8 @@ def _render(doc: dict[str, Any]) -> None:
             f"{row['requests']:,}",
             f"{row['requests_per_s']:.2f}",
             _rate(row["error_rate"]),
-            _ms(lat["p50_ms"]),
-            _ms(lat["p95_ms"]),
+            ms(lat["p50_ms"]),
+            ms(lat["p95_ms"]),
             _slo_cell(lat["p99_ms"], doc["slo"]["bounds"].get("p99_ms")),
             f"{res['cpu_percent_mean']:.1f}" if res else "-",
             f"{res['rss_mb_mean']:.0f}" if res else "-",
@@ -255,7 +252,7 @@ def _mark(passed: bool | None) -> str:
 
 
 def _slo_cell(value: float | None, bound: float | None) -> str:
-    text = _ms(value)
+    text = ms(value)
     if value is not None and bound is not None and value > bound:
         return f"[red]{text}[/red]"
     return text
@@ -368,7 +365,7 @@ def _dashboard(snap: dict[str, Any]) -> Any:
         "req/s", sparkline(snap["rps"]), f"{snap['rps'][-1]:.1f}" if snap["rps"] else "-"
     )
     traffic.add_row(
-        "p99 ms", sparkline(snap["p99_ms"]), _ms(snap["p99_ms"][-1] if snap["p99_ms"] else None)
+        "p99 ms", sparkline(snap["p99_ms"]), ms(snap["p99_ms"][-1] if snap["p99_ms"] else None)
     )
     p99_bound = slo.get("p99_ms")
     err_bound = slo.get("error_rate")
@@ -377,9 +374,9 @@ def _dashboard(snap: dict[str, Any]) -> Any:
     last = Table.grid(padding=(0, 2))
     last.add_row(
         f"last minute: {minute['requests']:,} requests ({minute['requests_per_s']:.1f}/s)",
-        f"p50 {_ms(minute['p50_ms'])} ms",
+        f"p50 {ms(minute['p50_ms'])} ms",
         ("[green]" if p99_ok else "[red]")
-        + f"p99 {_ms(minute['p99_ms'])} ms"
+        + f"p99 {ms(minute['p99_ms'])} ms"
         + (f" (SLO {p99_bound:g})" if p99_bound else "")
         + ("[/green]" if p99_ok else "[/red]"),
         ("[green]" if err_ok else "[red]")

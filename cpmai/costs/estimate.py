@@ -196,8 +196,10 @@ def estimate(
     max_increase: float | None = None,
     use_cache: bool = True,
     progress: Progress | None = None,
+    facts: Facts | None = None,
 ) -> CostResult:
-    """Compute the cost document (docs/cost.schema.json). Records nothing."""
+    """Compute the cost document (docs/cost.schema.json). Records nothing. `facts`: what the
+    caller has already read of the state folder (else read here)."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     start = since if since is not None else end - DEFAULT_PERIOD_S
@@ -205,7 +207,10 @@ def estimate(
         raise UsageError("--since must be before --until (and before now)")
     if traffic is not None and not (0 < traffic <= MAX_TRAFFIC):
         raise UsageError(f"--traffic {traffic:g}: expected predictions per second in (0, 1e9]")
-    facts = Facts(home, name, manifest=manifest, now=now, use_cache=use_cache, progress=progress)
+    if facts is None:
+        facts = Facts(
+            home, name, manifest=manifest, now=now, use_cache=use_cache, progress=progress
+        )
     prices = facts.prices
     shown = _environments(facts, env)
     live = facts.live_now()

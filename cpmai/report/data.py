@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.costs import measure
-from cpmai.costs.estimate import DEFAULT_PERIOD_S, choose_manifest, estimate, iso, trend
+from cpmai.costs.estimate import DEFAULT_PERIOD_S, Facts, estimate, iso, trend
 from cpmai.errors import UsageError
-from cpmai.ledger import Event, Ledger, replay
+from cpmai.ledger import Event
 
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
@@ -47,10 +47,8 @@ def build(
     say = progress or (lambda _: None)
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
-    events = Ledger(home).events()
-    given = manifest
-    manifest, source = choose_manifest(home, name, events, manifest)
-    first = measure.first_live(events, name)
+    facts = Facts(home, name, manifest=manifest, now=now, progress=say)
+    events, manifest, source, first = facts.events, facts.manifest, facts.source, facts.first
     start = since if since is not None else max(first or end - 3600, end - DEFAULT_PERIOD_S)
     if start >= end:
         if since is None:
@@ -59,21 +57,17 @@ def build(
                 "give --since too"
             )
         raise UsageError("--since must be before --until (and before now)")
-    state = replay(events)
+    state = facts.state
     envs = _envs(state, name, env)
     window = window_for(end - start)
     say("costs")
-    costed = estimate(
-        home, name, env=env, manifest=given, since=start, until=end, now=now, progress=say
-    )
-    cost = costed.doc
-    assert costed.facts is not None
+    cost = estimate(home, name, env=env, since=start, until=end, now=now, facts=facts).doc
     monitored = {}
     for env_name in envs:
         say(f"monitoring {env_name}")
         monitored[env_name] = _monitor(home, name, env_name, manifest, start, end, window, now)
     say("cost and value over time")
-    value_trend = trend(costed.facts, start, end, window)
+    value_trend = trend(facts, start, end, window)
     return {
         "schema": SCHEMA,
         "name": name,

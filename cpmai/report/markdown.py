@@ -10,6 +10,7 @@ from cpmai.report.text import (
     env_label,
     idle,
     money,
+    ms,
     short_time,
     status_of,
     windows_met,
@@ -77,8 +78,8 @@ def render(doc: dict[str, Any]) -> str:
                 v["version"],
                 f"{lv['label']} ({bench['kind']})",
                 f"{lv['throughput_rps']:,.0f}",
-                _ms(lv["p50_ms"]),
-                _ms(lv["p99_ms"]),
+                ms(lv["p50_ms"]),
+                ms(lv["p99_ms"]),
                 MARK["ok"]
                 if bench["slo_passed"]
                 else MARK["bad"]
@@ -162,7 +163,3 @@ def render(doc: dict[str, Any]) -> str:
 
 def _drift_class(status: str) -> str:
     return {"drift": "bad", "ok": "ok"}.get(status, "none")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

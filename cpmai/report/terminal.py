@@ -10,6 +10,7 @@ from cpmai.report.text import (
     env_label,
     idle,
     money,
+    ms,
     short_time,
     status_of,
     windows_met,
@@ -79,7 +80,7 @@ def render(doc: dict[str, Any]) -> Any:
         for lv in bench["levels"]:
             latency.add_row(
                 v["version"], f"{lv['label']} ({bench['kind']})", f"{lv['throughput_rps']:,.0f}",
-                _ms(lv["p50_ms"]), _ms(lv["p95_ms"]), _ms(lv["p99_ms"]),
+                ms(lv["p50_ms"]), ms(lv["p95_ms"]), ms(lv["p99_ms"]),
             )  # fmt: skip
     versions = Table(title="versions", title_justify="left")
     for column in ("version", "packaged", "by", "live in", "journey"):
@@ -144,7 +145,3 @@ def render(doc: dict[str, Any]) -> Any:
         versions,
     ]
     return Panel(Group(*parts), title=title, title_align="left", expand=False)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

@@ -13,6 +13,11 @@ def money(value: float | None, currency: str = "") -> str:
     return text + (f" {currency}" if currency else "")
 
 
+def ms(value: float | None) -> str:
+    """A latency in ms, 2 decimals, or "-"."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def count(value: float | None) -> str:
     """1,234 / 12.3k / 4.5M / 6.7G."""
     if value is None:

@@ -12,7 +12,7 @@ replica's health is cpmai's readiness.
 environment (`ray start --head`, 127.0.0.1 only, no dashboard) with Serve's HTTP proxy on
 `port:` (else a free port) and the application at `/`; `stop` deletes the application and
 stops that cluster — only its own processes, found by the cluster's port. Ray Serve replaces
-replicas one by one on an update (a rolling update, no request lost in our tests); it has no
+replicas one at a time on an update (stop one, start one); it has no
 weighted split between two versions of an application, so a canary `rollout:` is applied as
 that rolling update and the rollout's steps are noted, not used.
 
@@ -326,27 +326,34 @@ class RayTarget:
         self.record_path.unlink(missing_ok=True)
 
 
-def _stop_cluster(gcs_port: int, timeout: float = 20.0) -> None:
-    """Stop the processes of the local cluster on `gcs_port` (not every Ray on the machine, as
-    `ray stop` would)."""
+def cluster_processes(gcs_port: int) -> list[Any]:
+    """The processes of the cluster whose GCS listens on `gcs_port` (with their children): its
+    GCS, raylet, agents and workers, and no other cluster's. The GCS address carries the node's
+    IP, which Ray picks itself (not always 127.0.0.1): the port is what identifies it."""
     import re
 
     import psutil
 
-    # the GCS address carries the node's IP (not always 127.0.0.1): match the port
     mark = re.compile(rf"[:=]{gcs_port}\b")
     mine = []
     for proc in psutil.process_iter(["cmdline"]):
         command = " ".join(proc.info.get("cmdline") or [])
         if "ray" in command and mark.search(command):
             mine.append(proc)
-    for proc in mine:
+    for proc in list(mine):
         try:
-            for child in proc.children(recursive=True):
-                if child not in mine:
-                    mine.append(child)
+            mine += [child for child in proc.children(recursive=True) if child not in mine]
         except psutil.Error:
             continue
+    return mine
+
+
+def _stop_cluster(gcs_port: int, timeout: float = 20.0) -> None:
+    """Stop the processes of the local cluster on `gcs_port` (not every Ray on the machine, as
+    `ray stop` would)."""
+    import psutil
+
+    mine = cluster_processes(gcs_port)
     for proc in mine:
         try:
             proc.terminate()
