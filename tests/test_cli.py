@@ -51,6 +51,44 @@ def test_init_then_validate(tmp_path: Path, cli: Any) -> None:
     assert cli("init", target, "--force").code == 0
 
 
+def test_init_example_copies_the_churn_example(tmp_path: Path, cli: Any) -> None:
+    source = Path(__file__).resolve().parent.parent / "examples" / "churn"
+    result = cli("init", tmp_path / "tour", "--example", "churn", "--json")
+    assert result.code == 0, result.err
+    files = [Path(f).name for f in json.loads(result.out)["files"]]
+    assert files == ["cpmai.yaml", "train.py", "traffic.py", "ask.py"]
+    for name in files:
+        assert (tmp_path / "tour" / name).read_text() == (source / name).read_text()
+    result = cli("init", tmp_path / "tour", "--example", "churn")
+    assert result.code == 2 and "already there" in result.err and "--force" in result.err
+    result = cli("init", tmp_path / "tour", "--example", "churn", "--force", "--name", "churn-2")
+    assert result.code == 0, result.err
+    assert "\nname: churn-2\n" in (tmp_path / "tour" / "cpmai.yaml").read_text()
+    result = cli("init", tmp_path / "other", "--example", "fraud")
+    assert result.code == 2 and "no example named 'fraud'" in result.err and "churn" in result.err
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_examples(tmp_path: Path) -> None:
+    """`cpmai init --example` installed from a wheel (no checkout beside it) still finds them."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("cpmai-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("cpmai.yaml", "train.py", "traffic.py", "ask.py"):
+        assert f"cpmai/examples/churn/{name}" in names
+
+
 def test_validate_json_reports_problems_on_stdout(tmp_path: Path, cli: Any) -> None:
     path = tmp_path / "cpmai.yaml"
     path.write_text("name: Bad Name\nmodel: {path: m.joblib, task: classification}\n")

@@ -46,11 +46,27 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing cpmai.yaml.")
     ] = False,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            help="Copy a worked example instead (its manifest, train.py, traffic.py and "
+            "ask.py): churn.",
+            show_default=False,
+        ),
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Scaffold a commented cpmai.yaml to edit."""
-    from cpmai.scaffold import write_manifest
+    """Scaffold a commented cpmai.yaml to edit, or copy a worked example (--example churn)."""
+    from cpmai.scaffold import write_example, write_manifest
 
+    if example is not None:
+        files = write_example(directory, example, name=name, force=force)
+        if wants_json(json_):
+            emit_json({"manifest": str(files[0]), "files": [str(f) for f in files]})
+            return
+        show(f"wrote {', '.join(str(f) for f in files)}")
+        info(f"next: cd {directory} && python train.py, then `cpmai deploy cpmai.yaml --env staging`")
+        return
     path = write_manifest(directory, name=name, force=force)
     if wants_json(json_):
         emit_json({"manifest": str(path)})
