@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
-from cpmai.cli.output import OPTIONS, emit_json, progress, show, wants_json, warn
+from cpmai.cli.output import OPTIONS, emit_json, progress, show, shown_path, wants_json, warn
 from cpmai.cli.project import JsonFlag
 
 
@@ -311,7 +311,7 @@ def _render(result: dict[str, Any]) -> None:
                     f"{item['baseline']} (ratio {item['ratio']}, {p})"
                 )
     if result.get("saved_to"):
-        show(f"[dim]saved: {result['saved_to']}[/dim]")
+        show(f"[dim]saved: {shown_path(result['saved_to'])}[/dim]")
 
 
 def _ms(value: float | None) -> str:

@@ -81,6 +81,14 @@ def show(renderable: RenderableType | str) -> None:
     OPTIONS.out.print(renderable)
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """An aligned plain-text table on stdout (header in bold on a terminal).
 

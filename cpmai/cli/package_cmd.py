@@ -1,6 +1,6 @@
 """`cpmai package`: build the immutable artifact."""
 
-from cpmai.cli.output import OPTIONS, detail, emit_json, show, wants_json
+from cpmai.cli.output import OPTIONS, detail, emit_json, show, shown_path, wants_json
 from cpmai.cli.project import JsonFlag, ManifestArg
 
 
@@ -29,7 +29,7 @@ def package(manifest: ManifestArg, json_: JsonFlag = False) -> None:
             f"unchanged: [bold]{result.name} {result.version}[/bold] already has this content  "
             f"sha256:{result.digest[:16]}"
         )
-    show(f"  {result.path}")
+    show(f"  {shown_path(result.path)}")
 
 
 def _size(n: int) -> str:

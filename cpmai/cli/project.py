@@ -65,7 +65,9 @@ def init(
             emit_json({"manifest": str(files[0]), "files": [str(f) for f in files]})
             return
         show(f"wrote {', '.join(str(f) for f in files)}")
-        info(f"next: cd {directory} && python train.py, then `cpmai deploy cpmai.yaml --env staging`")
+        info(
+            f"next: cd {directory} && python train.py, then `cpmai deploy cpmai.yaml --env staging`"
+        )
         return
     path = write_manifest(directory, name=name, force=force)
     if wants_json(json_):
