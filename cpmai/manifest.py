@@ -29,6 +29,8 @@ from cpmai.yamlsource import Path_, YamlDocument, merge_under, read_yaml
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
 TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+UNIT_METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc"}
+"""Metrics between 0 and 1: a bound outside that range is a typo (">= 90" for 90%)."""
 MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx", "mlflow")
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -428,12 +430,19 @@ class Manifest(Strict):
     def _cross_checks(self) -> Manifest:
         problems: list[tuple[Path_, str]] = []
         allowed = TASK_METRICS[self.model.task]
-        for metric in self.gates.metrics:
+        for metric, bound in self.gates.metrics.items():
             if metric not in allowed:
                 problems.append(
                     (
                         ("gates", "metrics", metric),
                         f"unknown {self.model.task} metric (known: {', '.join(allowed)})",
+                    )
+                )
+            elif metric in UNIT_METRICS and not 0 <= parse_comparison(bound)[1] <= 1:
+                problems.append(
+                    (
+                        ("gates", "metrics", metric),
+                        f"{metric} lies between 0 and 1: {bound!r} would never compare as meant",
                     )
                 )
         if self.gates.metrics and not self.data.holdout:

@@ -160,6 +160,16 @@ def test_cross_field_checks(tmp_path: Path) -> None:
     assert any("environments.production.port: port 8081 is already used" in f for f in found)
 
 
+def test_a_bound_a_unit_metric_can_never_meet_is_refused(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, VALID.replace('accuracy: ">= 0.9"', 'accuracy: ">= 90"')))
+    assert [f.split(" ", 1)[1] for f in found] == [
+        "gates.metrics.accuracy: accuracy lies between 0 and 1: '>= 90' would never compare as "
+        "meant"
+    ]
+    manifest = load_manifest(write(tmp_path, VALID.replace('accuracy: ">= 0.9"', 'accuracy: "> 0"')))
+    assert manifest.gates.metrics == {"accuracy": "> 0"}
+
+
 def test_signature_list_errors_point_at_the_element(tmp_path: Path) -> None:
     text = VALID + "signature:\n  - {name: a, type: number}\n  - {name: b, type: text}\n"
     found = problems(write(tmp_path, text))
