@@ -166,7 +166,8 @@ def test_a_bound_a_unit_metric_can_never_meet_is_refused(tmp_path: Path) -> None
         "gates.metrics.accuracy: accuracy lies between 0 and 1: '>= 90' would never compare as "
         "meant"
     ]
-    manifest = load_manifest(write(tmp_path, VALID.replace('accuracy: ">= 0.9"', 'accuracy: "> 0"')))
+    text = VALID.replace('accuracy: ">= 0.9"', 'accuracy: "> 0"')
+    manifest = load_manifest(write(tmp_path, text))
     assert manifest.gates.metrics == {"accuracy": "> 0"}
 
 
