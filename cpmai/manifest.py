@@ -311,7 +311,8 @@ class Serving(Strict):
     max_body_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
     """Larger request bodies are refused with 413."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
-    """Server processes (uvicorn workers) per replica."""
+    """Server processes (uvicorn workers) of `cpmai serve`, and so of the docker, kubernetes and
+    kserve images, which run it; the local and ray targets scale with `replicas` instead."""
 
 
 class Monitoring(Strict):

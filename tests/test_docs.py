@@ -139,3 +139,24 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         body = "\n".join(line for line in transcript if line)
         block = f"{TOUR_BEGIN}\n```text\n{body}\n```\n{TOUR_END}"
         (ROOT / "README.md").write_text(f"{head}{block}{tail}")
+
+
+def test_the_library_example_runs(trained_example: Path, tmp_path: Path) -> None:
+    """docs/project.md's Python example, as written, in a copy of the trained churn example."""
+    text = (ROOT / "docs" / "project.md").read_text()
+    code = text.split("## As a library", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    folder = tmp_path / "churn"
+    shutil.copytree(trained_example, folder)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second, third = proc.stdout.splitlines()[:3]
+    assert first.startswith("churn-classifier 1.0.0 ") and first.endswith(" True")
+    assert second.startswith("[") and "[[" in second
+    assert third.startswith("1 package 1.0.0 you@example.com")

@@ -271,7 +271,22 @@ def test_a_model_without_an_onnx_twin_cannot_go_to_the_edge(
     edit(targets, lambda doc: doc["model"].update(runtime="sklearn"))
     result = cli("deploy", targets, "--env", "edge")
     assert result.code == 6, result.err
-    assert "has no ONNX twin, so it cannot run on the edge" in result.err
+    assert "has no ONNX twin it runs on, so it cannot run on the edge" in result.err
     assert not (home / "renders" / NAME / "edge").exists()
     failed = [e for e in _ledger(home, "deploy") if e["env"] == "edge"]
     assert [e["details"]["result"] for e in failed] == ["failed"]
+
+
+def test_the_edge_ships_only_a_twin_the_artifact_runs() -> None:
+    """A twin that disagreed with the model at packaging, or was never checked against data,
+    is kept in the artifact (as evidence) but must not become the device's model."""
+    from cpmai.errors import TargetError
+    from cpmai.targets.edge import edge_model
+
+    chosen = {"runtime": "onnx", "onnx_model": "model/twin.onnx", "reason": "agrees"}
+    assert edge_model(chosen, "m 1.0.0") == "model/twin.onnx"
+    for reason in ("the ONNX twin disagrees: labels 97.0% equal", "no reference/holdout data"):
+        kept = {"runtime": "sklearn", "onnx_model": "model/twin.onnx", "reason": reason}
+        with pytest.raises(TargetError, match="cannot run on the edge") as info:
+            edge_model(kept, "m 1.0.0")
+        assert reason in info.value.message

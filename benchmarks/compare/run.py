@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -504,8 +505,9 @@ def render(
         "regression (cpmai's own load generator, a Python process, against a server cpmai did "
         "not build; one run after the rounds above):",
         "",
-        "| c | req/s | p50 ms | p99 ms | errors | server CPU % mean | server RSS MiB peak |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| c | req/s | p50 ms | p99 ms | errors | server CPU % mean | server RSS MiB peak "
+        "| wrk's rounds, req/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     resources = bench.get("resources") or {}
     cpu = (resources.get("cpu_percent") or {}).get("mean")
@@ -517,7 +519,11 @@ def render(
             f"{latency['p50_ms']:.2f} | {latency['p99_ms']:.2f} | "
             f"{level['requests'] - level['ok']} | "
             f"{'-' if cpu is None else f'{cpu:.0f}'} | "
-            f"{'-' if rss is None else f'{rss / 2**20:.0f}'} |"
+            f"{'-' if rss is None else f'{rss / 2**20:.0f}'} | "
+            + " / ".join(
+                f"{r['rps']:.1f}" for r in cells[("logreg", "mlflow", level["concurrency"])]
+            )
+            + " |"
         )
     lines.append("")
     lines.append("(resources: over the whole `cpmai bench` run, all levels)")
@@ -550,6 +556,8 @@ def main() -> int:
         saved = json.loads((args.venvs / "last-run.json").read_text())
         cells = {(k, t, int(c)): v for k, t, c, v in saved["cells"]}
         return finish(cells, saved["bench"], saved["facts"], args.write)
+    # a SIGTERM (or Ctrl-C) must still run the `finally` that stops the eight servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wrk = ensure_wrk()
     venvs = {tool: ensure_venv(args.venvs, tool) for tool in PEERS}
     with tempfile.TemporaryDirectory(prefix="cpmai-compare-") as tmp:
@@ -579,7 +587,7 @@ def main() -> int:
     rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    ours = versions(PY, ("scikit-learn", "onnxruntime", "uvicorn"))
+    ours = versions(PY, ("scikit-learn", "onnxruntime", "pandas", "uvicorn"))
     facts = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": fingerprint(),
@@ -592,13 +600,15 @@ def main() -> int:
             "MLflow": ", ".join(
                 f"{k} {v}"
                 for k, v in versions(
-                    venvs["mlflow"] / "bin" / "python", ("mlflow", "scikit-learn", "uvicorn")
+                    venvs["mlflow"] / "bin" / "python",
+                    ("mlflow", "scikit-learn", "pandas", "uvicorn"),
                 ).items()
             ),
             "BentoML": ", ".join(
                 f"{k} {v}"
                 for k, v in versions(
-                    venvs["bentoml"] / "bin" / "python", ("bentoml", "scikit-learn", "uvicorn")
+                    venvs["bentoml"] / "bin" / "python",
+                    ("bentoml", "scikit-learn", "pandas", "uvicorn"),
                 ).items()
             ),
         },

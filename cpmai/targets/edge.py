@@ -45,6 +45,20 @@ def bundle_requirements(artifact: Artifact) -> list[str]:
     return pins
 
 
+def edge_model(runtime: dict[str, Any], label: str) -> str:
+    """The ONNX file an edge bundle may ship: only one the artifact itself runs (`runtime.json`
+    says `onnx`), so a twin that disagreed with the model, or was never checked, stays out."""
+    twin = runtime.get("onnx_model")
+    if runtime.get("runtime") != "onnx" or not twin:
+        why = runtime.get("reason") or "it did not convert"
+        raise TargetError(
+            f"{label} has no ONNX twin it runs on, so it cannot run on the edge ({why})",
+            hint="the edge runner needs only onnxruntime: use a model skl2onnx converts and "
+            "that agrees with its twin, or give an .onnx model in model.path",
+        )
+    return str(twin)
+
+
 class EdgeTarget:
     kind = "edge"
 
@@ -62,14 +76,9 @@ class EdgeTarget:
         started = time.perf_counter()
         artifact = open_artifact(self.home, plan.name, plan.version)
         runtime = json.loads((artifact.path / "runtime.json").read_text())
-        twin = runtime.get("onnx_model")
-        if not twin or not (artifact.path / twin).is_file():
-            raise TargetError(
-                f"{plan.name} {plan.version} has no ONNX twin, so it cannot run on the edge "
-                f"({runtime.get('reason', 'it did not convert')})",
-                hint="the edge runner needs only onnxruntime: use a model skl2onnx converts, "
-                "or give an .onnx model in model.path",
-            )
+        twin = edge_model(runtime, f"{plan.name} {plan.version}")
+        if not (artifact.path / twin).is_file():
+            raise TargetError(f"{plan.name} {plan.version}: {twin} is missing from the artifact")
         record = self._record() or {}
         previous = None if record.get("stopped") else record.get("version")
         scratch = self.folder.with_name(f".{self.env}.{time.time_ns()}")
