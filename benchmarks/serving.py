@@ -25,36 +25,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from _report import (  # benchmarks/ is on sys.path when run as a script
+    ROW,
     ensure_wrk,
     fingerprint,
     free_port,
+    post_script,
+    run_wrk,
     verdicts,
+    wait_ready,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ROW = {
-    "tenure_months": 3,
-    "monthly_charges": 80.5,
-    "support_calls": 4,
-    "late_payments": 1,
-    "plan": "premium",
-    "contract": "month-to-month",
-    "payment_method": "invoice",
-    "region": "north",
-}
 BARE_APP = """
 import glob, orjson
 {setup}
@@ -97,18 +89,6 @@ kinds = {{i.name: (np.float64 if i.type == "tensor(double)" else object)
 }
 
 
-def wait_ready(port: int, path: str = "/v2/health/ready", timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
 class Process:
     def __init__(self, cmd: list[str], port: int, env: dict[str, str], ready: str) -> None:
         self.proc = subprocess.Popen(
@@ -123,33 +103,6 @@ class Process:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def run_wrk(wrk: str, port: int, script: Path, duration: int, connections: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            wrk,
-            "-t2",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}/invocations",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result: dict[str, Any] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
-    for pct in ("50", "99"):
-        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(\w+)", out).groups()
-        result[f"p{pct}_ms"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    result["non2xx"] = int(non2xx[1]) if non2xx else 0
-    result["socket_errors"] = errors[0] if errors else ""
-    return result
 
 
 def per_row_floor(home: Path, name: str, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -226,12 +179,7 @@ def main() -> int:
                 check=True,
                 capture_output=True,
             )
-        script = work / "post.lua"
-        body = json.dumps({"dataframe_records": [ROW]})
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = '
-            f'"application/json"\nwrk.body = {json.dumps(body)}\n'
-        )
+        script = post_script(work, {"dataframe_records": [ROW]})
         twin = str(home / "artifacts" / "churn-logreg" / "*" / "model" / "twin.onnx")
         (work / "bare_app.py").write_text(BARE_APP.format(**CONSTANT))
         (work / "bare_onnx_app.py").write_text(

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -50,19 +49,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 
-from _report import ensure_wrk, fingerprint, free_port, verdicts  # noqa: E402
+from _report import (  # noqa: E402
+    ROW,
+    ensure_wrk,
+    fingerprint,
+    free_port,
+    post_script,
+    run_wrk,
+    verdicts,
+    wait_ready,
+)
 
 PY = sys.executable
-ROW = {
-    "tenure_months": 3,
-    "monthly_charges": 80.5,
-    "support_calls": 4,
-    "late_payments": 1,
-    "plan": "premium",
-    "contract": "month-to-month",
-    "payment_method": "invoice",
-    "region": "north",
-}
 PEERS = {"mlflow": "mlflow==3.17.2", "bentoml": "bentoml==1.4.40"}
 MODELS = {"logreg": "logistic regression", "forest": "100-tree forest"}
 TOOLS = ("cpmai", "cpmai-sklearn", "mlflow", "bentoml")
@@ -127,20 +125,6 @@ def versions(python: Path | str, dists: tuple[str, ...]) -> dict[str, str]:
     return result
 
 
-def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server on port {port} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}{path}")
-
-
 class Server:
     """A server process (and its children) on a free port, with the command that started it."""
 
@@ -198,40 +182,6 @@ class Server:
         self.log.close()
 
 
-def run_wrk(wrk: str, port: int, script: Path, duration: float, connections: int) -> dict[str, Any]:
-    threads = min(2, connections)
-    argv = [
-        wrk,
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "30s",
-        "--latency",
-        "-s",
-        str(script),
-        f"http://127.0.0.1:{port}/invocations",
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    if not found or not total:
-        raise RuntimeError(f"could not read wrk's output:\n{out}")
-    result: dict[str, Any] = {"rps": float(found[1]), "requests": int(total[1])}
-    for pct in ("50", "99"):
-        match = re.search(rf"\s{pct}%\s+([\d.]+)(\w+)", out)
-        if not match:
-            raise RuntimeError(f"no p{pct} in wrk's output:\n{out}")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[match[2]]
-        result[f"p{pct}_ms"] = float(match[1]) * scale
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["errors"] = (int(non2xx[1]) if non2xx else 0) + (
-        sum(int(n) for n in socket.groups()) if socket else 0
-    )
-    return result
-
-
 def prepare(work: Path, venvs: dict[str, Path], env: dict[str, str]) -> dict[str, Path]:
     """Train both models; save each in cpmai's, MLflow's and BentoML's own format."""
     saved: dict[str, Path] = {}
@@ -269,22 +219,18 @@ def start_servers(
     shutil.copy(HERE / "bento_service.py", work)
     for kind in MODELS:
         peer_env = {**env, "PATH": f"{venvs['mlflow'] / 'bin'}:{env['PATH']}"}
-        servers[(kind, "cpmai")] = Server(
-            [PY, "-m", "cpmai", "serve", f"churn-{kind}", "--port", "{port}"],
-            f"cpmai serve churn-{kind} --port P",
-            "/v2/health/ready",
-            env,
-            work,
-            work / f"cpmai-{kind}.log",
-        )
-        servers[(kind, "cpmai-sklearn")] = Server(
-            [PY, "-m", "cpmai", "serve", f"churn-{kind}-sklearn", "--port", "{port}"],
-            f"cpmai serve churn-{kind}-sklearn --port P   (runtime: sklearn, no ONNX twin)",
-            "/v2/health/ready",
-            env,
-            work,
-            work / f"cpmai-sklearn-{kind}.log",
-        )
+        for tool, artifact, note in (
+            ("cpmai", f"churn-{kind}", ""),
+            ("cpmai-sklearn", f"churn-{kind}-sklearn", "   (runtime: sklearn, no ONNX twin)"),
+        ):
+            servers[(kind, tool)] = Server(
+                [PY, "-m", "cpmai", "serve", artifact, "--port", "{port}"],
+                f"cpmai serve {artifact} --port P{note}",
+                "/v2/health/ready",
+                env,
+                work,
+                work / f"{tool}-{kind}.log",
+            )
         servers[(kind, "mlflow")] = Server(
             [
                 str(venvs["mlflow"] / "bin" / "mlflow"),
@@ -570,12 +516,7 @@ def main() -> int:
             "BENTOML_HOME": str(work / "bentoml"),
         }
         prepare(work, venvs, env)
-        script = work / "post.lua"
-        body = json.dumps({"dataframe_records": [ROW]})
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
+        script = post_script(work, {"dataframe_records": [ROW]})
         servers = start_servers(work, venvs, env)
         try:
             check_same_answers(servers)

@@ -4,7 +4,7 @@ A thread wakes every `monitoring.sample_interval_s` (5 s by default) and appends
 to `logs/NAME/ENV/resources-YYYY-MM-DD-PID.jsonl`: time, pid, live version, CPU % since the last
 sample (100 = one core), cumulative CPU seconds, RSS bytes, threads. One psutil read per sample
 (tens of microseconds): well under 1% of a core at the default interval (see
-benchmarks/sampler.py). They are there for `cpmai monitor` and `cpmai cost` (not built yet).
+benchmarks/sampler.py). They are what `cpmai monitor` and `cpmai cost` read.
 """
 
 from __future__ import annotations
