@@ -81,6 +81,16 @@ def test_every_flag_the_docs_show_exists() -> None:
     assert not wrong, "the docs show options the CLI does not have:\n" + "\n".join(wrong)
 
 
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = [
+        f"{path.relative_to(ROOT)}: {target}"
+        for path in [*DOCS, ROOT / "configs" / "README.md"]
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+        if not target.startswith(("http://", "https://")) and not (path.parent / target).exists()
+    ]
+    assert not broken, "links to nothing:\n" + "\n".join(broken)
+
+
 def _tour(readme: str) -> tuple[str, list[str], str]:
     head, rest = readme.split(TOUR_BEGIN, 1)
     block, tail = rest.split(TOUR_END, 1)
