@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
@@ -150,6 +151,29 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float, dict
     return elapsed, peak[0] / 2**20, json.loads(out)
 
 
+def prepare(
+    folder: Path, rows: int, before_log: Callable[[Path, float], None] | None = None
+) -> tuple[Path, dict[str, str]]:
+    """The state folder with the `wide` project packaged and `rows` logged over the last 24 hours
+    (built once; kept as it is when `folder` already has it). `before_log(home, start)` runs
+    between packaging and logging. Returns the state folder and the environment naming it."""
+    home = folder / "state"
+    env = {**os.environ, "CPMAI_HOME": str(home)}
+    if not (home / "logs").exists():
+        manifest = build_project(folder / "project")
+        subprocess.run(
+            [sys.executable, "-m", "cpmai", "-q", "package", str(manifest)], env=env, check=True
+        )
+        start = time.time() - 86400
+        if before_log is not None:
+            before_log(home, start)
+        began = time.perf_counter()
+        size = write_log(home, rows, start)
+        print(f"log: {rows:,} rows, {size / 2**20:,.0f} MiB, written in "
+              f"{time.perf_counter() - began:.0f} s")  # fmt: skip
+    return home, env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -158,17 +182,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
-        home = folder / "state"
-        env = {**os.environ, "CPMAI_HOME": str(home)}
+        home, env = prepare(folder, args.rows)
         cpmai = [sys.executable, "-m", "cpmai"]
-        if not (home / "logs").exists():
-            manifest = build_project(folder / "project")
-            subprocess.run([*cpmai, "-q", "package", str(manifest)], env=env, check=True)
-            start = time.time() - 86400
-            began = time.perf_counter()
-            size = write_log(home, args.rows, start)
-            print(f"log: {args.rows:,} rows, {size / 2**20:,.0f} MiB, written in "
-                  f"{time.perf_counter() - began:.0f} s")  # fmt: skip
         command = [*cpmai, "--json", "monitor", "wide", "--env", "production", "--window", "1h",
                    "--version", "1.0.0", "--since", "25h"]  # fmt: skip
         shutil.rmtree(home / "cache" / "monitor", ignore_errors=True)

@@ -17,17 +17,14 @@ longer than 15 s or 1.5 GiB (this script's own bound: the issue sets none).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
-from monitor import build_project, measure, write_log
+from monitor import measure, prepare
 
 
 def record_deploy(home: Path, moment: float) -> None:
@@ -56,18 +53,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
-        home = folder / "state"
-        env = {**os.environ, "CPMAI_HOME": str(home)}
+        home, env = prepare(folder, args.rows, before_log=record_deploy)
         cpmai = [sys.executable, "-m", "cpmai"]
-        if not (home / "logs").exists():
-            manifest = build_project(folder / "project")
-            subprocess.run([*cpmai, "-q", "package", str(manifest)], env=env, check=True)
-            start = time.time() - 86400
-            record_deploy(home, start)
-            began = time.perf_counter()
-            size = write_log(home, args.rows, start)
-            print(f"log: {args.rows:,} rows, {size / 2**20:,.0f} MiB, written in "
-                  f"{time.perf_counter() - began:.0f} s")  # fmt: skip
         out = folder / "out"
         out.mkdir(exist_ok=True)
         report = [*cpmai, "report", "wide", "--html", str(out / "r.html"),
