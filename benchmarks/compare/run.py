@@ -113,16 +113,16 @@ def ensure_venv(root: Path, tool: str) -> Path:
     return venv
 
 
-def versions(python: Path | str, dists: tuple[str, ...]) -> dict[str, str]:
+def versions(python: Path | str, dists: tuple[str, ...]) -> str:
+    """`dist version, ...` as installed for `python`."""
     code = (
-        "import json, sys\nfrom importlib import metadata\n"
-        "print(json.dumps({d: metadata.version(d) for d in sys.argv[1:]}))"
+        "import sys\nfrom importlib import metadata\n"
+        "print(', '.join(f'{d} {metadata.version(d)}' for d in sys.argv[1:]))"
     )
     out = subprocess.run(
         [str(python), "-c", code, *dists], capture_output=True, text=True, check=True
     )
-    result: dict[str, str] = json.loads(out.stdout)
-    return result
+    return out.stdout.strip()
 
 
 class Server:
@@ -528,7 +528,6 @@ def main() -> int:
     rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    ours = versions(PY, ("scikit-learn", "onnxruntime", "pandas", "uvicorn"))
     facts = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": fingerprint(),
@@ -537,20 +536,13 @@ def main() -> int:
         "duration": args.duration,
         "rounds": args.rounds,
         "versions": {
-            "cpmai": ", ".join(f"{k} {v}" for k, v in ours.items()),
-            "MLflow": ", ".join(
-                f"{k} {v}"
-                for k, v in versions(
-                    venvs["mlflow"] / "bin" / "python",
-                    ("mlflow", "scikit-learn", "pandas", "uvicorn"),
-                ).items()
+            "cpmai": versions(PY, ("scikit-learn", "onnxruntime", "pandas", "uvicorn")),
+            "MLflow": versions(
+                venvs["mlflow"] / "bin" / "python", ("mlflow", "scikit-learn", "pandas", "uvicorn")
             ),
-            "BentoML": ", ".join(
-                f"{k} {v}"
-                for k, v in versions(
-                    venvs["bentoml"] / "bin" / "python",
-                    ("bentoml", "scikit-learn", "pandas", "uvicorn"),
-                ).items()
+            "BentoML": versions(
+                venvs["bentoml"] / "bin" / "python",
+                ("bentoml", "scikit-learn", "pandas", "uvicorn"),
             ),
         },
         "servers": sorted({server.shown for server in servers.values()}),

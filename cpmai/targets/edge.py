@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cpmai.errors import TargetError
 from cpmai.fsutil import read_json_object, sha256_file, write_atomic
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
-from cpmai.targets.render import render_folder, swap_in
+from cpmai.targets.render import files_written, render_folder, swap_in
 
 if TYPE_CHECKING:
     from cpmai.artifacts import Artifact
@@ -110,18 +110,7 @@ class EdgeTarget:
         command = f"cd {self.folder} && pip install -r requirements.txt && python runner.py serve"
         progress(f"edge bundle for {plan.version} in {self.folder}")
         progress(f"on the device: {command}")
-        return RolloutResult(
-            url=None,
-            previous=previous,
-            steps=[
-                {
-                    "step": "bundle",
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "note": str(self.folder),
-                },
-                {"step": "apply", "seconds": 0.0, "note": command},
-            ],
-        )
+        return files_written("bundle", started, self.folder, command, previous)
 
     def status(self) -> TargetStatus:
         record = self._record()

@@ -52,6 +52,22 @@ def swap_in(scratch: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def files_written(
+    step: str, started: float, folder: Path, command: str, previous: str | None
+) -> RolloutResult:
+    """The rollout of a target that only writes files: the writing, then the command that
+    applies them (run by the user, so it takes no time here)."""
+    seconds = round(time.perf_counter() - started, 3)
+    return RolloutResult(
+        url=None,
+        previous=previous,
+        steps=[
+            {"step": step, "seconds": seconds, "note": str(folder)},
+            {"step": "apply", "seconds": 0.0, "note": command},
+        ],
+    )
+
+
 def render_folder(home: Path, name: str, env: str) -> Path:
     return home / "renders" / name / env
 
@@ -290,18 +306,7 @@ class RenderTarget:
             raise
         progress(f"rendered {self.kind} files for {plan.version} in {self.folder}")
         progress(f"apply with: {command}")
-        return RolloutResult(
-            url=None,
-            previous=previous,
-            steps=[
-                {
-                    "step": "render",
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "note": str(self.folder),
-                },
-                {"step": "apply", "seconds": 0.0, "note": command},
-            ],
-        )
+        return files_written("render", started, self.folder, command, previous)
 
     def _write_context(self, folder: Path, artifact: Artifact) -> list[str]:
         import cpmai
