@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
+.PHONY: demo test lint format install bench bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-report: $(STAMP)
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py
+
+## bench-log-cost: the prediction log's share of the request path, counted with callgrind (needs valgrind)
+bench-log-cost: $(STAMP)
+	$(BIN)/python benchmarks/log_cost.py
 
 ## bench-compare: cpmai beside MLflow and BentoML (each installed in its own venv under ~/.cache/cpmai-compare); writes docs/performance.md
 bench-compare: $(STAMP)

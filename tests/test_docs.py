@@ -136,7 +136,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             transcript.extend(line.rstrip() for line in output.splitlines())
     finally:
         tour_dir = tmp_path / "tour"
-        if (tour_dir / ".cpmai").exists() and shutil.which("bash"):
+        if (tour_dir / ".cpmai").exists():
             subprocess.run(
                 [sys.executable, "-m", "cpmai", "stop", "churn-classifier", "--env", "staging"],
                 cwd=tour_dir,
