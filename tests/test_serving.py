@@ -534,7 +534,7 @@ def test_serve_calls_uvicorn_with_exactly_these_options(monkeypatch: pytest.Monk
                 "port": 9001,
                 "workers": 2,
                 "loop": "uvloop",
-                "http": "httptools",
+                "http": "cpmai.serving.fastpath:InferenceHttpProtocol",
                 "lifespan": "on",
                 "log_level": "warning",
                 "access_log": False,

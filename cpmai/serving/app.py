@@ -6,6 +6,8 @@ every layer costs throughput (the serving benchmark compares it with a bare hand
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import hmac
 import itertools
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
 
     from cpmai.artifacts import Artifact
     from cpmai.serving.resources import ResourceLog
+
+    Reply = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
+    """How an answer leaves: status, body, headers (Content-Length is added by the sender)."""
 
 CONFIG_ENV = "CPMAI_SERVE_CONFIG"
 _JSON = [(b"content-type", b"application/json")]
@@ -148,6 +153,9 @@ class InferenceApp:
             inline=predictor.flavor == "onnx",
             on_batch=self.metrics.observe_batch,
         )
+        models = f"/v2/models/{self.name}"
+        infer = (f"{models}/infer", f"{models}/versions/{self.version}/infer")
+        self._infer_paths = frozenset(infer)
         self.token = config.token.encode() if config.token else None
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}-"
@@ -297,6 +305,136 @@ class InferenceApp:
 
     # --- predictions -----------------------------------------------------------------------
 
+    def prediction_endpoint(self, path: str) -> str | None:
+        """ "invocations" or "infer" when a POST to `path` asks this model for predictions."""
+        if path == "/invocations":
+            return "invocations"
+        return "infer" if path in self._infer_paths else None
+
+    def predict(
+        self,
+        endpoint: str,
+        scope: dict[str, Any],
+        headers: dict[bytes, bytes],
+        body: bytes,
+        start: float,
+        reply: Reply,
+    ) -> None:
+        """Answer one prediction request whose body has arrived: check, parse, validate, queue
+        for the model. `reply(status, body, headers)` is called exactly once, on the event
+        loop's thread: now for a refused request, after the model call otherwise. Then the
+        request is counted in the metrics and recorded in the prediction log. Never raises.
+
+        The one request path of both ways in: the ASGI app below, and uvicorn's HTTP protocol
+        taking the short way (`cpmai.serving.fastpath`)."""
+        call = _Call(endpoint, start, reply, self._request_id(headers))
+        try:
+            self._authorize(headers)
+            columns = self._parse(call, scope, headers, body)
+        except RequestError as exc:
+            self._refuse(call, exc)
+            return
+        except Exception as exc:
+            self._crash(call, exc)
+            return
+        self.batcher.submit_callback(
+            columns, call.rows, call.want_proba, functools.partial(self._scored, call)
+        )
+
+    def _request_id(self, headers: dict[bytes, bytes]) -> Any:
+        return _client_id(headers.get(b"x-request-id")) or f"{self._id_prefix}{next(self._ids)}"
+
+    def _parse(
+        self, call: _Call, scope: dict[str, Any], headers: dict[bytes, bytes], body: bytes
+    ) -> dict[str, list[Any]]:
+        if call.oip:
+            doc, call.raw = protocols.oip_request(
+                body,
+                headers.get(b"inference-header-content-length", b"").decode() or None,
+                self.names,
+                self.kinds,
+            )
+            call.body_id = doc.get("id")
+            if call.body_id is not None:
+                call.request_id = call.body_id
+            call.want_proba = _wants_probabilities_oip(doc)
+        else:
+            content_type = headers.get(b"content-type", b"application/json").decode()
+            call.raw, params = protocols.mlflow_request(body, content_type, self.names, self.kinds)
+            call.want_proba = params.get("probabilities") is True or _query_flag(scope)
+        columns, call.rows, call.warnings = self.validator.columns(call.raw)
+        return columns
+
+    def _scored(self, call: _Call, outcome: Any, exc: BaseException | None) -> None:
+        """The batcher's answer for one request: reply, count, log."""
+        try:
+            if exc is not None:
+                raise _as_request_error(exc)
+            label_array, probabilities = outcome
+            labels = label_array.tolist()
+            probs_list = None if probabilities is None else probabilities.tolist()
+            if call.oip:
+                payload = protocols.oip_response(
+                    self.name, self.version, call.body_id, labels, self.label_datatype, probs_list
+                )
+            else:
+                doc_out: dict[str, Any] = {"predictions": labels}
+                if probs_list is not None:
+                    doc_out["probabilities"] = probs_list
+                    doc_out["classes"] = self.predictor.classes
+                payload = orjson.dumps(doc_out)
+        except RequestError as error:
+            self._refuse(call, error)
+            return
+        except Exception as error:
+            self._crash(call, error)
+            return
+        call.reply(200, payload, [*_JSON, (b"x-request-id", _id_header(call.request_id))])
+        elapsed = time.perf_counter() - call.start
+        self.metrics.observe(call.endpoint, 200, elapsed)
+        if call.warnings:
+            for warning in call.warnings:
+                self.metrics.out_of_range_value(warning.split(":", 1)[0])
+        if self.log is not None:
+            self.log.record(
+                call.endpoint,
+                200,
+                elapsed,
+                call.rows,
+                call.raw,
+                labels,
+                probs_list,
+                call.warnings,
+                request_id=call.request_id,
+            )
+
+    def _refuse(self, call: _Call, exc: RequestError) -> None:
+        self._error_reply(
+            call.reply,
+            call.endpoint,
+            exc.status,
+            exc.message,
+            call.start,
+            oip=call.oip,
+            raw=call.raw,
+            request_id=call.request_id,
+            extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
+        )
+
+    def _crash(self, call: _Call, exc: Exception) -> None:
+        """A bug in cpmai: answer 500, say why on stderr, keep serving."""
+        traceback.print_exception(exc, file=sys.stderr)
+        self._error_reply(
+            call.reply,
+            call.endpoint,
+            500,
+            f"internal error: {type(exc).__name__}",
+            call.start,
+            oip=call.oip,
+            raw=call.raw,
+            request_id=call.request_id,
+        )
+
     async def _predict(
         self, scope: dict[str, Any], receive: Any, send: Any, endpoint: str, start: float
     ) -> None:
@@ -306,56 +444,12 @@ class InferenceApp:
                 send, endpoint, 405, f"{scope['path']} answers POST", start, oip=oip, allow=b"POST"
             )
             return
-        raw: dict[str, list[Any]] | None = None
-        rows, warnings, body_id = 0, None, None
-        labels: list[Any] | None = None
-        probs_list: list[Any] | None = None
         headers = _headers(scope)
-        request_id = (
-            _client_id(headers.get(b"x-request-id")) or f"{self._id_prefix}{next(self._ids)}"
-        )
         try:
-            self._authorize(headers)
+            self._authorize(headers)  # before reading the body: no buffering for strangers
             body = await self._body(headers, receive)
-            if oip:
-                doc, raw = protocols.oip_request(
-                    body,
-                    headers.get(b"inference-header-content-length", b"").decode() or None,
-                    self.names,
-                    self.kinds,
-                )
-                body_id = doc.get("id")
-                if body_id is not None:
-                    request_id = body_id
-                want_proba = _wants_probabilities_oip(doc)
-            else:
-                content_type = headers.get(b"content-type", b"application/json").decode()
-                raw, params = protocols.mlflow_request(body, content_type, self.names, self.kinds)
-                want_proba = params.get("probabilities") is True or _query_flag(scope)
-            columns, rows, warnings = self.validator.columns(raw)
-            try:
-                label_array, probabilities = await self.batcher.submit(columns, rows, want_proba)
-            except _MODEL_ERRORS as exc:
-                raise RequestError(422, f"the model could not score this input: {exc}") from None
-            except Exception as exc:
-                if type(exc).__module__.startswith("onnxruntime"):
-                    raise RequestError(
-                        422, f"the model could not score this input: {exc}"
-                    ) from None
-                raise
-            labels = label_array.tolist()
-            probs_list = None if probabilities is None else probabilities.tolist()
-            if oip:
-                payload = protocols.oip_response(
-                    self.name, self.version, body_id, labels, self.label_datatype, probs_list
-                )
-            else:
-                doc_out: dict[str, Any] = {"predictions": labels}
-                if probs_list is not None:
-                    doc_out["probabilities"] = probs_list
-                    doc_out["classes"] = self.predictor.classes
-                payload = orjson.dumps(doc_out)
         except RequestError as exc:
+            call = _Call(endpoint, start, _discard, self._request_id(headers))
             await self._error(
                 send,
                 endpoint,
@@ -363,44 +457,20 @@ class InferenceApp:
                 exc.message,
                 start,
                 oip=oip,
-                raw=raw,
-                request_id=request_id,
+                request_id=call.request_id,
                 extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
             )
             return
-        except _ClientGone:
-            raise
-        except Exception as exc:  # a bug in cpmai: answer 500, say why on stderr, keep serving
-            traceback.print_exc(file=sys.stderr)
-            await self._error(
-                send,
-                endpoint,
-                500,
-                f"internal error: {type(exc).__name__}",
-                start,
-                oip=oip,
-                raw=raw,
-                request_id=request_id,
-            )
-            return
-        await _respond(send, 200, payload, [*_JSON, (b"x-request-id", _id_header(request_id))])
-        elapsed = time.perf_counter() - start
-        self.metrics.observe(endpoint, 200, elapsed)
-        if warnings:
-            for warning in warnings:
-                self.metrics.out_of_range_value(warning.split(":", 1)[0])
-        if self.log is not None:
-            self.log.record(
-                endpoint,
-                200,
-                elapsed,
-                rows,
-                raw,
-                labels,
-                probs_list,
-                warnings,
-                request_id=request_id,
-            )
+        answer: asyncio.Future[tuple[int, bytes, list[tuple[bytes, bytes]]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def reply(status: int, payload: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+            if not answer.done():
+                answer.set_result((status, payload, extra))
+
+        self.predict(endpoint, scope, headers, body, start, reply)
+        await _respond(send, *(await answer))
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
         if self.token is None:
@@ -435,6 +505,21 @@ class InferenceApp:
         status: int,
         message: str,
         start: float,
+        **details: Any,
+    ) -> None:
+        answers: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = []
+        self._error_reply(
+            lambda *answer: answers.append(answer), endpoint, status, message, start, **details
+        )
+        await _respond(send, *answers[0])
+
+    def _error_reply(
+        self,
+        reply: Reply,
+        endpoint: str,
+        status: int,
+        message: str,
+        start: float,
         *,
         oip: bool,
         raw: dict[str, list[Any]] | None = None,
@@ -447,12 +532,12 @@ class InferenceApp:
         else:
             code = "BAD_REQUEST" if status in (400, 413) else "INVALID_PARAMETER_VALUE"
             body = orjson.dumps({"error_code": code, "message": message})
-        headers = list(extra or [])
+        headers = _JSON + list(extra or [])
         if allow is not None:
             headers.append((b"allow", allow))
         if request_id is not None:
             headers.append((b"x-request-id", _id_header(request_id)))
-        await _respond(send, status, body, _JSON + headers)
+        reply(status, body, headers)
         elapsed = time.perf_counter() - start
         self.metrics.observe(endpoint, status, elapsed)
         if self.log is not None and endpoint in ("infer", "invocations"):
@@ -498,6 +583,47 @@ class InferenceApp:
 
 class _ClientGone(Exception):
     """The client disconnected before sending its whole body."""
+
+
+class _Call:
+    """One prediction request, from its body to its answer."""
+
+    __slots__ = (
+        "body_id",
+        "endpoint",
+        "oip",
+        "raw",
+        "reply",
+        "request_id",
+        "rows",
+        "start",
+        "want_proba",
+        "warnings",
+    )
+
+    def __init__(self, endpoint: str, start: float, reply: Reply, request_id: Any) -> None:
+        self.endpoint = endpoint
+        self.oip = endpoint == "infer"
+        self.start = start
+        self.reply = reply
+        self.request_id = request_id
+        self.raw: dict[str, list[Any]] | None = None
+        self.rows = 0
+        self.warnings: list[str] | None = None
+        self.body_id: Any = None
+        self.want_proba = False
+
+
+def _discard(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    return None
+
+
+def _as_request_error(exc: BaseException) -> BaseException:
+    """The model refusing its input (scikit-learn's ValueError, ONNX Runtime's errors) is the
+    client's 422; anything else stays what it is (a bug: 500)."""
+    if isinstance(exc, _MODEL_ERRORS) or type(exc).__module__.startswith("onnxruntime"):
+        return RequestError(422, f"the model could not score this input: {exc}")
+    return exc
 
 
 _SIMPLE = {

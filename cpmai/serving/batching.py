@@ -14,12 +14,33 @@ checks and accepting requests during a long call.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 Columns = dict[str, Any]
 Outcome = tuple[Any, Any]
+Done = Callable[[Outcome | None, BaseException | None], None]
+"""Called once per request with its slice of the batch's outcome, or with the exception."""
+
+
+class _Item:
+    __slots__ = ("columns", "done", "future", "rows", "want_proba")
+
+    def __init__(
+        self,
+        columns: Columns,
+        rows: int,
+        want_proba: bool,
+        done: Done,
+        future: asyncio.Future[Outcome] | None = None,
+    ) -> None:
+        self.columns = columns
+        self.rows = rows
+        self.want_proba = want_proba
+        self.done = done
+        self.future = future  # an awaiting request that may be cancelled (client gone)
 
 
 class Batcher:
@@ -37,45 +58,67 @@ class Batcher:
         self.max_latency_s = max_latency_s
         self.inline = inline
         self.on_batch = on_batch
-        self._pending: list[tuple[Columns, int, bool, asyncio.Future[Outcome]]] = []
+        self._pending: deque[_Item] = deque()
         self._busy = False
         self._executor = None if inline else ThreadPoolExecutor(1, "cpmai-model")
 
     async def submit(self, columns: Columns, rows: int, want_proba: bool) -> Outcome:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((columns, rows, want_proba, future))
+        """Queue one request's rows; returns its labels and probabilities."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(outcome)  # type: ignore[arg-type]
+
+        self._queue(_Item(columns, rows, want_proba, done, future))
+        return await future
+
+    def submit_callback(self, columns: Columns, rows: int, want_proba: bool, done: Done) -> None:
+        """Queue one request's rows; `done` is called on the event loop's thread once the model
+        has run (or failed) on them. Must be called from the event loop's thread."""
+        self._queue(_Item(columns, rows, want_proba, done))
+
+    def _queue(self, item: _Item) -> None:
+        self._pending.append(item)
         if not self._busy:
             self._busy = True
+            loop = asyncio.get_running_loop()
             if self.max_latency_s > 0:
                 loop.call_later(self.max_latency_s, self._dispatch)
             else:
                 loop.call_soon(self._dispatch)
-        return await future
 
-    def _take(self) -> list[tuple[Columns, int, bool, asyncio.Future[Outcome]]]:
-        taken: list[tuple[Columns, int, bool, asyncio.Future[Outcome]]] = []
+    def _take(self) -> list[_Item]:
+        taken: list[_Item] = []
         rows = 0
-        while self._pending:
-            item = self._pending[0]
-            if taken and rows + item[1] > self.max_rows:
+        pending = self._pending
+        while pending:
+            item = pending[0]
+            if taken and rows + item.rows > self.max_rows:
                 break
-            taken.append(self._pending.pop(0))
-            rows += item[1]
+            pending.popleft()
+            if item.future is not None and item.future.cancelled():
+                continue
+            taken.append(item)
+            rows += item.rows
         return taken
 
     def _dispatch(self) -> None:
-        items = [item for item in self._take() if not item[3].cancelled()]
+        items = self._take()
         if not items:
             if self._pending:
                 self._dispatch()
             else:
                 self._busy = False
             return
-        merged = _merge([item[0] for item in items])
-        want_proba = any(item[2] for item in items)
+        merged = _merge([item.columns for item in items])
+        want_proba = any(item.want_proba for item in items)
         if self.on_batch is not None:
-            self.on_batch(sum(item[1] for item in items))
+            self.on_batch(sum(item.rows for item in items))
         if self._executor is None:
             try:
                 outcome = self.run(merged, want_proba)
@@ -87,18 +130,14 @@ class Batcher:
             return
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self.run, merged, want_proba)
-        call.add_done_callback(lambda done: self._finished(done, items))
+        call.add_done_callback(lambda finished: self._finished(finished, items))
 
-    def _finished(
-        self,
-        done: asyncio.Future[Outcome],
-        items: list[tuple[Columns, int, bool, asyncio.Future[Outcome]]],
-    ) -> None:
-        exc = done.exception()
+    def _finished(self, finished: asyncio.Future[Outcome], items: list[_Item]) -> None:
+        exc = finished.exception()
         if exc is not None:
             self._failed(items, exc)
         else:
-            self._deliver(items, done.result())
+            self._deliver(items, finished.result())
         self._next()
 
     def _next(self) -> None:
@@ -107,35 +146,33 @@ class Batcher:
         else:
             self._busy = False
 
-    def _deliver(
-        self, items: list[tuple[Columns, int, bool, asyncio.Future[Outcome]]], outcome: Outcome
-    ) -> None:
+    def _deliver(self, items: list[_Item], outcome: Outcome) -> None:
         labels, probabilities = outcome
+        if len(items) == 1:
+            item = items[0]
+            item.done((labels, probabilities if item.want_proba else None), None)
+            return
         start = 0
-        for _, rows, want_proba, future in items:
-            end = start + rows
-            if not future.done():
-                probs = (
-                    probabilities[start:end] if want_proba and probabilities is not None else None
-                )
-                future.set_result((labels[start:end], probs))
+        for item in items:
+            end = start + item.rows
+            probs = (
+                probabilities[start:end] if item.want_proba and probabilities is not None else None
+            )
+            item.done((labels[start:end], probs), None)
             start = end
 
-    def _failed(
-        self, items: list[tuple[Columns, int, bool, asyncio.Future[Outcome]]], exc: BaseException
-    ) -> None:
+    def _failed(self, items: list[_Item], exc: BaseException) -> None:
         """One bad request must not fail its batch-mates: retry each alone."""
         if len(items) == 1:
-            if not items[0][3].done():
-                items[0][3].set_exception(exc)
+            items[0].done(None, exc)
             return
-        for columns, _, want_proba, future in items:
-            if future.done():
-                continue
+        for item in items:
             try:
-                future.set_result(self.run(columns, want_proba))
+                outcome = self.run(item.columns, item.want_proba)
             except Exception as single:
-                future.set_exception(single)
+                item.done(None, single)
+            else:
+                item.done(outcome, None)
 
     def close(self) -> None:
         if self._executor is not None:

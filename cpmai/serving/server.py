@@ -1,4 +1,5 @@
-"""Run the ASGI app on uvicorn (uvloop and httptools where available)."""
+"""Run the ASGI app on uvicorn (uvloop and httptools where available, with the short way for
+predictions of `cpmai.serving.fastpath`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from cpmai.serving.app import CONFIG_ENV, ServeConfig
 
 GRACEFUL_SECONDS = 30
+HTTP_PROTOCOL = "cpmai.serving.fastpath:InferenceHttpProtocol"
 
 
 def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
@@ -21,7 +23,8 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
         "port": config.port,
         "workers": config.workers,
         "loop": "uvloop" if fast_loop else "asyncio",
-        "http": "httptools" if fast_http else "h11",
+        # httptools, with the short way for predictions (cpmai.serving.fastpath)
+        "http": HTTP_PROTOCOL if fast_http else "h11",
         "lifespan": "on",
         "log_level": "warning",
         "access_log": False,

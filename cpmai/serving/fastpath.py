@@ -1,0 +1,128 @@
+"""uvicorn's httptools protocol with a short way for predictions.
+
+Through ASGI, every request costs an asyncio task, message dictionaries, a `receive` and two
+`send` coroutines, two socket writes and uvicorn's header checks: about as much as the whole
+rest of a one-row prediction. So a POST to this model's `/invocations` or `.../infer` whose
+body is declared by Content-Length and small (at most 64 KiB, uvicorn's read buffer) is
+answered from the parser's callbacks: the body goes to the same `InferenceApp.predict` the
+ASGI path calls (the same checks, batching, metrics, prediction log and answers), and the
+answer leaves in one write. Everything else — other routes, chunked or large bodies,
+`Expect: 100-continue`, a server over its concurrency limit — takes uvicorn's ASGI path
+unchanged.
+
+uvicorn's own machinery is kept: its parser, its request cycle objects (so keep-alive,
+pipelined requests in order, `Connection: close`, disconnects and graceful shutdown work as for
+any request), its `Date` header. This relies on uvicorn's HttpToolsProtocol internals
+(`_start_asgi_task`, `RequestResponseCycle`'s fields); the serving tests exercise each case.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from cpmai.serving.app import InferenceApp
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
+
+
+class InferenceHttpProtocol(HttpToolsProtocol):
+    """One HTTP connection to a `cpmai serve` process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        app: Any = self.app
+        self._inference: InferenceApp | None = app if isinstance(app, InferenceApp) else None
+        self._waiting: tuple[RequestResponseCycle, str] | None = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """uvicorn starts every request here (pipelined ones when their turn comes)."""
+        inference = self._inference
+        if inference is not None and app is self._inference:  # not the over-the-limit 503 app
+            endpoint = _short_way(cycle, inference)
+            if endpoint is not None:
+                if cycle.more_body:  # the body is still arriving: on_message_complete
+                    self._waiting = (cycle, endpoint)
+                else:
+                    self._predict(cycle, endpoint, inference)
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        waiting = self._waiting
+        if waiting is not None and waiting[0] is self.cycle:
+            self._waiting = None
+            assert self._inference is not None
+            self._predict(waiting[0], waiting[1], self._inference)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting = None
+        super().connection_lost(exc)
+
+    def _predict(self, cycle: RequestResponseCycle, endpoint: str, inference: InferenceApp) -> None:
+        scope: Any = cycle.scope
+        inference.predict(
+            endpoint,
+            scope,
+            dict(scope["headers"]),
+            bytes(cycle.body),
+            time.perf_counter(),
+            lambda status, body, headers: _answer(cycle, status, body, headers),
+        )
+
+
+def _short_way(cycle: RequestResponseCycle, inference: InferenceApp) -> str | None:
+    """The prediction endpoint, when this request may take the short way."""
+    scope: Any = cycle.scope
+    if scope["method"] != "POST" or cycle.waiting_for_100_continue:
+        return None
+    endpoint = inference.prediction_endpoint(scope["path"])
+    if endpoint is None:
+        return None
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            return None
+    if length is None or not length.isdigit():
+        return None
+    limit = min(HIGH_WATER_LIMIT, inference.config.max_body_bytes)
+    return endpoint if int(length) <= limit else None
+
+
+def _answer(
+    cycle: RequestResponseCycle, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Write the whole response at once and close the cycle as uvicorn's `send` would.
+
+    Flow control is not awaited: the response is one small write, and a client that does not
+    read can have at most one more request parsed (uvicorn stops reading while a response is
+    pending)."""
+    if cycle.disconnected or cycle.response_complete:
+        return
+    cycle.response_started = True
+    parts = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    cycle.transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
