@@ -561,3 +561,246 @@ def test_a_busy_port_and_an_env_reference_are_clear_usage_errors(
     assert by_env.code == 2 and "no version is recorded as live in environment" in by_env.err
     unknown = run_cpmai("serve", "nope", env=env)
     assert unknown.code == 2 and "no model named 'nope'" in unknown.err
+
+
+# --- the short way for predictions (cpmai.serving.fastpath) --------------------------------
+
+
+def raw_exchange(port: int, data: bytes, *, responses: int, timeout: float = 10) -> list[bytes]:
+    """Send `data` on one connection; read until `responses` HTTP responses are complete (each
+    has a Content-Length) or the server closes. Returns each raw response."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        buffer, out = b"", []
+        while len(out) < responses:
+            head_end = buffer.find(b"\r\n\r\n")
+            if head_end >= 0:
+                head = buffer[:head_end].decode("latin-1").lower()
+                length = int(head.split("content-length: ", 1)[1].split("\r\n", 1)[0])
+                end = head_end + 4 + length
+                if len(buffer) >= end:
+                    out.append(buffer[:end])
+                    buffer = buffer[end:]
+                    continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+        return out
+
+
+def http_post(path: str, body: bytes, *extra: str, chunked: bool = False) -> bytes:
+    headers = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    headers += extra
+    if chunked:
+        headers.append("Transfer-Encoding: chunked")
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        headers.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+
+
+def parsed(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+SAME_ANSWER_CASES = [
+    ("/invocations", {"dataframe_records": [{"tenure_months": 3}]}),  # missing inputs: 422
+    ("/invocations", {"dataframe_split": {"columns": FEATURES, "data": [[1]]}}),  # 400
+    ("/invocations", {"instances": "nope"}),
+    (INFER, {"id": "x-1", "inputs": [{"name": "plan", "shape": [1], "datatype": "FP64"}]}),
+]
+
+
+def test_the_short_way_and_the_asgi_way_answer_alike(server: Server) -> None:
+    """The same request with Content-Length (short way) and chunked (uvicorn's ASGI path)."""
+    cases = [
+        ("/invocations", {"dataframe_records": [one_row(), one_row(plan="basic")]}),
+        ("/invocations?probabilities=true", {"dataframe_records": [one_row()]}),
+        (INFER, {"id": "r-7", "inputs": oip_per_feature([one_row()])}),
+        (f"/v2/models/{NAME}/versions/1.0.0/infer", {"inputs": oip_per_feature([one_row()])}),
+        *SAME_ANSWER_CASES,
+    ]
+    for path, doc in cases:
+        body = json.dumps(doc).encode()
+        answers = []
+        for chunked in (False, True):
+            request = http_post(path, body, "X-Request-Id: same-id", chunked=chunked)
+            (response,) = raw_exchange(server.port, request, responses=1)
+            status, headers, payload = parsed(response)
+            headers.pop("date")
+            answers.append((status, headers, payload))
+        assert answers[0] == answers[1], (path, answers)
+    malformed = raw_exchange(server.port, http_post("/invocations", b"{nope"), responses=1)
+    assert parsed(malformed[0])[0] == 400
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    rows = [one_row(), one_row(tenure_months=60, support_calls=0, late_payments=0)]
+    data = b"".join(
+        [
+            http_post("/invocations", json.dumps({"dataframe_records": [rows[0]]}).encode(),
+                      "X-Request-Id: first"),
+            b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n",
+            http_post("/invocations", b'{"bad json', "X-Request-Id: second"),
+            http_post(INFER, json.dumps({"id": "third", "inputs": oip_per_feature(rows)}).encode()),
+        ]
+    )  # fmt: skip
+    answers = [parsed(r) for r in raw_exchange(server.port, data, responses=4)]
+    assert [a[0] for a in answers] == [200, 200, 400, 200]
+    assert answers[0][1]["x-request-id"] == "first"
+    assert json.loads(answers[1][2]) == {"ready": True}
+    assert answers[2][1]["x-request-id"] == "second"
+    third = json.loads(answers[3][2])
+    assert third["id"] == "third" and third["outputs"][0]["shape"] == [2]
+
+
+def test_a_body_in_pieces_connection_close_and_clients_that_leave(server: Server) -> None:
+    import socket
+
+    body = json.dumps({"dataframe_records": [one_row()]}).encode()
+    request = http_post("/invocations", body, "Connection: close")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request[:-20])  # headers and part of the body
+        time.sleep(0.3)
+        sock.sendall(request[-20:])
+        received = b""
+        while chunk := sock.recv(65536):  # the server closes after answering
+            received += chunk
+    status, headers, payload = parsed(received)
+    assert status == 200 and headers["connection"] == "close"
+    assert json.loads(payload)["predictions"] in ([0], [1])
+    for cut in (len(request) - 10, len(request)):  # leaves mid-body, or before the answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request[:cut])
+    http10 = request.replace(b"HTTP/1.1", b"HTTP/1.0").replace(b"Connection: close\r\n", b"")
+    (answer,) = raw_exchange(server.port, http10, responses=1)
+    assert parsed(answer)[0] == 200
+    assert server.get("/v2/health/ready").status == 200
+
+
+def test_large_bodies_and_expect_100_continue_take_the_asgi_way(server: Server) -> None:
+    rows = [one_row(tenure_months=i % 70) for i in range(2_000)]  # about 300 kB
+    reply = server.post_json("/invocations", {"dataframe_records": rows})
+    assert reply.status == 200 and len(reply.json()["predictions"]) == 2_000
+    import socket
+
+    body = json.dumps({"dataframe_records": [one_row()]}).encode()
+    request = http_post("/invocations", body, "Expect: 100-continue")
+    head, _, _ = request.partition(b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        received = sock.recv(65536)
+    assert parsed(received)[0] == 200
+
+
+def test_predictions_take_the_short_way_in_process(packaged: Path) -> None:
+    """uvicorn's protocol object fed bytes directly: a prediction with Content-Length is
+    answered without an asyncio task; a chunked one goes through the ASGI app (one task)."""
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from cpmai.artifacts import open_artifact
+    from cpmai.serving.app import ServeConfig, build_app
+    from cpmai.serving.fastpath import InferenceHttpProtocol
+
+    artifact = open_artifact(packaged, NAME)
+    config = ServeConfig(home=str(packaged), name=NAME, version="", prediction_log=False)
+    app = build_app(config.for_artifact(artifact), artifact)
+    body = json.dumps({"dataframe_records": [one_row()]}).encode()
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[bytes] = []
+
+        def write(self, data: Any) -> None:
+            self.written.append(bytes(data))
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("127.0.0.1", 8080) if name in ("sockname", "peername") else default
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def exchange(request: bytes) -> tuple[int, list[bytes]]:
+        state = ServerState()
+        protocol = InferenceHttpProtocol(
+            Config(app, lifespan="off", proxy_headers=False, access_log=False),
+            state,
+            {},
+            asyncio.get_running_loop(),
+        )
+        transport = Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(request)
+        tasks = len(state.tasks)
+        for _ in range(50):  # the batcher runs on the next turns of the loop
+            if transport.written:
+                break
+            await asyncio.sleep(0.01)
+        return tasks, transport.written
+
+    async def main() -> None:
+        app.start()
+        try:
+            tasks, written = await exchange(http_post("/invocations", body))
+            assert tasks == 0 and len(written) == 1  # one write: headers and body
+            assert parsed(written[0])[0] == 200
+            tasks, written = await exchange(http_post("/invocations", body, chunked=True))
+            assert tasks == 1 and parsed(b"".join(written))[0] == 200
+        finally:
+            app.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_sigterm_with_keep_alive_clients_on_the_short_way(packaged: Path) -> None:
+    """Small requests on kept-alive connections, SIGTERM meanwhile: every answer given is a
+    200 and is in the prediction log; then connections are refused."""
+    import http.client
+
+    srv = Server(packaged, NAME, "--env", "shutdown-short")
+    body = json.dumps({"dataframe_records": [one_row()]})
+    answered: list[int] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        try:
+            for _ in range(100_000):  # bounded: the server stops long before
+                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+                reply = conn.getresponse()
+                reply.read()
+                answered.append(reply.status)
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(type(exc).__name__)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    code = srv.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert code in (0, -15)
+    assert len(answered) > 100 and set(answered) == {200}, answered[-5:]
+    assert len(errors) == 4, errors  # each client's connection was closed at shutdown
+    logged = sum(
+        len(json.loads(line)["requests"]["t"])
+        for p in (packaged / "logs" / NAME / "shutdown-short").glob("predictions-*.jsonl")
+        for line in p.read_text().splitlines()
+    )
+    assert logged == len(answered), "every answered request is in the log after shutdown"
