@@ -39,11 +39,13 @@ import random
 import threading
 import time
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+_chain = chain.from_iterable
 FORMAT = "cpmai-predlog/2"
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
@@ -59,6 +61,7 @@ class _Block:
     __slots__ = (
         "endpoint",
         "error",
+        "flat",
         "ids",
         "inputs",
         "latency",
@@ -81,6 +84,10 @@ class _Block:
         self.warnings: list[Any] = []
         self.error: list[str | None] = []
         self.inputs: dict[str, list[Any]] = {}
+        self.flat: list[Any] = []
+        """With a signature: each served request's input values, its columns one after the
+        other in the signature's order (one C-level `extend` a request; `inputs` is built from
+        it when the block is written)."""
         self.outputs: list[Any] = []
         self.probabilities: list[Any] | None = None
         self.refused: list[dict[str, Any]] = []
@@ -102,10 +109,12 @@ class PredictionLog:
         from cpmai.serving.logindex import feature_kind
 
         self._kinds: dict[str, str] | None = None
+        self._names: tuple[str, ...] | None = None
         self._output_kind = "categorical"
         self._categories: dict[str, list[Any]] = {}
         if signature is not None:
             self._kinds = {s["name"]: feature_kind(s["type"]) for s in signature["inputs"]}
+            self._names = tuple(s["name"] for s in signature["inputs"])
             outputs = signature.get("outputs") or [{}]
             self._output_kind = "numeric" if outputs[0].get("type") == "number" else "categorical"
             self._categories = {
@@ -163,7 +172,7 @@ class PredictionLog:
             block.times.append(self._clock())
             block.endpoint.append(endpoint)
             block.status.append(status)
-            block.latency.append(round(latency_s * 1000, 4))
+            block.latency.append(latency_s)  # rounded to 0.1 µs when the block is written
             block.ids.append(request_id)
             block.warnings.append(warnings or None)
             block.error.append(error)
@@ -174,12 +183,20 @@ class PredictionLog:
                 return
             assert inputs is not None and outputs is not None
             block.rows.append(len(outputs))
-            columns = block.inputs
-            for name, values in inputs.items():
-                column = columns.get(name)
-                if column is None:
-                    column = columns[name] = [None] * len(block.outputs)
-                column.extend(values)
+            names = self._names
+            if names is not None:
+                if tuple(inputs) == names:  # the validator's columns: the usual case
+                    block.flat.extend(_chain(inputs.values()))
+                else:
+                    empty = [None] * len(outputs)
+                    block.flat.extend(_chain(inputs.get(name, empty) for name in names))
+            else:
+                columns = block.inputs
+                for name, values in inputs.items():
+                    column = columns.get(name)
+                    if column is None:
+                        column = columns[name] = [None] * len(block.outputs)
+                    column.extend(values)
             if probabilities is not None and block.probabilities is None:
                 block.probabilities = [None] * len(block.outputs)
             block.outputs.extend(outputs)
@@ -188,12 +205,33 @@ class PredictionLog:
             if len(block.outputs) >= BLOCK_ROWS and not self._wake.is_set():
                 self._wake.set()
 
+    def _finish(self, block: _Block) -> None:
+        """Off the request path: the block's input columns and rounded latencies."""
+        import numpy as np
+
+        block.latency = np.round(np.array(block.latency) * 1000, 4).tolist()
+        names = self._names
+        if names is None:
+            return
+        width, flat = len(names), block.flat
+        if max(block.rows, default=0) <= 1:  # one-row requests: every width-th value
+            block.inputs = {name: flat[k::width] for k, name in enumerate(names)}
+            return
+        columns: list[list[Any]] = [[] for _ in names]
+        start = 0
+        for rows in block.rows:
+            for k, column in enumerate(columns):
+                column.extend(flat[start + k * rows : start + (k + 1) * rows])
+            start += width * rows
+        block.inputs = dict(zip(names, columns, strict=True))
+
     def flush(self) -> int:
         """Write what is buffered as one line; returns the number of requests written."""
         with self._lock:
             block, self._block = self._block, _Block()
         if not block.times:
             return 0
+        self._finish(block)
         line = orjson.dumps(
             {
                 "format": FORMAT,
