@@ -1,8 +1,9 @@
 """The prediction log: every served request (or a sample of the successful ones) under
 `logs/NAME/ENV/`, written off the request path, in columns.
 
-The request path appends the request's fields and its input values to the open block's column
-lists (under an uncontended lock: a microsecond or two, about what serializing a line cost).
+The request path appends the request's fields to the open block's column lists and its input
+values, in the signature's order, to one flat list (one C-level `extend`), under an uncontended
+lock; the writer rebuilds the input columns and rounds the latencies when it writes the block.
 Floats and strings are not tracked by the garbage collector, so holding a second of traffic this
 way does not make collections slower. A background thread swaps the block out at least once a
 second and appends it to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor`
@@ -46,6 +47,7 @@ from typing import Any
 import orjson
 
 _chain = chain.from_iterable
+_ID_TYPES = (str, int, float, type(None))
 FORMAT = "cpmai-predlog/2"
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
@@ -162,9 +164,11 @@ class PredictionLog:
         if status < 400 and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         served = status < 400 and inputs is not None and outputs is not None
-        if not isinstance(request_id, (str, int, float, type(None))):
+        if not isinstance(request_id, _ID_TYPES):
             request_id = repr(request_id)  # an odd client id must not break the block
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: 1,500 instructions less a request
+        try:
             block = self._block
             if len(block.times) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
                 self.dropped += 1
@@ -204,6 +208,8 @@ class PredictionLog:
                 block.probabilities.extend(probabilities or [None] * len(outputs))
             if len(block.outputs) >= BLOCK_ROWS and not self._wake.is_set():
                 self._wake.set()
+        finally:
+            lock.release()
 
     def _finish(self, block: _Block) -> None:
         """Off the request path: the block's input columns and rounded latencies."""
