@@ -306,7 +306,7 @@ class InferenceApp:
     # --- predictions -----------------------------------------------------------------------
 
     def prediction_endpoint(self, path: str) -> str | None:
-        """ "invocations" or "infer" when a POST to `path` asks this model for predictions."""
+        """The endpoint, "invocations" or "infer", when a POST to `path` asks for predictions."""
         if path == "/invocations":
             return "invocations"
         return "infer" if path in self._infer_paths else None
@@ -449,7 +449,6 @@ class InferenceApp:
             self._authorize(headers)  # before reading the body: no buffering for strangers
             body = await self._body(headers, receive)
         except RequestError as exc:
-            call = _Call(endpoint, start, _discard, self._request_id(headers))
             await self._error(
                 send,
                 endpoint,
@@ -457,7 +456,7 @@ class InferenceApp:
                 exc.message,
                 start,
                 oip=oip,
-                request_id=call.request_id,
+                request_id=self._request_id(headers),
                 extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
             )
             return
@@ -612,10 +611,6 @@ class _Call:
         self.warnings: list[str] | None = None
         self.body_id: Any = None
         self.want_proba = False
-
-
-def _discard(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    return None
 
 
 def _as_request_error(exc: BaseException) -> BaseException:
