@@ -4,8 +4,9 @@ not swing from run to run as wrk's requests/s on a shared machine do.
     python benchmarks/log_cost.py [--short 800] [--long 4000]
 
 Packages the churn example into a temporary state folder, then runs this file under
-`valgrind --tool=callgrind` four times: the ASGI app called directly (no HTTP, no uvicorn) with
-`--short` and `--long` one-row requests at concurrency 8, with the prediction log on and off.
+`valgrind --tool=callgrind` four times: `--short` and `--long` one-row requests at concurrency 8
+fed as bytes to uvicorn's protocol object as `cpmai serve` runs it (no sockets), with the
+prediction log on and off (see `drive`).
 The difference between the two lengths divided by the difference in requests is the cost of
 one request, start-up and imports cancelled out. Prints instructions per request with and
 without the log and the log's share; exits 4 when the share is 5% or more (issue 3's bound,

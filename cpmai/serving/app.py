@@ -337,6 +337,7 @@ class InferenceApp:
         except Exception as exc:
             self._crash(call, exc)
             return
+        call.columns = columns
         self.batcher.submit_callback(
             columns, call.rows, call.want_proba, functools.partial(self._scored, call)
         )
@@ -401,7 +402,7 @@ class InferenceApp:
                 200,
                 elapsed,
                 call.rows,
-                call.raw,
+                call.columns,  # the signature's order: what the log stores fastest
                 labels,
                 probs_list,
                 call.warnings,
@@ -589,6 +590,7 @@ class _Call:
 
     __slots__ = (
         "body_id",
+        "columns",
         "endpoint",
         "oip",
         "raw",
@@ -607,6 +609,7 @@ class _Call:
         self.reply = reply
         self.request_id = request_id
         self.raw: dict[str, list[Any]] | None = None
+        self.columns: dict[str, list[Any]] | None = None
         self.rows = 0
         self.warnings: list[str] | None = None
         self.body_id: Any = None

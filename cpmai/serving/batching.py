@@ -26,21 +26,13 @@ Done = Callable[[Outcome | None, BaseException | None], None]
 
 
 class _Item:
-    __slots__ = ("columns", "done", "future", "rows", "want_proba")
+    __slots__ = ("columns", "done", "rows", "want_proba")
 
-    def __init__(
-        self,
-        columns: Columns,
-        rows: int,
-        want_proba: bool,
-        done: Done,
-        future: asyncio.Future[Outcome] | None = None,
-    ) -> None:
+    def __init__(self, columns: Columns, rows: int, want_proba: bool, done: Done) -> None:
         self.columns = columns
         self.rows = rows
         self.want_proba = want_proba
         self.done = done
-        self.future = future  # an awaiting request that may be cancelled (client gone)
 
 
 class Batcher:
@@ -74,7 +66,7 @@ class Batcher:
             else:
                 future.set_result(outcome)  # type: ignore[arg-type]
 
-        self._queue(_Item(columns, rows, want_proba, done, future))
+        self._queue(_Item(columns, rows, want_proba, done))
         return await future
 
     def submit_callback(self, columns: Columns, rows: int, want_proba: bool, done: Done) -> None:
@@ -100,20 +92,14 @@ class Batcher:
             item = pending[0]
             if taken and rows + item.rows > self.max_rows:
                 break
-            pending.popleft()
-            if item.future is not None and item.future.cancelled():
-                continue
-            taken.append(item)
+            taken.append(pending.popleft())
             rows += item.rows
         return taken
 
     def _dispatch(self) -> None:
         items = self._take()
         if not items:
-            if self._pending:
-                self._dispatch()
-            else:
-                self._busy = False
+            self._busy = False
             return
         merged = _merge([item.columns for item in items])
         want_proba = any(item.want_proba for item in items)
