@@ -26,9 +26,9 @@ import orjson
 
 from cpmai import __version__
 from cpmai.serving import protocols
-from cpmai.serving.batching import Batcher
+from cpmai.serving.batching import Batcher, Scored
 from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
-from cpmai.serving.predlog import PredictionLog
+from cpmai.serving.predlog import PredictionLog, log_id
 from cpmai.serving.validation import RequestError, Validator
 
 if TYPE_CHECKING:
@@ -366,14 +366,18 @@ class InferenceApp:
         columns, call.rows, call.warnings = self.validator.columns(call.raw)
         return columns
 
-    def _scored(self, call: _Call, outcome: Any, exc: BaseException | None) -> None:
+    def _scored(self, call: _Call, scored: Scored | None, exc: BaseException | None) -> None:
         """The batcher's answer for one request: reply, count, log."""
         try:
-            if exc is not None:
-                raise _as_request_error(exc)
-            label_array, probabilities = outcome
-            labels = label_array.tolist()
-            probs_list = None if probabilities is None else probabilities.tolist()
+            if exc is not None or scored is None:
+                raise _as_request_error(exc or RuntimeError("no outcome"))
+            batch, start = scored
+            _, label_array, probabilities = batch
+            end = start + call.rows
+            labels = label_array[start:end].tolist()
+            if not call.want_proba:
+                probabilities = None
+            probs_list = None if probabilities is None else probabilities[start:end].tolist()
             if call.oip:
                 payload = protocols.oip_response(
                     self.name, self.version, call.body_id, labels, self.label_datatype, probs_list
@@ -397,16 +401,17 @@ class InferenceApp:
             for warning in call.warnings:
                 self.metrics.out_of_range_value(warning.split(":", 1)[0])
         if self.log is not None:
-            self.log.record(
+            # the batch's columns and arrays, not copies of this request's values: the log
+            # gathers a batch's rows once, in its writer thread
+            self.log.served(
                 call.endpoint,
-                200,
                 elapsed,
                 call.rows,
-                call.columns,  # the signature's order: what the log stores fastest
-                labels,
-                probs_list,
-                call.warnings,
-                request_id=call.request_id,
+                call.request_id if call.body_id is None else log_id(call.body_id),
+                call.warnings or None,
+                batch,
+                start,
+                probabilities is not None,
             )
 
     def _refuse(self, call: _Call, exc: RequestError) -> None:

@@ -21,8 +21,15 @@ from typing import Any
 
 Columns = dict[str, Any]
 Outcome = tuple[Any, Any]
-Done = Callable[[Outcome | None, BaseException | None], None]
-"""Called once per request with its slice of the batch's outcome, or with the exception."""
+"""A model call's labels and probabilities (None unless asked for)."""
+Batch = tuple[Columns, Any, Any]
+"""A model call's columns, labels and probabilities (None unless asked for)."""
+Scored = tuple[Batch, int]
+"""What a request's `done` gets: its batch, and where its rows start in it (they are `rows`
+long). The whole batch rather than a slice: the prediction log keeps a reference to the batch
+instead of copying each request's values."""
+Done = Callable[[Scored | None, BaseException | None], None]
+"""Called once per request, with its batch (`Scored`) or with the exception."""
 
 
 class _Item:
@@ -58,13 +65,16 @@ class Batcher:
         """Queue one request's rows; returns its labels and probabilities."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
-        def done(outcome: Outcome | None, exc: BaseException | None) -> None:
+        def done(scored: Scored | None, exc: BaseException | None) -> None:
             if future.done():
                 return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(outcome)  # type: ignore[arg-type]
+            if exc is not None or scored is None:
+                future.set_exception(exc or RuntimeError("no outcome"))
+                return
+            (_, labels, probabilities), start = scored
+            end = start + rows
+            probs = probabilities[start:end] if want_proba and probabilities is not None else None
+            future.set_result((labels[start:end], probs))
 
         self._queue(_Item(columns, rows, want_proba, done))
         return await future
@@ -111,19 +121,21 @@ class Batcher:
             except Exception as exc:
                 self._failed(items, exc)
             else:
-                self._deliver(items, outcome)
+                self._deliver(items, merged, outcome)
             self._next()
             return
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self.run, merged, want_proba)
-        call.add_done_callback(lambda finished: self._finished(finished, items))
+        call.add_done_callback(lambda finished: self._finished(finished, items, merged))
 
-    def _finished(self, finished: asyncio.Future[Outcome], items: list[_Item]) -> None:
+    def _finished(
+        self, finished: asyncio.Future[Outcome], items: list[_Item], merged: Columns
+    ) -> None:
         exc = finished.exception()
         if exc is not None:
             self._failed(items, exc)
         else:
-            self._deliver(items, finished.result())
+            self._deliver(items, merged, finished.result())
         self._next()
 
     def _next(self) -> None:
@@ -132,20 +144,12 @@ class Batcher:
         else:
             self._busy = False
 
-    def _deliver(self, items: list[_Item], outcome: Outcome) -> None:
-        labels, probabilities = outcome
-        if len(items) == 1:
-            item = items[0]
-            item.done((labels, probabilities if item.want_proba else None), None)
-            return
+    def _deliver(self, items: list[_Item], merged: Columns, outcome: Outcome) -> None:
+        batch = (merged, *outcome)
         start = 0
         for item in items:
-            end = start + item.rows
-            probs = (
-                probabilities[start:end] if item.want_proba and probabilities is not None else None
-            )
-            item.done((labels[start:end], probs), None)
-            start = end
+            item.done((batch, start), None)
+            start += item.rows
 
     def _failed(self, items: list[_Item], exc: BaseException) -> None:
         """One bad request must not fail its batch-mates: retry each alone."""
@@ -154,11 +158,11 @@ class Batcher:
             return
         for item in items:
             try:
-                outcome = self.run(item.columns, item.want_proba)
+                labels, probabilities = self.run(item.columns, item.want_proba)
             except Exception as single:
                 item.done(None, single)
             else:
-                item.done(outcome, None)
+                item.done(((item.columns, labels, probabilities), 0), None)
 
     def close(self) -> None:
         if self._executor is not None:
