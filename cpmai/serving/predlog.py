@@ -1,13 +1,14 @@
 """The prediction log: every served request (or a sample of the successful ones) under
 `logs/NAME/ENV/`, written off the request path, in columns.
 
-The request path appends the request's fields to the open block's column lists and its input
-values, in the signature's order, to one flat list (one C-level `extend`), under an uncontended
-lock; the writer rebuilds the input columns and rounds the latencies when it writes the block.
-Floats and strings are not tracked by the garbage collector, so holding a second of traffic this
-way does not make collections slower. A background thread swaps the block out at least once a
-second and appends it to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor`
-sees what was served a second ago; one file per process and day, so workers never interleave.
+On the request path the server appends one tuple of scalars a request to a deque (atomic: no
+lock; a tuple of scalars is soon untracked by the garbage collector). A request's input values
+and outputs are not copied there: the entry says where its rows start in its batch, the model
+call's (columns, labels, probabilities), which the log keeps by reference, once per batch. A
+background thread takes what is queued at least once a second, gathers each batch's rows with
+C-level slices and extends (a run of consecutive requests of one batch at a time), and appends
+the block to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what
+was served a second ago; one file per process and day, so workers never interleave.
 
 Why columns: reading is what costs. A JSON line per request made the reader build a dict and a
 list per input per request (about 29 µs a request of 30 inputs on the 2-core machine); a block
@@ -245,7 +246,8 @@ class PredictionLog:
         """The server's request answered 200, on the request path. `batch` is the model call's
         (columns, labels, probabilities), kept by reference (nothing is copied here); the
         request's rows are `start` to `start + rows` of it; `want_proba`: whether it asked for
-        probabilities. `request_id` must be a JSON scalar (`log_id`). The entry is a tuple of
+        probabilities. Nothing in `batch` may change afterwards. `request_id` must be a JSON
+        scalar (`log_id`). The entry is a tuple of
         scalars (the garbage collector stops tracking it), appended to a deque (atomic: no lock)."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
