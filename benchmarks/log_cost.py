@@ -45,11 +45,14 @@ def drive(home: Path, log: bool, requests: int) -> None:
     from uvicorn.server import ServerState
 
     from cpmai.artifacts import open_artifact
-    from cpmai.serving import predlog
+    from cpmai.serving import logindex, predlog
     from cpmai.serving.app import ServeConfig, build_app
     from cpmai.serving.fastpath import InferenceHttpProtocol
 
     predlog.PredictionLog.start = lambda self: self.folder.mkdir(parents=True, exist_ok=True)
+    # an index record when the run ends, not a minute into it: a run's wall time (valgrind, a
+    # busy machine) must not change how many records it writes
+    logindex.INDEX_SECONDS = float("inf")
     artifact = open_artifact(home, NAME)
     config = ServeConfig(home=str(home), name=NAME, version="", env="cost", prediction_log=log)
     app = build_app(config.for_artifact(artifact), artifact)
@@ -105,7 +108,7 @@ def instructions(home: Path, log: bool, requests: int, out: Path) -> int:
         ["valgrind", "--tool=callgrind", "--separate-threads=yes",
          f"--callgrind-out-file={out}", sys.executable,
          __file__, "--child", str(home), "log" if log else "nolog", str(requests)],
-        check=True, capture_output=True,
+        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     # the main thread only: the libraries' idle worker threads (OpenBLAS, ONNX Runtime) spin a
     # varying number of instructions; everything the request path and the log do is on it here
