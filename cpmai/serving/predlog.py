@@ -42,7 +42,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -299,14 +299,13 @@ class PredictionLog:
         the next block)."""
         with self._take_lock:  # the thread and close() may both flush at shutdown
             queue = self._queue
-            pop = queue.popleft
-            entries = [pop() for _ in range(len(queue))]  # appends meanwhile wait for the next
+            # popleft n times in a C loop; appends meanwhile wait for the next block
+            entries = list(starmap(queue.popleft, repeat((), len(queue))))
             self._rows = 0
             if not entries:
                 return None
             fields = list(zip(*entries, strict=True))
-            pop = self._batches.popleft
-            batches = [pop() for _ in range(fields[8].count(True))]
+            batches = list(starmap(self._batches.popleft, repeat((), fields[8].count(True))))
             block = _Block(fields, batches, self._names, self._carried)
             self._carried = block.last
         return block
