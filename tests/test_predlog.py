@@ -121,3 +121,32 @@ def test_a_sample_rate_keeps_about_that_share_and_says_so(tmp_path: Path) -> Non
     assert 800 < kept < 1200
     assert {line["sample_rate"] for line in lines} == {0.25}
     assert sum(len(line["outputs"]) for line in lines) == kept
+
+
+def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The writer keeps each column's codes from block to block; a column of ever new values
+    must not grow its vocabulary without end."""
+    from cpmai.serving import logindex
+
+    monkeypatch.setattr(logindex, "MAX_VOCABULARY", 50)
+    log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE)
+    log.folder.mkdir(parents=True, exist_ok=True)
+    sent = []
+    for i in range(600):
+        batch = ({"x": [float(i)], "c": [f"v{i}"]}, np.array([i % 2]), None)
+        log.served("invocations", 0.001, 1, f"r{i}", None, batch, 0, False)
+        sent.append(f"v{i}")
+        if i % 40 == 39:
+            log.flush()
+    log.close()
+    (index,) = tmp_path.glob("*.idx")
+    records = read_records(index)
+    decoded = [
+        record["vocab"]["feature:c"][code]
+        for record in records
+        for code in record["data"]["feature:c"].tolist()
+    ]
+    assert decoded == sent
+    assert log._vocab["c"] and len(log._vocab["c"]) <= 51 + 40

@@ -32,6 +32,8 @@ MAGIC = b"CPMI"
 FORMAT = 1
 INDEX_SECONDS = 60.0
 INDEX_MAX_REQUESTS = 10_000
+MAX_VOCABULARY = 10_000
+"""Values a writer's vocabulary holds (kept from block to block) before it starts over."""
 
 KINDS = {"number": "numeric", "integer": "numeric", "category": "categorical"}
 KINDS["boolean"] = "categorical"
@@ -108,6 +110,8 @@ def _numbers(values: Any) -> Any:
 
 
 def _coded(values: Any, index: dict[Any, int]) -> tuple[Any, list[Any]]:
+    if len(index) > MAX_VOCABULARY:  # a column of ever new values: start over (readers map codes)
+        index.clear()
     return encode(values, index), list(index)
 
 

@@ -93,7 +93,7 @@ class _Block:
          self.error, fresh, starts, probabilities) = fields  # fmt: skip
         self.latency = _milliseconds(latency)
         self.refused: list[dict[str, Any]] = []
-        if max(self.status) >= 400:
+        if None in fresh:  # refused requests
             self.refused = [
                 {"request": i, "inputs": batch}
                 for i, (new, batch) in enumerate(zip(fresh, starts, strict=True))
