@@ -374,10 +374,14 @@ class InferenceApp:
             batch, start = scored
             _, label_array, probabilities = batch
             end = start + call.rows
-            labels = label_array[start:end].tolist()
+            if start or end != len(label_array):  # numpy slices cost thousands of instructions
+                label_array = label_array[start:end]
+                if probabilities is not None:
+                    probabilities = probabilities[start:end]
+            labels = label_array.tolist()
             if not call.want_proba:
                 probabilities = None
-            probs_list = None if probabilities is None else probabilities[start:end].tolist()
+            probs_list = None if probabilities is None else probabilities.tolist()
             if call.oip:
                 payload = protocols.oip_response(
                     self.name, self.version, call.body_id, labels, self.label_datatype, probs_list
