@@ -150,3 +150,18 @@ def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
     ]
     assert decoded == sent
     assert log._vocab["c"] and len(log._vocab["c"]) <= 51 + 40
+
+
+def test_without_a_signature_a_batch_cut_between_blocks_keeps_its_columns(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", version="1")
+    log.folder.mkdir(parents=True, exist_ok=True)
+    batch = ({"a": [1, 2], "b": ["x", "y"]}, [0, 1], None)
+    log.served("invocations", 0.001, 1, "r1", None, batch, 0, False)
+    log.flush()
+    log.served("invocations", 0.001, 1, "r2", None, batch, 1, False)
+    log.close()
+    lines = _lines(tmp_path)
+    assert [(line["inputs"], line["outputs"]) for line in lines] == [
+        ({"a": [1], "b": ["x"]}, [0]),
+        ({"a": [2], "b": ["y"]}, [1]),
+    ]

@@ -100,7 +100,8 @@ class _Block:
                 if new is None and batch is not None
             ]  # a refused request's entry holds its inputs where a batch's holds `start`
         if names is None:  # no signature: every name seen, in order of appearance
-            names = tuple(dict.fromkeys(_chain(columns for columns, _, _ in batches)))
+            seen = [carried, *batches] if carried is not None else batches
+            names = tuple(dict.fromkeys(_chain(columns for columns, _, _ in seen)))
         gather = _Gather(names)
         pending = iter(batches)
         batch, low, high, proba = carried, 0, 0, False
