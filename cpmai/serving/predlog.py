@@ -243,13 +243,14 @@ class PredictionLog:
         batch: tuple[dict[str, list[Any]], Any, Any],
         start: int,
         want_proba: bool,
+        status: int = 200,
     ) -> None:
-        """The server's request answered 200, on the request path. `batch` is the model call's
+        """A request served, on the server's request path. `batch` is the model call's
         (columns, labels, probabilities), kept by reference (nothing is copied here); the
         request's rows are `start` to `start + rows` of it; `want_proba`: whether it asked for
         probabilities. Nothing in `batch` may change afterwards. `request_id` must be a JSON
-        scalar (`log_id`). The entry is a tuple of
-        scalars (the garbage collector stops tracking it), appended to a deque (atomic: no lock)."""
+        scalar (`log_id`). The entry is a tuple of scalars (the garbage collector stops tracking
+        it), appended to a deque (atomic: no lock)."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         queue = self._queue
@@ -260,8 +261,8 @@ class PredictionLog:
         if new:
             self._batch = batch
             self._batches.append(batch)  # before its first entry: see _take
-        queue.append((self._clock(), endpoint, 200, latency_s, rows, request_id, warnings, None,
-                      new, start, want_proba))  # fmt: skip
+        queue.append((self._clock(), endpoint, status, latency_s, rows, request_id, warnings,
+                      None, new, start, want_proba))  # fmt: skip
         self._rows += rows
         if self._rows >= BLOCK_ROWS and not self._wake.is_set():
             self._wake.set()
@@ -284,7 +285,8 @@ class PredictionLog:
         `inputs` its columns, `outputs` one per row."""
         if status < 400 and inputs is not None and outputs is not None:
             self.served(endpoint, latency_s, len(outputs), log_id(request_id), warnings or None,
-                        (inputs, outputs, probabilities), 0, probabilities is not None)  # fmt: skip
+                        (inputs, outputs, probabilities), 0, probabilities is not None,
+                        status)  # fmt: skip
             return
         queue = self._queue
         if len(queue) >= MAX_BUFFER:
