@@ -239,7 +239,9 @@ def test_capacity_search_stops_where_more_load_only_queues(rows: Path, tmp_path:
         server.close()
     assert out.returncode == 0, out.stderr
     capacity = json.loads(out.stdout)["capacity"]
-    assert capacity["found"] and 150 <= capacity["throughput_rps"] <= 210
+    # at most 200/s, the 5 ms sleep; the lower bound only says the search did not stop at a
+    # level that barely ran (a loaded CI machine adds ms of its own per request: 139/s seen)
+    assert capacity["found"] and 100 <= capacity["throughput_rps"] <= 210
     assert capacity["concurrency"] <= 4  # beyond, latency grows and throughput does not
 
 
