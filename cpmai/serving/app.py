@@ -337,7 +337,6 @@ class InferenceApp:
         except Exception as exc:
             self._crash(call, exc)
             return
-        call.columns = columns
         self.batcher.submit_callback(
             columns, call.rows, call.want_proba, functools.partial(self._scored, call)
         )
@@ -599,7 +598,6 @@ class _Call:
 
     __slots__ = (
         "body_id",
-        "columns",
         "endpoint",
         "oip",
         "raw",
@@ -618,7 +616,6 @@ class _Call:
         self.reply = reply
         self.request_id = request_id
         self.raw: dict[str, list[Any]] | None = None
-        self.columns: dict[str, list[Any]] | None = None
         self.rows = 0
         self.warnings: list[str] | None = None
         self.body_id: Any = None
