@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from cpmai.serving.batching import Batcher
 from cpmai.serving.logindex import read_records
 from cpmai.serving.predlog import PredictionLog
 
@@ -21,6 +24,16 @@ SIGNATURE = {
 }
 
 
+def entry(
+    request_id: str, rows: int, row_start: int, *, want: bool = False, start: float | None = None
+) -> tuple[Any, ...]:
+    """A served request's log entry as the server makes it (`predlog.ENTRY`)."""
+    start = time.perf_counter() if start is None else start
+    elapsed = time.perf_counter() - start
+    return (None, start, elapsed, "invocations", 200, rows, request_id, None, None, want,
+            row_start)  # fmt: skip
+
+
 def _lines(folder: Path) -> list[dict[str, Any]]:
     return [
         orjson.loads(line)
@@ -31,13 +44,15 @@ def _lines(folder: Path) -> list[dict[str, Any]]:
 
 def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None:
     """Random batches as the server's batcher makes them: requests of several rows, some that
-    never reach the log (a request that failed after the model call), some asking for
-    probabilities, refusals in between, and blocks cut anywhere, also inside a batch."""
+    never reach the log (a request refused after the model call), some asking for
+    probabilities, refusals in between (logged when refused, so before the batch, which is
+    logged once all its requests were answered), and blocks cut between any two events."""
     chance = random.Random(7)
     log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE)
     log.folder.mkdir(parents=True, exist_ok=True)
     expected: list[tuple[Any, ...]] = []  # (id, rows as (x, c, label, probabilities or None))
     number = 0
+    before = time.time()
     for _ in range(300):
         sizes = [chance.randint(1, 3) for _ in range(chance.randint(1, 6))]
         total = sum(sizes)
@@ -48,18 +63,21 @@ def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None
         labels = np.array([chance.randint(0, 1) for _ in range(total)])
         probabilities = np.array([[0.25, 0.75]] * total) if chance.random() < 0.3 else None
         batch = (columns, labels, probabilities)
+        entries = []
+        answered = []  # this batch's served requests: logged after its refusals
         start = 0
         for rows in sizes:
             number += 1
             want = probabilities is not None and chance.random() < 0.5
+            arrived = time.perf_counter()
             if chance.random() < 0.1:
                 log.record("invocations", 422, 0.001, 0, {"x": ["junk"]}, None, error="bad")
                 expected.append((None, []))
-            if chance.random() < 0.1:  # failed after scoring: its rows are not logged
+            if chance.random() < 0.1:  # refused after scoring: its rows are not logged
                 start += rows
                 continue
-            log.served("invocations", 0.002, rows, f"r{number}", None, batch, start, want)
-            expected.append(
+            entries.append(entry(f"r{number}", rows, start, want=want, start=arrived))
+            answered.append(
                 (
                     f"r{number}",
                     [
@@ -76,12 +94,16 @@ def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None
                 )
             )
             start += rows
-            if chance.random() < 0.05:
-                log.flush()
+        log.served(batch, entries)
+        expected += answered
+        if chance.random() < 0.2:
+            log.flush()
     log.close()
+    after = time.time()
 
     lines = _lines(tmp_path)
-    assert len(lines) > 10  # blocks were cut often, inside batches too
+    assert len(lines) > 10
+    assert any(line["probabilities"] is None for line in lines)  # the whole-batch way, too
     got: list[tuple[Any, ...]] = []
     for line in lines:
         requests = line["requests"]
@@ -94,6 +116,11 @@ def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None
         ):
             got.append((request_id if status < 400 else None, [next(served) for _ in range(rows)]))
         assert next(served, None) is None
+        assert all(before <= t <= after for t in requests["t"])
+        assert all(
+            0 < ms < 1000 if status == 200 else ms == 1.0
+            for ms, status in zip(requests["latency_ms"], requests["status"], strict=True)
+        )
     assert [(i, [tuple(r) for r in rows]) for i, rows in got] == expected
     refused = [r for line in lines for r in line["refused"]]
     assert len(refused) == sum(1 for i, _ in expected if i is None)
@@ -107,20 +134,26 @@ def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None
     vocab = read_records(index)[-1]["vocab"]["feature:c"]
     codes = np.concatenate([a["feature:c"] for a in arrays]).tolist()
     assert [vocab[k] for k in codes] == [c for _, rows in expected for _, c, *_ in rows]
+    labels = read_records(index)[-1]["vocab"]["outputs"]
+    codes = np.concatenate([a["outputs"] for a in arrays]).tolist()
+    assert [labels[k] for k in codes] == [y for _, rows in expected for _, _, y, _ in rows]
+    assert np.concatenate([a["rows"] for a in arrays]).tolist() == [len(r) for _, r in expected]
 
 
 def test_a_sample_rate_keeps_about_that_share_and_says_so(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE, sample_rate=0.25)
     log.folder.mkdir(parents=True, exist_ok=True)
-    batch = ({"x": [1.0], "c": ["a"]}, np.array([1]), None)
-    for i in range(4000):
-        log.served("invocations", 0.001, 1, f"r{i}", None, batch, 0, False)
+    for i in range(1000):
+        batch = ({"x": [float(j) for j in range(4)], "c": ["a"] * 4}, np.array([1] * 4), None)
+        log.served(batch, [entry(f"r{i}-{j}", 1, j) for j in range(4)])
     log.close()
     lines = _lines(tmp_path)
     kept = sum(len(line["requests"]["t"]) for line in lines)
     assert 800 < kept < 1200
     assert {line["sample_rate"] for line in lines} == {0.25}
-    assert sum(len(line["outputs"]) for line in lines) == kept
+    for line in lines:  # each sampled request keeps its own row
+        for request_id, x in zip(line["requests"]["id"], line["inputs"]["x"], strict=True):
+            assert float(request_id.rsplit("-", 1)[1]) == x
 
 
 def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
@@ -136,7 +169,7 @@ def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
     sent = []
     for i in range(600):
         batch = ({"x": [float(i)], "c": [f"v{i}"]}, np.array([i % 2]), None)
-        log.served("invocations", 0.001, 1, f"r{i}", None, batch, 0, False)
+        log.served(batch, [entry(f"r{i}", 1, 0)])
         sent.append(f"v{i}")
         if i % 40 == 39:
             log.flush()
@@ -152,16 +185,48 @@ def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
     assert log._vocab["c"] and len(log._vocab["c"]) <= 51 + 40
 
 
-def test_without_a_signature_a_batch_cut_between_blocks_keeps_its_columns(tmp_path: Path) -> None:
+def test_without_a_signature_every_column_seen_is_named(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", version="1")
     log.folder.mkdir(parents=True, exist_ok=True)
-    batch = ({"a": [1, 2], "b": ["x", "y"]}, [0, 1], None)
-    log.served("invocations", 0.001, 1, "r1", None, batch, 0, False)
-    log.flush()
-    log.served("invocations", 0.001, 1, "r2", None, batch, 1, False)
+    log.served(({"a": [1, 2], "b": ["x", "y"]}, [0, 1], None), [entry("r1", 2, 0)])
+    log.served(({"b": ["z"], "d": [True]}, [1], None), [entry("r2", 1, 0)])
     log.close()
-    lines = _lines(tmp_path)
-    assert [(line["inputs"], line["outputs"]) for line in lines] == [
-        ({"a": [1], "b": ["x"]}, [0]),
-        ({"a": [2], "b": ["y"]}, [1]),
-    ]
+    (line,) = _lines(tmp_path)
+    assert line["inputs"] == {"a": [1, 2, None], "b": ["x", "y", "z"], "d": [None, None, True]}
+    assert line["outputs"] == [0, 1, 1]
+
+
+def test_the_batcher_says_when_all_of_a_batch_was_answered() -> None:
+    """`on_delivered(batch)` comes once a batch, after every one of its requests had its answer
+    (the server's log entries of that batch are complete then); a batch that failed is retried
+    request by request, each its own batch."""
+    events: list[Any] = []
+
+    def run(columns: dict[str, list[Any]], want_proba: bool) -> tuple[Any, Any]:
+        if "bad" in columns["x"]:
+            raise ValueError("bad")
+        return np.array(columns["x"]), None
+
+    def submit(batcher: Batcher, name: str, rows: int) -> None:
+        batcher.submit_callback(
+            {"x": [name] * rows}, rows, False,
+            lambda scored, exc: events.append(name if exc is None else f"{name}: refused"),
+        )  # fmt: skip
+
+    async def main() -> None:
+        batcher = Batcher(
+            run, max_rows=64, max_latency_s=0, inline=True,
+            on_delivered=lambda batch: events.append(batch[0]["x"]),
+        )  # fmt: skip
+        for name, rows in (("a", 1), ("b", 2), ("c", 1)):
+            submit(batcher, name, rows)
+        await asyncio.sleep(0.01)
+        for name in ("d", "bad", "e"):
+            submit(batcher, name, 1)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert events == [
+        "a", "b", "c", ["a", "b", "b", "c"],
+        "d", ["d"], "bad: refused", "e", ["e"],
+    ]  # fmt: skip

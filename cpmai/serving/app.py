@@ -26,9 +26,9 @@ import orjson
 
 from cpmai import __version__
 from cpmai.serving import protocols
-from cpmai.serving.batching import Batcher, Scored
+from cpmai.serving.batching import Batch, Batcher, Scored
 from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
-from cpmai.serving.predlog import PredictionLog, log_id
+from cpmai.serving.predlog import PredictionLog
 from cpmai.serving.validation import RequestError, Validator
 
 if TYPE_CHECKING:
@@ -152,7 +152,9 @@ class InferenceApp:
             max_latency_s=config.max_latency_ms / 1000,
             inline=predictor.flavor == "onnx",
             on_batch=self.metrics.observe_batch,
+            on_delivered=None if self.log is None else self._log_batch,
         )
+        self._entries: list[tuple[Any, ...]] = []  # the log entries of the batch being answered
         models = f"/v2/models/{self.name}"
         infer = (f"{models}/infer", f"{models}/versions/{self.version}/infer")
         self._infer_paths = frozenset(infer)
@@ -403,19 +405,16 @@ class InferenceApp:
         if call.warnings:
             for warning in call.warnings:
                 self.metrics.out_of_range_value(warning.split(":", 1)[0])
-        if self.log is not None:
-            # the batch's columns and arrays, not copies of this request's values: the log
-            # gathers a batch's rows once, in its writer thread
-            self.log.served(
-                call.endpoint,
-                elapsed,
-                call.rows,
-                call.request_id if call.body_id is None else log_id(call.body_id),
-                call.warnings or None,
-                batch,
-                start,
-                probabilities is not None,
-            )
+        if self.log is not None:  # the log takes the entries with the batch (_log_batch)
+            self._entries.append((None, call.start, elapsed, call.endpoint, 200, call.rows,
+                                  call.request_id, call.warnings, None, probabilities is not None,
+                                  start))  # fmt: skip
+
+    def _log_batch(self, batch: Batch) -> None:
+        """The batcher's word that all of `batch`'s requests were answered."""
+        entries, self._entries = self._entries, []
+        if entries and self.log is not None:
+            self.log.served(batch, entries)
 
     def _refuse(self, call: _Call, exc: RequestError) -> None:
         self._error_reply(

@@ -51,12 +51,16 @@ class Batcher:
         max_latency_s: float,
         inline: bool,
         on_batch: Callable[[int], None] | None = None,
+        on_delivered: Callable[[Batch], None] | None = None,
     ) -> None:
+        """`on_batch(rows)` before each model call; `on_delivered(batch)` once all the call's
+        requests have had their `done` (the prediction log takes the batch then)."""
         self.run = run
         self.max_rows = max_rows
         self.max_latency_s = max_latency_s
         self.inline = inline
         self.on_batch = on_batch
+        self.on_delivered = on_delivered
         self._pending: deque[_Item] = deque()
         self._busy = False
         self._executor = None if inline else ThreadPoolExecutor(1, "cpmai-model")
@@ -147,9 +151,13 @@ class Batcher:
     def _deliver(self, items: list[_Item], merged: Columns, outcome: Outcome) -> None:
         batch = (merged, *outcome)
         start = 0
-        for item in items:
-            item.done((batch, start), None)
-            start += item.rows
+        try:
+            for item in items:
+                item.done((batch, start), None)
+                start += item.rows
+        finally:  # whatever happened, what was answered is this batch's
+            if self.on_delivered is not None:
+                self.on_delivered(batch)
 
     def _failed(self, items: list[_Item], exc: BaseException) -> None:
         """One bad request must not fail its batch-mates: retry each alone."""
@@ -162,7 +170,7 @@ class Batcher:
             except Exception as single:
                 item.done(None, single)
             else:
-                item.done(((item.columns, labels, probabilities), 0), None)
+                self._deliver([item], item.columns, (labels, probabilities))
 
     def close(self) -> None:
         if self._executor is not None:

@@ -1,14 +1,18 @@
 """The prediction log: every served request (or a sample of the successful ones) under
 `logs/NAME/ENV/`, written off the request path, in columns.
 
-On the request path the server appends one tuple of scalars a request to a deque (atomic: no
-lock; a tuple of scalars is soon untracked by the garbage collector). A request's input values
-and outputs are not copied there: the entry says where its rows start in its batch, the model
-call's (columns, labels, probabilities), which the log keeps by reference, once per batch. A
-background thread takes what is queued at least once a second, gathers each batch's rows with
-C-level slices and extends (a run of consecutive requests of one batch at a time), and appends
-the block to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what
-was served a second ago; one file per process and day, so workers never interleave.
+On the request path a request costs the log one tuple of scalars (`ENTRY`: the server builds
+it and appends it to a list; the garbage collector soon stops tracking it), and a batch one
+call: when the model has scored a batch and all its requests were answered, the server hands
+the log the batch (the model call's columns, labels and probabilities, kept by reference:
+nothing is copied) with its requests' entries, one append to a deque (atomic: no lock). A
+background thread takes what is queued at least once a second (sooner past `BLOCK_ROWS` rows),
+extends each column with each batch's lists whole (request by request only when some were
+refused after the model call, not sampled, or asked for probabilities), and appends the block
+to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what was served
+a second ago; one file per process and day, so workers never interleave. Request times are
+taken on the `perf_counter` clock the server already reads, and made epoch seconds once a
+block.
 
 Why columns: reading is what costs. A JSON line per request made the reader build a dict and a
 list per input per request (about 29 µs a request of 30 inputs on the 2-core machine); a block
@@ -50,6 +54,7 @@ import orjson
 
 _chain = chain.from_iterable
 _ID_TYPES = (str, int, float, type(None))
+_ID_TYPE_SET = frozenset(_ID_TYPES)
 FORMAT = "cpmai-predlog/2"
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
@@ -61,6 +66,28 @@ MAX_BUFFER = 200_000
 and counted)."""
 
 
+ENTRY = (
+    "t", "start", "elapsed", "endpoint", "status", "rows", "id", "warnings", "error",
+    "want_proba", "row_start",
+)  # fmt: skip
+"""A request's log entry, a tuple of scalars in this order: `t` its time in epoch seconds, or
+None for `start` + `elapsed` on the `time.perf_counter` clock (the server's); `elapsed` seconds
+to its answer; `id` a JSON scalar (`log_id`); `warnings` a list or None; `error` a message or
+None; `want_proba` whether it asked for probabilities (and the batch has them); `row_start`
+where its rows start in its batch."""
+_ELAPSED, _ROWS, _WANT, _ROW_START = 2, 5, 9, 10
+
+
+class _Refused:
+    """A refused request's entry, and its inputs if they were parseable and small."""
+
+    __slots__ = ("entry", "inputs")
+
+    def __init__(self, entry: tuple[Any, ...], inputs: dict[str, list[Any]] | None) -> None:
+        self.entry = entry
+        self.inputs = inputs
+
+
 class _Block:
     """What the writer takes from the queue at once, in columns (one JSON line)."""
 
@@ -69,8 +96,8 @@ class _Block:
         "error",
         "ids",
         "inputs",
-        "last",
         "latency",
+        "output_array",
         "outputs",
         "probabilities",
         "refused",
@@ -81,56 +108,97 @@ class _Block:
     )
 
     def __init__(
-        self,
-        fields: list[tuple[Any, ...]],
-        batches: list[Any],
-        names: tuple[str, ...] | None,
-        carried: Any,
+        self, events: list[Any], names: tuple[str, ...] | None, sample_rate: float
     ) -> None:
-        """`fields`: the entries' fields, transposed; `batches`: those they start; `carried`:
-        the batch of the previous block's last entries (the first ones may continue it)."""
-        (self.times, self.endpoint, self.status, latency, self.rows, self.ids, self.warnings,
-         self.error, fresh, starts, probabilities) = fields  # fmt: skip
-        self.latency = _milliseconds(latency)
-        self.refused: list[dict[str, Any]] = []
-        if None in fresh:  # refused requests
-            self.refused = [
-                {"request": i, "inputs": batch}
-                for i, (new, batch) in enumerate(zip(fresh, starts, strict=True))
-                if new is None and batch is not None
-            ]  # a refused request's entry holds its inputs where a batch's holds `start`
+        """`events`: batch events ((columns, labels, probabilities), [entry, ...]) and refusals,
+        in the order they were queued."""
         if names is None:  # no signature: every name seen, in order of appearance
-            seen = [carried, *batches] if carried is not None else batches
-            names = tuple(dict.fromkeys(_chain(columns for columns, _, _ in seen)))
+            names = tuple(dict.fromkeys(_chain(e[0][0] for e in events if type(e) is not _Refused)))
         gather = _Gather(names)
-        pending = iter(batches)
-        batch, low, high, proba = carried, 0, 0, False
-        for new, start, rows, want in zip(fresh, starts, self.rows, probabilities, strict=True):
-            if new is None:  # refused: no rows
+        entries: list[tuple[Any, ...]] = []
+        self.refused: list[dict[str, Any]] = []
+        batches = []
+        for event in events:
+            if type(event) is _Refused:
+                if event.inputs is not None:
+                    self.refused.append({"request": len(entries), "inputs": event.inputs})
+                entries.append(event.entry)
                 continue
-            if not new and start == high and want is proba and high:
-                high += rows  # the next request of the same batch
-                continue
-            if high:
-                gather.add(batch, low, high, proba)
-            if new:
-                batch = next(pending)
-            low, high, proba = start, start + rows, want
-        if high:
-            gather.add(batch, low, high, proba)
-        self.last = batch
+            batches.append(event[0])
+            entries += event[1]
+        fields = list(zip(*entries, strict=True))
+        whole = sum(fields[_ROWS]) == sum(len(batch[1]) for batch in batches)
+        if whole and sample_rate >= 1.0 and not any(fields[_WANT]):
+            for batch in batches:  # the usual case: every row of every batch, none with proba
+                gather.add(batch, 0, len(batch[1]), False)
+        else:
+            entries = self._select(events, gather, sample_rate)
+            fields = list(zip(*entries, strict=True)) or [()] * len(ENTRY)
+        (t, starts, elapsed, self.endpoint, self.status, self.rows, ids, self.warnings,
+         self.error, _, _) = fields  # fmt: skip
+        self.times = _times(t, starts, elapsed)
+        self.latency = _milliseconds(elapsed)
+        self.ids = ids if _ID_TYPE_SET.issuperset(map(type, ids)) else list(map(log_id, ids))
         self.inputs = dict(zip(names, gather.columns, strict=True))
         self.outputs = gather.outputs
+        self.output_array = gather.output_array()
         self.probabilities = gather.probabilities
 
+    def _select(
+        self, events: list[Any], gather: _Gather, sample_rate: float
+    ) -> list[tuple[Any, ...]]:
+        """Request by request: leaves out those not sampled; gathers runs of consecutive rows
+        with the same wish for probabilities."""
+        sampled = sample_rate < 1.0
+        chance = random.random
+        entries: list[tuple[Any, ...]] = []
+        self.refused = []
+        for event in events:
+            if type(event) is _Refused:
+                if event.inputs is not None:
+                    self.refused.append({"request": len(entries), "inputs": event.inputs})
+                entries.append(event.entry)
+                continue
+            batch, requests = event
+            low, high, proba = 0, 0, False
+            for request in requests:
+                if sampled and chance() >= sample_rate:
+                    continue
+                entries.append(request)
+                start, rows, want = request[_ROW_START], request[_ROWS], request[_WANT]
+                if start == high and want is proba and high:
+                    high += rows
+                    continue
+                if high:
+                    gather.add(batch, low, high, proba)
+                low, high, proba = start, start + rows, want
+            if high:
+                gather.add(batch, low, high, proba)
+        return entries
 
-def _milliseconds(seconds: tuple[float, ...]) -> list[float]:
+
+def _times(t: tuple[Any, ...], starts: tuple[Any, ...], elapsed: tuple[Any, ...]) -> Any:
+    """Epoch seconds: given, or when answered on the perf_counter clock (off the request path:
+    one clock reading a block, not one a request)."""
+    from cpmai.serving.logindex import packed
+
+    if None not in t:
+        return list(t)
+    offset = time.time() - time.perf_counter()
+    answered = packed(starts, "d") + packed(elapsed, "d") + offset
+    if t.count(None) == len(t):
+        return answered
+    computed = answered.tolist()
+    return [given if given is not None else at for given, at in zip(t, computed, strict=True)]
+
+
+def _milliseconds(seconds: tuple[float, ...]) -> Any:
     """Rounded to 0.1 µs, off the request path (`round` costs a request 2,000 instructions)."""
     import numpy as np
 
     from cpmai.serving.logindex import packed
 
-    return np.round(packed(seconds, "d") * 1000, 4).tolist()  # type: ignore[no-any-return]
+    return np.round(packed(seconds, "d") * 1000, 4)
 
 
 class _Gather:
@@ -142,6 +210,7 @@ class _Gather:
         self.columns: list[list[Any]] = [[] for _ in names]
         self.outputs: list[Any] = []
         self.probabilities: list[Any] | None = None
+        self._arrays: list[Any] | None = []  # the outputs as arrays, while they all are
 
     def add(self, batch: Any, start: int, end: int, want_proba: bool) -> None:
         source, outputs, probabilities = batch
@@ -154,15 +223,29 @@ class _Gather:
                 column += values
             else:
                 column += values[start:end]
-        if want_proba and self.probabilities is None:
+        if want_proba and probabilities is not None and self.probabilities is None:
             self.probabilities = [None] * len(self.outputs)
         whole = start == 0 and end == len(outputs)  # usually: numpy slices cost thousands
-        self.outputs += _listed(outputs if whole else outputs[start:end])
+        labels = outputs if whole else outputs[start:end]
+        self.outputs += _listed(labels)
+        if self._arrays is not None:
+            if hasattr(labels, "dtype"):
+                self._arrays.append(labels)
+            else:
+                self._arrays = None
         if self.probabilities is not None:
             if not want_proba or probabilities is None:
                 self.probabilities += [None] * rows
             else:
                 self.probabilities += _listed(probabilities if whole else probabilities[start:end])
+
+    def output_array(self) -> Any:
+        """The outputs as one array (the index codes them in numpy), or None."""
+        if not self._arrays:
+            return None
+        import numpy as np
+
+        return np.concatenate(self._arrays)
 
 
 def _listed(values: Any) -> list[Any]:
@@ -214,10 +297,7 @@ class PredictionLog:
         self.version = version
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
-        self._queue: deque[tuple[Any, ...]] = deque()
-        self._batches: deque[Any] = deque()
-        self._batch: Any = None
-        self._carried: Any = None
+        self._queue: deque[Any] = deque()
         self._rows = 0
         self._take_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -233,37 +313,17 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="cpmai-predlog", daemon=True)
         self._thread.start()
 
-    def served(
-        self,
-        endpoint: str,
-        latency_s: float,
-        rows: int,
-        request_id: str | int | float | None,
-        warnings: list[str] | None,
-        batch: tuple[dict[str, list[Any]], Any, Any],
-        start: int,
-        want_proba: bool,
-        status: int = 200,
-    ) -> None:
-        """A request served, on the server's request path. `batch` is the model call's
-        (columns, labels, probabilities), kept by reference (nothing is copied here); the
-        request's rows are `start` to `start + rows` of it; `want_proba`: whether it asked for
-        probabilities. Nothing in `batch` may change afterwards. `request_id` must be a JSON
-        scalar (`log_id`). The entry is a tuple of scalars (the garbage collector stops tracking
-        it), appended to a deque (atomic: no lock)."""
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
-            return
+    def served(self, batch: tuple[dict[str, list[Any]], Any, Any], entries: list[Any]) -> None:
+        """A batch the model scored and the entries (`ENTRY`) of the requests it answered, on
+        the server's request path, once a batch. `batch` is the model call's (columns, labels,
+        probabilities), kept by reference: nothing in it may change afterwards. One append to a
+        deque (atomic: no lock)."""
         queue = self._queue
         if len(queue) >= MAX_BUFFER:  # the disk cannot keep up: count, never block
-            self.dropped += 1
+            self.dropped += len(entries)
             return
-        new = batch is not self._batch
-        if new:
-            self._batch = batch
-            self._batches.append(batch)  # before its first entry: see _take
-        queue.append((self._clock(), endpoint, status, latency_s, rows, request_id, warnings,
-                      None, new, start, want_proba))  # fmt: skip
-        self._rows += rows
+        queue.append((batch, entries))
+        self._rows += len(batch[1])
         if self._rows >= BLOCK_ROWS and not self._wake.is_set():
             self._wake.set()
 
@@ -280,43 +340,35 @@ class PredictionLog:
         error: str | None = None,
         request_id: Any = None,
     ) -> None:
-        """Any request: a refused one (`outputs` None; `inputs` its parsed inputs, if small,
+        """Any one request: a refused one (`outputs` None; `inputs` its parsed inputs, if small,
         or None), or one served outside the server's batcher (`cpmai predict`'s chunks):
         `inputs` its columns, `outputs` one per row."""
-        if status < 400 and inputs is not None and outputs is not None:
-            self.served(endpoint, latency_s, len(outputs), log_id(request_id), warnings or None,
-                        (inputs, outputs, probabilities), 0, probabilities is not None,
-                        status)  # fmt: skip
-            return
-        queue = self._queue
-        if len(queue) >= MAX_BUFFER:
+        if len(self._queue) >= MAX_BUFFER:
             self.dropped += 1
             return
-        queue.append((self._clock(), endpoint, status, latency_s, 0, log_id(request_id),
-                      warnings or None, error, None, inputs, False))  # fmt: skip
+        served = status < 400 and inputs is not None and outputs is not None
+        rows = len(outputs) if served and outputs is not None else 0
+        entry = (self._clock(), 0.0, latency_s, endpoint, status, rows, log_id(request_id),
+                 warnings or None, error, probabilities is not None, 0)  # fmt: skip
+        if served:
+            self._queue.append(((inputs, outputs, probabilities), [entry]))
+            self._rows += rows
+        else:
+            self._queue.append(_Refused(entry, inputs))
 
     def _take(self) -> _Block | None:
-        """Off the request path: what is queued, as one block. Entries are taken first, then
-        as many batches as they start: `served` appends a batch before its first entry, so
-        the batches taken are exactly those entries' (a batch appended meanwhile stays for
-        the next block)."""
+        """Off the request path: what is queued, as one block."""
         with self._take_lock:  # the thread and close() may both flush at shutdown
             queue = self._queue
             # popleft n times in a C loop; appends meanwhile wait for the next block
-            entries = list(starmap(queue.popleft, repeat((), len(queue))))
+            events = list(starmap(queue.popleft, repeat((), len(queue))))
             self._rows = 0
-            if not entries:
-                return None
-            fields = list(zip(*entries, strict=True))
-            batches = list(starmap(self._batches.popleft, repeat((), fields[8].count(True))))
-            block = _Block(fields, batches, self._names, self._carried)
-            self._carried = block.last
-        return block
+        return _Block(events, self._names, self.sample_rate) if events else None
 
     def flush(self) -> int:
         """Write what is queued as one line; returns the number of requests written."""
         block = self._take()
-        if block is None:
+        if block is None or not block.rows:  # nothing, or nothing sampled
             return 0
         line = orjson.dumps(
             {

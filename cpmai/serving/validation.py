@@ -49,9 +49,11 @@ class Validator:
         self.name_set = frozenset(self.names)
         self.kinds = {spec.name: spec.kind for spec in self.specs}
 
-    def columns(self, raw: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], int, list[str]]:
+    def columns(
+        self, raw: dict[str, list[Any]]
+    ) -> tuple[dict[str, list[Any]], int, list[str] | None]:
         """Check `raw` (name → list of values); returns (the same lists keyed in signature order,
-        rows, warnings). Lists, not arrays: the batcher joins requests' lists and the runner
+        rows, warnings or None). Lists, not arrays: the batcher joins requests' lists and the runner
         makes one array per batch, which costs less than one per request."""
         if raw.keys() != self.name_set:
             self._name_problems(raw)
@@ -69,7 +71,7 @@ class Validator:
             out[spec.name] = self._column(spec, values, warnings)
         if rows == 0:
             raise RequestError(422, "no rows to score")
-        return out, rows, warnings
+        return out, rows, warnings or None
 
     def _name_problems(self, raw: dict[str, list[Any]]) -> None:
         unknown = [str(k) for k in raw if k not in self.name_set]
