@@ -40,6 +40,7 @@ Given the artifact's signature, the writer also indexes the blocks it wrote in c
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import threading
@@ -367,6 +368,17 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write what is queued as one line; returns the number of requests written."""
+        enabled = gc.isenabled()
+        # a block is thousands of short-lived lists and tuples: a collection during the flush
+        # would only walk them (a tenth of the log's cost, counted with callgrind)
+        gc.disable()
+        try:
+            return self._flush()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _flush(self) -> int:
         block = self._take()
         if block is None or not block.rows:  # nothing, or nothing sampled
             return 0
@@ -392,11 +404,10 @@ class PredictionLog:
                 "probabilities": block.probabilities,
                 "refused": block.refused,
             },
-            option=orjson.OPT_SERIALIZE_NUMPY,
+            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
         )
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
-        line += b"\n"
         with self._write_lock:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
