@@ -46,6 +46,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import chain, repeat, starmap
 from pathlib import Path
@@ -73,9 +74,9 @@ ENTRY = (
 )  # fmt: skip
 """A request's log entry, a tuple of scalars in this order: `t` its time in epoch seconds, or
 None for `start` + `elapsed` on the `time.perf_counter` clock (the server's); `elapsed` seconds
-to its answer; `id` a JSON scalar (`log_id`); `warnings` a list or None; `error` a message or
-None; `want_proba` whether it asked for probabilities (and the batch has them); `row_start`
-where its rows start in its batch."""
+to its answer; `id` its id (the writer makes it a JSON scalar with `log_id`); `warnings` a
+list or None; `error` a message or None; `want_proba` whether it asked for probabilities (and
+the batch has them); `row_start` where its rows start in its batch."""
 _ELAPSED, _ROWS, _WANT, _ROW_START = 2, 5, 9, 10
 
 
@@ -121,9 +122,7 @@ class _Block:
         batches = []
         for event in events:
             if type(event) is _Refused:
-                if event.inputs is not None:
-                    self.refused.append({"request": len(entries), "inputs": event.inputs})
-                entries.append(event.entry)
+                self._refusal(event, entries)
                 continue
             batches.append(event[0])
             entries += event[1]
@@ -156,9 +155,7 @@ class _Block:
         self.refused = []
         for event in events:
             if type(event) is _Refused:
-                if event.inputs is not None:
-                    self.refused.append({"request": len(entries), "inputs": event.inputs})
-                entries.append(event.entry)
+                self._refusal(event, entries)
                 continue
             batch, requests = event
             low, high, proba = 0, 0, False
@@ -176,6 +173,11 @@ class _Block:
             if high:
                 gather.add(batch, low, high, proba)
         return entries
+
+    def _refusal(self, event: _Refused, entries: list[tuple[Any, ...]]) -> None:
+        if event.inputs is not None:
+            self.refused.append({"request": len(entries), "inputs": event.inputs})
+        entries.append(event.entry)
 
 
 def _times(t: tuple[Any, ...], starts: tuple[Any, ...], elapsed: tuple[Any, ...]) -> Any:
@@ -368,44 +370,34 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write what is queued as one line; returns the number of requests written."""
-        enabled = gc.isenabled()
-        # a block is thousands of short-lived lists and tuples: a collection during the flush
-        # would only walk them (a tenth of the log's cost, counted with callgrind)
-        gc.disable()
-        try:
-            return self._flush()
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _flush(self) -> int:
-        block = self._take()
-        if block is None or not block.rows:  # nothing, or nothing sampled
-            return 0
-        line = orjson.dumps(
-            {
-                "format": FORMAT,
-                "model": self.model,
-                "version": self.version,
-                "pid": os.getpid(),
-                "sample_rate": self.sample_rate,
-                "requests": {
-                    "t": block.times,
-                    "endpoint": block.endpoint,
-                    "status": block.status,
-                    "latency_ms": block.latency,
-                    "rows": block.rows,
-                    "id": block.ids,
-                    "warnings": block.warnings,
-                    "error": block.error,
+        with _collector_paused():
+            block = self._take()
+            if block is None or not block.rows:  # nothing, or nothing sampled
+                return 0
+            line = orjson.dumps(
+                {
+                    "format": FORMAT,
+                    "model": self.model,
+                    "version": self.version,
+                    "pid": os.getpid(),
+                    "sample_rate": self.sample_rate,
+                    "requests": {
+                        "t": block.times,
+                        "endpoint": block.endpoint,
+                        "status": block.status,
+                        "latency_ms": block.latency,
+                        "rows": block.rows,
+                        "id": block.ids,
+                        "warnings": block.warnings,
+                        "error": block.error,
+                    },
+                    "inputs": block.inputs,
+                    "outputs": block.outputs,
+                    "probabilities": block.probabilities,
+                    "refused": block.refused,
                 },
-                "inputs": block.inputs,
-                "outputs": block.outputs,
-                "probabilities": block.probabilities,
-                "refused": block.refused,
-            },
-            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
-        )
+                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
+            )
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
         with self._write_lock:
@@ -421,7 +413,8 @@ class PredictionLog:
             except OSError:
                 self.dropped += len(block.times)  # on /metrics: never silent
                 raise
-            self._index_block(path, offset, len(line), block)
+            with _collector_paused():
+                self._index_block(path, offset, len(line), block)
         self.written += len(block.times)
         return len(block.times)
 
@@ -482,6 +475,21 @@ class PredictionLog:
         self.flush()
         with self._write_lock:
             self._write_index()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection meanwhile (process-wide): a block is thousands of short-lived
+    lists and tuples that die by reference count, and a collection would only walk them (about
+    a tenth of the log's cost, counted with callgrind). Around CPU work only, not the line's
+    write: the event loop goes on allocating meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _let_requests_run() -> None:
