@@ -64,8 +64,8 @@ BLOCK_ROWS = 1_000
 the interpreter, and requests wait for it (1.2 ms for 1,000 rows of 30 inputs here, full
 precision floats)."""
 MAX_BUFFER = 200_000
-"""Requests held before the disk is considered to be falling behind (then new ones are dropped
-and counted)."""
+"""Batches and refusals held before the disk is considered to be falling behind (then new ones
+are dropped, and their requests counted)."""
 
 
 ENTRY = (
