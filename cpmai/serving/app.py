@@ -374,14 +374,14 @@ class InferenceApp:
                 raise _as_request_error(exc or RuntimeError("no outcome"))
             batch, start = scored
             _, label_array, probabilities = batch
+            if not call.want_proba:
+                probabilities = None
             end = start + call.rows
             if start or end != len(label_array):  # numpy slices cost thousands of instructions
                 label_array = label_array[start:end]
                 if probabilities is not None:
                     probabilities = probabilities[start:end]
             labels = label_array.tolist()
-            if not call.want_proba:
-                probabilities = None
             probs_list = None if probabilities is None else probabilities.tolist()
             if call.oip:
                 payload = protocols.oip_response(

@@ -88,10 +88,9 @@ def block_arrays(
     labels = getattr(block, "output_array", None)
     if output_kind == "numeric":
         out["outputs"] = _numbers(block.outputs if labels is None else labels)
-    elif labels is not None and labels.dtype.kind in "biuf":
-        out["outputs"] = _coded_array(labels, vocab.setdefault("__output__", {}))
     else:
-        out["outputs"] = _coded(block.outputs, vocab.setdefault("__output__", {}))
+        numbers = labels if labels is not None and labels.dtype.kind in "biuf" else None
+        out["outputs"] = _coded(block.outputs, vocab.setdefault("__output__", {}), array=numbers)
     return out
 
 
@@ -127,26 +126,23 @@ def _numbers(values: Any) -> Any:
         raise Unindexable("a value that is not a number") from None
 
 
-def _coded(values: Any, index: dict[Any, int], *, constant: bool = False) -> tuple[Any, list[Any]]:
+def _coded(
+    values: Any, index: dict[Any, int], *, constant: bool = False, array: Any = None
+) -> tuple[Any, list[Any]]:
     """`constant`: the column is likely one value throughout (the endpoint): then one lookup,
-    not one a value."""
+    not one a value. `array`: the same values as an array of numbers (a classifier's labels),
+    coded in numpy, each distinct value looked up once."""
     if len(index) > MAX_VOCABULARY:  # a column of ever new values: start over (readers map codes)
         index.clear()
+    if array is not None:
+        distinct, inverse = np.unique(array, return_inverse=True)
+        codes = [index.setdefault(value, len(index)) for value in distinct.tolist()]
+        return np.array(codes, dtype=np.int32)[inverse.reshape(-1)], list(index)
     first = values[0] if constant and len(values) else None
     if type(first) is str and values.count(first) == len(values):
         code = index.setdefault(first, len(index))
         return np.full(len(values), code, dtype=np.int32), list(index)
     return encode(values, index), list(index)
-
-
-def _coded_array(labels: Any, index: dict[Any, int]) -> tuple[Any, list[Any]]:
-    """`_coded` for an array of numbers (a classifier's labels): each distinct value is looked
-    up once."""
-    if len(index) > MAX_VOCABULARY:
-        index.clear()
-    distinct, inverse = np.unique(labels, return_inverse=True)
-    codes = [index.setdefault(value, len(index)) for value in distinct.tolist()]
-    return np.array(codes, dtype=np.int32)[inverse.reshape(-1)], list(index)
 
 
 def encode(values: Any, index: dict[Any, int]) -> Any:

@@ -29,9 +29,10 @@ A line (format "cpmai-predlog/2"):
      "probabilities": null | [null | [p, ...] per served row],
      "refused": [{"request": i, "inputs": {name: [...]}}]}
 
-Served rows are those of successful requests (status < 400), in request order; `rows` says how
-many each request carried (0 for a refused one). `refused` keeps the inputs of refused requests
-that had parseable, small inputs (what unseen categories are counted from).
+Served rows are those of successful requests (status < 400), in the order of `requests` (a
+batch's requests together, once all were answered: a refusal meanwhile may come first); `rows`
+says how many each request carried (0 for a refused one). `refused` keeps the inputs of refused
+requests that had parseable, small inputs (what unseen categories are counted from).
 
 Given the artifact's signature, the writer also indexes the blocks it wrote in columns
 (`cpmai.serving.logindex`): what `cpmai monitor` reads instead of parsing JSON.
