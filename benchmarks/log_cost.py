@@ -1,10 +1,11 @@
 """What the prediction log costs the request path, counted in instructions (callgrind), which do
 not swing from run to run as wrk's requests/s on a shared machine do.
 
-    python benchmarks/log_cost.py [--short 800] [--long 4000]
+    python benchmarks/log_cost.py [--short 800] [--long 4000] [--concurrency 8]
 
 Packages the churn example into a temporary state folder, then runs this file under
-`valgrind --tool=callgrind` four times: `--short` and `--long` one-row requests at concurrency 8
+`valgrind --tool=callgrind` four times: `--short` and `--long` one-row requests at
+`--concurrency` (8; at 1 every batch is one request, so the log's per-batch work falls on each)
 fed as bytes to uvicorn's protocol object as `cpmai serve` runs it (no sockets), with the
 prediction log on and off (see `drive`).
 The difference between the two lengths divided by the difference in requests is the cost of
@@ -34,12 +35,13 @@ from _report import ROW, fingerprint, verdicts  # noqa: E402
 NAME = "churn-classifier"
 
 
-def drive(home: Path, log: bool, requests: int) -> None:
-    """The child: `requests` one-row MLflow requests at concurrency 8, each fed as bytes to
-    uvicorn's protocol object as `cpmai serve` runs it (the short way for predictions), with a
-    transport that only keeps what is written: all of the request path but the sockets. The
-    log's writer work runs on this thread (one flush per 1,000 requests, as the writer thread
-    does under load), so the count is deterministic and holds all of it."""
+def drive(home: Path, log: bool, requests: int, concurrency: int = 8) -> None:
+    """The child: `requests` one-row MLflow requests on `concurrency` connections, each fed as
+    bytes to uvicorn's protocol object as `cpmai serve` runs it (the short way for predictions),
+    with a transport that only keeps what is written: all of the request path but the sockets.
+    All of the log's work runs on this thread, its block written every 1,000 requests (in the
+    server the event loop prepares a block every 1,000 rows, and a thread writes it), so the
+    count is deterministic and holds all of it."""
     import orjson
     from uvicorn.config import Config
     from uvicorn.server import ServerState
@@ -79,7 +81,7 @@ def drive(home: Path, log: bool, requests: int) -> None:
                     app.log.flush()
                 if answered == requests:
                     finished.set_result(None)
-                elif answered <= requests - 8:  # this connection's next request
+                elif answered <= requests - concurrency:  # this connection's next request
                     loop.call_soon(self.protocol.data_received, request)
 
             def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -91,7 +93,7 @@ def drive(home: Path, log: bool, requests: int) -> None:
         state = ServerState()
         uvicorn_config = Config(app, lifespan="off", proxy_headers=False, access_log=False)
         app.start()
-        for _ in range(8):
+        for _ in range(concurrency):
             protocol = InferenceHttpProtocol(uvicorn_config, state, {}, loop)
             protocol.connection_made(Transport(protocol))
             protocol.data_received(request)
@@ -103,11 +105,12 @@ def drive(home: Path, log: bool, requests: int) -> None:
     uvloop.run(run())
 
 
-def instructions(home: Path, log: bool, requests: int, out: Path) -> int:
+def instructions(home: Path, log: bool, requests: int, concurrency: int, out: Path) -> int:
     subprocess.run(
         ["valgrind", "--tool=callgrind", "--separate-threads=yes",
          f"--callgrind-out-file={out}", sys.executable,
-         __file__, "--child", str(home), "log" if log else "nolog", str(requests)],
+         __file__, "--child", str(home), "log" if log else "nolog", str(requests),
+         str(concurrency)],
         check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     # the main thread only: the libraries' idle worker threads (OpenBLAS, ONNX Runtime) spin a
@@ -121,11 +124,12 @@ def instructions(home: Path, log: bool, requests: int, out: Path) -> int:
 
 def main() -> int:
     if sys.argv[1:2] == ["--child"]:
-        drive(Path(sys.argv[2]), sys.argv[3] == "log", int(sys.argv[4]))
+        drive(Path(sys.argv[2]), sys.argv[3] == "log", int(sys.argv[4]), int(sys.argv[5]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", type=int, default=800)
     parser.add_argument("--long", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
@@ -140,13 +144,16 @@ def main() -> int:
         per_request = {}
         for log in (True, False):
             counts = [
-                instructions(work / "state", log, n, work / f"cg.{log}.{n}")
+                instructions(work / "state", log, n, args.concurrency, work / f"cg.{log}.{n}")
                 for n in (args.short, args.long)
             ]
             per_request[log] = (counts[1] - counts[0]) / (args.long - args.short)
     share = (per_request[True] - per_request[False]) / per_request[True]
     print(f"machine: {fingerprint()}")
-    print(f"requests: {args.short:,} and {args.long:,}, one row each, concurrency 8, in process")
+    print(
+        f"requests: {args.short:,} and {args.long:,}, one row each, "
+        f"concurrency {args.concurrency}, in process"
+    )
     print(f"with the log: {per_request[True]:,.0f} instructions a request")
     print(f"without: {per_request[False]:,.0f} instructions a request\n")
     return verdicts(

@@ -1,6 +1,6 @@
 """Serving performance: `cpmai serve` against a bare handler, measured side by side in one run.
 
-    python benchmarks/serving.py [--duration 10] [--rounds 3]
+    python benchmarks/serving.py [--duration 10] [--rounds 3] [--pairs 12]
 
 What it does (2 cores: wrk takes one, the server the other):
 1. trains the churn example twice (logistic-regression pipeline, 100-tree forest) and packages
@@ -12,8 +12,13 @@ What it does (2 cores: wrk takes one, the server the other):
    prediction log and metrics all on), and `cpmai serve --no-log`; drives each with wrk
    (`-t2 -c8`, single-row JSON, `--duration` seconds), in `--rounds` interleaved rounds so machine
    drift hits all alike; reports medians;
-4. batching: the forest at concurrency 64, batched (default) vs `--max-batch-size 1`;
-5. `cpmai predict` on 100,000 and 1,000,000 rows: time and peak RSS (memory flat = same peak).
+4. the prediction log's cost: `cpmai serve` with and without the log both up at once, wrk
+   alternating between them in `--pairs` pairs of 2 s runs (the order swapped every pair), so
+   that the machine's drift, ±20% from one 10 s round to the next here, falls on both alike;
+   the cost is 1 - the median of the pairs' requests/s ratios (server CPU a request too, from
+   /proc);
+5. batching: the forest at concurrency 64, batched (default) vs `--max-batch-size 1`;
+6. `cpmai predict` on 100,000 and 1,000,000 rows: time and peak RSS (memory flat = same peak).
 
 Targets (issue #3): cpmai ≥ 45% of the bare handler's requests/s for both models, p99 ≤ 3 ms,
 zero non-2xx; batched ≥ 1.5× unbatched at concurrency 64 for the forest; logging costs < 5% of
@@ -105,6 +110,36 @@ class Process:
             self.proc.kill()
 
 
+def log_ab(
+    cpmai: Any, wrk: str, script: Path, pairs: int
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(log on, log off) wrk results for `pairs` pairs of 2 s runs, two servers up at once."""
+    on, off = cpmai("churn-logreg"), cpmai("churn-logreg", "--no-log")
+    measured = []
+    try:
+        for server in (on, off):
+            run_wrk(wrk, server.port, script, 2, 8)  # warm-up, not counted
+        for number in range(pairs):
+            pair = {}
+            for server in (on, off) if number % 2 == 0 else (off, on):
+                before = cpu_seconds(server.proc.pid)
+                result = run_wrk(wrk, server.port, script, 2, 8)
+                spent = cpu_seconds(server.proc.pid) - before
+                result["cpu_us"] = spent * 1e6 / max(result["requests"], 1)
+                pair[server] = result
+            measured.append((pair[on], pair[off]))
+    finally:
+        on.stop()
+        off.stop()
+    return measured
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_row_floor(home: Path, name: str, rows: list[dict[str, Any]]) -> dict[str, float]:
     code = f"""
 import json, sys, time, statistics
@@ -152,6 +187,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=12)
     args = parser.parse_args()
     wrk = ensure_wrk()
     import json
@@ -248,6 +284,7 @@ def main() -> int:
                     results[label].append(run_wrk(wrk, server.port, script, args.duration, 8))
                 finally:
                     server.stop()
+        log_pairs = log_ab(cpmai, wrk, script, args.pairs)
         batching: dict[str, list[dict[str, Any]]] = {"batched": [], "unbatched": []}
         for _ in range(args.rounds):
             for label, extra in (("batched", ()), ("unbatched", ("--max-batch-size", "1"))):
@@ -312,9 +349,18 @@ def main() -> int:
         rows_out.append((f"{label}: ≥ 45% of bare", f"{ratio:.0%}", "≥ 45%", ratio >= 0.45))
         rows_out.append((f"{label}: p99", f"{p99:.2f} ms", "≤ 3 ms", p99 <= 3.0))
         rows_out.append((f"{label}: non-2xx", str(non2xx), "0", non2xx == 0))
-    logging_cost = 1 - med(results["cpmai logreg"], "rps") / med(
-        results["cpmai logreg --no-log"], "rps"
+    rates = [on["rps"] / off["rps"] for on, off in log_pairs]
+    cpus = [on["cpu_us"] / off["cpu_us"] for on, off in log_pairs]
+    low, _, high = statistics.quantiles(rates, n=4)
+    print(
+        f"| logreg, log on / off, {len(log_pairs)} alternating pairs of 2 s | median | "
+        "middle half |\n| --- | --- | --- |\n"
+        f"| requests/s, on ÷ off | {statistics.median(rates):.3f} | {low:.3f}–{high:.3f} |\n"
+        f"| server CPU a request, on ÷ off | {statistics.median(cpus):.3f} | |\n"
+        f"| p99 on / off | {med([on for on, _ in log_pairs], 'p99_ms'):.2f} / "
+        f"{med([off for _, off in log_pairs], 'p99_ms'):.2f} ms | |\n"
     )
+    logging_cost = 1 - statistics.median(rates)
     rows_out.append(
         ("prediction log cost (throughput)", f"{logging_cost:.1%}", "< 5%", logging_cost < 0.05)
     )

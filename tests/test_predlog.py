@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
+from cpmai.serving import predlog
 from cpmai.serving.batching import Batcher
 from cpmai.serving.logindex import read_records
 from cpmai.serving.predlog import PredictionLog
@@ -42,17 +45,11 @@ def _lines(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None:
-    """Random batches as the server's batcher makes them: requests of several rows, some that
-    never reach the log (a request refused after the model call), some asking for
-    probabilities, refusals in between (logged when refused, so before the batch, which is
-    logged once all its requests were answered), and blocks cut between any two events."""
-    chance = random.Random(7)
-    log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE)
-    log.folder.mkdir(parents=True, exist_ok=True)
-    expected: list[tuple[Any, ...]] = []  # (id, rows as (x, c, label, probabilities or None))
+def _feed(log: PredictionLog, chance: random.Random, expected: list[Any]) -> Iterator[None]:
+    """Random batches as the server's batcher makes them, handed to `log`; yields after each.
+    `expected` gets (id, rows as (x, c, label, probabilities or None)) for each request, in the
+    order the log must write them (None for a refused one)."""
     number = 0
-    before = time.time()
     for _ in range(300):
         sizes = [chance.randint(1, 3) for _ in range(chance.randint(1, 6))]
         total = sum(sizes)
@@ -96,9 +93,55 @@ def test_batches_taken_by_reference_come_out_row_for_row(tmp_path: Path) -> None
             start += rows
         log.served(batch, entries)
         expected += answered
-        if chance.random() < 0.2:
-            log.flush()
-    log.close()
+        yield
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
+def test_batches_taken_by_reference_come_out_row_for_row(
+    tmp_path: Path, monkeypatch: Any, on_loop: bool
+) -> None:
+    """Random batches as the server's batcher makes them: requests of several rows, some that
+    never reach the log (a request refused after the model call), some asking for
+    probabilities, refusals in between (logged when refused, so before the batch, which is
+    logged once all its requests were answered). Without a loop (`cpmai predict`), blocks are
+    cut at random between any two events. On a running loop (the server), the log prepares
+    blocks in steps between the loop's other callbacks, every `BLOCK_ROWS` rows and every
+    `flush_seconds`, and closing while blocks are on their way still writes them in order."""
+    chance = random.Random(7)
+    expected: list[Any] = []
+    before = time.time()
+    if on_loop:
+        monkeypatch.setattr(predlog, "BLOCK_ROWS", 40)
+
+        async def serve() -> PredictionLog:
+            log = PredictionLog(
+                tmp_path, model="m", version="1", signature=SIGNATURE, flush_seconds=0.003
+            )
+            log.start()
+            for _ in _feed(log, chance, expected):
+                if chance.random() < 0.5:
+                    await asyncio.sleep(0 if chance.random() < 0.9 else 0.002)
+            last = {"x": [float(i) for i in range(40)], "c": ["a"] * 40}
+            log.served((last, np.zeros(40, dtype=int), None), [entry("last", 40, 0)])
+            expected.append(("last", [(x, "a", 0, None) for x in last["x"]]))
+            assert log._scheduled
+            await asyncio.sleep(0)  # the block's first step, the others still to come
+            assert log._steps
+            log.close()  # closing with a block on its way: all of it is on disk when it returns
+            late = {"x": [0.5], "c": ["b"]}  # and what comes after, at once
+            log.served((late, np.ones(1, dtype=int), None), [entry("late", 1, 0)])
+            expected.append(("late", [(0.5, "b", 1, None)]))
+            return _lines(tmp_path)
+
+        written = asyncio.run(serve())
+        assert _lines(tmp_path) == written
+    else:
+        log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE)
+        log.folder.mkdir(parents=True, exist_ok=True)
+        for _ in _feed(log, chance, expected):
+            if chance.random() < 0.2:
+                log.flush()
+        log.close()
     after = time.time()
 
     lines = _lines(tmp_path)

@@ -3,7 +3,7 @@
 Reading JSON costs about 10 µs a request of 30 inputs on the 2-core machine, so a day of
 traffic takes seconds to parse. The server already holds each block's values in lists when it
 writes the JSON line, so it also turns them into numpy arrays there (tens of nanoseconds a
-value, in the flush thread) and, every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends one
+value, on the server's event loop) and, every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends one
 *record* of the blocks gathered (10,000 requests at most, so that writing one never holds
 the interpreter long) to `predictions-DAY-PID.jsonl.VERSION.idx`. The JSON log stays
 the record of truth: each index record names the byte ranges of the JSON lines it covers, and a
@@ -54,14 +54,11 @@ def block_arrays(
     kinds: dict[str, str],
     output_kind: str,
     vocab: dict[str, dict[Any, int]] | None = None,
-    pause: Callable[[], object] = lambda: None,
 ) -> dict[str, Any]:
     """One block's columns as arrays (codes + vocabulary for categories). `vocab` (value → code
     for each input, "__output__" and "__endpoint__"; the writer's, grown here with values not
     seen before) keeps codes the same from block to block, so records share vocabularies and
-    readers need not map codes. `pause` runs between columns: the server passes `time.sleep(0)`,
-    which hands the interpreter back to the event loop instead of holding it for a whole block
-    (requests would wait up to the 5 ms switch interval otherwise)."""
+    readers need not map codes."""
     vocab = vocab if vocab is not None else {}
     served = len(block.outputs)
     out: dict[str, Any] = {
@@ -84,7 +81,6 @@ def block_arrays(
         out["features"][name] = (
             _numbers(values) if kind == "numeric" else _coded(values, vocab.setdefault(name, {}))
         )
-        pause()
     labels = getattr(block, "output_array", None)
     if output_kind == "numeric":
         out["outputs"] = _numbers(block.outputs if labels is None else labels)

@@ -4,15 +4,17 @@
 On the request path a request costs the log one tuple of scalars (`ENTRY`: the server builds
 it and appends it to a list; the garbage collector soon stops tracking it), and a batch one
 call: when the model has scored a batch and all its requests were answered, the server hands
-the log the batch (the model call's columns, labels and probabilities, kept by reference:
-nothing is copied) with its requests' entries, one append to a deque (atomic: no lock). A
-background thread takes what is queued at least once a second (sooner past `BLOCK_ROWS` rows),
-extends each column with each batch's lists whole (request by request only when some were
-refused after the model call, not sampled, or asked for probabilities), and appends the block
-to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what was served
-a second ago; one file per process and day, so workers never interleave. Request times are
-taken on the `perf_counter` clock the server already reads, and made epoch seconds once a
-block.
+the log the batch (the model call's columns, labels and probabilities) with its requests'
+entries, and the log extends the open block's columns with the batch's lists whole, a few
+C-level extends while the values are still in the core's caches (request by request only when
+some were refused after the model call, not sampled, or asked for probabilities). Every
+`BLOCK_ROWS` rows, and at least once a second, the block is closed and appended to
+`predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what was served a
+second ago; one file per process and day, so workers never interleave. In the server, the
+event loop itself turns a closed block into its line and index arrays, in steps between
+requests, and a thread only writes them to disk; without a loop (`cpmai predict`) the thread
+does all of it. Request times are taken on the `perf_counter` clock the server already reads,
+and made epoch seconds once a block.
 
 Why columns: reading is what costs. A JSON line per request made the reader build a dict and a
 list per input per request (about 29 µs a request of 30 inputs on the 2-core machine); a block
@@ -48,7 +50,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
@@ -63,9 +65,9 @@ _ID_TYPE_SET = frozenset(_ID_TYPES)
 FORMAT = "cpmai-predlog/2"
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
-"""A block this big is written at once, not at the end of the second: serializing a block holds
-the interpreter, and requests wait for it (1.2 ms for 1,000 rows of 30 inputs here, full
-precision floats)."""
+"""Rows a block holds before it is closed and written, not at the end of the second. The server's
+event loop prepares it in three steps, and a request that arrives meanwhile waits for one: for
+1,000 rows of the churn example, 0.5–0.7 ms each in a busy server here."""
 MAX_BUFFER = 200_000
 """Requests a block may hold before the disk is considered to be falling behind (then new ones
 are dropped, and counted)."""
@@ -95,6 +97,8 @@ class _Open:
 
     __slots__ = (
         "_discover",
+        "_lists",
+        "_names",
         "_sample_rate",
         "columns",
         "entries",
@@ -108,6 +112,8 @@ class _Open:
     def __init__(self, names: tuple[str, ...] | None, sample_rate: float) -> None:
         """`names`: the signature's inputs; None: every name seen, in order of appearance."""
         self.columns: dict[str, list[Any]] = {name: [] for name in names or ()}
+        self._names = names or ()
+        self._lists = list(self.columns.values())
         self.entries: list[tuple[Any, ...]] = []
         self.labels: list[Any] = []  # the outputs, a run of rows at a time (arrays or lists)
         self.probabilities: list[Any] | None = None
@@ -126,8 +132,18 @@ class _Open:
             and (probabilities is None or not any(map(_GET_WANT, entries)))
             and sum(map(_GET_ROWS, entries)) == size
         ):  # the usual case: every row, no probabilities
-            self._run(source, labels, probabilities, 0, size, False)
             self.entries += entries
+            parts: list[Any] = list(map(source.get, self._names))
+            if self._discover or None in parts or set(map(len, parts)) != {size}:
+                self._run(source, labels, probabilities, 0, size, False)
+                return
+            # each column extended in C (no Python code a column: at concurrency 1 a batch is
+            # a request, and this runs for each)
+            deque(map(list.extend, self._lists, parts), maxlen=0)
+            self.labels.append(labels)
+            if self.probabilities is not None:
+                self.probabilities += [None] * size
+            self.served += size
             return
         sampled, rate, chance = self._sample_rate < 1.0, self._sample_rate, random.random
         low, high, proba = 0, 0, False  # a run of consecutive rows, one wish for probabilities
@@ -293,9 +309,8 @@ class PredictionLog:
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
         self._open = _Open(self._names, sample_rate)
-        self._lock = (
-            threading.Lock()
-        )  # `cpmai predict` hands over on one thread, the writer takes on another
+        # `cpmai predict` hands over on its thread and the writer takes on its own
+        self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -303,7 +318,11 @@ class PredictionLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._on_loop = False
+        self._closed = False
         self._scheduled = False  # a `_prepare` is waiting for its turn on the loop
+        self._steps: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._lines_lock = threading.Lock()
         self._lines: deque[tuple[bytes, int, dict[str, Any] | None]] = deque()
         self.written = 0
         self.dropped = 0
@@ -319,6 +338,7 @@ class PredictionLog:
         except RuntimeError:
             self._loop = None
         else:
+            self._on_loop = True
             self._loop_thread = threading.get_ident()
             self._timer = self._loop.call_later(self.flush_seconds, self._tick)
         self._thread = threading.Thread(target=self._run, name="cpmai-predlog", daemon=True)
@@ -335,7 +355,9 @@ class PredictionLog:
                 self.dropped += len(entries)  # the disk cannot keep up: count, never block
                 return
             filled.add(batch, entries)
-        if filled.rows >= BLOCK_ROWS:
+        if self._closed:  # a request that outlived the server's shutdown: written at once
+            self.flush()
+        elif filled.rows >= BLOCK_ROWS:
             self._due()
 
     def record(
@@ -366,6 +388,8 @@ class PredictionLog:
                 self.dropped += 1
                 return
             self._open.refusal(entry, inputs)
+        if self._closed:
+            self.flush()
 
     def _due(self) -> None:
         """A block's worth is queued: have it written now, not at the end of the second."""
@@ -390,30 +414,42 @@ class PredictionLog:
         self._timer = self._loop.call_later(self.flush_seconds, self._tick)
 
     def _prepare(self) -> None:
-        """On the loop: the queue as one block, its JSON line, then (the loop's next turn: a
-        request waits for one step at most) its index arrays; the thread writes both. Here the
-        batches' lists are still in this core's caches, and no interpreter lock passes back and
-        forth between threads: about half the CPU time the thread took for the same work."""
+        """On the loop, in three steps, each on a later turn of the loop (requests that came
+        meanwhile go first; none waits for more than one step, well under a millisecond for a
+        1,000-row block here): the block, its JSON line, its index arrays; the thread writes
+        them. On the loop, not in the thread, because there the values are still in this core's
+        caches and no interpreter lock passes back and forth between threads: about half the
+        CPU time the thread took for the same work, measured (docs/performance.md)."""
         self._scheduled = False
         with _collector_paused():
             block = self._take()
-            if block is None or not block.rows:
-                return
+        if block is not None and block.rows:
+            self._then(self._serialize, block)
+
+    def _serialize(self, block: _Block) -> None:
+        with _collector_paused():
             line = self._line(block)
-        if self._loop is None:  # closed meanwhile
-            self._index_then_write(block, line)
-        else:
-            self._loop.call_soon(self._index_then_write, block, line)
+        self._then(self._index_then_write, block, line)
 
     def _index_then_write(self, block: _Block, line: bytes) -> None:
         with _collector_paused():
             arrays = self._arrays(block)
-        if self._stop.is_set():  # closed meanwhile (on this thread): the writer thread is gone
-            with contextlib.suppress(OSError):
-                self._write(line, len(block.times), arrays)
-            return
         self._lines.append((line, len(block.times), arrays))
         self._wake.set()
+
+    def _then(self, step: Callable[..., None], *args: Any) -> None:
+        """The next step on a later turn of the loop (steps run in the order given), or now if
+        the log was closed meanwhile."""
+        if self._loop is None:
+            step(*args)
+            return
+        self._steps.append((step, args))
+        self._loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        if self._steps:
+            step, args = self._steps.popleft()
+            step(*args)
 
     def _take(self) -> _Block | None:
         """What is queued, as one block."""
@@ -460,15 +496,18 @@ class PredictionLog:
             return None
 
     def flush(self) -> int:
-        """Write what is queued (on the calling thread) as one line; returns the number of
-        requests written."""
+        """Write everything handed over so far, on the calling thread (in the server, the
+        loop's), before returning; returns the number of requests written."""
+        while self._steps:  # blocks on their way through the loop's steps, in order
+            self._step()
+        written = self._write_lines()
         with _collector_paused():
             block = self._take()
             if block is None or not block.rows:  # nothing, or nothing sampled
-                return 0
+                return written
             line = self._line(block)
             arrays = self._arrays(block)
-        return self._write(line, len(block.times), arrays)
+        return written + self._write(line, len(block.times), arrays)
 
     def _write(self, line: bytes, requests: int, arrays: dict[str, Any] | None) -> int:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -530,34 +569,38 @@ class PredictionLog:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
-                self._write_lines()
-                if self._loop is None:
+                if self._on_loop:
+                    self._write_lines()
+                else:
                     self.flush()
             except OSError:  # a full disk must not kill the server; the next second retries
                 time.sleep(self.flush_seconds)
         with contextlib.suppress(OSError):
             self._write_lines()
 
-    def _write_lines(self) -> None:
-        """The lines the loop prepared, in order."""
-        lines = self._lines
-        while lines:
-            line, requests, arrays = lines[0]
-            try:
-                self._write(line, requests, arrays)
-            finally:
-                lines.popleft()
+    def _write_lines(self) -> int:
+        """The lines the loop prepared, in order; returns the number of requests written."""
+        written = 0
+        with self._lines_lock:  # the thread, or flush() on the loop's thread
+            lines = self._lines
+            while lines:
+                line, requests, arrays = lines[0]
+                try:
+                    written += self._write(line, requests, arrays)
+                finally:
+                    lines.popleft()
+        return written
 
     def close(self) -> None:
         """Stop the thread and write what is left (on shutdown)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._loop = None
+        self._loop = None  # from now on, steps run where they are called
+        self._closed = True
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._write_lines()
         self.flush()
         with self._write_lock:
             self._write_index()
