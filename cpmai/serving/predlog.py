@@ -97,8 +97,8 @@ class _Open:
 
     __slots__ = (
         "_discover",
+        "_getter",
         "_lists",
-        "_names",
         "_sample_rate",
         "columns",
         "entries",
@@ -112,8 +112,8 @@ class _Open:
     def __init__(self, names: tuple[str, ...] | None, sample_rate: float) -> None:
         """`names`: the signature's inputs; None: every name seen, in order of appearance."""
         self.columns: dict[str, list[Any]] = {name: [] for name in names or ()}
-        self._names = names or ()
         self._lists = list(self.columns.values())
+        self._getter = _columns_getter(names)
         self.entries: list[tuple[Any, ...]] = []
         self.labels: list[Any] = []  # the outputs, a run of rows at a time (arrays or lists)
         self.probabilities: list[Any] | None = None
@@ -127,19 +127,22 @@ class _Open:
         source, labels, probabilities = batch
         size = len(labels)
         self.rows += size
-        if (
-            self._sample_rate >= 1.0
-            and (probabilities is None or not any(map(_GET_WANT, entries)))
-            and sum(map(_GET_ROWS, entries)) == size
-        ):  # the usual case: every row, no probabilities
+        if len(entries) == 1:  # at concurrency 1, every batch: this runs once a request
+            only = entries[0]
+            every = only[_ROWS] == size and not only[_WANT]
+        else:
+            every = (probabilities is None or not any(map(_GET_WANT, entries))) and sum(
+                map(_GET_ROWS, entries)
+            ) == size
+        if every and self._sample_rate >= 1.0:  # the usual case: every row, no probabilities
             self.entries += entries
-            parts: list[Any] = list(map(source.get, self._names))
-            if self._discover or None in parts or set(map(len, parts)) != {size}:
+            try:
+                parts = self._getter(source)  # the signature's columns, in C
+            except KeyError:  # a column missing, or no signature: column by column
                 self._run(source, labels, probabilities, 0, size, False)
                 return
-            # each column extended in C (no Python code a column: at concurrency 1 a batch is
-            # a request, and this runs for each)
-            deque(map(list.extend, self._lists, parts), maxlen=0)
+            for column, values in zip(self._lists, parts, strict=True):
+                column += values
             self.labels.append(labels)
             if self.probabilities is not None:
                 self.probabilities += [None] * size
@@ -193,6 +196,21 @@ class _Open:
             else:
                 self.probabilities += _listed(probabilities if whole else probabilities[start:end])
         self.served += rows
+
+
+def _columns_getter(names: tuple[str, ...] | None) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function of a batch's columns that returns the signature's, in order (KeyError for one
+    missing, or always without a signature)."""
+    if not names:
+        return _missing
+    if len(names) == 1:
+        (name,) = names
+        return lambda source: (source[name],)
+    return itemgetter(*names)
+
+
+def _missing(source: dict[str, Any]) -> tuple[Any, ...]:
+    raise KeyError("no signature")
 
 
 class _Block:
