@@ -365,8 +365,8 @@ class PredictionLog:
     def served(self, batch: tuple[dict[str, list[Any]], Any, Any], entries: list[Any]) -> None:
         """A batch the model scored and the entries (`ENTRY`) of the requests it answered, on
         the server's request path, once a batch. `batch` is the model call's (columns, labels,
-        probabilities), read here (its lists extended into the block's columns): nothing in it
-        may change afterwards."""
+        probabilities): its columns' values are added to the block's lists here, its labels kept
+        by reference (they must not change afterwards)."""
         with self._lock:
             filled = self._open
             if len(filled.entries) >= MAX_BUFFER or len(self._lines) >= MAX_LINES:
@@ -410,7 +410,7 @@ class PredictionLog:
             self.flush()
 
     def _due(self) -> None:
-        """A block's worth is queued: have it written now, not at the end of the second."""
+        """A block's worth was handed over: have it written now, not at the end of the second."""
         loop = self._loop
         if loop is None:
             if not self._wake.is_set():
@@ -470,7 +470,7 @@ class PredictionLog:
             step(*args)
 
     def _take(self) -> _Block | None:
-        """What is queued, as one block."""
+        """The open block, closed (and a new one opened), or None if it holds nothing."""
         with self._lock:
             filled, self._open = self._open, _Open(self._names, self.sample_rate)
         return _Block(filled) if filled.entries else None
