@@ -228,6 +228,33 @@ def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
     assert log._vocab["c"] and len(log._vocab["c"]) <= 51 + 40
 
 
+def test_a_block_handed_over_off_the_loop_is_prepared_on_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """In the server every batch comes on the event loop's thread; one handed over from another
+    thread still has its block prepared on the loop (woken thread-safely), not left for the
+    tick (here every 30 s)."""
+    monkeypatch.setattr(predlog, "BLOCK_ROWS", 10)
+
+    async def serve() -> list[dict[str, Any]]:
+        log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE, flush_seconds=30)
+        log.start()
+        batch = ({"x": [float(i) for i in range(10)], "c": ["a"] * 10}, np.zeros(10), None)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, log.served, batch, [entry("off", 10, 0)])
+        for _ in range(500):  # 5 s at most
+            await asyncio.sleep(0.01)
+            if log.written:
+                break
+        written = _lines(tmp_path)
+        log.close()
+        return written
+
+    (line,) = asyncio.run(serve())
+    assert line["requests"]["id"] == ["off"]
+    assert line["inputs"]["x"] == [float(i) for i in range(10)]
+
+
 def test_without_a_signature_every_column_seen_is_named(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", version="1")
     log.folder.mkdir(parents=True, exist_ok=True)
