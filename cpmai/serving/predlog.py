@@ -107,7 +107,7 @@ class _Open:
         "refused",
         "rows",
         "served",
-    )  # fmt: skip
+    )
 
     def __init__(self, names: tuple[str, ...] | None, sample_rate: float) -> None:
         """`names`: the signature's inputs; None: every name seen, in order of appearance."""
