@@ -3,8 +3,8 @@
 Reading JSON costs about 10 µs a request of 30 inputs on the 2-core machine, so a day of
 traffic takes seconds to parse. The server already holds each block's values in lists when it
 writes the JSON line, so it also turns them into numpy arrays there (tens of nanoseconds a
-value, on the server's event loop) and, every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends one
-*record* of the blocks gathered (10,000 requests at most, so that writing one never holds
+value, on the server's event loop) and, every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends
+one *record* of the blocks gathered (10,000 requests at most, so that writing one never holds
 the interpreter long) to `predictions-DAY-PID.jsonl.VERSION.idx`. The JSON log stays
 the record of truth: each index record names the byte ranges of the JSON lines it covers, and a
 reader parses from JSON whatever no intact record covers (blocks not indexed yet, a record torn
