@@ -4,7 +4,8 @@ Two packaged versions of the churn example (1.0.0 at T0, 1.1.0 at T0 + 1 h), bot
 staging one after the other (T0 → T0 + 2 h → now = T0 + 4 h), production never deployed.
 Written through cpmai's own writers (the ledger, the prediction log) with the clock moved:
 - requests: 3,600 one-row requests in the first hour (1.0.0), then one a second from
-  T0 + 2 h to T0 + 4 h (1.1.0), 7,200; a `cpmai bench` run of 1.1.0 covers 11 s of them;
+  T0 + 2 h to T0 + 4 h (1.1.0), 7,200; a `cpmai bench` run of 1.1.0 covers 11 s of them and
+  sent 500 requests of its own, marked synthetic (`X-Cpmai-Traffic`);
 - resource samples every 10 s: 1.0.0 one process at 50 % CPU and 512 MiB; 1.1.0 two processes
   at 12.5 % and 128 MiB each;
 - benchmarks: 1.0.0 sustains 2,000 predictions/s at the SLO, 1.1.0 1,000 (its 2,500/s level
@@ -29,6 +30,10 @@ NAME = "churn-classifier"
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 NOW = T0 + 4 * 3600
 URL = "http://127.0.0.1:18081"
+BENCH_FROM = T0 + 3 * 3600
+SYNTHETIC_PER_S = 50
+"""During 1.1.0's `cpmai bench` run, 50 synthetic requests a second for 10 s, beside the real
+ones (500 in all)."""
 DAY = "2026-01-01"
 
 
@@ -106,6 +111,11 @@ def build(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) ->
             row = reference[i % len(reference)]
             log.record("invocations", 200, 0.002, 1, {c: [row[c]] for c in inputs},
                        [row["churned"]], request_id=f"{version}-{i}")  # fmt: skip
+            if BENCH_FROM <= t < BENCH_FROM + 10:  # the bench's own requests, marked
+                for k in range(SYNTHETIC_PER_S):
+                    log.record("invocations", 200, 0.001, 1, {c: [row[c]] for c in inputs},
+                               [row["churned"]], request_id=f"bench-{i}-{k}",
+                               origin="cpmai-bench")  # fmt: skip
             if i % 600 == 599:
                 log.flush()
         log.close()

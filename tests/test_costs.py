@@ -93,12 +93,15 @@ def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     # 3 samples fell in the two `cpmai bench` runs (1 of 1.0.0's, 2 of 1.1.0's): left out
     assert usage["samples"] == 720 + 1440 - 3 and usage["processes"] == 3
 
-    # 3,600 + 7,200 requests, less 11 s under each `cpmai bench` run
+    # 3,600 + 7,200 real requests over the 4 live hours; the bench's 500 counted apart
     traffic = staging["traffic"]
-    assert traffic["predictions"] == 10_778 and traffic["bench_excluded_s"] == approx(22.0)
-    rate = 10_778 / (4 * 3600 - 22)
+    assert traffic["predictions"] == 10_800 and traffic["requests"] == 10_800
+    assert traffic["synthetic"] == {"requests": 500, "by_source": {"cpmai-bench": 500},
+                                    "included": False}  # fmt: skip
+    assert usage["bench_excluded_s"] == approx(22.0)  # samples under the two runs left out
+    rate = 10_800 / (4 * 3600)
     assert traffic["predictions_per_s"] == approx(round(rate, 6))
-    assert traffic["per_version"] == {"1.0.0": 3589, "1.1.0": 7189}
+    assert traffic["per_version"] == {"1.0.0": 3600, "1.1.0": 7200}
 
     cap = staging["capacity"]
     assert cap["level"] == "c=8" and cap["predictions_per_s"] == 1000.0  # c=64 missed the SLO
@@ -130,7 +133,7 @@ def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     assert to_date["months"] == approx(round(months, 6))
     assert to_date["serving_cost"] == approx(round(4 * alloc_hour, 6))
     assert to_date["retraining_cost"] == approx(round(12 * (1 * months + 2), 6))
-    assert to_date["value"] == approx(10_778 * 0.004)
+    assert to_date["value"] == approx(10_800 * 0.004)
     assert to_date["paid_back"] is True
 
 
@@ -142,13 +145,13 @@ def test_half_an_hour_of_traffic_is_not_projected_to_a_month(history: Path, home
     doc = estimate(home, NAME, now=T0 + 1800).doc
     validate(doc)
     traffic = doc["environments"][0]["traffic"]
-    assert traffic["predictions"] == 1800 - 10  # the bench run ending at T0 + 30 min took 10 s
+    assert traffic["predictions"] == 1800  # real requests during the bench run count too
     assert traffic["predictions_per_s"] is not None and traffic["predictions_per_month"] is None
     assert "too little to project a month" in traffic["note"]
     roi = doc["roi"]
     assert roi["value_per_month"]["value"] is None and roi["roi_percent"]["value"] is None
     assert roi["projection_note"].startswith("no value per month yet")
-    assert roi["to_date"]["value"] == approx((1800 - 10) * 0.004)  # what happened is known
+    assert roi["to_date"]["value"] == approx(1800 * 0.004)  # what happened is known
 
 
 def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli: Any) -> None:
@@ -264,7 +267,7 @@ def test_states_that_must_not_crash(
     later = estimate(home, NAME, now=NOW + 86400).doc
     assert all(e["planned"] for e in later["environments"])
     to_date = later["roi"]["to_date"]
-    assert to_date["predictions"] == 10_778 and to_date["environments"] == ["staging"]
+    assert to_date["predictions"] == 10_800 and to_date["environments"] == ["staging"]
     assert to_date["live_months"] == approx(round(4 / MONTH, 6))  # not 28 h: nothing was live
     assert to_date["serving_cost"] == approx(round(4 * (PRICE_CPU + PRICE_MEM), 6))
 

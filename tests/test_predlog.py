@@ -28,13 +28,19 @@ SIGNATURE = {
 
 
 def entry(
-    request_id: str, rows: int, row_start: int, *, want: bool = False, start: float | None = None
+    request_id: str,
+    rows: int,
+    row_start: int,
+    *,
+    want: bool = False,
+    start: float | None = None,
+    origin: str | None = None,
 ) -> tuple[Any, ...]:
     """A served request's log entry as the server makes it (`predlog.ENTRY`)."""
     start = time.perf_counter() if start is None else start
     elapsed = time.perf_counter() - start
     return (None, start, elapsed, "invocations", 200, rows, request_id, None, None, want,
-            row_start)  # fmt: skip
+            row_start, origin)  # fmt: skip
 
 
 def _lines(folder: Path) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ def test_markdown_and_json_of_a_known_history_are_stable(
     assert all(w["requests"] == 0 and w["slo_passed"] is None for w in quiet)
     trend = doc["value_trend"]
     assert trend[-1]["cumulative_cost"] == pytest.approx(4 * 0.0468, rel=1e-6)
-    assert trend[-1]["cumulative_value"] == pytest.approx(10_778 * 0.004, rel=1e-6)
+    assert trend[-1]["cumulative_value"] == pytest.approx(10_800 * 0.004, rel=1e-6)
     _golden("report.json", _mask(json.dumps(doc, indent=1, sort_keys=True) + "\n", home))
     _golden("report.md", _mask(markdown(doc), home))
     assert "| staging | 1.1.0 | 10,800 |" in markdown(doc)

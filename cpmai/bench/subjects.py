@@ -135,7 +135,12 @@ def http(
         path = parts.path if parts.path not in ("", "/") else f"/v2/models/{model_name}/infer"
     else:
         path = parts.path if parts.path not in ("", "/") else "/invocations"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    from cpmai.serving import origin
+
+    # load is not customers: the server logs it apart (monitor, report and cost leave it out)
+    headers = {origin.HEADER: origin.header_value(origin.BENCH_SOURCE)}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     listening = pid or (
         pid_listening_on(parts.port or 80) if parts.hostname in ("127.0.0.1", "localhost") else None
     )

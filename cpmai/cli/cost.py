@@ -5,8 +5,8 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
-from cpmai.cli.project import JsonFlag, name_or_manifest
-from cpmai.report.text import budget_share, count, env_label, idle, money
+from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
+from cpmai.report.text import budget_share, count, env_label, idle, money, synthetic_line
 
 
 def cost(
@@ -52,6 +52,7 @@ def cost(
     explain: Annotated[
         bool, typer.Option("--explain", help="Show every figure's formula and inputs.")
     ] = False,
+    include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,
 ) -> int:
     """What the model costs and returns: per environment, the allocation (replicas × (cpu ×
@@ -89,6 +90,7 @@ def cost(
             traffic=traffic,
             max_increase=parse_share(max_increase) if max_increase else None,
             progress=say,
+            include_synthetic=include_synthetic,
         )
     doc = result.doc
     if wants_json(json_):
@@ -158,6 +160,9 @@ def render(doc: dict[str, Any], *, explain: bool) -> None:
                 f"{e['env']}: per-second rates come from {measured:,.0f} s of live traffic "
                 f"({e['traffic']['predictions']:,} predictions)"
             )
+        synthetic = synthetic_line(e["traffic"]["synthetic"])
+        if synthetic:
+            show(f"{e['env']}: {synthetic}")
         if e.get("usage_note"):
             detail(f"{e['env']}: {e['usage_note']}")
         if e.get("capacity_note"):

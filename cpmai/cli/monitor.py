@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
-from cpmai.cli.project import JsonFlag, name_or_manifest
-from cpmai.report.text import ms
+from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
+from cpmai.report.text import ms, synthetic_line
 
 
 def monitor(
@@ -75,6 +75,7 @@ def monitor(
             "--no-cache", help="Parse the whole log again (ignore and do not update the cache)."
         ),
     ] = False,
+    include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,
 ) -> int:
     """Report, per window and for the whole period: requests, rows, requests/s, errors by status,
@@ -100,7 +101,8 @@ def monitor(
     if watch:
         given = [flag for flag, value in (("--json", wants_json(json_)), ("--labels", labels),
                  ("--markdown", markdown), ("--run-triggers", run_triggers), ("--since", since),
-                 ("--until", until), ("--version", version)) if value]  # fmt: skip
+                 ("--until", until), ("--version", version),
+                 ("--include-synthetic", include_synthetic)) if value]  # fmt: skip
         if given:
             raise UsageError(f"--watch draws the last minutes live; it does not take {given[0]}")
         return _watch(home, name, env, interval)
@@ -127,6 +129,7 @@ def monitor(
         labels_file=labels,
         now=now,
         use_cache=not no_cache,
+        include_synthetic=include_synthetic,
     )
     doc = result.doc
     triggers = result.triggers
@@ -191,6 +194,9 @@ def _render(doc: dict[str, Any]) -> None:
         )
     if log["unreadable_lines"]:
         warn(f"{log['unreadable_lines']} unreadable line(s) in the prediction log were skipped")
+    synthetic = synthetic_line(log["synthetic"])
+    if synthetic:
+        show(synthetic)
     windows = doc["windows"]
     shown = windows[-24:]
     table = Table(

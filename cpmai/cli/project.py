@@ -20,6 +20,14 @@ def _json_mode(value: bool) -> bool:
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="One JSON document on stdout.", callback=_json_mode)
 ]
+IncludeSyntheticFlag = Annotated[
+    bool,
+    typer.Option(
+        "--include-synthetic",
+        help="Count requests marked synthetic (header X-Cpmai-Traffic, as `cpmai bench` sends) "
+        "as traffic; by default they are shown apart and left out of every figure.",
+    ),
+]
 
 
 def name_or_manifest(text: str) -> tuple[str, Any]:

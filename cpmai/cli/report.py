@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from cpmai.cli.output import OPTIONS, detail, emit_json, info, progress, show, wants_json
-from cpmai.cli.project import JsonFlag, name_or_manifest
+from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
 
 
 def report(
@@ -44,6 +44,7 @@ def report(
         Path | None,
         typer.Option(help="Write a Markdown summary (pull-request comment).", show_default=False),
     ] = None,
+    include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,
 ) -> int:
     """The dashboard: every version's journey (packaged → gated → approved → deployed → rolled
@@ -76,6 +77,7 @@ def report(
             until=parse_moment(until, now=now) if until else None,
             now=now,
             progress=say,
+            include_synthetic=include_synthetic,
         )
     breached = bool(doc["cost"]["alerts"]) or any(
         mon["available"] and mon["alerts"] for mon in doc["monitoring"].values()

@@ -84,8 +84,12 @@ class Facts:
         now: float,
         use_cache: bool = True,
         progress: Progress | None = None,
+        include_synthetic: bool = False,
     ) -> None:
+        """`include_synthetic`: count requests marked synthetic (load tests) as traffic, and
+        the resources they used as usage."""
         self.home, self.name, self.now, self.use_cache = home, name, now, use_cache
+        self.include_synthetic = include_synthetic
         self.say = progress or (lambda _: None)
         self.events = Ledger(home).events()
         self.given = manifest
@@ -131,6 +135,7 @@ class Facts:
                 specs=[],
                 output_kind="numeric",
                 cache=cache if self.use_cache else None,
+                include_synthetic=True,  # `served` sets them apart period by period
             )
         return self._logs[env]
 
@@ -168,7 +173,7 @@ class Facts:
         return alloc
 
     def served(self, env: str, low: float, high: float) -> dict[str, Any]:
-        return measure.served(self.log(env), low, high, self.benches(env))
+        return measure.served(self.log(env), low, high, include_synthetic=self.include_synthetic)
 
     def counts_as_value(self, env: str) -> bool:
         chosen = self.manifest.business.value_from
@@ -179,7 +184,10 @@ class Facts:
             return 0
         if not (self.home / "logs" / self.name / BATCH).is_dir():
             return 0
-        return int(measure.served(self.log(BATCH), low, high)["predictions"])
+        served = measure.served(
+            self.log(BATCH), low, high, include_synthetic=self.include_synthetic
+        )
+        return int(served["predictions"])
 
 
 def estimate(
@@ -197,6 +205,7 @@ def estimate(
     use_cache: bool = True,
     progress: Progress | None = None,
     facts: Facts | None = None,
+    include_synthetic: bool = False,
 ) -> CostResult:
     """Compute the cost document (docs/cost.schema.json). Records nothing. `facts`: what the
     caller has already read of the state folder (else read here)."""
@@ -209,7 +218,13 @@ def estimate(
         raise UsageError(f"--traffic {traffic:g}: expected predictions per second in (0, 1e9]")
     if facts is None:
         facts = Facts(
-            home, name, manifest=manifest, now=now, use_cache=use_cache, progress=progress
+            home,
+            name,
+            manifest=manifest,
+            now=now,
+            use_cache=use_cache,
+            progress=progress,
+            include_synthetic=include_synthetic,
         )
     prices = facts.prices
     shown = _environments(facts, env)
@@ -319,11 +334,12 @@ def _usage(
     facts: Facts, env: str, low: float | None, high: float | None, version: str | None = None
 ) -> dict[str, Any] | None:
     """`resource_summary` of the environment's samples in [low, high), of one version or all,
-    without those taken while `cpmai bench` loaded the server."""
+    without those taken while `cpmai bench` loaded the server (unless synthetic traffic is
+    counted in)."""
     from cpmai.monitor.logs import log_folder, read_resources
     from cpmai.monitor.run import resource_summary
 
-    windows = facts.benches(env)
+    windows = [] if facts.include_synthetic else facts.benches(env)
     samples = [
         s
         for s in read_resources(log_folder(facts.home, facts.name, env), low, high)
@@ -382,19 +398,28 @@ def _environment(facts: Facts, env: str, planned: bool, start: float, end: float
         serving = float(alloc["per_month"]["value"])
         entry["serving_per_month"] = figure(serving, "allocation per_month", per_month=serving)
     served = facts.served(env, start, end)
-    excluded = measure.excluded_seconds(facts.benches(env), start, end)
-    seconds = max(entry["live_hours"] * 3600 - excluded, 0.0)
+    seconds = entry["live_hours"] * 3600
     rate = served["predictions"] / seconds if seconds > 0 else None
     project = rate is not None and seconds >= MIN_PROJECTION_S
+    if entry["usage"] is not None:
+        entry["usage"]["bench_excluded_s"] = (
+            0.0
+            if facts.include_synthetic
+            else round(measure.excluded_seconds(facts.benches(env), start, end), 3)
+        )
     entry["traffic"] = {
         **served,
         "measured_s": round(seconds, 3),
-        "bench_excluded_s": round(excluded, 3),
         "predictions_per_s": None if rate is None else round(rate, 6),
         "predictions_per_month": round(rate * 3600 * HOURS_PER_MONTH)
         if project and rate is not None
         else None,
-        "basis": "predictions ÷ live seconds in the period, without `cpmai bench` runs",
+        "basis": "predictions ÷ live seconds in the period"
+        + (
+            ", synthetic requests included"
+            if facts.include_synthetic
+            else ", without synthetic requests (load tests)"
+        ),
     }
     if rate is not None and not project:
         entry["traffic"]["note"] = (

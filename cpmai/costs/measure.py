@@ -7,10 +7,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cpmai.ledger import LIVE_ACTIONS, Event, parse_time
+
+if TYPE_CHECKING:
+    from cpmai.monitor.logs import Traffic
 
 
 @dataclass(frozen=True)
@@ -187,14 +190,17 @@ def excluded_seconds(windows: list[tuple[float, float]], low: float, high: float
     return sum(max(0.0, min(b, high) - max(a, low)) for a, b in windows)
 
 
-def served(
-    traffic: Any, low: float, high: float, exclude: list[tuple[float, float]] | None = None
-) -> dict[str, Any]:
-    """Requests and predictions (rows answered 200) in [low, high) outside the `exclude`
-    windows, weighted by 1/sample rate, per version too."""
+def served(traffic: Traffic, low: float, high: float, *, include_synthetic: bool) -> dict[str, Any]:
+    """Requests and predictions (rows answered 200) in [low, high), weighted by 1/sample rate,
+    per version too; synthetic requests (load tests) counted apart, and counted in only if
+    `include_synthetic`."""
+    from cpmai.monitor.logs import synthetic_by_source
+    from cpmai.monitor.run import synthetic_summary
+
     mask = (traffic.time >= low) & (traffic.time < high)
-    for a, b in exclude or []:
-        mask &= (traffic.time < a) | (traffic.time >= b)
+    synthetic = synthetic_by_source(traffic, mask)
+    if synthetic and not include_synthetic:
+        mask &= traffic.origin < 0
     ok = mask & (traffic.status == 200)
     per_version: dict[str, int] = {}
     if traffic.requests:
@@ -212,4 +218,5 @@ def served(
         if traffic.requests
         else 0,
         "per_version": per_version,
+        "synthetic": synthetic_summary(synthetic, include_synthetic),
     }

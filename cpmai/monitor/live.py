@@ -24,6 +24,7 @@ from cpmai.monitor.logs import (
     _traffic,
     log_files,
     read_resources,
+    set_apart,
 )
 from cpmai.monitor.run import (
     Subject,
@@ -120,8 +121,11 @@ class LiveMonitor:
     def _snapshot(self, now: float) -> dict[str, Any]:
         subject = self.subject
         traffic = (
-            _traffic(
-                _join_parts(list(self.chunks), subject.specs, subject.output_kind, False), 0, 0
+            set_apart(
+                _traffic(
+                    _join_parts(list(self.chunks), subject.specs, subject.output_kind, False), 0, 0
+                ),
+                include=False,
             )
             if subject is not None and self.chunks
             else None

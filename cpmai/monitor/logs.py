@@ -17,7 +17,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,8 +61,13 @@ class Traffic:
     versions: list[str]
     endpoint: np.ndarray
     endpoints: list[str]
+    origin: np.ndarray
+    """Index into `origins` (the source of synthetic traffic), -1 for real traffic."""
+    origins: list[str]
     row_time: np.ndarray
     """Per row of the focus version: its request's time."""
+    row_synthetic: np.ndarray
+    """Per row of the focus version: whether its request was synthetic."""
     features: dict[str, np.ndarray]
     """Per row of the focus version: float64 values, or int32 codes into `vocab[name]` (-1 for
     a missing value)."""
@@ -77,6 +82,11 @@ class Traffic:
     unreadable: int
     files: int
     bytes: int
+    synthetic: dict[str, int] = field(default_factory=dict)
+    """Synthetic requests in the period by source (weighted by 1/sample rate), whether or not
+    they are counted in (`set_apart`)."""
+    synthetic_included: bool = True
+    """Whether the synthetic requests are among the requests and rows above."""
 
     @property
     def requests(self) -> int:
@@ -115,7 +125,7 @@ def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def read_traffic(
@@ -130,8 +140,10 @@ def read_traffic(
     workers: int | None = None,
     output_categories: list[Any] | None = None,
     cache: Path | None = None,
+    include_synthetic: bool = False,
 ) -> Traffic:
-    """Every logged request in [since, until); the focus version's rows as columns.
+    """Every logged request in [since, until); the focus version's rows as columns. Synthetic
+    requests (`cpmai.serving.origin`) are counted apart and left out unless `include_synthetic`.
 
     With `cache` (a folder), what was parsed of each log file is kept there as numpy arrays
     with the byte offset it reaches: the next read parses only what was appended since (log
@@ -206,7 +218,54 @@ def read_traffic(
         _save_cached(_cache_file(cache, path, schema), path, schema, whole, np)
         parts.append(whole)
     filtered = [_filter_part(part, since, until, np) for part in parts]
-    return _traffic(_join_parts(filtered, specs, output_kind, with_ids), len(files), total)
+    joined = _traffic(_join_parts(filtered, specs, output_kind, with_ids), len(files), total)
+    return set_apart(joined, include=include_synthetic)
+
+
+def synthetic_by_source(traffic: Traffic, mask: np.ndarray) -> dict[str, int]:
+    """The synthetic requests among those `mask` selects, by source (weighted by 1/sample
+    rate)."""
+    import numpy as np
+
+    chosen = mask & (traffic.origin >= 0)
+    counts = np.bincount(
+        traffic.origin[chosen], traffic.weight[chosen], minlength=len(traffic.origins)
+    )
+    return {
+        source: round(float(count))
+        for source, count in zip(traffic.origins, counts.tolist(), strict=True)
+        if count
+    }
+
+
+def set_apart(traffic: Traffic, *, include: bool) -> Traffic:
+    """`traffic` with its synthetic requests counted by source (`Traffic.synthetic`) and, unless
+    `include`, left out with their rows."""
+    synthetic = traffic.origin >= 0
+    by_source = synthetic_by_source(traffic, synthetic)
+    if include or not by_source:
+        return replace(traffic, synthetic=by_source, synthetic_included=include)
+    real, rows = ~synthetic, ~traffic.row_synthetic
+    return replace(
+        traffic,
+        time=traffic.time[real],
+        status=traffic.status[real],
+        latency_ms=traffic.latency_ms[real],
+        rows=traffic.rows[real],
+        weight=traffic.weight[real],
+        version=traffic.version[real],
+        endpoint=traffic.endpoint[real],
+        origin=traffic.origin[real],
+        row_time=traffic.row_time[rows],
+        row_synthetic=traffic.row_synthetic[rows],
+        features={name: values[rows] for name, values in traffic.features.items()},
+        outputs=traffic.outputs[rows],
+        ids=None
+        if traffic.ids is None
+        else [item for item, keep in zip(traffic.ids, rows.tolist(), strict=True) if keep],
+        synthetic=by_source,
+        synthetic_included=False,
+    )
 
 
 def _schema_key(
@@ -235,8 +294,8 @@ def _drop_stale(cache: Path, folder: Path) -> None:
             item.unlink(missing_ok=True)
 
 
-_ARRAYS = ("time", "status", "latency", "rows", "weight", "version", "endpoint", "row_time",
-           "outputs")  # fmt: skip
+_ARRAYS = ("time", "status", "latency", "rows", "weight", "version", "endpoint", "origin",
+           "row_time", "row_synthetic", "outputs")  # fmt: skip
 
 
 def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np: Any) -> None:
@@ -252,6 +311,7 @@ def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np:
         "offset": part["offset"],
         "versions": part["versions"],
         "endpoints": part["endpoints"],
+        "origins": part["origins"],
         "vocab": part["vocab"],
         "unseen": part["unseen"],
         "refused_rows": part["refused_rows"],
@@ -290,6 +350,7 @@ def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
     part.update(
         versions=meta["versions"],
         endpoints=meta["endpoints"],
+        origins=meta["origins"],
         vocab=meta["vocab"],
         unseen={k: Counter(v) for k, v in meta["unseen"].items()},
         refused_rows=meta["refused_rows"],
@@ -314,9 +375,10 @@ def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[
     if keep.all() and rows.all():
         return part
     out = dict(part)
-    for name in ("time", "status", "latency", "rows", "weight", "version", "endpoint"):
+    for name in ("time", "status", "latency", "rows", "weight", "version", "endpoint", "origin"):
         out[name] = part[name][keep]
     out["row_time"] = part["row_time"][rows]
+    out["row_synthetic"] = part["row_synthetic"][rows]
     out["outputs"] = part["outputs"][rows]
     out["features"] = {n: v[rows] for n, v in part["features"].items()}
     return out
@@ -393,6 +455,8 @@ def _record_part(
     rate = float(record.get("sample_rate") or 1.0)
     if not (len(status) == len(rows) == len(data["latency_ms"]) == len(data["endpoint"]) == count):
         return None
+    if "origin" in data and len(data["origin"]) != count:
+        return None
     part: dict[str, Any] = {
         "time": times,
         "status": status,
@@ -403,6 +467,10 @@ def _record_part(
         "versions": [str(record["version"])],
         "endpoint": data["endpoint"].astype(np.int16),
         "endpoints": list(vocab_of.get("endpoint", [])),
+        "origin": data["origin"].astype(np.int16)
+        if "origin" in data
+        else np.full(count, -1, dtype=np.int16),
+        "origins": [str(o) for o in vocab_of.get("origin", [])],
         "ids": None,
         "unseen": {},
         "refused_rows": 0,
@@ -416,7 +484,7 @@ def _record_part(
                 features[spec.name] = np.zeros(0)
             elif spec.kind == "categorical":
                 features[spec.name], vocab[spec.name] = np.zeros(0, dtype=np.int32), []
-        part.update(row_time=np.zeros(0), features=features)
+        part.update(row_time=np.zeros(0), row_synthetic=np.zeros(0, dtype=bool), features=features)
         if output_kind == "numeric":
             part["outputs"] = np.zeros(0)
         else:
@@ -444,7 +512,13 @@ def _record_part(
         vocab["__output__"] = list(vocab_of.get("outputs", []))
     for refused in record.get("refused") or []:
         part["refused_rows"] += _count_unseen(specs, refused.get("inputs"), part["unseen"])
-    part.update(row_time=row_time, features=features, outputs=outputs, vocab=vocab)
+    part.update(
+        row_time=row_time,
+        row_synthetic=np.repeat(part["origin"] >= 0, served),
+        features=features,
+        outputs=outputs,
+        vocab=vocab,
+    )
     return part
 
 
@@ -502,7 +576,9 @@ class _Accumulator:
         self.version: list[int] = []
         self.version_index: dict[str, int] = {}
         self.endpoint: list[str] = []
+        self.origin: list[Any] = []
         self.row_time: list[float] = []
+        self.row_synthetic: list[bool] = []
         self.features: dict[str, list[Any]] = {s.name: [] for s in self.specs}
         self.vocab: dict[str, dict[Any, int]] = {
             s.name: {v: i for i, v in enumerate(sorted(s.categories, key=str))}
@@ -521,7 +597,10 @@ class _Accumulator:
         times, status, latency = req["t"], req["status"], req["latency_ms"]
         rows, endpoint = req["rows"], req["endpoint"]
         count = len(times)
-        if not (len(status) == len(latency) == len(rows) == len(endpoint) == count):
+        origins = req.get("origin")  # only in blocks that hold synthetic traffic
+        if not (len(status) == len(latency) == len(rows) == len(endpoint) == count) or (
+            origins is not None and len(origins) != count
+        ):
             raise ValueError("columns of unequal length")
         if not count:
             return
@@ -562,6 +641,7 @@ class _Accumulator:
             self.latency.extend(latency)
             self.rows.extend(rows)
             self.endpoint.extend(endpoint)
+            self.origin.extend(origins or [None] * count)
             kept = count
         else:
             for column, values in (
@@ -570,6 +650,7 @@ class _Accumulator:
                 (self.latency, latency),
                 (self.rows, rows),
                 (self.endpoint, endpoint),
+                (self.origin, origins or [None] * count),
             ):
                 column.extend(v for v, k in zip(values, keep, strict=True) if k)
             kept = sum(keep)
@@ -588,6 +669,9 @@ class _Accumulator:
                 self.features[spec.name].extend(inputs[spec.name])
             if total == count and not refused:  # one row per request (the usual case)
                 self.row_time.extend(times)
+                self.row_synthetic.extend(
+                    [o is not None for o in origins] if origins else [False] * count
+                )
                 if self.with_ids:
                     self.ids.extend((rid, 0) for rid in req["id"])
                 return
@@ -605,6 +689,7 @@ class _Accumulator:
             n = served[i]
             if n:
                 self.row_time.extend([times[i]] * n)
+                self.row_synthetic.extend([origins is not None and origins[i] is not None] * n)
                 if self.with_ids:
                     self.ids.extend((req["id"][i], r) for r in range(n))
 
@@ -617,6 +702,12 @@ class _Accumulator:
             [endpoint_index.setdefault(e, len(endpoint_index)) for e in self.endpoint],
             dtype=np.int16,
         )
+        origin_index: dict[str, int] = {}
+        origin = np.array(
+            [-1 if o is None else origin_index.setdefault(str(o), len(origin_index))
+             for o in self.origin],
+            dtype=np.int16,
+        )  # fmt: skip
         features: dict[str, Any] = {}
         for spec in self.specs:
             values = self.features[spec.name]
@@ -638,7 +729,10 @@ class _Accumulator:
             "versions": list(self.version_index),
             "endpoint": endpoint,
             "endpoints": list(endpoint_index),
+            "origin": origin,
+            "origins": list(origin_index),
             "row_time": np.array(self.row_time, dtype=np.float64),
+            "row_synthetic": np.array(self.row_synthetic, dtype=bool),
             "features": features,
             "vocab": {name: list(index) for name, index in self.vocab.items()},
             "outputs": outputs,
@@ -695,6 +789,7 @@ def _join_parts(
 
     version_codes, versions = _recode(parts, "version", "versions", np)
     endpoint_codes, endpoints = _recode(parts, "endpoint", "endpoints", np)
+    origin_codes, origins = _recode(parts, "origin", "origins", np)
     features: dict[str, Any] = {}
     vocab: dict[str, list[Any]] = {}
     for spec in specs:
@@ -722,7 +817,10 @@ def _join_parts(
         "versions": versions,
         "endpoint": endpoint_codes,
         "endpoints": endpoints,
+        "origin": origin_codes,
+        "origins": origins,
         "row_time": cat("row_time", np.float64),
+        "row_synthetic": cat("row_synthetic", bool),
         "features": features,
         "vocab": vocab,
         "outputs": outputs,
@@ -744,7 +842,10 @@ def _traffic(part: dict[str, Any], files: int, total: int) -> Traffic:
         versions=part["versions"],
         endpoint=part["endpoint"],
         endpoints=part["endpoints"],
+        origin=part["origin"],
+        origins=part["origins"],
         row_time=part["row_time"],
+        row_synthetic=part["row_synthetic"],
         features=part["features"],
         vocab=part["vocab"],
         outputs=part["outputs"],
@@ -760,11 +861,12 @@ def _traffic(part: dict[str, Any], files: int, total: int) -> Traffic:
 def _recode(
     parts: list[dict[str, Any]], key: str, names_key: str, np: Any
 ) -> tuple[Any, list[str]]:
-    """Each piece numbered its names in its own order: map them onto one list."""
+    """Each piece numbered its names in its own order: map them onto one list (-1, no name,
+    stays -1)."""
     merged: dict[str, int] = {}
     out = []
     for part in parts:
-        mapping = np.array([merged.setdefault(n, len(merged)) for n in part[names_key]] + [0])
+        mapping = np.array([merged.setdefault(n, len(merged)) for n in part[names_key]] + [-1])
         out.append(mapping[part[key]].astype(np.int16) if len(part[key]) else part[key])
     return (np.concatenate(out) if out else np.zeros(0, dtype=np.int16)), list(merged)
 

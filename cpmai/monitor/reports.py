@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cpmai.report.text import synthetic_line
+
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -38,6 +40,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{_num(lat['p99_ms'])} |",
         "",
     ]
+    synthetic = synthetic_line(doc["log"]["synthetic"])
+    if synthetic:
+        lines += [synthetic[0].upper() + synthetic[1:] + ".", ""]
     checks = doc["slo"]["checks"]
     if checks:
         marks = ", ".join(

@@ -235,8 +235,12 @@ def monitor(
     labels_file: Path | None = None,
     now: float | None = None,
     use_cache: bool = True,
+    include_synthetic: bool = False,
 ) -> MonitorResult:
-    """Read the period's log and samples and judge them. Records nothing (see `triggers.fire`)."""
+    """Read the period's log and samples and judge them. Records nothing (see `triggers.fire`).
+
+    Synthetic requests (load tests: `cpmai.serving.origin`) are counted apart and judged only
+    with `include_synthetic`."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     if since is not None and since >= end:
@@ -263,6 +267,7 @@ def monitor(
         with_ids=labels_file is not None,
         output_categories=subject.classes,
         cache=home / "cache" / "monitor" / "logs" / name / env if use_cache else None,
+        include_synthetic=include_synthetic,
     )
     start = since if since is not None else (float(traffic.time.min()) if traffic.requests else end)
     start = float(np.floor(start / window_s) * window_s) if since is None else start
@@ -332,6 +337,7 @@ def monitor(
             "requests_logged": traffic.requests,
             "unreadable_lines": traffic.unreadable,
             "versions": _per_version(traffic),
+            "synthetic": synthetic_summary(traffic.synthetic, traffic.synthetic_included),
         },
         "age": {
             "packaged": subject.packaged,
@@ -352,6 +358,16 @@ def monitor(
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def synthetic_summary(by_source: dict[str, int], included: bool) -> dict[str, Any]:
+    """The synthetic requests of a period (load tests), by source, most first, and whether they
+    were counted in."""
+    return {
+        "requests": sum(by_source.values()),
+        "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+        "included": included,
+    }
 
 
 def _per_version(traffic: Traffic) -> dict[str, int]:

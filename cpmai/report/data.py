@@ -43,11 +43,16 @@ def build(
     until: float | None = None,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
+    include_synthetic: bool = False,
 ) -> dict[str, Any]:
+    """The report's document. Synthetic requests (load tests) are shown apart and counted in
+    only with `include_synthetic`."""
     say = progress or (lambda _: None)
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
-    facts = Facts(home, name, manifest=manifest, now=now, progress=say)
+    facts = Facts(
+        home, name, manifest=manifest, now=now, progress=say, include_synthetic=include_synthetic
+    )
     events, manifest, source, first = facts.events, facts.manifest, facts.source, facts.first
     start = since if since is not None else max(first or end - 3600, end - DEFAULT_PERIOD_S)
     if start >= end:
@@ -65,7 +70,9 @@ def build(
     monitored = {}
     for env_name in envs:
         say(f"monitoring {env_name}")
-        monitored[env_name] = _monitor(home, name, env_name, manifest, start, end, window, now)
+        monitored[env_name] = _monitor(
+            home, name, env_name, manifest, start, end, window, now, include_synthetic
+        )
     say("cost and value over time")
     value_trend = trend(facts, start, end, window)
     return {
@@ -215,12 +222,21 @@ def _monitor(
     end: float,
     window: float,
     now: float,
+    include_synthetic: bool,
 ) -> dict[str, Any]:
     from cpmai.monitor.run import monitor
 
     try:
         result = monitor(
-            home, name, env, window_s=window, since=start, until=end, manifest=manifest, now=now
+            home,
+            name,
+            env,
+            window_s=window,
+            since=start,
+            until=end,
+            manifest=manifest,
+            now=now,
+            include_synthetic=include_synthetic,
         )
     except UsageError as exc:
         return {"available": False, "note": exc.message}
@@ -229,6 +245,7 @@ def _monitor(
         "available": True,
         "version": doc["version"],
         "traffic": doc["traffic"],
+        "synthetic": doc["log"]["synthetic"],
         "slo": doc["slo"],
         "windows": [
             {

@@ -6,7 +6,16 @@ from html import escape
 from typing import Any
 
 from cpmai.report import svg
-from cpmai.report.text import budget_share, count, env_label, idle, money, short_time, status_of
+from cpmai.report.text import (
+    budget_share,
+    count,
+    env_label,
+    idle,
+    money,
+    short_time,
+    status_of,
+    synthetic_notes,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -54,7 +63,9 @@ def render(doc: dict[str, Any]) -> str:
         "<section><h2>Performance and usage</h2><div class='grid'>",
         _figure("Latency per version (benchmark)", _latency_chart(doc)),
         *(_env_charts(doc)),
-        "</div></section>",
+        "</div>",
+        *(f"<p class='none'>{escape(note)}</p>" for note in synthetic_notes(doc)),
+        "</section>",
         "<section><h2>Cost and value</h2><div class='grid'>",
         _figure("Cost vs value, cumulative", _value_chart(doc, cur)),
         _figure("Monthly cost by part", _cost_chart(doc, cur)),

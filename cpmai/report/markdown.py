@@ -13,6 +13,7 @@ from cpmai.report.text import (
     ms,
     short_time,
     status_of,
+    synthetic_notes,
     windows_met,
 )
 
@@ -65,6 +66,9 @@ def render(doc: dict[str, Any]) -> str:
     if not rows:
         rows.append(["no deployment yet", "-", "-", "-", "-", "-", 0])
     lines += _table(["env", "live", "requests", "p99 ms", "SLO", "drift", "alerts"], rows)
+    notes = synthetic_notes(doc)
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     lines += ["", "### Latency per version (newest benchmark, busiest level)", ""]
     rows = []
     for v in doc["latency"]:

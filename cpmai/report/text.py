@@ -70,3 +70,32 @@ def windows_met(monitored: dict[str, Any]) -> tuple[int, int]:
     """(windows that met the SLO, windows with traffic)."""
     judged = [w for w in monitored["windows"] if w["slo_passed"] is not None]
     return sum(1 for w in judged if w["slo_passed"]), len(judged)
+
+
+def synthetic_line(summary: dict[str, Any] | None) -> str | None:
+    """ "also served: 16,502 synthetic requests (cpmai-bench), not counted" from a
+    `synthetic` summary (`cpmai.monitor.run.synthetic_summary`), or None when there were none."""
+    if not summary or not summary["requests"]:
+        return None
+    sources = ", ".join(
+        f"{source or 'no source named'}" + (f" {n:,}" if len(summary["by_source"]) > 1 else "")
+        for source, n in summary["by_source"].items()
+    )
+    requests = summary["requests"]
+    counted = (
+        "counted in (--include-synthetic)"
+        if summary["included"]
+        else "not counted (--include-synthetic counts them in)"
+    )
+    noun = "request" if requests == 1 else "requests"
+    return f"also served: {requests:,} synthetic {noun} ({sources}), {counted}"
+
+
+def synthetic_notes(doc: dict[str, Any]) -> list[str]:
+    """A report's `synthetic_line` per environment that served synthetic requests."""
+    notes = []
+    for env, mon in doc["monitoring"].items():
+        line = synthetic_line(mon.get("synthetic")) if mon["available"] else None
+        if line:
+            notes.append(f"{env}: {line}")
+    return notes

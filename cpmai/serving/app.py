@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from cpmai import __version__
-from cpmai.serving import protocols
+from cpmai.serving import origin, protocols
 from cpmai.serving.batching import Batch, Batcher, Scored
 from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
 from cpmai.serving.predlog import PredictionLog
@@ -331,9 +331,12 @@ class InferenceApp:
         taking the short way (`cpmai.serving.fastpath`)."""
         call = _Call(endpoint, start, reply, self._request_id(headers))
         try:
+            call.origin = _origin(headers)
             self._authorize(headers)
             columns = self._parse(call, scope, headers, body)
         except RequestError as exc:
+            if call.origin is None and origin.HEADER_KEY in headers:
+                call.origin = ""  # a mark that is not understood: meant as synthetic all the same
             self._refuse(call, exc)
             return
         except Exception as exc:
@@ -401,14 +404,17 @@ class InferenceApp:
             return
         call.reply(200, payload, [*_JSON, (b"x-request-id", _id_header(call.request_id))])
         elapsed = time.perf_counter() - call.start
-        self.metrics.observe(call.endpoint, 200, elapsed)
+        synthetic = call.origin
+        self.metrics.observe(
+            call.endpoint, 200, elapsed, origin.REAL if synthetic is None else origin.SYNTHETIC
+        )
         if call.warnings:
             for warning in call.warnings:
                 self.metrics.out_of_range_value(warning.split(":", 1)[0])
         if self.log is not None:  # the log takes the entries with the batch (_log_batch)
             self._entries.append((None, call.start, elapsed, call.endpoint, 200, call.rows,
                                   call.request_id, call.warnings, None, probabilities is not None,
-                                  start))  # fmt: skip
+                                  start, synthetic))  # fmt: skip
 
     def _log_batch(self, batch: Batch) -> None:
         """The batcher's word that all of `batch`'s requests were answered."""
@@ -427,6 +433,7 @@ class InferenceApp:
             raw=call.raw,
             request_id=call.request_id,
             extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
+            source=call.origin,
         )
 
     def _crash(self, call: _Call, exc: Exception) -> None:
@@ -441,6 +448,7 @@ class InferenceApp:
             oip=call.oip,
             raw=call.raw,
             request_id=call.request_id,
+            source=call.origin,
         )
 
     async def _predict(
@@ -466,6 +474,7 @@ class InferenceApp:
                 oip=oip,
                 request_id=self._request_id(headers),
                 extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
+                source=_origin_or_none(headers),
             )
             return
         answer: asyncio.Future[tuple[int, bytes, list[tuple[bytes, bytes]]]] = (
@@ -533,7 +542,9 @@ class InferenceApp:
         request_id: Any = None,
         allow: bytes | None = None,
         extra: list[tuple[bytes, bytes]] | None = None,
+        source: str | None = None,
     ) -> None:
+        """`source`: the request's synthetic-traffic mark (`cpmai.serving.origin`), if any."""
         if oip:
             body = orjson.dumps({"error": message})
         else:
@@ -546,7 +557,7 @@ class InferenceApp:
             headers.append((b"x-request-id", _id_header(request_id)))
         reply(status, body, headers)
         elapsed = time.perf_counter() - start
-        self.metrics.observe(endpoint, status, elapsed)
+        self.metrics.observe(endpoint, status, elapsed, origin.label(source))
         if self.log is not None and endpoint in ("infer", "invocations"):
             self.log.record(
                 endpoint,
@@ -557,6 +568,7 @@ class InferenceApp:
                 None,
                 error=message,
                 request_id=request_id,
+                origin=source,
             )
 
     def _metadata(self) -> dict[str, Any]:
@@ -599,6 +611,7 @@ class _Call:
         "body_id",
         "endpoint",
         "oip",
+        "origin",
         "raw",
         "reply",
         "request_id",
@@ -619,6 +632,8 @@ class _Call:
         self.warnings: list[str] | None = None
         self.body_id: Any = None
         self.want_proba = False
+        self.origin: str | None = None
+        """None for real traffic; the source of synthetic traffic (`cpmai.serving.origin`)."""
 
 
 def _as_request_error(exc: BaseException) -> BaseException:
@@ -687,6 +702,24 @@ def _label_datatype(signature: dict[str, Any]) -> str:
     if all(isinstance(c, int | float) for c in categories):
         return "FP64"
     return "BYTES"
+
+
+def _origin(headers: dict[bytes, bytes]) -> str | None:
+    value = headers.get(origin.HEADER_KEY)
+    if value is None:  # the usual case: one dict lookup
+        return None
+    try:
+        return origin.parse(value)
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
+
+
+def _origin_or_none(headers: dict[bytes, bytes]) -> str | None:
+    """The mark, for a request refused before it was read (one not understood: no source)."""
+    try:
+        return _origin(headers)
+    except RequestError:
+        return ""
 
 
 def _client_id(value: bytes | None) -> str | None:

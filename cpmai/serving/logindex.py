@@ -13,7 +13,8 @@ by a crash, blocks whose values could not be put in arrays).
 A record: b"CPMI", the header's length (4 bytes, little endian), the header (JSON), then the
 arrays, each padded to 8 bytes. The header holds the version, the sample rate, the covered
 `blocks` ([offset, length] in the JSON file), each array's name, dtype, count and position,
-the vocabularies of coded columns, and the refused requests' inputs.
+the vocabularies of coded columns, and the refused requests' inputs. An `origin` array (codes of
+the synthetic-traffic source, -1 for real requests) only in records that hold synthetic traffic.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def block_arrays(
         "refused": block.refused,
         "features": {},
     }
+    origins = getattr(block, "origin", None)
+    if origins is not None:  # only blocks that hold synthetic traffic (codes; -1: real)
+        out["origin"] = _coded(origins, vocab.setdefault("__origin__", {}))
     if int(out["rows"][out["status"] < 400].sum()) != served:
         raise Unindexable("rows do not add up")
     for name, kind in kinds.items():
@@ -197,6 +201,14 @@ def write_record(
         arrays[name] = np.concatenate([b[2][name] for b in blocks])
     for name in ("endpoint", "outputs"):
         _join_column(name, [b[2][name] for b in blocks], arrays, vocab)
+    if any("origin" in b[2] for b in blocks):
+        real = np.int32(-1)
+        _join_column(
+            "origin",
+            [b[2].get("origin") or (np.full(len(b[2]["t"]), real), []) for b in blocks],
+            arrays,
+            vocab,
+        )
     for name, kind in kinds.items():
         if kind != "text":
             _join_column(f"feature:{name}", [b[2]["features"][name] for b in blocks], arrays, vocab)

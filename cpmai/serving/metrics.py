@@ -24,6 +24,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from cpmai.serving.origin import REAL
+
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -62,8 +64,10 @@ def _le(bound: float) -> str:
 class ServerMetrics:
     def __init__(self, name: str, version: str, runtime: str) -> None:
         self.info = (name, version, runtime)
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, _Histogram] = {}
+        self.requests: dict[tuple[str, int, str], int] = {}
+        """By (endpoint, status, origin label)."""
+        self.latency: dict[tuple[str, str], _Histogram] = {}
+        """By (endpoint, origin label)."""
         self.batch_rows = _Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self.rows = 0
         self.out_of_range: dict[str, int] = {}
@@ -72,12 +76,13 @@ class ServerMetrics:
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
 
-    def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, status)
+    def observe(self, endpoint: str, status: int, seconds: float, origin: str = REAL) -> None:
+        """One answered request; `origin` is its label (`cpmai.serving.origin.label`)."""
+        key = (endpoint, status, origin)
         self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.latency.get(endpoint)
+        histogram = self.latency.get((endpoint, origin))
         if histogram is None:
-            histogram = self.latency[endpoint] = _Histogram(LATENCY_BUCKETS)
+            histogram = self.latency[endpoint, origin] = _Histogram(LATENCY_BUCKETS)
         histogram.observe(seconds)
 
     def observe_batch(self, rows: int) -> None:
@@ -91,19 +96,20 @@ class ServerMetrics:
         """prometheus_client's collector protocol: called on each scrape."""
         requests = CounterMetricFamily(
             "cpmai_requests",
-            "HTTP requests by endpoint and status code.",
-            labels=["endpoint", "status"],
+            "HTTP requests by endpoint, status code and origin (real, or synthetic: marked "
+            "X-Cpmai-Traffic as load tests are).",
+            labels=["endpoint", "status", "origin"],
         )
-        for (endpoint, status), count in sorted(self.requests.items()):
-            requests.add_metric([endpoint, str(status)], count)
+        for (endpoint, status, origin), count in sorted(self.requests.items()):
+            requests.add_metric([endpoint, str(status), origin], count)
         yield requests
         latency = HistogramMetricFamily(
             "cpmai_request_duration_seconds",
-            "Time from request to response, by endpoint.",
-            labels=["endpoint"],
+            "Time from request to response, by endpoint and origin.",
+            labels=["endpoint", "origin"],
         )
-        for endpoint, histogram in sorted(self.latency.items()):
-            latency.add_metric([endpoint], histogram.buckets(), histogram.total)
+        for (endpoint, origin), histogram in sorted(self.latency.items()):
+            latency.add_metric([endpoint, origin], histogram.buckets(), histogram.total)
         yield latency
         batches = HistogramMetricFamily(
             "cpmai_batch_rows",

@@ -26,10 +26,14 @@ A line (format "cpmai-predlog/2"):
     {"format": "cpmai-predlog/2", "model": ..., "version": ..., "pid": ..., "sample_rate": ...,
      "requests": {"t": [epoch seconds], "endpoint": [...], "status": [...],
                   "latency_ms": [...], "rows": [...], "id": [...],
-                  "warnings": [null | [...]], "error": [null | "..."]},
+                  "warnings": [null | [...]], "error": [null | "..."],
+                  "origin": [null | "source"]},
      "inputs": {name: [one value per served row]}, "outputs": [one per served row],
      "probabilities": null | [null | [p, ...] per served row],
      "refused": [{"request": i, "inputs": {name: [...]}}]}
+
+`origin`, present only in a block that holds synthetic traffic (`cpmai.serving.origin`): null
+for a real request, the source named for a synthetic one ("" when none was named).
 
 Served rows are those of successful requests (status < 400), in the order of `requests` (a
 batch's requests together, once all were answered: a refusal meanwhile may come first); `rows`
@@ -77,13 +81,14 @@ MAX_LINES = MAX_BUFFER // BLOCK_ROWS
 
 ENTRY = (
     "t", "start", "elapsed", "endpoint", "status", "rows", "id", "warnings", "error",
-    "want_proba", "row_start",
+    "want_proba", "row_start", "origin",
 )  # fmt: skip
 """A request's log entry, a tuple of scalars in this order: `t` its time in epoch seconds, or
 None for `start` + `elapsed` on the `time.perf_counter` clock (the server's); `elapsed` seconds
 to its answer; `id` its id (the writer makes it a JSON scalar with `log_id`); `warnings` a
 list or None; `error` a message or None; `want_proba` whether it asked for probabilities (and
-the batch has them); `row_start` where its rows start in its batch."""
+the batch has them); `row_start` where its rows start in its batch; `origin` None for real
+traffic, the source of synthetic traffic (`cpmai.serving.origin`)."""
 _ELAPSED, _ROWS, _WANT, _ROW_START = 2, 5, 9, 10
 _GET_ROWS, _GET_WANT = itemgetter(_ROWS), itemgetter(_WANT)
 
@@ -222,6 +227,7 @@ class _Block:
         "ids",
         "inputs",
         "latency",
+        "origin",
         "output_array",
         "outputs",
         "probabilities",
@@ -237,7 +243,8 @@ class _Block:
 
         fields = list(zip(*filled.entries, strict=True)) or [()] * len(ENTRY)
         (t, starts, elapsed, self.endpoint, self.status, self.rows, ids, self.warnings,
-         self.error, _, _) = fields  # fmt: skip
+         self.error, _, _, origins) = fields  # fmt: skip
+        self.origin = None if origins.count(None) == len(origins) else origins
         from cpmai.serving.logindex import packed
 
         seconds = packed(elapsed, "d")  # once, for the times and the latencies
@@ -384,14 +391,16 @@ class PredictionLog:
         warnings: list[str] | None = None,
         error: str | None = None,
         request_id: Any = None,
+        origin: str | None = None,
     ) -> None:
         """Any one request: a refused one (`outputs` None; `inputs` its parsed inputs, if small,
         or None), or one served outside the server's batcher (`cpmai predict`'s chunks):
-        `inputs` its columns, `outputs` one per row."""
+        `inputs` its columns, `outputs` one per row. `origin`: the source of synthetic traffic
+        (`cpmai.serving.origin`), None for real traffic."""
         served = status < 400 and inputs is not None and outputs is not None
         rows = len(outputs) if served and outputs is not None else 0
         entry = (self._clock(), 0.0, latency_s, endpoint, status, rows, log_id(request_id),
-                 warnings or None, error, probabilities is not None, 0)  # fmt: skip
+                 warnings or None, error, probabilities is not None, 0, origin)  # fmt: skip
         if served and inputs is not None:
             self.served((inputs, outputs, probabilities), [entry])
             return
@@ -474,6 +483,18 @@ class PredictionLog:
         return _Block(filled) if filled.entries else None
 
     def _line(self, block: _Block) -> bytes:
+        requests = {
+            "t": block.times,
+            "endpoint": block.endpoint,
+            "status": block.status,
+            "latency_ms": block.latency,
+            "rows": block.rows,
+            "id": block.ids,
+            "warnings": block.warnings,
+            "error": block.error,
+        }
+        if block.origin is not None:
+            requests["origin"] = block.origin
         return orjson.dumps(
             {
                 "format": FORMAT,
@@ -481,16 +502,7 @@ class PredictionLog:
                 "version": self.version,
                 "pid": os.getpid(),
                 "sample_rate": self.sample_rate,
-                "requests": {
-                    "t": block.times,
-                    "endpoint": block.endpoint,
-                    "status": block.status,
-                    "latency_ms": block.latency,
-                    "rows": block.rows,
-                    "id": block.ids,
-                    "warnings": block.warnings,
-                    "error": block.error,
-                },
+                "requests": requests,
                 "inputs": block.inputs,
                 "outputs": block.outputs,
                 "probabilities": block.probabilities,

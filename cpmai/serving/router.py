@@ -67,15 +67,14 @@ def counters(app: InferenceApp) -> dict[str, Any]:
     """Requests, errors (any non-2xx) and the latency histogram of the predict endpoints."""
     metrics = app.metrics
     requests = errors = 0
-    for (endpoint, status), count in metrics.requests.items():
+    for (endpoint, status, _), count in metrics.requests.items():
         if endpoint in PREDICT_ENDPOINTS:
             requests += count
             if status >= 300:
                 errors += count
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    for endpoint in PREDICT_ENDPOINTS:
-        histogram = metrics.latency.get(endpoint)
-        if histogram is not None:
+    for (endpoint, _), histogram in metrics.latency.items():
+        if endpoint in PREDICT_ENDPOINTS:
             buckets = [a + b for a, b in zip(buckets, histogram.counts, strict=True)]
     return {"requests": requests, "errors": errors, "buckets": buckets}
 
