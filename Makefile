@@ -24,22 +24,9 @@ $(CHROMIUM):
 	else echo "chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
-## demo: set up, train the churn example, package it, deploy it to staging, ask it, send it traffic, monitor it, bench it, cost it, report on it (report.html), stop it
+## demo: set up, then the example's whole story (examples/churn/demo.py): train, package, deploy to staging, ask it, bench it, send it traffic, monitor it, cost it, report on it (report.html), stop it. A failed step is named, and the server is stopped.
 demo: $(STAMP)
-	cd $(EXAMPLE) && ../../$(BIN)/python train.py
-	$(BIN)/cpmai validate $(EXAMPLE)/cpmai.yaml
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai package $(EXAMPLE)/cpmai.yaml
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai deploy $(EXAMPLE)/cpmai.yaml --env staging --reason "make demo"
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai status churn-classifier
-	$(BIN)/python $(EXAMPLE)/ask.py http://127.0.0.1:8081
-	cd $(EXAMPLE) && ../../$(BIN)/python traffic.py http://127.0.0.1:8081
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai monitor churn-classifier --env staging --window 1m --labels $(EXAMPLE)/labels.csv
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai bench churn-classifier@staging --url http://127.0.0.1:8081 --concurrency 1,8 --duration 3
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai cost churn-classifier --env staging
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai history churn-classifier
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai ledger verify
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai report churn-classifier --html $(EXAMPLE)/report.html --markdown $(EXAMPLE)/report.md
-	CPMAI_HOME=$(DEMO_HOME) $(BIN)/cpmai stop churn-classifier --env staging
+	$(BIN)/python $(EXAMPLE)/demo.py --folder $(EXAMPLE) --home $(DEMO_HOME)
 
 ## test: set up, lint, then the whole suite (slow tests included)
 test: $(STAMP) $(CHROMIUM) lint

@@ -1,0 +1,133 @@
+"""`make demo`: the whole story on the churn example, as a user would run it, step by step.
+
+    python examples/churn/demo.py [--folder DIR] [--home DIR]
+
+Trains the example, validates and packages it, deploys it to staging, asks it one question,
+benchmarks it (`cpmai bench` marks its requests synthetic, so what follows does not take them for
+customers), sends it a day of customers, monitors it against their ground truth, costs it,
+shows its history, verifies the ledger, writes the report and stops the server.
+
+Each command is shown before it runs. When a step fails (or Ctrl-C), the demo says which, stops
+the server it started, checks that nothing is left listening on the example's port, and exits
+with the step's exit code (130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAME = "churn-classifier"
+ENV = "staging"
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, code: int) -> None:
+        super().__init__(step)
+        self.step, self.code = step, code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=HERE, help="the example's folder")
+    parser.add_argument("--home", type=Path, help="cpmai's state folder (default: FOLDER/.cpmai)")
+    parser.add_argument("--bench-seconds", type=float, default=3.0, help="per benchmark level")
+    args = parser.parse_args()
+    folder = args.folder.resolve()
+    home = (args.home or folder / ".cpmai").resolve()
+    manifest = folder / "cpmai.yaml"
+    env = {**os.environ, "CPMAI_HOME": str(home)}
+    python = sys.executable
+
+    def cpmai(*words: str) -> list[str]:
+        return [python, "-m", "cpmai", *words]
+
+    def run(step: str, argv: list[str], cwd: Path | None = None) -> None:
+        shown = shlex.join(["cpmai", *argv[3:]] if argv[1:3] == ["-m", "cpmai"] else argv)
+        print(f"\n$ {shown}", flush=True)
+        code = subprocess.run(argv, cwd=cwd, env=env, check=False).returncode
+        if code != 0:
+            raise StepFailed(step, code)
+
+    started, port = False, 0
+    try:
+        run("train", [python, "train.py"], cwd=folder)
+        run("validate", cpmai("validate", str(manifest)))
+        port = _port(manifest)
+        url = f"http://127.0.0.1:{port}"
+        if _listening(port):
+            # a server left by an earlier demo of this folder: stop it through its own state
+            subprocess.run(cpmai("stop", NAME, "--env", ENV), env=env, check=False)
+            if _listening(port):
+                print(
+                    f"make demo: port {port} is taken by another program; stop it first",
+                    file=sys.stderr,
+                )
+                return 2
+        run("package", cpmai("package", str(manifest)))
+        started = True  # from here on, a server may be running: stopped whatever happens
+        run("deploy", cpmai("deploy", str(manifest), "--env", ENV, "--reason", "make demo"))
+        run("status", cpmai("status", NAME))
+        run("ask", [python, str(folder / "ask.py"), url])
+        run("bench", cpmai("bench", f"{NAME}@{ENV}", "--url", url, "--concurrency", "1,8",
+                           "--duration", str(args.bench_seconds)))  # fmt: skip
+        run("traffic", [python, "traffic.py", url], cwd=folder)
+        run("monitor", cpmai("monitor", NAME, "--env", ENV, "--window", "1m",
+                             "--labels", str(folder / "labels.csv")))  # fmt: skip
+        run("cost", cpmai("cost", NAME, "--env", ENV))
+        run("history", cpmai("history", NAME))
+        run("ledger verify", cpmai("ledger", "verify"))
+        run("report", cpmai("report", NAME, "--html", str(folder / "report.html"),
+                            "--markdown", str(folder / "report.md")))  # fmt: skip
+        started = False
+        run("stop", cpmai("stop", NAME, "--env", ENV))
+    except StepFailed as failed:
+        print(f"\nmake demo: the {failed.step!r} step failed (exit {failed.code})", file=sys.stderr)
+        if started:
+            _clean_up(cpmai("stop", NAME, "--env", ENV), env, port)
+        return failed.code
+    except KeyboardInterrupt:
+        print("\nmake demo: interrupted", file=sys.stderr)
+        if started:
+            _clean_up(cpmai("stop", NAME, "--env", ENV), env, port)
+        return 130
+    print(f"\nmake demo: done — the report is {folder / 'report.html'}")
+    return 0
+
+
+def _port(manifest: Path) -> int:
+    """The staging server's port (the manifest is valid: the validate step passed)."""
+    from cpmai.manifest import load_manifest
+
+    environment = load_manifest(manifest).environments.get(ENV)
+    if environment is None or environment.port is None:
+        print(f"make demo: {manifest} gives {ENV} no port", file=sys.stderr)
+        raise StepFailed("validate", 2)
+    return int(environment.port)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _clean_up(stop: list[str], env: dict[str, str], port: int) -> None:
+    print("make demo: stopping the server it started", file=sys.stderr)
+    subprocess.run(stop, env=env, check=False)
+    deadline = time.monotonic() + 10
+    while _listening(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _listening(port):
+        print(f"make demo: something still listens on port {port}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
