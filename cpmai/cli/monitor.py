@@ -390,11 +390,12 @@ def _dashboard(snap: dict[str, Any]) -> Any:
         + ("[/green]" if err_ok else "[/red]"),
     )
     res = snap["resources"]
+    synthetic = sum(snap["synthetic"].values())
     last.add_row(
         f"CPU {res['cpu_percent']:.0f}%  RSS {res['rss_mb']:.0f} MiB ({res['processes']} proc)"
         if res
         else "CPU/RSS: no recent samples",
-        "",
+        f"[dim]+ {synthetic:,} synthetic requests, not shown[/dim]" if synthetic else "",
         "",
         "",
     )

@@ -172,6 +172,7 @@ class LiveMonitor:
             "slo": subject.manifest.slo.model_dump(exclude_none=True) if subject else {},
             "resources": self._resources(now),
             "drift": drift,
+            "synthetic": traffic.synthetic if traffic else {},
         }
 
     def _resources(self, now: float) -> dict[str, Any] | None:
