@@ -394,7 +394,7 @@ def test_metrics_parse_as_prometheus_text(server: Server) -> None:
     ok = [
         s
         for s in families["cpmai_requests"].samples
-        if s.labels == {"endpoint": "invocations", "status": "200"}
+        if s.labels == {"endpoint": "invocations", "status": "200", "origin": "real"}
     ]
     assert ok and ok[0].value >= 1
     latency = families["cpmai_request_duration_seconds"].samples
