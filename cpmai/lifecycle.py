@@ -60,6 +60,23 @@ class LiveResult:
         return dict(self.__dict__)
 
 
+@dataclass
+class GateCheck:
+    """What `deploy --dry-run` found: whether the version would pass the environment's gates."""
+
+    name: str
+    env: str
+    version: str
+    passed: bool
+    gates: dict[str, Any]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    action: str = "dry-run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 @contextmanager
 def env_lock(
     home: Path, name: str, env: str, progress: Progress, timeout: float = LOCK_TIMEOUT
@@ -153,6 +170,41 @@ def deploy(
     return result
 
 
+def dry_run(
+    manifest: Manifest,
+    home: Path,
+    env: str,
+    *,
+    actor: str,
+    progress: Progress = _quiet,
+) -> GateCheck:
+    """Package `manifest` (or reuse the identical artifact) and run every gate `env` would run,
+    recording the result as a `gate` event (`for: dry-run`), without touching the target: no
+    server, no run folder, no lock. Raises GateError (exit 3) when a gate fails."""
+    from cpmai.artifacts import open_artifact, package
+
+    _env_spec(manifest, env)
+    log = StepLog()
+    started = time.perf_counter()
+    with log.step("package") as step:
+        packaged = package(manifest, home, actor=actor)
+        step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
+    progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    with log.step("verify") as step:
+        artifact = open_artifact(home, packaged.name, packaged.version)
+        step.note = f"sha256:{artifact.digest[:12]}"
+    report = _gates(home, artifact, artifact.manifest(), env, "dry-run", actor, progress, log)
+    return GateCheck(
+        name=artifact.name,
+        env=env,
+        version=artifact.version,
+        passed=report.passed,
+        gates=report.to_dict(),
+        steps=[s.to_dict() for s in log.steps],
+        seconds=time.perf_counter() - started,
+    )
+
+
 def promote(
     home: Path,
     name: str,
@@ -182,10 +234,8 @@ def _go_live(
     watch: bool,
     progress: Progress,
 ) -> LiveResult:
-    from cpmai import gates
     from cpmai.artifacts import open_artifact
 
-    ledger = Ledger(home)
     log = StepLog()
     with env_lock(home, name, env, progress):
         with log.step("verify") as step:
@@ -197,32 +247,52 @@ def _go_live(
         preflight = getattr(target, "preflight", None)
         if preflight is not None:  # e.g. a missing extra: refused before the gates
             preflight()
-        state = replay(ledger.events())
-        with log.step("gates") as step:
-            report = gates.check(artifact, manifest, env, state, actor=actor)
-            step.note = "passed" if report.passed else f"{len(report.failed)} failed"
-        progress(f"gates    {step.seconds:.2f} s")
-        for gate in report.results:
-            progress(f"  {gate.describe()}")
-        ledger.append(
-            "gate",
-            actor=actor,
-            name=name,
-            version=version,
-            env=env,
-            details={"for": action, **report.to_dict()},
-        )
-        if not report.passed:
-            failed = "; ".join(g.describe().removeprefix("✗ ") for g in report.failed)
-            raise GateError(
-                f"{name} {version} may not go live in {env}: {failed}",
-                hint=_gate_hint(report, name, version, env),
-            )
+        report = _gates(home, artifact, manifest, env, action, actor, progress, log)
         result = _roll_out(
             home, artifact, manifest, spec, env, action, actor, reason, watch, progress, log
         )
         result.gates = report.to_dict()
         return result
+
+
+def _gates(
+    home: Path,
+    artifact: Artifact,
+    manifest: Manifest,
+    env: str,
+    action: str,
+    actor: str,
+    progress: Progress,
+    log: StepLog,
+) -> GateReport:
+    """Run `env`'s gates on `artifact`, record the `gate` event (`for: action`); raise GateError
+    (exit 3) when one fails."""
+    from cpmai import gates
+
+    ledger = Ledger(home)
+    name, version = artifact.name, artifact.version
+    state = replay(ledger.events())
+    with log.step("gates") as step:
+        report = gates.check(artifact, manifest, env, state, actor=actor)
+        step.note = "passed" if report.passed else f"{len(report.failed)} failed"
+    progress(f"gates    {step.seconds:.2f} s")
+    for gate in report.results:
+        progress(f"  {gate.describe()}")
+    ledger.append(
+        "gate",
+        actor=actor,
+        name=name,
+        version=version,
+        env=env,
+        details={"for": action, **report.to_dict()},
+    )
+    if not report.passed:
+        failed = "; ".join(g.describe().removeprefix("✗ ") for g in report.failed)
+        raise GateError(
+            f"{name} {version} may not go live in {env}: {failed}",
+            hint=_gate_hint(report, name, version, env),
+        )
+    return report
 
 
 def _gate_hint(report: GateReport, name: str, version: str, env: str) -> str | None:

@@ -60,6 +60,17 @@ def test_every_command_and_option_has_help_and_a_guide() -> None:
             assert f"cpmai {name}" in guides, f"no guide in docs/ shows `cpmai {name}`"
 
 
+def test_usage_lines_name_arguments_as_users_type_them(cli: Any) -> None:
+    _, commands = _click_commands()
+    for name in commands:
+        result = cli(*name.split(), "--help")
+        usage = next(line for line in result.out.splitlines() if line.startswith("Usage:"))
+        assert "{" not in usage and "}" not in usage, usage
+        arguments = [p for p in commands[name].params if p.param_type_name == "argument"]
+        for argument in arguments:
+            assert argument.name.upper() in usage, (name, usage)
+
+
 def test_every_flag_the_docs_show_exists() -> None:
     """A renamed or removed option must not live on in a guide or the README."""
     global_options, commands = _click_commands()

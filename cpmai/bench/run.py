@@ -299,25 +299,48 @@ def save(home: Path, subject: Subject, result: dict[str, Any]) -> Path:
 
 
 def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[str, Any]]:
-    """`latest` (the newest saved run of this model, any version), a VERSION, or a FILE."""
+    """`latest` (the newest saved run of this model, any version), an ENV (the newest run of
+    the version live there: what a regression check in CI compares with), a VERSION, or a
+    FILE."""
     candidate = Path(which)
     if which not in ("latest",) and candidate.suffix == ".json":
         if not candidate.is_file():
             raise UsageError(f"--baseline {which}: file not found")
         return candidate, _read_run(candidate)
+    described = which
     if subject.name:
         root = home / "bench" / subject.name
+        live = _live_in(home, subject.name, which)
+        if live is not None:
+            which, described = live, f"{which} (live there: {live})"
         folders = [root / which] if which != "latest" else [p for p in root.glob("*") if p.is_dir()]
     else:
         folders = [bench_dir(home, subject)]
     runs = sorted((p for folder in folders for p in folder.glob("*.json")), key=lambda p: p.name)
     if not runs:
+        of = f" for {subject.name}" + ("" if which == "latest" else f" {which}")
         raise UsageError(
-            f"--baseline {which}: no saved benchmark run found"
-            + (f" for {subject.name}" if subject.name else ""),
+            f"--baseline {described}: no saved benchmark run found" + (of if subject.name else ""),
             hint="run `cpmai bench` once to save one (runs are kept under .cpmai/bench/)",
         )
     return runs[-1], _read_run(runs[-1])
+
+
+def _live_in(home: Path, name: str, env: str) -> str | None:
+    """The version of `name` live in `env`, when `env` is an environment the ledger knows for
+    it (None otherwise: `env` is then a version); UsageError when nothing is live there."""
+    from cpmai.ledger import Ledger, replay
+
+    state = replay(Ledger(home).events())
+    if env not in state.envs_of(name):
+        return None
+    live = state.env(name, env).live
+    if live is None:
+        raise UsageError(
+            f"--baseline {env}: nothing of {name} is live in {env} now",
+            hint="compare with a VERSION, `latest` or a result FILE instead",
+        )
+    return live.version
 
 
 def _read_run(path: Path) -> dict[str, Any]:

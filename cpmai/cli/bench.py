@@ -118,7 +118,9 @@ def bench(
     baseline: Annotated[
         str | None,
         typer.Option(
-            help="Compare with: latest, a VERSION, or a result FILE (.json).", show_default=False
+            help="Compare with: latest, ENV (the newest run of the version live there), a "
+            "VERSION, or a result FILE (.json).",
+            show_default=False,
         ),
     ] = None,
     threshold: Annotated[

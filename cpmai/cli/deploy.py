@@ -60,18 +60,44 @@ def deploy(
     env: EnvOpt,
     reason: ReasonOpt = None,
     watch: WatchOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Package and run every gate ENV would run, record the result, and stop there: "
+            "nothing is rolled out (exit 0 or 3). For pull requests.",
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Package, check the gates, record the decision and roll the version out on the
     environment's target; wait until it is healthy and record the result.
 
     A failed gate exits 3 and changes nothing; a target that cannot get the version healthy (or a
-    canary that breaches) exits 6 with the previous version still live.
+    canary that breaches) exits 6 with the previous version still live. With --dry-run, the
+    gates are run and recorded and nothing else happens.
     """
-    from cpmai.lifecycle import deploy as run
     from cpmai.manifest import load_manifest
 
     home, actor = _context()
+    if dry_run:
+        from cpmai.lifecycle import dry_run as check
+
+        if reason is not None or watch:
+            from cpmai.errors import UsageError
+
+            raise UsageError("--dry-run rolls nothing out: it takes neither --reason nor --watch")
+        checked = check(load_manifest(manifest), home, env, actor=actor, progress=info)
+        if wants_json(json_):
+            emit_json(checked.to_dict())
+        else:
+            show(
+                f"[bold]{checked.name} {checked.version}[/bold] passes {checked.env}'s gates  "
+                f"{checked.seconds:.1f} s  (dry run: nothing rolled out)"
+            )
+        return
+    from cpmai.lifecycle import deploy as run
+
     result = run(
         load_manifest(manifest), home, env, actor=actor, reason=reason, watch=watch, progress=info
     )

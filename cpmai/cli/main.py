@@ -55,8 +55,23 @@ Exit codes:
 """
 
 
+def _argument_names_as_typed() -> None:
+    """Usage lines name arguments as users type them (`cpmai deploy [OPTIONS] MANIFEST`):
+    typer 0.28 writes a required argument as `{manifest}`."""
+    from typer.core import TyperArgument
+
+    def make_metavar(self: TyperArgument, ctx: object, *, usage: bool = False) -> str:
+        var = self.metavar or (self.name or "").upper()
+        if self.nargs != 1:
+            var += "..."
+        return f"[{var}]" if usage and not self.required else var
+
+    TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign]
+
+
 def build_app(only: str | None = None) -> typer.Typer:
     """The CLI with every command, or only `only` (when that is the command being run)."""
+    _argument_names_as_typed()
     app = typer.Typer(
         name="cpmai",
         help="Take a validated model into production and keep it accountable there "
