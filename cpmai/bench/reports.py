@@ -128,10 +128,12 @@ def markdown(result: dict[str, Any]) -> str:
         for row in base["comparisons"]:
             for item in row["checks"]:
                 p = "-" if item["p_value"] is None else f"{item['p_value']:.3g}"
+                verdict = "❌" if item["regressed"] else "✅"
+                if item.get("untested"):
+                    verdict = "❔ untested (too few windows)"
                 lines.append(
                     f"| {row['level']} | {item['metric']} | {item['baseline']} | "
-                    f"{item['current']} | {item['ratio']} | {p} | "
-                    f"{'❌' if item['regressed'] else '✅'} |"
+                    f"{item['current']} | {item['ratio']} | {p} | {verdict} |"
                 )
     for warning in result.get("warnings", []):
         lines.append(f"\n> ⚠️ {warning}")

@@ -122,6 +122,11 @@ def _compare_level(level: dict[str, Any], base: dict[str, Any], threshold: float
             side = "greater" if higher_is_worse else "less"
             p_value = float(mannwhitneyu(now_values, then_values, alternative=side).pvalue)
         significant = p_value is not None and p_value < ALPHA
+        note = ""
+        if p_value is None:
+            note = f"fewer than {MIN_WINDOWS} one-second windows: no test"
+            if ratio > threshold:  # never a silent pass: the run was too short to tell
+                note += f" (measure for at least {MIN_WINDOWS + 1} s to test this ratio)"
         out["checks"].append(
             {
                 "metric": metric,
@@ -130,7 +135,8 @@ def _compare_level(level: dict[str, Any], base: dict[str, Any], threshold: float
                 "ratio": round(ratio, 4),
                 "p_value": p_value,
                 "regressed": ratio > threshold and significant,
-                "note": "" if p_value is not None else f"fewer than {MIN_WINDOWS} windows: no test",
+                "untested": p_value is None and ratio > threshold,
+                "note": note,
             }
         )
     out["regressed"] = any(c["regressed"] for c in out["checks"])

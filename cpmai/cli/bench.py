@@ -307,7 +307,9 @@ def _render(result: dict[str, Any]) -> None:
         for row in base["comparisons"]:
             for item in row["checks"]:
                 mark = "[red]✗ regression[/red]" if item["regressed"] else "[green]✓[/green]"
-                p = "no test" if item["p_value"] is None else f"p = {item['p_value']:.3g}"
+                if item.get("untested"):
+                    mark = "[yellow]? untested[/yellow]"
+                p = item["note"] if item["p_value"] is None else f"p = {item['p_value']:.3g}"
                 show(
                     f"  {mark} {row['level']}: {item['metric']} {item['current']} vs "
                     f"{item['baseline']} (ratio {item['ratio']}, {p})"

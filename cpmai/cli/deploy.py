@@ -68,6 +68,14 @@ def deploy(
             "nothing is rolled out (exit 0 or 3). For pull requests.",
         ),
     ] = False,
+    without_approvals: Annotated[
+        bool,
+        typer.Option(
+            "--without-approvals",
+            help="With --dry-run: leave out the approvals gate (a pull request is checked before "
+            "anyone approves it).",
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Package, check the gates, record the decision and roll the version out on the
@@ -80,6 +88,10 @@ def deploy(
     from cpmai.manifest import load_manifest
 
     home, actor = _context()
+    if without_approvals and not dry_run:
+        from cpmai.errors import UsageError
+
+        raise UsageError("--without-approvals goes with --dry-run: a rollout needs its approvals")
     if dry_run:
         from cpmai.lifecycle import dry_run as check
 
@@ -87,13 +99,21 @@ def deploy(
             from cpmai.errors import UsageError
 
             raise UsageError("--dry-run rolls nothing out: it takes neither --reason nor --watch")
-        checked = check(load_manifest(manifest), home, env, actor=actor, progress=info)
+        checked = check(
+            load_manifest(manifest),
+            home,
+            env,
+            actor=actor,
+            approvals=not without_approvals,
+            progress=info,
+        )
         if wants_json(json_):
             emit_json(checked.to_dict())
         else:
             show(
                 f"[bold]{checked.name} {checked.version}[/bold] passes {checked.env}'s gates  "
-                f"{checked.seconds:.1f} s  (dry run: nothing rolled out)"
+                f"{checked.seconds:.1f} s  (dry run: nothing rolled out"
+                + ("; approvals not checked)" if without_approvals else ")")
             )
         return
     from cpmai.lifecycle import deploy as run

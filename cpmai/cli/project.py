@@ -86,35 +86,54 @@ def init(
 
 
 def validate(
-    manifest: Annotated[
-        Path | None, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)
+    manifests: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="The manifest (cpmai.yaml), or several (a pre-commit hook passes them all).",
+            show_default=False,
+            metavar="MANIFEST",
+        ),
     ] = None,
     schema: Annotated[
         bool, typer.Option("--schema", help="Print the manifest's JSON Schema instead.")
+    ] = False,
+    no_files: Annotated[
+        bool,
+        typer.Option(
+            "--no-files",
+            help="Check the schema only, not that the files named exist (a commit hook, where "
+            "models and data are not checked in).",
+        ),
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Check a manifest against the schema and check the files it names exist.
 
-    Every problem is reported as FILE:LINE field.path: message. Exit 2 when invalid.
+    Every problem is reported as FILE:LINE field.path: message. Exit 2 when one is invalid
+    (every manifest given is checked and reported first). With --json, one document for one
+    manifest, a list for several.
     """
     from cpmai.errors import ManifestError, UsageError
 
     if schema:
         _print_schema()
         return
-    if manifest is None:
+    if not manifests:
         raise UsageError("missing MANIFEST", hint="cpmai validate cpmai.yaml")
     from cpmai.manifest import load_manifest
 
-    try:
-        spec = load_manifest(manifest)
-    except ManifestError as exc:
-        if wants_json(json_):
-            emit_json({"valid": False, "manifest": str(manifest), "problems": exc.problems})
-        raise
-    if wants_json(json_):
-        emit_json(
+    docs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for manifest in manifests:
+        try:
+            spec = load_manifest(manifest, check_files=not no_files)
+        except ManifestError as exc:
+            docs.append({"valid": False, "manifest": str(manifest), "problems": exc.problems})
+            problems += exc.problems
+            if len(manifests) == 1 and not wants_json(json_):
+                raise
+            continue
+        docs.append(
             {
                 "valid": True,
                 "manifest": str(manifest),
@@ -123,9 +142,13 @@ def validate(
                 "environments": list(spec.environments),
             }
         )
-        return
-    envs = ", ".join(spec.environments) or "no environments"
-    show(f"✓ {manifest}: {spec.name} ({spec.model.task}; {envs}) is valid")
+        if not wants_json(json_):
+            envs = ", ".join(spec.environments) or "no environments"
+            show(f"✓ {manifest}: {spec.name} ({spec.model.task}; {envs}) is valid")
+    if wants_json(json_):
+        emit_json(docs[0] if len(manifests) == 1 else docs)
+    if problems:
+        raise ManifestError(problems)
 
 
 def schema(
