@@ -350,3 +350,29 @@ def test_worker_processes_merge_their_histograms(delay20: DelayServer) -> None:
     assert sum(w["count"] for w in result.windows.values()) == result.requests
     one = run_load(spec(delay20.url, concurrency=1, duration_s=1), workers=4)  # capped at 1
     assert 40 <= one.requests / one.measured_s <= 51  # one in flight, not four
+
+
+def test_a_ratio_past_the_threshold_that_cannot_be_tested_is_marked_untested() -> None:
+    from cpmai.bench.reports import markdown
+    from cpmai.bench.verdicts import compare
+
+    def run(p99: float, windows: int) -> dict[str, Any]:
+        level = {
+            "key": "c=1",
+            "label": "c=1",
+            "throughput_rps": 1000.0 / p99,
+            "latency_ms": {"p99_ms": p99},
+            "windows": [{"p99_ms": p99, "throughput_rps": 1000.0 / p99}] * windows,
+        }
+        return {"machine": {"fingerprint": "here"}, "levels": [level]}  # fmt: skip
+
+    short = compare(run(30.0, 3), run(1.0, 3), threshold=1.1, force=False)
+    (check, _) = short["comparisons"][0]["checks"]
+    assert check["p_value"] is None and check["untested"] and not check["regressed"]
+    assert "at least 5 s" in check["note"]
+    doc = {"target": {"name": "m", "version": "1", "kind": "inprocess"}, "exit_code": 0,
+           "time": "t", "machine": {"cpu": "c", "cores": 2, "python": "3"}, "levels": [],
+           "baseline": {**short, "file": "f"}}  # fmt: skip
+    assert "❔ untested" in markdown(doc)
+    tested = compare(run(30.0, 5), run(1.0, 5), threshold=1.1, force=False)
+    assert tested["regressed"] and not tested["comparisons"][0]["checks"][0]["untested"]

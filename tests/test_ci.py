@@ -6,6 +6,7 @@ GITHUB_STEP_SUMMARY files)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -288,3 +289,52 @@ def test_the_pull_request_workflow_stops_a_slower_model(tmp_path: Path) -> None:
     text = summary.read_text()
     assert text.startswith("## cpmai: breached") and "regress" in text.lower()
     assert "<failure" in (workspace / "cpmai-bench.xml").read_text()
+
+
+@pytest.mark.slow
+def test_dry_run_and_a_baseline_from_what_is_live(churn: Path, home: Path, cli: Any) -> None:
+    """`deploy --dry-run` records its gates and starts nothing; `bench --baseline ENV` compares
+    with the newest run of the version live in ENV, and says so when nothing is live there."""
+    from test_deploy import NAME, port_of, write_manifest
+
+    manifest = write_manifest(churn)
+    refused = cli("deploy", manifest, "--env", "production", "--dry-run")
+    assert refused.code == 3 and "approvals" in refused.err  # production needs one
+    passed = cli("--json", "deploy", manifest, "--env", "production", "--dry-run",
+                 "--without-approvals")  # fmt: skip
+    assert passed.code == 0, passed.err
+    checked = json.loads(passed.out)
+    assert checked["action"] == "dry-run" and checked["passed"] and checked["version"] == "1.0.0"
+    assert cli("deploy", manifest, "--env", "staging", "--without-approvals").code == 2
+    assert not (home / "runs").exists() and not _listening(port_of(manifest, "production"))
+    events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["details"].get("for")) for e in events] == [
+        ("package", None), ("gate", "dry-run"), ("gate", "dry-run"),
+    ]  # fmt: skip
+
+    nothing = cli("bench", NAME, "--baseline", "production", "--duration", "1")
+    assert nothing.code == 2 and "nothing of churn-classifier is live in production" in nothing.err
+    deployed = cli("deploy", manifest, "--env", "staging")
+    assert deployed.code == 0, deployed.err
+    try:
+        first = cli("--json", "bench", f"{NAME}@staging", "--concurrency", "1",
+                    "--duration", "5", "--warmup", "0.3")  # fmt: skip
+        assert first.code == 0, first.err
+        again = cli("--json", "bench", NAME, "--concurrency", "1", "--duration", "5",
+                    "--warmup", "0.3", "--baseline", "staging", "--threshold", "3")  # fmt: skip
+        assert again.code == 0, again.err
+        compared = json.loads(again.out)["baseline"]
+        assert compared["file"] == json.loads(first.out)["saved_to"]
+        assert all(c["p_value"] is not None for r in compared["comparisons"] for c in r["checks"])
+        unknown = cli("bench", NAME, "--baseline", "qa", "--duration", "1")
+        assert unknown.code == 2 and "nor is qa an environment" in unknown.err
+    finally:
+        cli("stop", NAME, "--env", "staging")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0

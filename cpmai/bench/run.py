@@ -319,6 +319,8 @@ def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[
     runs = sorted((p for folder in folders for p in folder.glob("*.json")), key=lambda p: p.name)
     if not runs:
         of = f" for {subject.name}" + ("" if which == "latest" else f" {which}")
+        if subject.name and which not in ("latest",) and described == which:
+            of += f" (nor is {which} an environment {subject.name} was deployed to)"
         raise UsageError(
             f"--baseline {described}: no saved benchmark run found" + (of if subject.name else ""),
             hint="run `cpmai bench` once to save one (runs are kept under .cpmai/bench/)",
