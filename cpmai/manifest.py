@@ -29,6 +29,12 @@ from cpmai.yamlsource import Path_, YamlDocument, merge_under, read_yaml
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
 TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+LABEL_METRICS = {
+    "classification": ("accuracy", "precision", "recall", "f1"),
+    "regression": REGRESSION_METRICS,
+}
+"""What `cpmai monitor` computes from served predictions and ground truth: roc_auc and log_loss
+need every request's probabilities, which the prediction log keeps only when asked for."""
 UNIT_METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc"}
 """Metrics between 0 and 1: a bound outside that range is a typo (">= 90" for 90%)."""
 MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx", "mlflow")
@@ -212,8 +218,8 @@ class Rollout(Strict):
     steps: list[Annotated[int, Field(ge=1, le=100)]] = [100]
     """Traffic percentages of a canary, ending at 100."""
     auto_rollback: bool = True
-    """Go back to the previous version when the new one fails its health checks or a canary
-    step breaches."""
+    """canary: put all traffic back on the live version when a step breaches (off: the rollout
+    goes on). A version that fails to load or become healthy is always routed back."""
     window_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
     """canary: how long each step is watched before the two versions are compared, seconds."""
     max_error_rate_increase: Fraction = 0.01
@@ -279,9 +285,10 @@ class Quality(Strict):
     """The model-quality bound once ground truth arrives."""
 
     metric: str
-    """A metric of the task (e.g. accuracy, rmse)."""
+    """A metric computed from labels: accuracy, precision, recall, f1 (classification); mae,
+    rmse, r2, mape (regression)."""
     min: float
-    """Alert below this value (for error metrics — mae, rmse, mape, log_loss — above it)."""
+    """Alert below this value (for error metrics — mae, rmse, mape — above it)."""
 
 
 class Triggers(Strict):
@@ -458,12 +465,16 @@ class Manifest(Strict):
         for env_key in self.gates.approvals:
             if env_key not in self.environments:
                 problems.append((("gates", "approvals", env_key), _no_such_env(env_key, self)))
-        if self.monitoring.quality and self.monitoring.quality.metric not in allowed:
+        judged = LABEL_METRICS[self.model.task]
+        if self.monitoring.quality and self.monitoring.quality.metric not in judged:
+            metric = self.monitoring.quality.metric
+            why = (
+                f"{metric} is not computed from labels (it needs every request's probabilities)"
+                if metric in allowed
+                else f"unknown {self.model.task} metric"
+            )
             problems.append(
-                (
-                    ("monitoring", "quality", "metric"),
-                    f"unknown {self.model.task} metric (known: {', '.join(allowed)})",
-                )
+                (("monitoring", "quality", "metric"), f"{why}; known: {', '.join(judged)}")
             )
         ports: dict[tuple[str, int], str] = {}
         for env_name, env in self.environments.items():

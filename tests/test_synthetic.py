@@ -45,6 +45,13 @@ def test_the_header_is_read_strictly() -> None:
                 b"synthetic; source=" + b"x" * 41):  # fmt: skip
         with pytest.raises(ValueError, match="X-Cpmai-Traffic"):
             origin.parse(bad)
+    import time
+
+    started = time.perf_counter()  # read before the token: a long value must cost nothing
+    for filler in (b" " * 100_000, b"; source=" * 10_000):
+        with pytest.raises(ValueError, match="not understood"):
+            origin.parse(b"synthetic; source=" + filler + b"x;")
+    assert time.perf_counter() - started < 0.05
 
 
 def _write(folder: Path, signature: dict[str, Any] | None) -> dict[str, Any]:
@@ -55,7 +62,8 @@ def _write(folder: Path, signature: dict[str, Any] | None) -> dict[str, Any]:
     log = PredictionLog(folder, model=NAME, version="1.0.0", signature=signature)
     now = [1_700_000_000.0]
     log._clock = lambda: now[0]  # type: ignore[method-assign]
-    sent: dict[str, Any] = {"real": 0, "real_rows": 0, "by_source": {}, "real_times": []}
+    sent: dict[str, Any] = {"real": 0, "real_rows": 0, "by_source": {}, "real_times": [],
+                            "real_refused": 0}  # fmt: skip
     for i in range(2400):
         now[0] = 1_700_000_000 + i / 10
         rows = 1 + i % 3
@@ -69,6 +77,7 @@ def _write(folder: Path, signature: dict[str, Any] | None) -> dict[str, Any]:
             log.record("invocations", 422, 0.001, 0, {"c": ["w"]}, None, error="unknown",
                        origin=source)  # fmt: skip
         if source is None:
+            sent["real_refused"] += i % 97 == 0
             sent["real"] += 1 + (i % 97 == 0)
             sent["real_rows"] += rows
             sent["real_times"] += [now[0]] * (1 + (i % 97 == 0))
@@ -101,6 +110,7 @@ def test_every_reading_path_sets_synthetic_requests_apart(tmp_path: Path, indexe
         assert real.synthetic == sent["by_source"]
         assert len(real.row_time) == sent["real_rows"] == len(real.features["a"])
         assert float(np.nanmax(real.features["a"])) < 1e6  # no load-test row among them
+        assert real.unseen["c"] == {"w": sent["real_refused"]}  # not the load test's
         every = read(cache=cache, include_synthetic=True)
         assert every.requests == sent["real"] + sum(sent["by_source"].values())
         assert every.synthetic == sent["by_source"] and every.synthetic_included
@@ -115,6 +125,25 @@ def test_every_reading_path_sets_synthetic_requests_apart(tmp_path: Path, indexe
     )
     joined = read(with_ids=True)  # the label join's path (no index, no cache)
     assert joined.ids is not None and len(joined.ids) == sent["real_rows"]
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["index", "json"])
+def test_sources_beyond_any_small_integer_are_all_counted(tmp_path: Path, indexed: bool) -> None:
+    """Clients name their sources freely: 40,000 of them must neither crash nor wrap a code."""
+    from cpmai.monitor import logs
+    from cpmai.serving.predlog import PredictionLog
+
+    log = PredictionLog(tmp_path, model=NAME, version="1.0.0",
+                        signature=SIGNATURE if indexed else None)  # fmt: skip
+    log.start()
+    for i in range(40_000):
+        log.record("invocations", 200, 0.001, 1, {"a": [1.0], "c": ["x"]}, [0],
+                   origin=f"run-{i}" if i % 4 else None)  # fmt: skip
+    log.close()
+    traffic = logs.read_traffic(tmp_path, focus="1.0.0", specs=[logs.FeatureSpec("a", "numeric")],
+                                output_kind="categorical", output_categories=[0, 1])  # fmt: skip
+    assert traffic.requests == 10_000 and sum(traffic.synthetic.values()) == 30_000
+    assert len(traffic.synthetic) == 30_000 and not traffic.row_synthetic.any()
 
 
 def test_a_block_of_real_traffic_only_carries_no_origin_column(tmp_path: Path) -> None:
@@ -203,6 +232,9 @@ def test_a_benchmark_of_a_deployed_server_is_not_taken_for_customers(
         assert synthetic["by_source"]["cpmai-bench"] == metrics["synthetic"] - 32
         code, every = _json("monitor", NAME, "--env", "staging", "--since", since,
                             "--include-synthetic")  # fmt: skip
+        # the server's resource samples taken under the load test are left out by default
+        samples = doc["traffic"]["resources"]["samples"]
+        assert every["traffic"]["resources"]["samples"] > samples > 0
         assert every["traffic"]["requests"] == 20 + metrics["synthetic"]
         assert every["log"]["synthetic"]["included"] and every["traffic"]["errors"] == {"400": 1}
         text = run_cpmai("monitor", NAME, "--env", "staging", "--since", since)
@@ -235,6 +267,51 @@ def _listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _demo_copy(tmp_path: Path) -> tuple[Path, int]:
+    folder = tmp_path / "churn"
+    folder.mkdir()
+    for name in ("cpmai.yaml", "train.py", "ask.py", "demo.py", "traffic.py"):
+        shutil.copy(EXAMPLE / name, folder / name)
+    manifest = folder / "cpmai.yaml"
+    doc = load(manifest)
+    port = free_port()
+    doc["environments"]["staging"]["port"] = port
+    doc["gates"]["latency"]["duration_s"] = 0.3
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder, port
+
+
+@pytest.mark.slow
+def test_a_demo_stopped_by_sigterm_stops_its_server(tmp_path: Path) -> None:
+    """As a CI timeout would: SIGTERM to the demo while it benchmarks its server."""
+    import signal
+    import time
+
+    folder, port = _demo_copy(tmp_path)
+    env = {**os.environ, "CPMAI_ACTOR": "tester@example.com"}
+    env.pop("CPMAI_HOME", None)
+    demo = subprocess.Popen(
+        [sys.executable, str(folder / "demo.py"), "--folder", str(folder), "--bench-seconds", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 240
+        for line in demo.stdout:  # the bench prints nothing more to stdout until it ends
+            if line.startswith("$ cpmai bench") or time.monotonic() > deadline:
+                break
+        time.sleep(2)
+        assert _listening(port)
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, err
+    assert "interrupted" in err and "stopping the server it started" in err
+    assert not _listening(port)
 
 
 @pytest.mark.slow

@@ -395,7 +395,10 @@ def _dashboard(snap: dict[str, Any]) -> Any:
         f"CPU {res['cpu_percent']:.0f}%  RSS {res['rss_mb']:.0f} MiB ({res['processes']} proc)"
         if res
         else "CPU/RSS: no recent samples",
-        f"[dim]+ {synthetic:,} synthetic requests, not shown[/dim]" if synthetic else "",
+        f"[dim]+ {synthetic:,} synthetic requests in the last {snap['horizon_s'] / 60:g} min, "
+        "not shown[/dim]"
+        if synthetic
+        else "",
         "",
         "",
     )

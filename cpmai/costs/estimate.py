@@ -337,8 +337,9 @@ def _usage(
     without those taken while `cpmai bench` loaded the server (unless synthetic traffic is
     counted in)."""
     from cpmai.monitor.logs import log_folder, read_resources
-    from cpmai.monitor.run import resource_summary
+    from cpmai.monitor.run import resource_summary, without_spans
 
+    interval = facts.manifest.monitoring.sample_interval_s
     windows = [] if facts.include_synthetic else facts.benches(env)
     samples = [
         s
@@ -346,7 +347,8 @@ def _usage(
         if (version is None or s.get("version") == version)
         and not any(a <= s["t"] < b for a, b in windows)
     ]
-    interval = facts.manifest.monitoring.sample_interval_s
+    if not facts.include_synthetic and (facts.home / "logs" / facts.name / env).is_dir():
+        samples = without_spans(samples, facts.log(env).synthetic_spans, interval)
     bounds = (-math.inf if low is None else low, math.inf if high is None else high)
     summary: dict[str, Any] | None = resource_summary(samples, *bounds, interval)["resources"]
     return summary

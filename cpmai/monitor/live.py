@@ -115,8 +115,12 @@ class LiveMonitor:
             len(self.chunks[0]["time"]) == 0 or self.chunks[0]["time"].max() < now - self.horizon_s
         ):
             self.chunks.popleft()
-        while len(self.chunks) > 1 and sum(len(c["row_time"]) for c in self.chunks) > self.max_rows:
+        while len(self.chunks) > 1 and self._real_rows() > self.max_rows:
             self.chunks.popleft()
+
+    def _real_rows(self) -> int:
+        """Rows of real requests held (a load test must not push them out of the drift view)."""
+        return sum(int((~c["row_synthetic"]).sum()) for c in self.chunks)
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         subject = self.subject
@@ -173,6 +177,7 @@ class LiveMonitor:
             "resources": self._resources(now),
             "drift": drift,
             "synthetic": traffic.synthetic if traffic else {},
+            "horizon_s": self.horizon_s,
         }
 
     def _resources(self, now: float) -> dict[str, Any] | None:

@@ -87,6 +87,9 @@ class Traffic:
     they are counted in (`set_apart`)."""
     synthetic_included: bool = True
     """Whether the synthetic requests are among the requests and rows above."""
+    synthetic_spans: list[tuple[float, float]] = field(default_factory=list)
+    """When synthetic requests were being answered: (first, last) of each run of them with no
+    gap over `SPAN_GAP_S` (resource samples then measure the load test, not customers)."""
 
     @property
     def requests(self) -> int:
@@ -238,13 +241,35 @@ def synthetic_by_source(traffic: Traffic, mask: np.ndarray) -> dict[str, int]:
     }
 
 
+SPAN_GAP_S = 1.0
+
+
+def spans(times: np.ndarray, gap: float = SPAN_GAP_S) -> list[tuple[float, float]]:
+    """Runs of moments with no gap over `gap` seconds, as (first, last)."""
+    import numpy as np
+
+    if not len(times):
+        return []
+    ordered = np.sort(times)
+    breaks = np.nonzero(np.diff(ordered) > gap)[0]
+    firsts = np.concatenate((ordered[:1], ordered[breaks + 1]))
+    lasts = np.concatenate((ordered[breaks], ordered[-1:]))
+    return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+
+
 def set_apart(traffic: Traffic, *, include: bool) -> Traffic:
-    """`traffic` with its synthetic requests counted by source (`Traffic.synthetic`) and, unless
-    `include`, left out with their rows."""
+    """`traffic` with its synthetic requests counted by source (`Traffic.synthetic`) and their
+    time spans noted (`Traffic.synthetic_spans`) and, unless `include`, left out with their
+    rows."""
     synthetic = traffic.origin >= 0
     by_source = synthetic_by_source(traffic, synthetic)
     if include or not by_source:
-        return replace(traffic, synthetic=by_source, synthetic_included=include)
+        return replace(
+            traffic,
+            synthetic=by_source,
+            synthetic_included=include,
+            synthetic_spans=spans(traffic.time[synthetic]),
+        )
     real, rows = ~synthetic, ~traffic.row_synthetic
     return replace(
         traffic,
@@ -265,6 +290,7 @@ def set_apart(traffic: Traffic, *, include: bool) -> Traffic:
         else [item for item, keep in zip(traffic.ids, rows.tolist(), strict=True) if keep],
         synthetic=by_source,
         synthetic_included=False,
+        synthetic_spans=spans(traffic.time[synthetic]),
     )
 
 
@@ -467,9 +493,9 @@ def _record_part(
         "versions": [str(record["version"])],
         "endpoint": data["endpoint"].astype(np.int16),
         "endpoints": list(vocab_of.get("endpoint", [])),
-        "origin": data["origin"].astype(np.int16)
+        "origin": data["origin"].astype(np.int32)
         if "origin" in data
-        else np.full(count, -1, dtype=np.int16),
+        else np.full(count, -1, dtype=np.int32),
         "origins": [str(o) for o in vocab_of.get("origin", [])],
         "ids": None,
         "unseen": {},
@@ -511,6 +537,9 @@ def _record_part(
     if output_kind != "numeric":
         vocab["__output__"] = list(vocab_of.get("outputs", []))
     for refused in record.get("refused") or []:
+        request = refused.get("request")
+        if isinstance(request, int) and 0 <= request < count and part["origin"][request] >= 0:
+            continue  # a load test's unseen values are not the data's (`set_apart`)
         part["refused_rows"] += _count_unseen(specs, refused.get("inputs"), part["unseen"])
     part.update(
         row_time=row_time,
@@ -659,7 +688,10 @@ class _Accumulator:
         if not mine:
             return
         for refused in block.get("refused") or []:
-            if keep is None or keep[int(refused["request"])]:
+            request = int(refused["request"])
+            if origins is not None and origins[request] is not None:
+                continue  # a load test's unseen values are not the data's (`set_apart`)
+            if keep is None or keep[request]:
                 self.refused_rows += _count_unseen(self.specs, refused["inputs"], self.unseen)
         if not total:
             return
@@ -706,7 +738,7 @@ class _Accumulator:
         origin = np.array(
             [-1 if o is None else origin_index.setdefault(str(o), len(origin_index))
              for o in self.origin],
-            dtype=np.int16,
+            dtype=np.int32,
         )  # fmt: skip
         features: dict[str, Any] = {}
         for spec in self.specs:
@@ -862,13 +894,14 @@ def _recode(
     parts: list[dict[str, Any]], key: str, names_key: str, np: Any
 ) -> tuple[Any, list[str]]:
     """Each piece numbered its names in its own order: map them onto one list (-1, no name,
-    stays -1)."""
+    stays -1). Origins (sources clients name: unbounded) are int32, the rest int16."""
+    dtype = np.int32 if key == "origin" else np.int16
     merged: dict[str, int] = {}
     out = []
     for part in parts:
         mapping = np.array([merged.setdefault(n, len(merged)) for n in part[names_key]] + [-1])
-        out.append(mapping[part[key]].astype(np.int16) if len(part[key]) else part[key])
-    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int16)), list(merged)
+        out.append(mapping[part[key]].astype(dtype) if len(part[key]) else part[key])
+    return (np.concatenate(out) if out else np.zeros(0, dtype=dtype)), list(merged)
 
 
 def _merge_codes(

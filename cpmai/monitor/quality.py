@@ -17,13 +17,9 @@ import numpy as np
 
 from cpmai.errors import UsageError
 from cpmai.gates import LOWER_IS_BETTER, score
+from cpmai.manifest import LABEL_METRICS
 from cpmai.monitor.drift import category_key
 from cpmai.monitor.logs import FeatureSpec, Traffic
-
-LABEL_METRICS = {
-    "classification": ["accuracy", "precision", "recall", "f1"],
-    "regression": ["mae", "rmse", "r2", "mape"],
-}
 
 
 def data_quality(

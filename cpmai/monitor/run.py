@@ -282,6 +282,8 @@ def monitor(
     if labels_file is not None:
         labels = read_labels(labels_file, traffic, target=subject.artifact.manifest().data.target)
     resources = read_resources(folder, since, until)
+    if not include_synthetic:  # CPU and memory under a load test are not what customers use
+        resources = without_spans(resources, traffic.synthetic_spans, settings.sample_interval_s)
     slo = subject.manifest.slo.model_dump(exclude_none=True)
     slo.pop("throughput_min", None)  # a capacity bound: `cpmai bench` checks it, traffic cannot
 
@@ -410,6 +412,16 @@ def _rank(ordered: np.ndarray, percentile: float) -> float | None:
         return None
     index = max(int(np.ceil(percentile / 100 * len(ordered))) - 1, 0)
     return round(float(ordered[index]), 3)
+
+
+def without_spans(
+    samples: list[dict[str, Any]], spans: list[tuple[float, float]], interval: float
+) -> list[dict[str, Any]]:
+    """The resource samples that measured none of `spans`: a sample taken at t covers the
+    `interval` before it."""
+    if not spans:
+        return samples
+    return [s for s in samples if not any(a < s["t"] < b + interval for a, b in spans)]
 
 
 def resource_summary(

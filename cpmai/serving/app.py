@@ -331,12 +331,12 @@ class InferenceApp:
         taking the short way (`cpmai.serving.fastpath`)."""
         call = _Call(endpoint, start, reply, self._request_id(headers))
         try:
-            call.origin = _origin(headers)
             self._authorize(headers)
+            call.origin = _origin(headers)
             columns = self._parse(call, scope, headers, body)
         except RequestError as exc:
             if call.origin is None and origin.HEADER_KEY in headers:
-                call.origin = ""  # a mark that is not understood: meant as synthetic all the same
+                call.origin = _origin_or_none(headers)  # refused before it was read (or bad)
             self._refuse(call, exc)
             return
         except Exception as exc:

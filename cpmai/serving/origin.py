@@ -18,8 +18,6 @@ mistake the header exists to prevent.
 
 from __future__ import annotations
 
-import re
-
 HEADER = "X-Cpmai-Traffic"
 HEADER_KEY = HEADER.lower().encode()
 """The header's name as ASGI servers hand it over (lower case, bytes)."""
@@ -28,8 +26,11 @@ REAL = "real"
 """The `origin` label of requests that carry no mark."""
 BENCH_SOURCE = "cpmai-bench"
 MAX_SOURCE = 40
-_VALUE = re.compile(r"\s*synthetic\s*(?:;\s*source\s*=\s*([^;]*?)\s*)?", re.IGNORECASE)
-_SOURCE = re.compile(rf"[A-Za-z0-9._ /:+-]{{1,{MAX_SOURCE}}}")
+MAX_VALUE = 100
+"""Longer values are refused before they are looked at (the header is read before the token)."""
+_SOURCE_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._ /:+-"
+)
 
 
 def header_value(source: str | None = None) -> str:
@@ -42,16 +43,22 @@ def parse(value: bytes | None) -> str | None:
     synthetic one. Raises ValueError, with the reason, for a value that is not a mark."""
     if value is None:
         return None
-    text = value.decode("latin-1")
-    match = _VALUE.fullmatch(text)
-    if match is None:
-        shown = text if len(text) <= 60 and text.isprintable() else f"{text[:60]!r}…"
+    text = value[: MAX_VALUE + 1].decode("latin-1")
+    mark, _, rest = text.partition(";")
+    key, equals, source = rest.partition("=")
+    if (
+        len(value) > MAX_VALUE
+        or mark.strip().lower() != SYNTHETIC
+        or (rest and (key.strip().lower() != "source" or not equals))
+    ):
+        shown = text[:60] if text[:60].isprintable() else repr(text[:60])
         raise ValueError(
-            f"{HEADER}: {shown!r} is not understood; send 'synthetic', optionally with "
-            f"'; source=NAME' (letters, digits, . _ - / : + and spaces, at most {MAX_SOURCE})"
+            f"{HEADER}: {shown!r}{'…' if len(value) > 60 else ''} is not understood; send "
+            f"'synthetic', optionally with '; source=NAME' (letters, digits, . _ - / : + and "
+            f"spaces, at most {MAX_SOURCE})"
         )
-    source = (match.group(1) or "").strip('"')
-    if source and _SOURCE.fullmatch(source) is None:
+    source = source.strip().strip('"')
+    if rest and not (0 < len(source) <= MAX_SOURCE and _SOURCE_CHARACTERS.issuperset(source)):
         raise ValueError(
             f"{HEADER}: source {source[:60]!r} is not a name (letters, digits, . _ - / : + and "
             f"spaces, at most {MAX_SOURCE})"

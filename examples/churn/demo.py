@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -52,11 +53,19 @@ def main() -> int:
     def run(step: str, argv: list[str], cwd: Path | None = None) -> None:
         shown = shlex.join(["cpmai", *argv[3:]] if argv[1:3] == ["-m", "cpmai"] else argv)
         print(f"\n$ {shown}", flush=True)
-        code = subprocess.run(argv, cwd=cwd, env=env, check=False).returncode
+        child = subprocess.Popen(argv, cwd=cwd, env=env)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the child too; SIGTERM only this process
+            if _TERMINATED:
+                child.send_signal(signal.SIGINT)
+            _wait(child)
+            raise
         if code != 0:
             raise StepFailed(step, code)
 
-    started, port = False, 0
+    signal.signal(signal.SIGTERM, _interrupt)  # a CI timeout: clean up as for Ctrl-C
+    started, port, outcome = False, 0, 1
     try:
         run("train", [python, "train.py"], cwd=folder)
         run("validate", cpmai("validate", str(manifest)))
@@ -86,20 +95,39 @@ def main() -> int:
         run("ledger verify", cpmai("ledger", "verify"))
         run("report", cpmai("report", NAME, "--html", str(folder / "report.html"),
                             "--markdown", str(folder / "report.md")))  # fmt: skip
-        started = False
         run("stop", cpmai("stop", NAME, "--env", ENV))
+        started, outcome = False, 0
     except StepFailed as failed:
         print(f"\nmake demo: the {failed.step!r} step failed (exit {failed.code})", file=sys.stderr)
-        if started:
-            _clean_up(cpmai("stop", NAME, "--env", ENV), env, port)
-        return failed.code
+        outcome = failed.code
     except KeyboardInterrupt:
         print("\nmake demo: interrupted", file=sys.stderr)
+        outcome = 130
+    finally:  # whatever ended the demo (a bug of its own included), its server is stopped
         if started:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
             _clean_up(cpmai("stop", NAME, "--env", ENV), env, port)
-        return 130
-    print(f"\nmake demo: done — the report is {folder / 'report.html'}")
-    return 0
+    if outcome == 0:
+        print(f"\nmake demo: done — the report is {folder / 'report.html'}")
+    return outcome
+
+
+_TERMINATED: list[int] = []
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _wait(child: subprocess.Popen[bytes]) -> None:
+    """Give an interrupted step time to finish (a deploy records `interrupted` and stops what it
+    started), then make sure it is gone."""
+    try:
+        child.wait(timeout=60)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.kill()
+        child.wait()
 
 
 def _port(manifest: Path) -> int:
