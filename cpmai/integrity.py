@@ -34,16 +34,34 @@ class IntegrityReport:
         }
 
 
-def verify(home: Path) -> IntegrityReport:
+def verify(home: Path, *, expect_head: str | None = None) -> IntegrityReport:
+    """The chain, the head, every recorded artifact's bytes, and artifacts on disk that the
+    ledger does not record. `expect_head`: a hash pinned earlier (`cpmai ledger head`) that
+    must still be an event of the chain."""
     ledger = Ledger(home)
     report = IntegrityReport(chain=ledger.verify())
     try:
         events = ledger.read().events
     except IntegrityError:  # an unreadable line: already named by the chain check
         return report
+    if expect_head is not None:
+        pinned = expect_head.rsplit(":", 1)[-1].strip().lower()
+        if not any(e.hash == pinned for e in events):
+            report.chain.problems.append(
+                f"the pinned head {pinned[:16]}… is not an event of {ledger.path.name} "
+                "(rewritten or cut back since it was pinned)"
+            )
     state = replay(events)
     for name in state.names():
         for record in state.versions_of(name):
             report.artifacts_checked += 1
             report.artifact_problems.extend(artifacts.verify(home, record))
+    for folder in sorted((home / "artifacts").glob("*/*")):
+        if (folder / artifacts.ARTIFACT_FILE).is_file() and folder.name not in state.versions.get(
+            folder.parent.name, {}
+        ):
+            report.artifact_problems.append(
+                f"artifacts/{folder.parent.name}/{folder.name}: on disk but not recorded in the "
+                "ledger (events removed, or a package interrupted before its event)"
+            )
     return report

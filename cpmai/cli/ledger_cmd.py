@@ -15,8 +15,20 @@ app = typer.Typer(
 
 
 @app.command()
-def verify(json_: JsonFlag = False) -> None:
-    """Re-hash the whole chain and every recorded artifact's files.
+def verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            help="A head pinned earlier (`cpmai ledger head`, SEQ:HASH or HASH): fail unless "
+            "it is still an event of the chain.",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Re-hash the whole chain and every recorded artifact's files; check the head file and
+    that every artifact on disk is recorded.
 
     Exit 5 naming the line or file when anything was edited, removed or torn.
     """
@@ -24,7 +36,7 @@ def verify(json_: JsonFlag = False) -> None:
     from cpmai.integrity import verify as check
     from cpmai.settings import resolve_home
 
-    report = check(resolve_home(OPTIONS.home))
+    report = check(resolve_home(OPTIONS.home), expect_head=expect_head)
     if wants_json(json_):
         emit_json(report.to_dict())
     elif report.ok:
@@ -41,6 +53,20 @@ def verify(json_: JsonFlag = False) -> None:
             if report.chain.torn
             else None,
         )
+
+
+@app.command()
+def head(json_: JsonFlag = False) -> None:
+    """Print the last event's SEQ:HASH, after checking the chain: pin it outside this machine
+    (a CI log, a commit) and check it later with `cpmai ledger verify --expect-head`."""
+    from cpmai.ledger import Ledger
+    from cpmai.settings import resolve_home
+
+    found = Ledger(resolve_home(OPTIONS.home)).head()
+    if wants_json(json_):
+        emit_json({"seq": found[0], "hash": found[1]} if found else {"seq": 0, "hash": None})
+    else:
+        show(f"{found[0]}:{found[1]}" if found else "the ledger is empty")
 
 
 @app.command()

@@ -16,7 +16,7 @@ def _read() -> Any:
     from cpmai.settings import resolve_home
 
     ledger = Ledger(resolve_home(OPTIONS.home))
-    read = ledger.read()
+    read = ledger.trusted()
     if read.torn:
         warn(read.torn.describe(ledger.path) + "; run `cpmai ledger repair`")
     return read

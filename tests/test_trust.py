@@ -1,0 +1,159 @@
+"""Nothing is trusted that the chain does not vouch for: a ledger edited by hand (a digest with
+a stale hash, a forged approval, events cut from the end with the head removed) stops every
+command that acts on it before anything is unpickled; truncation and unrecorded artifacts are
+evident; a head pinned outside the machine is checked."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_deploy import NAME, write_manifest
+
+from conftest import run_cpmai
+from cpmai.artifacts import ARTIFACT_FILE, digest_of
+from cpmai.ledger import HEAD_FILE, Ledger, event_hash
+
+
+class _Marker:
+    """Unpickling this writes a file: proof that a pickle was loaded (and its code run)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (exec, (f"open({self.path!r}, 'w').write('unpickled')",))
+
+
+def _lines(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
+
+
+def _write(home: Path, events: list[dict[str, Any]]) -> None:
+    (home / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _swap_model(home: Path, marker: Path) -> str:
+    """What someone with write access does: a model file of their own, the ONNX twin removed
+    (so the pickle is what loads), artifact.json rewritten to match. Returns the new digest."""
+    import hashlib
+
+    folder = home / "artifacts" / NAME / "1.0.0"
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    meta = json.loads((folder / ARTIFACT_FILE).read_text())
+    (folder / meta["model"]).write_bytes(pickle.dumps(_Marker(str(marker))))
+    runtime = json.loads((folder / "runtime.json").read_text())
+    (folder / runtime.pop("onnx_model")).unlink()
+    runtime["runtime"] = "sklearn"
+    (folder / "runtime.json").write_text(json.dumps(runtime))
+    meta["files"] = {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ARTIFACT_FILE
+    }
+    meta["digest"] = digest_of(meta["files"])
+    (folder / ARTIFACT_FILE).write_text(json.dumps(meta))
+    return str(meta["digest"])
+
+
+@pytest.fixture
+def packaged(churn: Path, home: Path) -> Path:
+    manifest = write_manifest(churn)
+    assert run_cpmai("package", manifest).code == 0
+    return manifest
+
+
+def _nothing_unpickled(marker: Path, *commands: list[str]) -> None:
+    for command in commands:
+        result = run_cpmai(*command)
+        assert result.code == 5, (command, result.err)
+        assert "does not verify" in result.err and "ledger.jsonl:" in result.err, result.err
+    assert not marker.exists(), "a pickle was loaded from a ledger that does not verify"
+
+
+@pytest.mark.slow
+def test_a_digest_edited_with_a_stale_hash_loads_nothing(
+    packaged: Path, home: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    events = _lines(home)
+    events[0]["details"]["digest"] = _swap_model(home, marker)  # its hash left as it was
+    _write(home, events)
+    _nothing_unpickled(marker, ["serve", NAME, "--port", "1"], ["predict", NAME, "--input",
+                       str(packaged.parent / "data" / "holdout.csv")], ["versions"],
+                       ["deploy", packaged, "--env", "staging"])  # fmt: skip
+    verify = run_cpmai("ledger", "verify")
+    assert verify.code == 5 and "ledger.jsonl:1: content does not match its hash" in verify.err
+
+
+@pytest.mark.slow
+def test_a_forged_approval_counts_for_nothing_and_nothing_chains_after_it(
+    packaged: Path, home: Path, tmp_path: Path
+) -> None:
+    events = _lines(home)
+    forged = {"seq": 2, "time": events[0]["time"], "actor": "boss@example.com",
+              "action": "approve", "name": NAME, "version": "1.0.0", "env": "production",
+              "details": {"note": "lgtm"}, "prev": events[0]["hash"], "hash": "0" * 64}  # fmt: skip
+    _write(home, [*events, forged])
+    (home / HEAD_FILE).write_text(json.dumps({"seq": 2, "hash": "0" * 64}))
+    promoted = run_cpmai("promote", NAME, "1.0.0", "--env", "production")
+    assert promoted.code == 5 and "ledger.jsonl:2: content does not match its hash" in promoted.err
+    approve = run_cpmai("approve", NAME, "1.0.0", "--env", "production",
+                        env={"CPMAI_ACTOR": "other@example.com"})  # fmt: skip
+    assert approve.code == 5
+    assert len(_lines(home)) == 2  # nothing appended after the bad line
+
+
+@pytest.mark.slow
+def test_events_cut_from_the_end_with_the_head_removed_are_evident(
+    packaged: Path, home: Path, tmp_path: Path
+) -> None:
+    assert run_cpmai("approve", NAME, "1.0.0", "--env", "production",
+                     env={"CPMAI_ACTOR": "other@example.com"}).code == 0  # fmt: skip
+    pinned = run_cpmai("ledger", "head").out.strip()
+    assert pinned.startswith("2:") and len(pinned) == 2 + 64
+    assert run_cpmai("ledger", "verify", "--expect-head", pinned).code == 0
+    events = _lines(home)
+    marker = tmp_path / "unpickled"
+    digest = _swap_model(home, marker)  # and re-record the package as if it had been this one
+    package = {**events[0], "details": {**events[0]["details"], "digest": digest}}
+    package["hash"] = event_hash(package)
+    for cut in ([package, events[1]], [package]):  # rewritten, then cut back too
+        _write(home, cut)
+        (home / HEAD_FILE).unlink(missing_ok=True)
+        if len(cut) > 1:  # a rewritten chain with its head gone: the missing head gives it away
+            _nothing_unpickled(marker, ["serve", NAME, "--port", "1"])
+    # cut to one event, head gone: the chain alone cannot tell, the pinned head can
+    assert not marker.exists()
+    verify = run_cpmai("ledger", "verify", "--expect-head", pinned)
+    assert verify.code == 5 and "is not an event of ledger.jsonl" in verify.err
+    (home / "ledger.jsonl").write_text("")
+    emptied = run_cpmai("ledger", "verify")
+    assert emptied.code == 5 and "on disk but not recorded in the ledger" in emptied.err
+
+
+def test_the_verified_prefix_is_remembered_and_an_edit_behind_it_is_still_caught(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path)
+    for i in range(50):
+        ledger.append("note", actor="a", details={"i": i})
+    assert len(ledger.events()) == 50
+    remembered = json.loads((tmp_path / "cache" / "ledger-verified.json").read_text())
+    assert remembered["events"] == 50
+    text = (tmp_path / "ledger.jsonl").read_text().replace('"i":3}', '"i":4}', 1)
+    (tmp_path / "ledger.jsonl").write_text(text)
+    from cpmai.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match=r"ledger\.jsonl:4: content does not match"):
+        ledger.events()
+    with pytest.raises(IntegrityError, match="does not verify"):
+        ledger.append("note", actor="a")
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(IntegrityError, match=r"ledger\.jsonl:4"):
+        ledger.events()
