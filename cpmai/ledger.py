@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from cpmai.errors import IntegrityError
 from cpmai.fsutil import write_atomic
 
@@ -36,6 +38,7 @@ Hashing the prefix's bytes (~1 GB/s) replaces re-hashing each of its events on e
 is no weaker than the chain: whoever can rewrite it can recompute every hash too (docs/security.md:
 pin the head outside the machine)."""
 _FIELDS = ("seq", "time", "actor", "action", "name", "version", "env", "details", "prev")
+_KEYS = (*_FIELDS, "hash")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**{key: data[key] for key in (*_FIELDS, "hash")})
+        return cls(*map(data.__getitem__, _KEYS))
 
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in (*_FIELDS, "hash")}
@@ -75,6 +78,19 @@ def event_hash(body: dict[str, Any]) -> str:
         allow_nan=False,
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def hash_matches(body: dict[str, Any], recorded: Any) -> bool:
+    """Whether `recorded` is the event's hash (`event_hash`). orjson's sorted compact JSON is
+    the same bytes for the events cpmai writes and ten times faster to make; the standard
+    library's, which the writer uses, decides when they differ."""
+    try:
+        fast = orjson.dumps({key: body[key] for key in _FIELDS}, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        fast = b""
+    if hashlib.sha256(fast).hexdigest() == recorded:
+        return True
+    return bool(event_hash(body) == recorded)
 
 
 def now_iso() -> str:
@@ -167,7 +183,7 @@ class Ledger:
         (`check`)."""
         lines, torn = self.check()
         try:
-            events = [Event.from_dict(json.loads(line)) for line in lines]
+            events = [Event.from_dict(orjson.loads(line)) for line in lines]
         except (ValueError, KeyError, TypeError):  # checked above: a line changed meanwhile
             self._refuse([f"{self.path.name}: changed while it was read"])
         return LedgerRead(events=events, torn=torn)
@@ -190,7 +206,7 @@ class Ledger:
         parsed: list[Any] = [None] * start
         for number, line in enumerate(lines[start:], start=start + 1):
             try:
-                parsed.append(json.loads(line))
+                parsed.append(orjson.loads(line))
             except ValueError:
                 self._refuse([f"{self.path.name}:{number}: not a valid ledger event"])
         problems, _, newest = _chain(parsed[start:], start, self.path.name, first_only=True)
@@ -309,7 +325,7 @@ class Ledger:
         events: list[Any] = []
         for number, line in enumerate(body.splitlines(), start=1):
             try:
-                events.append(json.loads(line))
+                events.append(orjson.loads(line))
             except ValueError:
                 events.append(None)
                 report.problems.append(f"{self.path.name}:{number}: not a valid ledger event")
@@ -436,8 +452,8 @@ def _chain(
         try:
             if data is None:
                 raise ValueError
-            computed = event_hash(data)
             recorded, seq = data["hash"], data["seq"]
+            intact = hash_matches(data, recorded)
         except (ValueError, KeyError, TypeError):
             if data is not None:
                 problems.append(f"{where}: not a valid ledger event")
@@ -452,7 +468,7 @@ def _chain(
                 problems.append(
                     f"{where}: prev does not match the hash of the line before (chain broken)"
                 )
-            if computed != recorded:
+            if not intact:
                 problems.append(f"{where}: content does not match its hash (edited?)")
             prev, expected = recorded, (seq if isinstance(seq, int) else expected) + 1
             checked += 1

@@ -157,3 +157,13 @@ def test_the_verified_prefix_is_remembered_and_an_edit_behind_it_is_still_caught
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(IntegrityError, match=r"ledger\.jsonl:4"):
         ledger.events()
+
+
+def test_events_of_any_content_verify_as_written(tmp_path: Path) -> None:
+    """The fast check (orjson) and the writer's hash (json) agree, or the writer's decides."""
+    ledger = Ledger(tmp_path)
+    odd = {"note": "café ✓ \u2028 \x7f \\ \"", "x": 0.1, "big": 1e300, "small": 5e-324,
+           "n": -(2**63), "nested": {"b": [1, None, True], "a": {}}}  # fmt: skip
+    for _ in range(3):
+        ledger.append("note", actor="ünïcode@example.com", details=odd)
+    assert ledger.verify().ok and len(ledger.events()) == 3
