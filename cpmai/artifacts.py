@@ -291,7 +291,14 @@ def _read_data(manifest: Manifest, build: Path) -> dict[str, pd.DataFrame]:
 
     frames = {}
     for path in sorted((build / "data").glob("*")) if (build / "data").exists() else []:
-        frame = read_table(path)
+        given = getattr(manifest.data, path.stem)
+        try:
+            frame = read_table(path)
+        except UsageError as exc:  # named as the user knows it, not as the build's copy
+            reason = exc.message.removeprefix(f"{path.name}: ")
+            raise UsageError(f"data.{path.stem} ({given}): {reason}") from None
+        if frame.empty:
+            raise UsageError(f"data.{path.stem} ({given}): no rows (only a header?)")
         target = manifest.data.target
         if target and target not in frame.columns:
             raise UsageError(

@@ -12,6 +12,23 @@ from typing import Any, BinaryIO
 CHUNK = 1 << 20  # 1 MiB: big enough that hashing, not Python, is the cost
 
 
+def not_regular(path: Path) -> str | None:
+    """Why `path` (symlinks followed) cannot be read as a file's content: a FIFO would block the
+    reader, a device never end; None for a regular file or a missing one (callers say so)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "not a regular file")  # fmt: skip
+    return f"is {kind}, not a regular file" if not kind.startswith("not") else kind
+
+
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
     try:

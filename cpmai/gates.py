@@ -164,6 +164,8 @@ def evaluate(
     if not holdout_rel or not target:
         raise UsageError("metric gates need data.holdout and data.target in the manifest")
     frame = read_table(artifact.path / holdout_rel[0])
+    if frame.empty:
+        raise UsageError("the holdout data has no rows: metric gates cannot be computed")
     if target not in frame.columns:
         raise UsageError(f"the holdout data has no column {target!r} (data.target)")
     truth = frame[target].to_numpy()

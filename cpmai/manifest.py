@@ -559,9 +559,17 @@ def check_manifest_files(manifest: Manifest, doc: YamlDocument) -> list[str]:
         (("data", "reference"), manifest.data.reference),
         (("data", "holdout"), manifest.data.holdout),
     ]
+    from cpmai.fsutil import not_regular
+
     for loc, rel in fields:
-        if rel is not None and not manifest.resolve(rel).exists():
+        if rel is None:
+            continue
+        path = manifest.resolve(rel)
+        why = not_regular(path)
+        if not path.exists():
             problems.append(f"{doc.where(loc)} {_dotted(loc)}: file not found: {rel}")
+        elif why is not None and not (loc == ("model", "path") and path.is_dir()):
+            problems.append(f"{doc.where(loc)} {_dotted(loc)}: {rel} {why}")
     if manifest.signature == "infer" and not manifest.data.reference:
         model = manifest.resolve(manifest.model.path)
         self_describing = model.suffix.lower() == ".onnx" or (model / "MLmodel").is_file()

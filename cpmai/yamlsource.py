@@ -88,8 +88,14 @@ def _deep_merge(base: Any, top: Any) -> Any:
 
 def read_yaml(file: Path) -> YamlDocument:
     """Parse `file`; raise ManifestError naming file:line for anything unreadable."""
+    from cpmai.fsutil import not_regular
+
+    why = not_regular(file)
+    if why is not None and not why.startswith("is a folder"):
+        raise ManifestError([f"{file}: {why}"])
     try:
-        raw = file.read_bytes()
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # never more: the size is checked below
     except FileNotFoundError:
         raise ManifestError([f"{file}: no such file"]) from None
     except IsADirectoryError:
@@ -97,7 +103,7 @@ def read_yaml(file: Path) -> YamlDocument:
     except OSError as exc:
         raise ManifestError([f"{file}: cannot read: {exc.strerror}"]) from None
     if len(raw) > MAX_BYTES:
-        raise ManifestError([f"{file}:1: file is {len(raw):,} bytes; limit is {MAX_BYTES:,}"])
+        raise ManifestError([f"{file}:1: file is over {MAX_BYTES:,} bytes, the limit"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_deploy import NAME, write_manifest
+from test_deploy import NAME, load, write_manifest
 
 from conftest import run_cpmai
 from cpmai.artifacts import ARTIFACT_FILE, digest_of
@@ -167,3 +167,55 @@ def test_events_of_any_content_verify_as_written(tmp_path: Path) -> None:
     for _ in range(3):
         ledger.append("note", actor="ünïcode@example.com", details=odd)
     assert ledger.verify().ok and len(ledger.events()) == 3
+
+
+def _edit_data(folder: Path, name: str, change: Any) -> str:
+    import pandas as pd
+
+    frame = change(pd.read_csv(folder / "data" / f"{name}.csv"))
+    rel = f"data/{name}-bad-{len(list((folder / 'data').glob('*-bad-*')))}.csv"
+    frame.to_csv(folder / rel, index=False)
+    return rel
+
+
+@pytest.mark.slow
+def test_bad_data_and_special_files_are_exit_2_with_a_message(churn: Path, home: Path) -> None:
+    import os
+
+    import yaml
+
+    folder = churn.parent
+
+    def infinite(frame: Any) -> Any:
+        frame["monthly_charges"] = frame["monthly_charges"].astype(float)
+        frame.loc[3, "monthly_charges"] = float("inf")
+        return frame
+
+    def variant(**data: str) -> Path:
+        doc = load(churn)
+        doc["data"].update(data)
+        path = folder / f"variant-{len(list(folder.glob('variant-*')))}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    fifo = folder / "pipe.yaml"
+    os.mkfifo(fifo)
+    (folder / "zero.joblib").symlink_to("/dev/zero")
+    zero_model = folder / "zero.yaml"
+    zero_model.write_text(churn.read_text().replace("path: model.joblib", "path: zero.joblib"))
+    cases = [
+        (["package", variant(reference=_edit_data(folder, "reference", infinite))],
+         "column 'monthly_charges' holds inf (row 4 of the data, line 5"),
+        (["package", variant(holdout=_edit_data(folder, "holdout", infinite))],
+         "data.holdout (data/holdout-bad-1.csv): column 'monthly_charges' holds inf"),
+        (["package", variant(holdout=_edit_data(folder, "holdout", lambda f: f.iloc[:0]))],
+         "no rows (only a header?)"),
+        (["validate", fifo], "is a FIFO (named pipe), not a regular file"),
+        (["validate", "/dev/zero"], "/dev/zero: is a device, not a regular file"),
+        (["package", zero_model], "model.path: zero.joblib is a device, not a regular file"),
+        (["predict", "churn-classifier", "--input", fifo], "is a FIFO (named pipe)"),
+    ]  # fmt: skip
+    for command, message in cases:
+        result = run_cpmai(*map(str, command), timeout=60)
+        assert result.code == 2, (command, result.err)
+        assert message in result.err and "Traceback" not in result.err, (command, result.err)

@@ -64,6 +64,11 @@ def predict(
 
     if runtime not in (None, "sklearn", "onnx"):
         raise UsageError(f"--runtime {runtime!r}: expected sklearn or onnx")
+    from cpmai.fsutil import not_regular
+
+    why = not_regular(input_file)
+    if why is not None:
+        raise UsageError(f"{input_file}: {why}")
     if not input_file.is_file():
         raise UsageError(f"{input_file}: no such file")
     home = resolve_home(OPTIONS.home)
