@@ -333,6 +333,7 @@ def _roll_out(
         slo=manifest.slo,
         canary=action != "rollback" and spec.rollout.strategy == "canary",
         watch=watch,
+        timeouts=(manifest.serving.header_timeout_s, manifest.serving.body_timeout_s),
     )
     ledger = Ledger(home)
     base = {"target": spec.target, "reason": reason, "strategy": spec.rollout.strategy}

@@ -320,6 +320,11 @@ class Serving(Strict):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Server processes (uvicorn workers) of `cpmai serve`, and so of the docker, kubernetes and
     kserve images, which run it; the local and ray targets scale with `replicas` instead."""
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """A client must send a request's headers within this many seconds of connecting (or of its
+    first byte); a stalled one gets 408 and is disconnected."""
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """... and the whole body within this many seconds of its headers."""
 
 
 class Monitoring(Strict):

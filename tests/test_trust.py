@@ -219,3 +219,53 @@ def test_bad_data_and_special_files_are_exit_2_with_a_message(churn: Path, home:
         result = run_cpmai(*map(str, command), timeout=60)
         assert result.code == 2, (command, result.err)
         assert message in result.err and "Traceback" not in result.err, (command, result.err)
+
+
+def _stalls(port: int, sent: bytes, wait: float) -> tuple[bytes, float]:
+    """Connect, send `sent`, then nothing: what the server answers, and when it hung up."""
+    import socket
+    import time
+
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(sent)
+        answer = b""
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except TimeoutError:
+            return answer + b"<still open>", time.monotonic() - started
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_stalled_clients_are_cut_off(churn: Path, home: Path) -> None:
+    """Headers that never finish, a body that never comes, a connection that says nothing:
+    408 and closed after the manifest's timeouts, on `cpmai serve` and on a deployed server."""
+    import yaml
+
+    from serving_helpers import Server
+
+    manifest = write_manifest(churn)
+    doc = load(manifest)
+    doc["serving"] = {"header_timeout_s": 0.5, "body_timeout_s": 1.0}
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run_cpmai("package", manifest).code == 0
+    post = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"dataframe_records\":")  # fmt: skip
+    served = Server(home, NAME)
+    deployed = run_cpmai("deploy", manifest, "--env", "staging")
+    assert deployed.code == 0, deployed.err
+    try:
+        from test_deploy import port_of
+
+        for port in (served.port, port_of(manifest, "staging")):
+            for sent, limit in ((b"POST /invocations HTTP/1.1\r\nHost: x\r\n", 0.5),
+                                (b"", 0.5), (post, 1.0)):  # fmt: skip
+                answer, seconds = _stalls(port, sent, wait=10)
+                assert answer.startswith(b"HTTP/1.1 408 "), (port, sent, answer)
+                assert limit <= seconds < limit + 2, (port, sent, seconds)
+            assert served.get("/v2/health/ready").status == 200  # and it goes on serving
+    finally:
+        served.close()
+        run_cpmai("stop", NAME, "--env", "staging")

@@ -65,6 +65,9 @@ class ServeConfig:
     prediction_log: bool = True
     sample_interval_s: float = 5.0
     """How often the server samples its own CPU and memory (`monitoring.sample_interval_s`)."""
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    """Stalled clients are cut off (`serving.header_timeout_s`, `serving.body_timeout_s`)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -82,6 +85,8 @@ class ServeConfig:
             max_latency_ms=settings.max_latency_ms,
             log_sample_rate=settings.log_sample_rate,
             sample_interval_s=manifest.monitoring.sample_interval_s,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
         )
 
     @classmethod

@@ -19,6 +19,7 @@ any request), its `Date` header. This relies on uvicorn's HttpToolsProtocol inte
 from __future__ import annotations
 
 import time
+from asyncio import TimerHandle
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -35,13 +36,56 @@ if TYPE_CHECKING:
 
 
 class InferenceHttpProtocol(HttpToolsProtocol):
-    """One HTTP connection to a `cpmai serve` process."""
+    """One HTTP connection to a `cpmai serve` process (or an environment's server).
+
+    A client that stalls is cut off: its request's headers must arrive within
+    `header_timeout_s` of the connection (or of the request's first byte), its body within
+    `body_timeout_s` of the headers; otherwise it gets 408 and the connection is closed. Idle
+    time between requests is uvicorn's keep-alive timeout."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app: Any = self.app
         self._inference: InferenceApp | None = app if isinstance(app, InferenceApp) else None
         self._waiting: tuple[RequestResponseCycle, str] | None = None
+        config = getattr(app, "config", None)
+        self._header_s = float(getattr(config, "header_timeout_s", 10.0))
+        self._body_s = float(getattr(config, "body_timeout_s", 60.0))
+        self._deadline: TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm(self._header_s)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self._header_s)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self._body_s)
+        super().on_headers_complete()
+
+    def _arm(self, seconds: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(seconds, self._stalled)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _stalled(self) -> None:
+        """The client did not finish sending its request in time: 408, then close."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            self.transport.write(_TIMED_OUT)
+        if cycle is not None:
+            cycle.disconnected = True
+        self.transport.close()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """uvicorn starts every request here (pipelined ones when their turn comes)."""
@@ -57,6 +101,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
+        self._disarm()
         super().on_message_complete()
         waiting = self._waiting
         if waiting is not None and waiting[0] is self.cycle:
@@ -66,6 +111,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._waiting = None
+        self._disarm()
         super().connection_lost(exc)
 
     def _predict(self, cycle: RequestResponseCycle, endpoint: str, inference: InferenceApp) -> None:
@@ -78,6 +124,13 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             time.perf_counter(),
             lambda status, body, headers: _answer(cycle, status, body, headers),
         )
+
+
+_TIMED_OUT_BODY = b'{"error":"the request did not arrive in time"}'
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMED_OUT_BODY), _TIMED_OUT_BODY)
+)
 
 
 def _short_way(cycle: RequestResponseCycle, inference: InferenceApp) -> str | None:

@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--header-timeout", type=float, default=10.0)
+    parser.add_argument("--body-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     config = ServeConfig(
         home=args.home,
@@ -313,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         token=os.environ.get("CPMAI_TOKEN") or None,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
     )
     if config.workers == 1:
         sys.setswitchinterval(0.0005)

@@ -29,6 +29,8 @@ class RolloutPlan:
     """Shift traffic by the rollout's steps (else switch at once)."""
     watch: bool = False
     """Report the canary's figures every second while a step is watched."""
+    timeouts: tuple[float, float] = (10.0, 60.0)
+    """The server's header and body read timeouts, seconds (`serving:` of the manifest)."""
 
 
 @dataclass

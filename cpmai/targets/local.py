@@ -249,6 +249,10 @@ class LocalTarget:
             str(port),
             "--workers",
             str(spec.replicas),
+            "--header-timeout",
+            str(plan.timeouts[0]),
+            "--body-timeout",
+            str(plan.timeouts[1]),
         ]
         with self.log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start\n".encode())
