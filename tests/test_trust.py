@@ -269,3 +269,57 @@ def test_stalled_clients_are_cut_off(churn: Path, home: Path) -> None:
     finally:
         served.close()
         run_cpmai("stop", NAME, "--env", "staging")
+
+
+@pytest.mark.slow
+def test_a_restarted_environment_keeps_its_bearer_token(churn: Path, home: Path) -> None:
+    """Deployed with $CPMAI_TOKEN, killed, brought back from a shell without it: the token is
+    still required, and it is kept nowhere in the clear."""
+    import os
+    import signal
+    import stat
+    import time
+
+    from test_deploy import infer, port_of
+
+    manifest = write_manifest(churn)
+    port = port_of(manifest, "staging")
+    first = run_cpmai("deploy", manifest, "--env", "staging", env={"CPMAI_TOKEN": "s3cret-42"})
+    assert first.code == 0, first.err
+    try:
+        assert infer(port)[0] == 401
+        auth = home / "runs" / NAME / "staging" / "auth.json"
+        assert stat.S_IMODE(auth.stat().st_mode) == 0o600 and "s3cret" not in auth.read_text()
+        run = json.loads((home / "runs" / NAME / "staging" / "run.json").read_text())
+        os.kill(int(run["pid"]), signal.SIGKILL)  # the server dies
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(int(run["pid"]), 0)
+                time.sleep(0.1)
+            except ProcessLookupError:
+                break
+        env = {k: v for k, v in os.environ.items() if k != "CPMAI_TOKEN"}
+        again = run_cpmai("deploy", manifest, "--env", "staging", env=env)
+        assert again.code == 0, again.err
+        assert "keeps requiring its recorded bearer token" in again.err
+        assert infer(port)[0] == 401  # still protected
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/invocations", json.dumps({"dataframe_records": [_row(churn)]}),
+                     {"Content-Type": "application/json",
+                      "Authorization": "Bearer s3cret-42"})  # fmt: skip
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        run_cpmai("stop", NAME, "--env", "staging")
+
+
+def _row(churn: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from conftest import FEATURES
+
+    frame = pd.read_csv(churn.parent / "data" / "reference.csv")
+    return dict(json.loads(frame[FEATURES].iloc[:1].to_json(orient="records"))[0])

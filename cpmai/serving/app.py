@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hashlib
 import hmac
 import itertools
 import json
@@ -57,6 +58,9 @@ class ServeConfig:
     port: int = 8080
     workers: int = 1
     token: str | None = None
+    token_sha256: str | None = None
+    """Without `token`: the SHA-256 (hex) of the token to require (a restarted environment's,
+    recorded by the local target: the token itself is kept nowhere)."""
     runtime: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     max_batch_rows: int = 64
@@ -164,6 +168,7 @@ class InferenceApp:
         infer = (f"{models}/infer", f"{models}/versions/{self.version}/infer")
         self._infer_paths = frozenset(infer)
         self.token = config.token.encode() if config.token else None
+        self.token_sha256 = None if self.token else (config.token_sha256 or "").encode() or None
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}-"
         self.resources: ResourceLog | None = None
@@ -494,11 +499,18 @@ class InferenceApp:
         await _respond(send, *(await answer))
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
-        if self.token is None:
+        if self.token is None and self.token_sha256 is None:
             return
         given = headers.get(b"authorization", b"")
-        if not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], self.token):
-            raise RequestError(401, "missing or invalid bearer token")
+        if given.startswith(b"Bearer "):
+            if self.token is not None:
+                if hmac.compare_digest(given[7:], self.token):
+                    return
+            elif self.token_sha256 is not None and hmac.compare_digest(
+                hashlib.sha256(given[7:]).hexdigest().encode(), self.token_sha256
+            ):
+                return
+        raise RequestError(401, "missing or invalid bearer token")
 
     async def _body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
         limit = self.config.max_body_bytes

@@ -55,6 +55,20 @@ def run_dir(home: Path, name: str, env: str) -> Path:
     return home / "runs" / name / env
 
 
+AUTH_FILE = "auth.json"
+"""The environment's bearer token as its SHA-256 (owner-only): what a restart without
+$CPMAI_TOKEN keeps requiring."""
+
+
+def recorded_token(folder: Path) -> str | None:
+    """The SHA-256 of the environment's recorded bearer token, if it has one."""
+    from cpmai.fsutil import read_json_object
+
+    doc = read_json_object(folder / AUTH_FILE)
+    value = doc.get("sha256") if doc else None
+    return value if isinstance(value, str) and len(value) == 64 else None
+
+
 def read_routes(path: Path) -> dict[str, Any] | None:
     try:
         data = orjson.loads(path.read_bytes())
@@ -315,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         token=os.environ.get("CPMAI_TOKEN") or None,
+        token_sha256=recorded_token(run_dir(Path(args.home), args.name, args.env)),
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
     )

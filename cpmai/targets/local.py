@@ -29,7 +29,7 @@ from typing import Any
 from cpmai.errors import TargetError
 from cpmai.fsutil import write_atomic
 from cpmai.serving.metrics import LATENCY_BUCKETS
-from cpmai.serving.router import read_routes, run_dir
+from cpmai.serving.router import AUTH_FILE, read_routes, recorded_token, run_dir
 from cpmai.steps import Step
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
@@ -165,6 +165,12 @@ class LocalTarget:
         run = self._run()
         if not self._alive(run):
             return self._start(plan, run, progress)
+        given = os.environ.get("CPMAI_TOKEN") or None
+        if given is not None and _sha256(given) != recorded_token(self.folder):
+            progress(
+                f"$CPMAI_TOKEN differs from the token {self.env}'s running server requires: it "
+                f"keeps its own until restarted (`cpmai stop`, then deploy)"
+            )
         assert run is not None
         routes = read_routes(self.routes_path) or {}
         old = routes.get("live")
@@ -230,6 +236,7 @@ class LocalTarget:
         for stale in (self.folder / "workers").glob("*.json"):
             stale.unlink(missing_ok=True)
         _check_port_free(spec.host, port)
+        self._record_token(progress)
         seq = self._route(live=plan.version, keep=[])
         progress(f"starting a server for {plan.version} on {spec.host}:{port}")
         started = time.perf_counter()
@@ -285,6 +292,29 @@ class LocalTarget:
             _step("start", started, f"pid {process.pid}, {spec.replicas} worker(s)")
         )
         return result
+
+    def _record_token(self, progress: Progress) -> None:
+        """Keep the bearer token the server is started with (its SHA-256, owner-only), so a
+        restart from a shell without $CPMAI_TOKEN (a rollback, say) still requires it; say when
+        it is kept or changes."""
+        given = os.environ.get("CPMAI_TOKEN") or None
+        recorded = recorded_token(self.folder)
+        if given is None:
+            if recorded is not None:
+                progress(f"{self.env} keeps requiring its recorded bearer token")
+            return
+        digest = _sha256(given)
+        if digest == recorded:
+            return
+        if recorded is not None:
+            progress(f"{self.env}'s bearer token changes (from $CPMAI_TOKEN)")
+        path = self.folder / AUTH_FILE
+        temporary = path.with_name(f".{AUTH_FILE}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"sha256": digest, "set": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime())}, handle)  # fmt: skip
+        temporary.replace(path)
 
     def _wait_started(
         self, process: subprocess.Popen[bytes], run: dict[str, Any], seq: int, plan: RolloutPlan
@@ -571,3 +601,9 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
