@@ -211,7 +211,7 @@ def test_internal_errors_exit_1_without_traceback(
     def broken(self: Any) -> Any:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(Ledger, "read", broken)
+    monkeypatch.setattr(Ledger, "trusted", broken)
     result = cli("versions")
     assert result.code == 1
     assert "internal error: RuntimeError: simulated bug" in result.err
@@ -226,7 +226,7 @@ def test_interrupt_exits_130(home: Path, cli: Any, monkeypatch: pytest.MonkeyPat
     def interrupted(self: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Ledger, "read", interrupted)
+    monkeypatch.setattr(Ledger, "trusted", interrupted)
     assert cli("versions").code == 130
 
 

@@ -46,9 +46,19 @@ def _replicas(address: str) -> dict[str, Any]:
 
 
 def _cluster_processes(port: int) -> list[str]:
+    """The cluster's processes still alive (one that exits while it is looked at is gone)."""
+    import psutil
+
     from cpmai.targets.ray import cluster_processes
 
-    return [" ".join(p.cmdline())[:120] for p in cluster_processes(port) if p.is_running()]
+    alive = []
+    for process in cluster_processes(port):
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(" ".join(process.cmdline())[:120])
+        except psutil.Error:
+            continue
+    return alive
 
 
 @pytest.mark.slow
