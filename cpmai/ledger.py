@@ -12,6 +12,8 @@ never dropped or merged silently: writers refuse to append after it and `verify`
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -424,14 +426,25 @@ class Transaction:
         body["hash"] = event_hash(body)
         line = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         data = (line + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        if written != len(data):  # a full disk: leave a torn tail that repair can move aside
-            raise IntegrityError(f"{self.ledger.path}: short write ({written}/{len(data)} bytes)")
-        os.fsync(self.fd)
+        size = os.fstat(self.fd).st_size
+        try:
+            written = os.write(self.fd, data)
+            if written != len(data):  # a full disk mid-line: take the part back (we hold the lock)
+                os.ftruncate(self.fd, size)
+                raise OSError(errno.ENOSPC, "short write (no space left on device?)")
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror}: the {action} event was NOT recorded",
+                exc.filename or str(self.ledger.path),
+            ) from None
         event = Event.from_dict(body)
-        write_atomic(
-            self.ledger.head_path, json.dumps({"seq": event.seq, "hash": event.hash}).encode()
-        )
+        # the event is recorded: a head that cannot be updated lags behind, as readers allow
+        with contextlib.suppress(OSError):
+            write_atomic(
+                self.ledger.head_path, json.dumps({"seq": event.seq, "hash": event.hash}).encode()
+            )
         self._last = event
         self._last_read = True
         return event

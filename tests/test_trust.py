@@ -323,3 +323,94 @@ def _row(churn: Path) -> dict[str, Any]:
 
     frame = pd.read_csv(churn.parent / "data" / "reference.csv")
     return dict(json.loads(frame[FEATURES].iloc[:1].to_json(orient="records"))[0])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs (root only: skipped where it cannot be mounted, saying why)."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip() or made.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_loses_no_request_silently(
+    packaged: Path, home: Path, small_disk: Path
+) -> None:
+    """The prediction log on a disk that fills up: serving goes on, the requests it could not
+    log are counted on /metrics and, once there is room again, written down as lost, and
+    `cpmai monitor` says how many, when and why. A ledger append on a full disk
+    that fits but whose head file does not is recorded and reported so (exit 0), and the ledger
+    still verifies."""
+    import time
+
+    from serving_helpers import Server
+
+    (home / "logs").symlink_to(small_disk)
+    row = _row(packaged)
+    server = Server(home, NAME)
+    try:
+
+        def send(count: int) -> None:
+            for _ in range(count):
+                assert server.post_json("/invocations", {"dataframe_records": [row]}).status == 200
+
+        send(200)
+        time.sleep(1.5)
+        filler = _fill(small_disk)
+        send(300)  # answered, though the log cannot keep them
+        time.sleep(2.5)
+        metrics = server.get("/metrics").body.decode()
+        import re
+
+        found = re.search(r"^cpmai_prediction_log_dropped_total (\S+)$", metrics, re.MULTILINE)
+        assert found is not None, metrics
+        dropped = float(found.group(1))
+        assert dropped >= 300
+        filler.unlink()
+        send(50)
+        time.sleep(1.5)
+    finally:
+        server.close()
+    result = run_cpmai("--json", "monitor", NAME, "--env", "default")
+    assert result.code in (0, 4), result.err
+    doc = json.loads(result.out)
+    lost = doc["log"]["lost"]
+    assert lost["requests"] + doc["traffic"]["requests"] == 550, (lost, doc["traffic"])
+    assert lost["requests"] >= 300 and any("space" in r for r in lost["reasons"])
+    text = run_cpmai("monitor", NAME, "--env", "default")
+    assert "requests answered but not logged" in text.err
+
+    for item in small_disk.iterdir():  # room again for the state folder itself
+        shutil.rmtree(item) if item.is_dir() else item.unlink()
+    state = small_disk / "state"
+    shutil.copytree(home, state, symlinks=True, ignore=shutil.ignore_patterns("logs", "cache"))
+    filler = _fill(small_disk)
+    # the line fits in the file's last page, its head file does not: recorded, said so, exit 0
+    kpi = run_cpmai("--home", str(state), "kpi", "record", NAME, "retained", "3")
+    assert kpi.code == 0 and "recorded retained = 3" in kpi.err, kpi.err
+    filler.unlink()
+    assert (state / "ledger.jsonl").read_text().count('"retained"') == 1
+    verified = run_cpmai("--home", str(state), "ledger", "verify")
+    assert verified.code == 0, verified.err

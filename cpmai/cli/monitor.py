@@ -9,7 +9,7 @@ import typer
 
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
 from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
-from cpmai.report.text import ms, synthetic_line
+from cpmai.report.text import lost_line, ms, synthetic_line
 
 
 def monitor(
@@ -194,6 +194,9 @@ def _render(doc: dict[str, Any]) -> None:
         )
     if log["unreadable_lines"]:
         warn(f"{log['unreadable_lines']} unreadable line(s) in the prediction log were skipped")
+    lost = lost_line(log["lost"])
+    if lost:
+        warn(lost)
     synthetic = synthetic_line(log["synthetic"])
     if synthetic:
         show(synthetic)

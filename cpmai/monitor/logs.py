@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import UsageError
 from cpmai.serving.logindex import encode, hashable, merge_coded, read_records
+from cpmai.serving.predlog import LOST
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,6 +88,9 @@ class Traffic:
     they are counted in (`set_apart`)."""
     synthetic_included: bool = True
     """Whether the synthetic requests are among the requests and rows above."""
+    lost: list[tuple[float, float, int, str]] = field(default_factory=list)
+    """Requests answered but not logged (a full disk, a log that fell behind): (since, until,
+    requests, reason) as the server recorded them (`predlog.LOST`)."""
     synthetic_spans: list[tuple[float, float]] = field(default_factory=list)
     """When synthetic requests were being answered: (first, last) of each run of them with no
     gap over `SPAN_GAP_S` (resource samples then measure the load test, not customers)."""
@@ -128,7 +132,7 @@ def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
 
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def read_traffic(
@@ -342,6 +346,7 @@ def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np:
         "unseen": part["unseen"],
         "refused_rows": part["refused_rows"],
         "unreadable": part["unreadable"],
+        "lost": part["lost"],
         "features": list(part["features"]),
     }
     arrays = {name: part[name] for name in _ARRAYS}
@@ -381,6 +386,7 @@ def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
         unseen={k: Counter(v) for k, v in meta["unseen"].items()},
         refused_rows=meta["refused_rows"],
         unreadable=meta["unreadable"],
+        lost=[tuple(item) for item in meta["lost"]],
         offset=meta["offset"],
         ids=None,
     )
@@ -390,6 +396,11 @@ def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
 def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[str, Any]:
     if since is None and until is None:
         return part
+    lost = [
+        item
+        for item in part["lost"]
+        if (since is None or item[1] >= since) and (until is None or item[1] < until)
+    ]
     keep = np.ones(len(part["time"]), dtype=bool)
     rows = np.ones(len(part["row_time"]), dtype=bool)
     if since is not None:
@@ -399,8 +410,8 @@ def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[
         keep &= part["time"] < until
         rows &= part["row_time"] < until
     if keep.all() and rows.all():
-        return part
-    out = dict(part)
+        return {**part, "lost": lost}
+    out = dict(part, lost=lost)
     for name in ("time", "status", "latency", "rows", "weight", "version", "endpoint", "origin"):
         out[name] = part[name][keep]
     out["row_time"] = part["row_time"][rows]
@@ -501,6 +512,7 @@ def _record_part(
         "unseen": {},
         "refused_rows": 0,
         "unreadable": 0,
+        "lost": [],
     }
     features: dict[str, Any] = {}
     vocab: dict[str, list[Any]] = {}
@@ -620,8 +632,16 @@ class _Accumulator:
         self.unseen: dict[str, Counter[str]] = {}
         self.refused_rows = 0
         self.unreadable = 0
+        self.lost: list[tuple[float, float, int, str]] = []
 
     def add(self, block: dict[str, Any], focus: str | None, since: Any, until: Any) -> None:
+        if LOST in block and "requests" not in block:  # answered, not logged: counted
+            lost = block[LOST]
+            moment = float(lost["until"])
+            if (since is None or moment >= since) and (until is None or moment < until):
+                item = (float(lost["since"]), moment, int(lost["requests"]), str(lost["reason"]))
+                self.lost.append(item)
+            return
         req = block["requests"]
         times, status, latency = req["t"], req["status"], req["latency_ms"]
         rows, endpoint = req["rows"], req["endpoint"]
@@ -772,6 +792,7 @@ class _Accumulator:
             "unseen": self.unseen,
             "refused_rows": self.refused_rows,
             "unreadable": self.unreadable,
+            "lost": self.lost,
         }
 
 
@@ -860,6 +881,7 @@ def _join_parts(
         "unseen": unseen,
         "refused_rows": sum(p["refused_rows"] for p in parts),
         "unreadable": sum(p["unreadable"] for p in parts),
+        "lost": sorted(item for p in parts for item in p["lost"]),
     }
 
 
@@ -885,6 +907,7 @@ def _traffic(part: dict[str, Any], files: int, total: int) -> Traffic:
         unseen=part["unseen"],
         refused_rows=part["refused_rows"],
         unreadable=part["unreadable"],
+        lost=list(part["lost"]),
         files=files,
         bytes=total,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpmai.report.text import synthetic_line
+from cpmai.report.text import lost_line, synthetic_line
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -40,6 +40,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{_num(lat['p99_ms'])} |",
         "",
     ]
+    lost = lost_line(doc["log"]["lost"])
+    if lost:
+        lines += [f"⚠️ {lost}.", ""]
     synthetic = synthetic_line(doc["log"]["synthetic"])
     if synthetic:
         lines += [synthetic[0].upper() + synthetic[1:] + ".", ""]

@@ -340,6 +340,7 @@ def monitor(
             "unreadable_lines": traffic.unreadable,
             "versions": _per_version(traffic),
             "synthetic": synthetic_summary(traffic.synthetic, traffic.synthetic_included),
+            "lost": lost_summary(traffic.lost),
         },
         "age": {
             "packaged": subject.packaged,
@@ -360,6 +361,18 @@ def monitor(
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def lost_summary(lost: list[tuple[float, float, int, str]]) -> dict[str, Any] | None:
+    """Requests the servers answered but could not log in the period (None: there were none)."""
+    if not lost:
+        return None
+    return {
+        "requests": sum(item[2] for item in lost),
+        "since": _iso(min(item[0] for item in lost)),
+        "until": _iso(max(item[1] for item in lost)),
+        "reasons": sorted({reason for item in lost for reason in item[3].split("; ")}),
+    }
 
 
 def synthetic_summary(by_source: dict[str, int], included: bool) -> dict[str, Any]:

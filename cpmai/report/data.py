@@ -246,6 +246,7 @@ def _monitor(
         "version": doc["version"],
         "traffic": doc["traffic"],
         "synthetic": doc["log"]["synthetic"],
+        "lost": doc["log"]["lost"],
         "slo": doc["slo"],
         "windows": [
             {

@@ -91,11 +91,24 @@ def synthetic_line(summary: dict[str, Any] | None) -> str | None:
     return f"also served: {requests:,} synthetic {noun} ({sources}), {counted}"
 
 
+def lost_line(lost: dict[str, Any] | None) -> str | None:
+    """ "4,210 requests answered but not logged (No space left on device), 14:02–14:05 UTC" from
+    a `lost` summary (`cpmai.monitor.run.lost_summary`), or None."""
+    if not lost:
+        return None
+    return (
+        f"{lost['requests']:,} requests answered but not logged ({'; '.join(lost['reasons'])}), "
+        f"{short_time(lost['since'])} – {short_time(lost['until'])} UTC: no figure includes them"
+    )
+
+
 def synthetic_notes(doc: dict[str, Any]) -> list[str]:
-    """A report's `synthetic_line` per environment that served synthetic requests."""
+    """A report's `synthetic_line` and `lost_line` per environment that has them."""
     notes = []
     for env, mon in doc["monitoring"].items():
-        line = synthetic_line(mon.get("synthetic")) if mon["available"] else None
-        if line:
-            notes.append(f"{env}: {line}")
+        if not mon["available"]:
+            continue
+        for line in (lost_line(mon.get("lost")), synthetic_line(mon.get("synthetic"))):
+            if line:
+                notes.append(f"{env}: {line}")
     return notes

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import random
@@ -64,9 +65,14 @@ from typing import Any
 import orjson
 
 _chain = chain.from_iterable
+_APPENDING = threading.Lock()
 _ID_TYPES = (str, int, float, type(None))
 _ID_TYPE_SET = frozenset(_ID_TYPES)
 FORMAT = "cpmai-predlog/2"
+LOST = "lost"
+"""A line `{"format", "model", "version", "pid", "lost": {"requests", "since", "until",
+"reason"}}`: requests that were answered but could not be logged (a full disk, a log that fell
+behind), written with the next block that could be."""
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
 """Rows a block holds before it is closed and written, not at the end of the second. The server's
@@ -345,6 +351,10 @@ class PredictionLog:
         self._lines: deque[tuple[bytes, int, dict[str, Any] | None]] = deque()
         self.written = 0
         self.dropped = 0
+        self._lost_lock = threading.Lock()
+        self._lost: dict[str, Any] | None = None
+        """Requests not logged since the last line that could be written: written as a `lost`
+        line before the next block (`LOST`), so readers count them; never silent."""
         self._clock = time.time
 
     def start(self) -> None:
@@ -371,7 +381,7 @@ class PredictionLog:
         with self._lock:
             filled = self._open
             if self._backed_up():
-                self.dropped += len(entries)
+                self._note_lost(len(entries), "the disk fell behind (the log's buffer was full)")
                 return
             filled.add(batch, entries)
         if self._closed:  # a request that outlived the server's shutdown: written at once
@@ -406,11 +416,46 @@ class PredictionLog:
             return
         with self._lock:
             if self._backed_up():
-                self.dropped += 1
+                self._note_lost(1, "the disk fell behind (the log's buffer was full)")
                 return
             self._open.refusal(entry, inputs)
         if self._closed:
             self.flush()
+
+    def _note_lost(self, requests: int, reason: str) -> None:
+        """Count requests that could not be logged (on /metrics at once, in the log as soon as
+        a line can be written)."""
+        now = time.time()
+        self._merge_lost({"requests": requests, "since": now, "until": now, "reason": reason})
+
+    def _merge_lost(self, more: dict[str, Any], *, new: bool = True) -> None:
+        """Add `more` to what is owed to the log (`new`: requests not counted in `dropped` yet)."""
+        with self._lost_lock:
+            if new:
+                self.dropped += more["requests"]
+            lost = self._lost
+            if lost is None:
+                self._lost = dict(more)
+                return
+            lost["requests"] += more["requests"]
+            lost["since"] = min(lost["since"], more["since"])
+            lost["until"] = max(lost["until"], more["until"])
+            if more["reason"] not in lost["reason"]:
+                lost["reason"] = f"{lost['reason']}; {more['reason']}"
+
+    def _take_lost(self) -> dict[str, Any] | None:
+        with self._lost_lock:
+            lost, self._lost = self._lost, None
+        return lost
+
+    def _lost_line(self, lost: dict[str, Any] | None) -> bytes:
+        if lost is None:
+            return b""
+        return orjson.dumps(
+            {"format": FORMAT, "model": self.model, "version": self.version, "pid": os.getpid(),
+             LOST: lost},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )  # fmt: skip
 
     def _backed_up(self) -> bool:
         """The disk cannot keep up (new requests are counted as dropped, never waited for)."""
@@ -541,17 +586,24 @@ class PredictionLog:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
         with self._write_lock:
+            pending = self._take_lost()
+            lost = self._lost_line(pending)  # what could not be written before goes first
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                try:
-                    os.write(fd, line)
-                    # O_APPEND moved this descriptor's offset to the end of *this* line, even
-                    # if another writer (another version's log) appended meanwhile
-                    offset = os.lseek(fd, 0, os.SEEK_CUR) - len(line)
-                finally:
-                    os.close(fd)
-            except OSError:
-                self.dropped += requests  # on /metrics: never silent
+                with _APPENDING:  # one process's logs share its file: never cut another's line
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    try:
+                        written = os.write(fd, lost + line)
+                        if written != len(lost) + len(line):  # a full disk mid-line: never half
+                            os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - written)
+                            raise OSError(errno.ENOSPC, "short write (no space left on device?)")
+                        # O_APPEND moved this descriptor's offset to the end of *this* line
+                        offset = os.lseek(fd, 0, os.SEEK_CUR) - len(line)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                if pending is not None:  # still owed: with the next line that can be written
+                    self._merge_lost(pending, new=False)
+                self._note_lost(requests, exc.strerror or str(exc))  # on /metrics and later
                 raise
             if arrays is not None:
                 with _collector_paused():
@@ -620,7 +672,7 @@ class PredictionLog:
         return written
 
     def close(self) -> None:
-        """Stop the thread and write what is left (on shutdown)."""
+        """Stop the thread and write what is left (on shutdown), and what was lost."""
         if self._timer is not None:
             self._timer.cancel()
         self._loop = None  # from now on, steps run where they are called
@@ -632,6 +684,25 @@ class PredictionLog:
         self.flush()
         with self._write_lock:
             self._write_index()
+            if self._lost is not None:
+                self._write_lost()
+
+    def _write_lost(self) -> None:
+        """The `lost` line alone (at shutdown, when no block followed it)."""
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+        pending = self._take_lost()
+        line = self._lost_line(pending)
+        try:
+            with _APPENDING:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    if os.write(fd, line) != len(line):
+                        raise OSError(errno.ENOSPC, "short write")
+                finally:
+                    os.close(fd)
+        except OSError:  # still nowhere to write: /metrics counted them (`dropped`)
+            pass
 
 
 @contextlib.contextmanager
