@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import CpmaiError, GateError, TargetError, UsageError
-from cpmai.ledger import Ledger, State, replay
+from cpmai.ledger import LIVE_ACTIONS, Ledger, State, replay
 from cpmai.steps import StepLog
 from cpmai.targets import RolloutPlan, get_target
 
@@ -242,6 +242,7 @@ def _go_live(
 
     log = StepLog()
     with env_lock(home, name, env, progress):
+        reconcile(home, name, env, actor=actor, progress=progress)
         with log.step("verify") as step:
             artifact = open_artifact(home, name, version)
             manifest = artifact.manifest()
@@ -257,6 +258,39 @@ def _go_live(
         )
         result.gates = report.to_dict()
         return result
+
+
+ENDS = (*LIVE_ACTIONS, "stop", "interrupted")
+
+
+def reconcile(home: Path, name: str, env: str, *, actor: str, progress: Progress) -> None:
+    """If the last rollout of `env` recorded its intent and never its end (the command was
+    killed), record it as `interrupted`, with what actually runs there now (found from the run
+    folder, not from the ledger): the command that called this then stops or adopts it."""
+    ledger = Ledger(home)
+    last = None
+    for event in ledger.events():
+        if event.name == name and event.env == env and event.action in (*ENDS, "intent"):
+            last = event
+    if last is None or last.action != "intent":
+        return
+    state = replay(ledger.events())
+    target = get_target(target_kind(state.env(name, env)), home, name, env)
+    found = target.status()
+    progress(
+        f"the {last.details.get('for', 'rollout')} of {name} {last.version} to {env} (ledger "
+        f"#{last.seq}) never finished; found: {found.state}"
+        + (f", serving {found.live}" if found.live else "")
+    )
+    ledger.append(
+        "interrupted",
+        actor=actor,
+        name=name,
+        version=last.version,
+        env=env,
+        details={"intent": last.seq, "for": last.details.get("for"), "found": found.state,
+                 "serving": found.live, "pid": found.pid},
+    )  # fmt: skip
 
 
 def _gates(
@@ -350,6 +384,12 @@ def _roll_out(
             details={**base, "result": result, **details, "seconds": seconds},
         )
 
+    # the intent first: a rollout killed from here on (SIGKILL, a lost machine) is found and
+    # recorded as interrupted by the next command on this environment (`reconcile`)
+    ledger.append(
+        "intent", actor=actor, name=name, version=version, env=env,
+        details={"for": action, "target": spec.target, "strategy": spec.rollout.strategy},
+    )  # fmt: skip
     try:
         with _signals_interrupt():
             outcome = target.rollout(plan, progress)
@@ -407,6 +447,7 @@ def rollback(
     started = time.perf_counter()
     log = StepLog()
     with env_lock(home, name, env, progress):
+        reconcile(home, name, env, actor=actor, progress=progress)
         state = replay(Ledger(home).events())
         env_state = state.env(name, env)
         if to is None:
@@ -444,6 +485,7 @@ def target_kind(env_state: Any) -> str:
 def stop(home: Path, name: str, env: str, *, actor: str, reason: str | None = None) -> bool:
     """Stop what runs in `env` and record it. Returns False when nothing was recorded live."""
     with env_lock(home, name, env, _quiet):
+        reconcile(home, name, env, actor=actor, progress=_quiet)
         state = replay(Ledger(home).events())
         env_state = state.env(name, env)
         kind = target_kind(env_state)
@@ -556,6 +598,15 @@ def _status_row(
         row["server"] = target.status().to_dict()
         if live is None and row["server"]["state"] == "stopped" and kind == "local":
             row["server"]["detail"] = "nothing live"
+        serving = row["server"].get("live")
+        running = row["server"]["state"] != "stopped"
+        if kind == "local" and ((running and serving != row["version"]) or (not running and live)):
+            row["differs"] = (
+                f"the server {'serves ' + str(serving) if running else 'is not running'} while the "
+                f"ledger says {row['version'] or 'nothing'} is live (an interrupted rollout?): "
+                f"`cpmai stop {name} --env {env}` stops what runs, `cpmai deploy` or `cpmai "
+                f"promote` records a version again"
+            )
     return row
 
 

@@ -414,3 +414,87 @@ def test_a_full_disk_loses_no_request_silently(
     assert (state / "ledger.jsonl").read_text().count('"retained"') == 1
     verified = run_cpmai("--home", str(state), "ledger", "verify")
     assert verified.code == 0, verified.err
+
+
+def _deploy_killed_at(manifest: Path, env: str, marker: str) -> str:
+    """`cpmai deploy` SIGKILLed as soon as its progress shows `marker`; returns what it said."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmai", "deploy", str(manifest), "--env", env],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CPMAI_ACTOR": "ops@example.com"},
+    )  # fmt: skip
+    said = []
+    deadline = time.monotonic() + 120
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            said.append(line)
+            if marker in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert any(marker in line for line in said), "".join(said)
+    return "".join(said)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker",
+    ["package  ", "gates    ", "starting a server", "loading", "%: live", "rollout  "],
+    ids=["packaged", "gated", "server-started", "switching", "canary-step", "before-the-event"],
+)
+def test_a_deploy_killed_anywhere_is_reconciled(churn: Path, home: Path, marker: str) -> None:
+    """SIGKILL of `cpmai deploy` at six points of a rollout. Afterwards `status` tells the
+    truth, `stop` stops what actually runs, a new `deploy` succeeds, nothing is left listening,
+    an unfinished rollout is recorded as interrupted, and the ledger verifies."""
+    import socket
+
+    import yaml
+    from test_deploy import edit, port_of
+
+    manifest = write_manifest(churn)
+    env = "production" if marker in ("loading", "%: live") else "staging"
+    if env == "production":  # a canary needs a live version, and production an approval
+        doc = load(manifest)
+        doc["gates"]["approvals"] = {}
+        manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    port = port_of(manifest, env)
+    if marker in ("loading", "%: live"):  # an in-place switch: something must be live first
+        assert run_cpmai("deploy", manifest, "--env", env).code == 0
+        edit(manifest, description="a second version")
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        before = len(_lines(home)) if (home / "ledger.jsonl").exists() else 0
+        _deploy_killed_at(manifest, env, marker)
+        killed = [e["action"] for e in _lines(home)][before:]
+        status = run_cpmai("--json", "status", NAME)
+        assert status.code == 0, status.err
+        rows = [r for r in json.loads(status.out)["environments"] if r["env"] == env]
+        if rows and rows[0]["server"]["state"] != "stopped":  # status says what really runs
+            row = rows[0]
+            assert row.get("differs") or row["server"]["live"] == row["version"], row
+        stopped = run_cpmai("stop", NAME, "--env", env)
+        assert stopped.code == 0, stopped.err
+        assert not listening()  # whatever the ledger said, nothing runs now
+        again = run_cpmai("deploy", manifest, "--env", env)
+        assert again.code == 0, again.err
+        assert listening()
+        actions = [e["action"] for e in _lines(home)]
+        if "intent" in killed and killed[-1] == "intent":  # begun, never finished
+            assert actions[before + len(killed)] == "interrupted", actions
+        assert run_cpmai("ledger", "verify").code == 0
+    finally:
+        run_cpmai("stop", NAME, "--env", env)
+    assert not listening()

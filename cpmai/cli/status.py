@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cpmai.cli.output import OPTIONS, emit_json, show, table, wants_json
+from cpmai.cli.output import OPTIONS, emit_json, show, table, wants_json, warn
 from cpmai.cli.project import JsonFlag
 
 
@@ -59,6 +59,8 @@ def status(
         server = row["server"]
         if server.get("detail") and server["state"] not in ("running",):
             show(f"  {row['name']} {row['env']}: {server['detail']}")
+        if row.get("differs"):
+            warn(f"{row['name']} {row['env']}: {row['differs']}")
 
 
 def _now_cells(row: dict[str, Any]) -> list[str]:

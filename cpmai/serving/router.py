@@ -60,6 +60,23 @@ AUTH_FILE = "auth.json"
 $CPMAI_TOKEN keeps requiring."""
 
 
+SERVER_FILE = "server.json"
+"""Written by the server process itself as it starts: what runs, even if the command that
+started it died before it could write `run.json` (a SIGKILL right after the start)."""
+
+
+def announce(folder: Path, host: str, port: int, workers: int) -> None:
+    import psutil
+
+    from cpmai.fsutil import write_atomic
+
+    me = psutil.Process()
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"pid": me.pid, "created": me.create_time(), "host": host, "port": port,
+           "workers": workers}  # fmt: skip
+    write_atomic(folder / SERVER_FILE, orjson.dumps(doc))
+
+
 def recorded_token(folder: Path) -> str | None:
     """The SHA-256 of the environment's recorded bearer token, if it has one."""
     from cpmai.fsutil import read_json_object
@@ -320,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--header-timeout", type=float, default=10.0)
     parser.add_argument("--body-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
+    announce(run_dir(Path(args.home), args.name, args.env), args.host, args.port, args.workers)
     config = ServeConfig(
         home=args.home,
         name=args.name,

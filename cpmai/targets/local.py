@@ -29,7 +29,7 @@ from typing import Any
 from cpmai.errors import TargetError
 from cpmai.fsutil import write_atomic
 from cpmai.serving.metrics import LATENCY_BUCKETS
-from cpmai.serving.router import AUTH_FILE, read_routes, recorded_token, run_dir
+from cpmai.serving.router import AUTH_FILE, SERVER_FILE, read_routes, recorded_token, run_dir
 from cpmai.steps import Step
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
@@ -76,11 +76,16 @@ class LocalTarget:
     # --- reading what runs -------------------------------------------------------------------
 
     def _run(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.run_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        """What runs here: `run.json` (written by the command that started it) or, when that
+        command died first, the `server.json` the server wrote itself."""
+        for path in (self.run_path, self.folder / SERVER_FILE):
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if path == self.run_path or self._alive(data):
+                return data
+        return None
 
     def _alive(self, run: dict[str, Any] | None) -> bool:
         if run is None:
@@ -449,6 +454,7 @@ class LocalTarget:
         if run is not None and self._alive(run):
             self._kill(run)
         self.run_path.unlink(missing_ok=True)
+        (self.folder / SERVER_FILE).unlink(missing_ok=True)
         self.routes_path.unlink(missing_ok=True)
         for path in (self.folder / "workers").glob("*.json"):
             path.unlink(missing_ok=True)
