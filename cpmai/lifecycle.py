@@ -27,7 +27,7 @@ from cpmai.steps import StepLog
 from cpmai.targets import RolloutPlan, get_target
 
 if TYPE_CHECKING:
-    from cpmai.artifacts import Artifact
+    from cpmai.artifacts import Artifact, PackageResult
     from cpmai.gates import GateReport
     from cpmai.manifest import Manifest
 
@@ -153,21 +153,29 @@ def deploy(
     progress: Progress = _quiet,
 ) -> LiveResult:
     """Package `manifest` (or reuse the identical artifact) and put it live in `env`."""
-    from cpmai.artifacts import package
-
-    _env_spec(manifest, env)
     log = StepLog()
     started = time.perf_counter()
-    with log.step("package") as step:
-        packaged = package(manifest, home, actor=actor)
-        step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
-    progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    packaged = _package(manifest, home, env, actor, progress, log)
     result = _go_live(
         home, packaged.name, packaged.version, env, "deploy", actor, reason, watch, progress
     )
     result.steps = [s.to_dict() for s in log.steps] + result.steps
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _package(
+    manifest: Manifest, home: Path, env: str, actor: str, progress: Progress, log: StepLog
+) -> PackageResult:
+    """The first step of deploy and dry run: `env` checked, then package (or reuse)."""
+    from cpmai.artifacts import package
+
+    _env_spec(manifest, env)
+    with log.step("package") as step:
+        packaged = package(manifest, home, actor=actor)
+        step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
+    progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    return packaged
 
 
 def dry_run(
@@ -183,15 +191,11 @@ def dry_run(
     (approvals only if `approvals`), recording the result as a `gate` event (`for: dry-run`),
     without touching the target: no server, no run folder, no lock. Raises GateError (exit 3)
     when a gate fails."""
-    from cpmai.artifacts import open_artifact, package
+    from cpmai.artifacts import open_artifact
 
-    _env_spec(manifest, env)
     log = StepLog()
     started = time.perf_counter()
-    with log.step("package") as step:
-        packaged = package(manifest, home, actor=actor)
-        step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
-    progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    packaged = _package(manifest, home, env, actor, progress, log)
     with log.step("verify") as step:
         artifact = open_artifact(home, packaged.name, packaged.version)
         step.note = f"sha256:{artifact.digest[:12]}"

@@ -316,17 +316,8 @@ def test_a_demo_stopped_by_sigterm_stops_its_server(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_failed_demo_step_is_named_and_leaves_nothing_listening(tmp_path: Path) -> None:
-    folder = tmp_path / "churn"
-    folder.mkdir()
-    for name in ("cpmai.yaml", "train.py", "ask.py", "demo.py"):
-        shutil.copy(EXAMPLE / name, folder / name)
+    folder, port = _demo_copy(tmp_path)
     (folder / "traffic.py").write_text("import sys\nsys.exit(7)\n")  # the step that fails
-    manifest = folder / "cpmai.yaml"
-    doc = load(manifest)
-    port = free_port()
-    doc["environments"]["staging"]["port"] = port
-    doc["gates"]["latency"]["duration_s"] = 0.3
-    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {**os.environ, "CPMAI_ACTOR": "tester@example.com"}
     env.pop("CPMAI_HOME", None)
     demo = subprocess.run(
