@@ -108,9 +108,11 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         assert _status(home)["server"]["state"] == "stopped"
         assert _cluster_processes(record["gcs_port"]) == []
         events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
-        skipped = ("gate", "intent")
-        rollouts = [(e["action"], e["version"], e["details"].get("result"))
-                    for e in events if e["env"] == "cluster" and e["action"] not in skipped]  # fmt: skip
+        rollouts = [
+            (e["action"], e["version"], e["details"].get("result"))
+            for e in events
+            if e["env"] == "cluster" and e["action"] not in ("gate", "intent")
+        ]
         assert rollouts == [("deploy", "1.0.0", "live"), ("deploy", "1.1.0", "live"),
                             ("rollback", "1.0.0", "live"), ("stop", "1.0.0", None)]  # fmt: skip
     finally:
