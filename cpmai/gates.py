@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from cpmai.manifest import compare
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cpmai.artifacts import Artifact
     from cpmai.ledger import State
     from cpmai.manifest import LatencyGate, Manifest
@@ -113,8 +115,9 @@ def check(
             report.results += latency_gates(artifact, gates.latency, predictor)
     if approvals:
         report.results += approval_gates(
-            manifest, state, artifact.name, artifact.version, env, actor
-        )
+            manifest, state, artifact.name, artifact.version, env, actor,
+            home=artifact.path.parents[2],
+        )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
 
@@ -303,14 +306,37 @@ def may_approve(manifest: Manifest, env: str, actor: str) -> bool:
 
 
 def approval_gates(
-    manifest: Manifest, state: State, name: str, version: str, env: str, actor: str
+    manifest: Manifest,
+    state: State,
+    name: str,
+    version: str,
+    env: str,
+    actor: str,
+    home: Path | None = None,
 ) -> list[GateResult]:
+    """Approvals of `version` for `env` by others than `actor`; where `env` requires signed acts,
+    only those whose signature the allowed-signers file (in `home`) accepts."""
     needed = manifest.gates.approvals.get(env, 0)
     if needed == 0:
         return []
     approvers = state.approvers(name, version, env)
+    unsigned: list[str] = []
+    if env in manifest.governance.require_signatures:
+        from cpmai import signatures
+
+        signers = signatures.signers_file(home) if home is not None else None
+        events = state.approvals.get((name, version, env), [])
+        valid = {
+            e.actor
+            for e in events
+            if signers is not None and signatures.verify(e.to_dict(), signers) is None
+        }
+        unsigned = [a for a in approvers if a not in valid]
+        approvers = [a for a in approvers if a in valid]
     counted = [a for a in approvers if a != actor and may_approve(manifest, env, a)]
     note = f"approved by {', '.join(counted)}" if counted else "no approvals yet"
+    if unsigned:
+        note += f"; not counted, unsigned or not verified: {', '.join(unsigned)}"
     if actor in approvers:
         note += f"; {actor}'s own approval does not count for their deploy (separation of duties)"
     return [GateResult("approvals", len(counted) >= needed, len(counted), f">= {needed}", note)]

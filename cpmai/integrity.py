@@ -51,6 +51,7 @@ def verify(home: Path, *, expect_head: str | None = None) -> IntegrityReport:
                 f"the pinned head {pinned[:16]}… is not an event of {ledger.path.name} "
                 "(rewritten or cut back since it was pinned)"
             )
+    report.artifact_problems += _signature_problems(home, ledger, events)
     state = replay(events)
     for name in state.names():
         for record in state.versions_of(name):
@@ -65,3 +66,21 @@ def verify(home: Path, *, expect_head: str | None = None) -> IntegrityReport:
                 "ledger (events removed, or a package interrupted before its event)"
             )
     return report
+
+
+def _signature_problems(home: Path, ledger: Ledger, events: list[Any]) -> list[str]:
+    """Every signed event's signature, against the allowed-signers file in force now (a key
+    removed from it no longer vouches for what it signed)."""
+    from cpmai import signatures
+
+    signed = [e.to_dict() for e in events if "signature" in e.details]
+    if not signed:
+        return []
+    signers = signatures.signers_file(home)
+    if signers is None:
+        return [
+            f"{len(signed)} signed event(s) cannot be checked: no allowed-signers file "
+            f"({home / signatures.SIGNERS_FILE} or ${signatures.SIGNERS_ENV})"
+        ]
+    checked = signatures.verify_all(signed, signers)
+    return [f"{ledger.path.name}:{seq}: {problem}" for seq, problem in checked.items() if problem]

@@ -286,11 +286,13 @@ class Ledger:
         version: str | None = None,
         env: str | None = None,
         details: dict[str, Any] | None = None,
+        sign_with: Path | None = None,
     ) -> Event:
         with self.transaction() as tx:
             return tx.append(
-                action, actor=actor, name=name, version=version, env=env, details=details
-            )
+                action, actor=actor, name=name, version=version, env=env, details=details,
+                sign_with=sign_with,
+            )  # fmt: skip
 
     def repair(self, *, actor: str) -> TornTail | None:
         """Move a torn tail aside (kept next to the ledger) and record a `repair` event."""
@@ -410,7 +412,9 @@ class Transaction:
         version: str | None = None,
         env: str | None = None,
         details: dict[str, Any] | None = None,
+        sign_with: Path | None = None,
     ) -> Event:
+        """Append one event; `sign_with` (an SSH key) signs it (`cpmai.signatures`)."""
         last = self.last()
         body: dict[str, Any] = {
             "seq": last.seq + 1 if last else 1,
@@ -423,6 +427,10 @@ class Transaction:
             "details": details or {},
             "prev": last.hash if last else GENESIS,
         }
+        if sign_with is not None:
+            from cpmai import signatures
+
+            body["details"] = {**body["details"], "signature": signatures.sign(body, sign_with)}
         body["hash"] = event_hash(body)
         line = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         data = (line + "\n").encode("utf-8")

@@ -256,9 +256,10 @@ def _go_live(
         preflight = getattr(target, "preflight", None)
         if preflight is not None:  # e.g. a missing extra: refused before the gates
             preflight()
+        key = _signer(home, manifest, env, actor)
         report = _gates(home, artifact, manifest, env, action, actor, progress, log)
         result = _roll_out(
-            home, artifact, manifest, spec, env, action, actor, reason, watch, progress, log
+            home, artifact, manifest, spec, env, action, actor, reason, watch, progress, log, key
         )
         result.gates = report.to_dict()
         return result
@@ -342,6 +343,40 @@ def _gates(
     return report
 
 
+def _signer(home: Path, manifest: Manifest, env: str, actor: str) -> Path | None:
+    """The SSH key `actor`'s acts are signed with ($CPMAI_SIGNING_KEY), if set. Where `env`
+    requires signed acts (`governance.require_signatures`), GateError (exit 3) unless the key
+    is set and the allowed-signers file lets it sign as `actor` (checked on a probe signature
+    before anything is done)."""
+    from cpmai import signatures
+    from cpmai.ledger import now_iso
+
+    key = signatures.signing_key()
+    if env not in manifest.governance.require_signatures:
+        return key
+    if key is None:
+        raise GateError(
+            f"{env} requires signed acts: set ${signatures.KEY_ENV} to your SSH key",
+            hint="a private key file, or a public key whose private half is in ssh-agent",
+        )
+    signers = signatures.signers_file(home)
+    if signers is None:
+        raise GateError(
+            f"{env} requires signed acts, and there is no allowed-signers file "
+            f"({home / signatures.SIGNERS_FILE} or ${signatures.SIGNERS_ENV})"
+        )
+    probe: dict[str, Any] = {"seq": 0, "time": now_iso(), "actor": actor, "action": "probe",
+                             "name": manifest.name, "version": None, "env": env, "details": {},
+                             "prev": ""}  # fmt: skip
+    probe["details"]["signature"] = signatures.sign(probe, key)
+    if signatures.verify(probe, signers) is not None:
+        raise GateError(
+            f"{key} may not sign as {actor}: {signers} allows it no principal of that name",
+            hint="sign with your own key, as the actor you are (--actor / $CPMAI_ACTOR)",
+        )
+    return key
+
+
 def _gate_hint(report: GateReport, name: str, version: str, env: str) -> str | None:
     if any(g.gate == "approvals" for g in report.failed):
         return f"ask an approver to run `cpmai approve {name} {version} --env {env}`"
@@ -360,7 +395,9 @@ def _roll_out(
     watch: bool,
     progress: Progress,
     log: StepLog,
+    key: Path | None = None,
 ) -> LiveResult:
+    """`key`: the SSH key the rollout's final event is signed with (`_signer`)."""
     name, version = artifact.name, artifact.version
     target = get_target(spec.target, home, name, env)
     plan = RolloutPlan(
@@ -386,6 +423,7 @@ def _roll_out(
             version=version,
             env=env,
             details={**base, "result": result, **details, "seconds": seconds},
+            sign_with=key,
         )
 
     # the intent first: a rollout killed from here on (SIGKILL, a lost machine) is found and
@@ -473,9 +511,11 @@ def rollback(
             manifest = artifact.manifest()
             step.note = f"sha256:{artifact.digest[:12]}"
         spec = _env_spec(manifest, env)
+        key = _signer(home, manifest, env, actor)
         result = _roll_out(
-            home, artifact, manifest, spec, env, "rollback", actor, reason, False, progress, log
-        )
+            home, artifact, manifest, spec, env, "rollback", actor, reason, False, progress, log,
+            key,
+        )  # fmt: skip
     result.seconds = time.perf_counter() - started
     return result
 
@@ -534,9 +574,11 @@ def approve(
         raise GateError(
             f"{actor} may not approve for {env} (approvers: {patterns}); the refusal is recorded"
         )
+    key = _signer(home, manifest, env, actor)
     event = ledger.append(
-        "approve", actor=actor, name=name, version=version, env=env, details={"note": note}
-    )
+        "approve", actor=actor, name=name, version=version, env=env, details={"note": note},
+        sign_with=key,
+    )  # fmt: skip
     state = replay(ledger.events())
     needed = manifest.gates.approvals.get(env, 0)
     return {

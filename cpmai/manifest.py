@@ -381,6 +381,15 @@ class Business(Strict):
     """Environments whose predictions count as value (default: all; e.g. [production])."""
 
 
+class Governance(Strict):
+    """Who may change what runs: signed acts (docs/security.md)."""
+
+    require_signatures: list[Annotated[str, Field(pattern=_NAME)]] = []
+    """Environments where approve, deploy, promote and rollback must be signed with the actor's
+    SSH key ($CPMAI_SIGNING_KEY, checked against the allowed-signers file), and where only
+    approvals so signed count."""
+
+
 class Manifest(Strict):
     """A cpmai manifest: how a model is used, what it needs, what it must keep achieving,
     where it runs, what it costs and who may change it."""
@@ -419,6 +428,8 @@ class Manifest(Strict):
     """Prices and budget."""
     business: Business = Business()
     """Business value, for ROI."""
+    governance: Governance = Governance()
+    """Signed acts."""
 
     _file: Path | None = PrivateAttr(default=None)
 
@@ -470,6 +481,10 @@ class Manifest(Strict):
         for env_key in self.gates.approvals:
             if env_key not in self.environments:
                 problems.append((("gates", "approvals", env_key), _no_such_env(env_key, self)))
+        for i, env_key in enumerate(self.governance.require_signatures):
+            if env_key not in self.environments:
+                where: Path_ = ("governance", "require_signatures", i)
+                problems.append((where, _no_such_env(env_key, self)))
         judged = LABEL_METRICS[self.model.task]
         if self.monitoring.quality and self.monitoring.quality.metric not in judged:
             metric = self.monitoring.quality.metric
