@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from test_deploy import load
+from test_synthetic import _listening
 
 from conftest import EXAMPLE, ROOT
 
@@ -330,11 +331,3 @@ def test_dry_run_and_a_baseline_from_what_is_live(churn: Path, home: Path, cli: 
         assert unknown.code == 2 and "nor is qa an environment" in unknown.err
     finally:
         cli("stop", NAME, "--env", "staging")
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
