@@ -273,13 +273,14 @@ def reconcile(home: Path, name: str, env: str, *, actor: str, progress: Progress
     killed), record it as `interrupted`, with what actually runs there now (found from the run
     folder, not from the ledger): the command that called this then stops or adopts it."""
     ledger = Ledger(home)
+    events = ledger.events()
     last = None
-    for event in ledger.events():
+    for event in events:
         if event.name == name and event.env == env and event.action in (*ENDS, "intent"):
             last = event
     if last is None or last.action != "intent":
         return
-    state = replay(ledger.events())
+    state = replay(events)
     target = get_target(target_kind(state.env(name, env)), home, name, env)
     found = target.status()
     progress(

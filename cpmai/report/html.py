@@ -11,10 +11,10 @@ from cpmai.report.text import (
     count,
     env_label,
     idle,
+    log_notes,
     money,
     short_time,
     status_of,
-    synthetic_notes,
 )
 
 CSS = """
@@ -64,7 +64,7 @@ def render(doc: dict[str, Any]) -> str:
         _figure("Latency per version (benchmark)", _latency_chart(doc)),
         *(_env_charts(doc)),
         "</div>",
-        *(f"<p class='none'>{escape(note)}</p>" for note in synthetic_notes(doc)),
+        *(f"<p class='none'>{escape(note)}</p>" for note in log_notes(doc)),
         "</section>",
         "<section><h2>Cost and value</h2><div class='grid'>",
         _figure("Cost vs value, cumulative", _value_chart(doc, cur)),

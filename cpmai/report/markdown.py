@@ -9,11 +9,11 @@ from cpmai.report.text import (
     count,
     env_label,
     idle,
+    log_notes,
     money,
     ms,
     short_time,
     status_of,
-    synthetic_notes,
     windows_met,
 )
 
@@ -66,7 +66,7 @@ def render(doc: dict[str, Any]) -> str:
     if not rows:
         rows.append(["no deployment yet", "-", "-", "-", "-", "-", 0])
     lines += _table(["env", "live", "requests", "p99 ms", "SLO", "drift", "alerts"], rows)
-    notes = synthetic_notes(doc)
+    notes = log_notes(doc)
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     lines += ["", "### Latency per version (newest benchmark, busiest level)", ""]

@@ -9,11 +9,11 @@ from cpmai.report.text import (
     count,
     env_label,
     idle,
+    log_notes,
     money,
     ms,
     short_time,
     status_of,
-    synthetic_notes,
     windows_met,
 )
 
@@ -138,7 +138,7 @@ def render(doc: dict[str, Any]) -> Any:
     fired = sum(t["action"] == "trigger" for t in doc["triggers"])
     parts: list[Any] = [
         Panel(envs, title="environments", title_align="left"),
-        *(f"[dim]{escape(note)}[/dim]" for note in synthetic_notes(doc)),
+        *(f"[dim]{escape(note)}[/dim]" for note in log_notes(doc)),
         latency,
         money_table,
         budget_line + "  ·  " + roi_line,

@@ -102,8 +102,9 @@ def lost_line(lost: dict[str, Any] | None) -> str | None:
     )
 
 
-def synthetic_notes(doc: dict[str, Any]) -> list[str]:
-    """A report's `synthetic_line` and `lost_line` per environment that has them."""
+def log_notes(doc: dict[str, Any]) -> list[str]:
+    """A report's notes on what the logs hold besides customers' traffic: per environment, its
+    `lost_line` and `synthetic_line`, when it has them."""
     notes = []
     for env, mon in doc["monitoring"].items():
         if not mon["available"]:

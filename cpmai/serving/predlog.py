@@ -582,9 +582,13 @@ class PredictionLog:
             arrays = self._arrays(block)
         return written + self._write(line, len(block.times), arrays)
 
-    def _write(self, line: bytes, requests: int, arrays: dict[str, Any] | None) -> int:
+    def _path(self) -> Path:
+        """Today's file of this process."""
         day = datetime.now(UTC).strftime("%Y-%m-%d")
-        path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+        return self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+
+    def _write(self, line: bytes, requests: int, arrays: dict[str, Any] | None) -> int:
+        path = self._path()
         with self._write_lock:
             pending = self._take_lost()
             lost = self._lost_line(pending)  # what could not be written before goes first
@@ -689,8 +693,7 @@ class PredictionLog:
 
     def _write_lost(self) -> None:
         """The `lost` line alone (at shutdown, when no block followed it)."""
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        path = self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+        path = self._path()
         pending = self._take_lost()
         line = self._lost_line(pending)
         try:
