@@ -28,7 +28,7 @@ from cpmai import __version__, modelcard
 from cpmai.errors import IntegrityError, ModelLoadError, UsageError
 from cpmai.fsutil import copy_and_hash, fsync_dir, sha256_file, write_atomic
 from cpmai.ledger import Ledger, State, VersionRecord, replay
-from cpmai.manifest import Manifest
+from cpmai.manifest import InputSpec, Manifest
 from cpmai.runtime.formats import LoadedModel
 from cpmai.steps import Step, StepLog
 from cpmai.versioning import next_version, version_key
@@ -150,9 +150,10 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
         with log.step("signature") as step:
             data = _read_data(manifest, build)
             signature = _signature(manifest, loaded, data, fmt)
+            call = signature.pop("call")
             step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
         with log.step("runtime") as step:
-            runtime = _runtime(manifest, loaded, signature, model_rel, data, build, files)
+            runtime = _runtime(manifest, loaded, signature, model_rel, data, build, files, call)
             step.note = f"{runtime['runtime']}: {runtime['reason']}"
         with log.step("environment") as step:
             environment = _environment(loaded, runtime)
@@ -315,7 +316,6 @@ def _signature(
     """Inputs (declared, or inferred from the reference data) and outputs; checks the model
     predicts on a sample of the reference rows."""
     from cpmai.runtime import signature as sig
-    from cpmai.runtime.predictor import runner_for
 
     reference = data.get("reference")
     if manifest.signature != "infer":
@@ -326,23 +326,10 @@ def _signature(
         inputs, origin = sig.from_declared(loaded.declared_inputs), f"declared by the {fmt} file"
     else:
         raise UsageError("signature: infer needs data.reference or a model that declares inputs")
+    call = None
     if reference is not None:
         sig.check_frame(inputs, reference, source=str(manifest.data.reference))
-        sample = reference.head(_SAMPLE_ROWS)
-        specs = [spec.model_dump() for spec in inputs]
-        try:
-            predictions, _ = runner_for(loaded, specs).run(
-                {spec.name: sample[spec.name].tolist() for spec in inputs}
-            )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"the model cannot predict on {len(sample)} rows of {manifest.data.reference}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        if len(predictions) != len(sample):
-            raise ModelLoadError(
-                f"the model returned {len(predictions)} predictions for {len(sample)} rows"
-            )
+        call = _find_call(loaded, inputs, reference.head(_SAMPLE_ROWS), manifest)
     return {
         "task": manifest.model.task,
         "format": fmt,
@@ -352,7 +339,43 @@ def _signature(
         "inputs": [spec.model_dump(exclude_none=True) for spec in inputs],
         "outputs": sig.outputs_for(manifest.model.task, loaded.obj),
         "data_rows": {role: len(frame) for role, frame in data.items()},
+        "call": call,
     }
+
+
+def _find_call(
+    loaded: LoadedModel, inputs: list[InputSpec], sample: pd.DataFrame, manifest: Manifest
+) -> str | None:
+    """How the model takes its input (`predictor.CALLS`): tried on a sample of the reference
+    rows, the way the model says it was fitted first. None for ONNX graphs (fed by name)."""
+    from cpmai.runtime.predictor import default_call, runner_for
+
+    specs = [spec.model_dump() for spec in inputs]
+    columns = {spec.name: sample[spec.name].tolist() for spec in inputs}
+    first = None if loaded.flavor == "onnx" else default_call(loaded.obj, specs)
+    calls: list[str | None] = [first]
+    if first is not None and len(inputs) == 1 and inputs[0].type in ("string", "category"):
+        calls.append("column")  # a text pipeline fitted on a Series
+    failures = []
+    for call in calls:
+        how = {"frame": "a DataFrame", "column": "the column alone", "matrix": "a matrix"}.get(
+            call or "", "its graph inputs"
+        )
+        try:
+            predictions, _ = runner_for(loaded, specs, call=call).run(columns)
+        except Exception as exc:
+            failures.append(f"given {how}: {type(exc).__name__}: {exc}")
+            continue
+        if len(predictions) == len(sample):
+            return call
+        failures.append(f"given {how}, it returned {len(predictions)} predictions")
+    raise ModelLoadError(
+        f"the model cannot predict on {len(sample)} rows of {manifest.data.reference}: "
+        + "; ".join(failures),
+        hint="cpmai calls a model with a DataFrame of the signature's columns, or with the one "
+        "input column alone when the model takes a single text column; the reference data's "
+        "columns (less data.target) must be the ones the model was fitted on",
+    )
 
 
 def _runtime(
@@ -363,6 +386,7 @@ def _runtime(
     data: dict[str, pd.DataFrame],
     build: Path,
     files: dict[str, str],
+    call: str | None,
 ) -> dict[str, Any]:
     """Decide how the model runs: its ONNX twin when it agrees with the original (runtime: auto),
     or as forced by the manifest. Writes `model/twin.onnx` when a twin was made."""
@@ -375,30 +399,45 @@ def _runtime(
             "onnx_model": onnx_rel,
             "input_mode": "columns",
         }
+    base = {"call": call, "sklearn_ms_per_row": _ms_per_row(loaded, signature, data, call)}
     if wanted == "sklearn":
         return {
             "runtime": "sklearn",
             "reason": "runtime: sklearn in the manifest",
             "onnx_model": None,
+            **base,
         }
     from cpmai.runtime import onnx_twin
 
     conversion = onnx_twin.convert(
-        loaded.obj, signature["inputs"], list(data.values()), manifest.model.task
+        loaded.obj,
+        signature["inputs"],
+        list(data.values()),
+        manifest.model.task,
+        call=call or "frame",
     )
     if conversion.onnx is None:
         if wanted == "onnx":
-            raise ModelLoadError(f"runtime: onnx, but {conversion.error}")
-        return {"runtime": "sklearn", "reason": conversion.error, "onnx_model": None}
+            raise ModelLoadError(f"runtime: onnx, but no ONNX twin converted: {conversion.error}")
+        return {
+            "runtime": "sklearn",
+            "reason": f"no ONNX twin converted: {conversion.error}",
+            "onnx_model": None,
+            **base,
+        }
     (build / "model" / "twin.onnx").write_bytes(conversion.onnx)
     files["model/twin.onnx"] = sha256_file(build / "model" / "twin.onnx")
     parity = conversion.parity
-    evidence = _parity_text(parity)
+    evidence = onnx_twin.parity_text(parity)
     info = {
+        **base,
         "onnx_model": "model/twin.onnx",
         "input_mode": conversion.input_mode,
+        "precision": conversion.precision,
+        "graph_inputs": conversion.graph_inputs,
         "parity": parity,
-        "versions": _versions("skl2onnx", "onnx", "onnxruntime"),
+        "refused": conversion.attempts,
+        "versions": _versions("skl2onnx", "onnxmltools", "onnx", "onnxruntime"),
     }
     if wanted == "onnx":
         return {"runtime": "onnx", "reason": f"runtime: onnx in the manifest; {evidence}", **info}
@@ -413,18 +452,30 @@ def _runtime(
     return {"runtime": "sklearn", "reason": f"the ONNX twin disagrees: {evidence}", **info}
 
 
-def _parity_text(parity: dict[str, Any]) -> str:
-    if not parity:
-        return "not compared (no data)"
-    parts = [f"{parity['rows']} rows"]
-    if "labels_equal" in parity:
-        parts.append(f"labels equal {parity['labels_equal']:.2%}")
-    for key in ("max_probability_diff", "max_relative_diff"):
-        if key in parity:
-            parts.append(
-                f"{key.replace('_', ' ')} {parity[key]:.2g} (tolerance {parity['tolerance']:g})"
-            )
-    return ", ".join(parts)
+def _ms_per_row(
+    loaded: LoadedModel,
+    signature: dict[str, Any],
+    data: dict[str, pd.DataFrame],
+    call: str | None,
+) -> float | None:
+    """The model's own one-row predict time in this process (median of a few calls, ms): what
+    a request costs when no twin is used."""
+    import statistics
+    import time
+
+    from cpmai.runtime.predictor import SklearnRunner
+
+    frame = data.get("reference")
+    if frame is None:
+        return None
+    runner = SklearnRunner(loaded.obj, signature["inputs"], call=call)
+    row = {spec["name"]: frame[spec["name"]].head(1).tolist() for spec in signature["inputs"]}
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        runner.run(row)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000, 4)
 
 
 def _onnx_in_mlflow(loaded: LoadedModel, model_rel: str) -> str:

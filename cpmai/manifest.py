@@ -105,8 +105,11 @@ class ModelSpec(Strict):
     """The model file or MLflow model folder, relative to the manifest."""
     task: Literal["classification", "regression"]
     """What the model predicts: a class (classification) or a number (regression)."""
-    format: Literal["auto", "joblib", "pickle", "skops", "onnx", "mlflow"] = "auto"
-    """auto: from the file extension (a folder with an MLmodel file is an MLflow model)."""
+    format: Literal[
+        "auto", "joblib", "pickle", "skops", "onnx", "mlflow", "xgboost", "lightgbm"
+    ] = "auto"
+    """auto: from the file extension (a folder with an MLmodel file is an MLflow model; `.json`
+    and `.ubj` are XGBoost, `.txt` LightGBM, each loaded with its own library)."""
     runtime: Literal["auto", "sklearn", "onnx"] = "auto"
     """auto: ONNX Runtime when the converted model agrees with the original."""
     trusted_types: list[Annotated[str, Field(max_length=300)]] = []

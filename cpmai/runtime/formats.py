@@ -1,4 +1,5 @@
-"""Loading models in the formats cpmai accepts: joblib, pickle, skops, ONNX, MLflow model folders.
+"""Loading models in the formats cpmai accepts: joblib, pickle, skops, ONNX, MLflow model folders,
+and XGBoost / LightGBM files in their libraries' own formats.
 
 Loading a pickle or joblib file runs code from the file. cpmai loads a user's own file when
 packaging it, and afterwards only artifacts whose bytes match the digest in the ledger.
@@ -22,7 +23,12 @@ _EXTENSIONS = {
     ".pickle": "pickle",
     ".skops": "skops",
     ".onnx": "onnx",
+    ".json": "xgboost",
+    ".ubj": "xgboost",
+    ".txt": "lightgbm",
 }
+_EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm"}
+"""Formats whose library is an optional extra: `pip install 'cpmai[NAME]'`."""
 
 
 @dataclass
@@ -78,11 +84,21 @@ def load(path: Path, fmt: str, *, trusted_types: list[str] | None = None) -> Loa
             return _load_onnx(path)
         if fmt == "mlflow":
             return _load_mlflow(path, trusted_types or [])
+        if fmt == "xgboost":
+            from cpmai.runtime.boosters import load_xgboost
+
+            return LoadedModel(load_xgboost(path), fmt, "sklearn", path)
+        if fmt == "lightgbm":
+            from cpmai.runtime.boosters import load_lightgbm
+
+            return LoadedModel(load_lightgbm(path), fmt, "sklearn", path)
     except ModelLoadError:
         raise
     except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(fmt)
         raise ModelLoadError(
-            f"{path.name}: the model needs the Python package {exc.name!r}, which is not installed"
+            f"{path.name}: the model needs the Python package {exc.name!r}, which is not installed",
+            hint=f"pip install 'cpmai[{extra}]'" if extra else f"pip install {exc.name}",
         ) from None
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path}: file not found: {exc.filename}") from None

@@ -4,10 +4,14 @@ if it agrees with the original.
 Agreement, on every reference and holdout row: classification labels identical and class
 probabilities within `TOLERANCE` (absolute); regression values within `TOLERANCE` × max(1, |y|).
 
-Tree ensembles: scikit-learn compares float32 features with float64 thresholds; ONNX Runtime
-compares a double input with float32 thresholds. Near a threshold the two disagree (seen here:
-0.2% of a 100-tree forest's labels). cpmai inserts a Cast to float32 before every tree-ensemble
-node, which makes the comparison the same as scikit-learn's (labels then agree exactly).
+Candidates, in order (the first that agrees is kept): inputs per column or as one matrix, and
+numbers as `double`, `double-exact` or `float`.
+- `double`: scikit-learn's forests compare float32 features with float64 thresholds; ONNX Runtime
+  compares a double input with float32 thresholds. Near a threshold the two disagree (seen here:
+  0.2% of a 100-tree forest's labels). cpmai inserts a Cast to float32 before every tree-ensemble
+  node, which makes the comparison the same as scikit-learn's (labels then agree exactly).
+- `double-exact`: no such cast, for trees that compare in float64 (HistGradientBoosting).
+- `float`: float32 inputs, for converters that only have float kernels (ONNX's Imputer).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ _TREE_OPS = {"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"}
 
 @dataclass
 class Conversion:
-    """What conversion gave: the ONNX bytes (None if it failed) and the evidence."""
+    """What conversion gave: the ONNX bytes (None if no graph ran) and the evidence."""
 
     onnx: bytes | None
     input_mode: str = "columns"
     """`columns`: one [n, 1] input per feature; `matrix`: one [n, features] float input."""
+    precision: str = "double"
+    """The floating-point type the graph takes numbers in: `double` or `float`."""
+    graph_inputs: dict[str, str] = field(default_factory=dict)
+    """Column name → the graph's input name, where they differ (names with spaces, dots...)."""
     error: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    attempts: list[str] = field(default_factory=list)
+    """Why each earlier candidate was not kept."""
 
     @property
     def agrees(self) -> bool:
@@ -39,54 +49,245 @@ class Conversion:
 
 
 def convert(
-    model: Any, inputs: list[dict[str, Any]], frames: list[pd.DataFrame], task: str
+    model: Any,
+    inputs: list[dict[str, Any]],
+    frames: list[pd.DataFrame],
+    task: str,
+    *,
+    call: str = "frame",
 ) -> Conversion:
     """Convert `model` (inputs as in signature.json) and compare it with the original on
-    `frames` (reference and holdout, feature columns only)."""
-    onnx_bytes, mode, error = _to_onnx(model, inputs)
-    if onnx_bytes is None:
-        return Conversion(None, error=error)
-    result = Conversion(onnx_bytes, input_mode=mode)
-    try:
-        result.parity = _parity(model, onnx_bytes, mode, inputs, frames, task)
-    except Exception as exc:  # the converted graph does not run: keep scikit-learn
-        result.onnx, result.error = None, f"ONNX Runtime could not run the converted model: {exc}"
-    return result
+    `frames` (reference and holdout, feature columns only).
+
+    Candidates are tried in order — per column or as one matrix, numbers as double, then as
+    float — and the first whose parity holds is kept. With no data to compare on, the first
+    graph that converts is kept (and not used: see `artifacts._runtime`)."""
+    candidates = _candidates(inputs)
+    notes: list[str] = []
+    fallback: Conversion | None = None
+    for mode, precision in candidates:
+        onnx_bytes, error = _to_onnx(model, inputs, mode, precision)
+        label = f"{mode}/{precision}"
+        if onnx_bytes is None:
+            notes.append(f"{label}: {error}")
+            continue
+        result = Conversion(onnx_bytes, input_mode=mode, precision=precision)
+        try:
+            result.graph_inputs = _graph_inputs(onnx_bytes, inputs, mode)
+            if not frames:
+                result.attempts = notes
+                return result
+            result.parity = _parity(model, result, inputs, frames, task, call)
+        except Exception as exc:  # the converted graph does not run
+            notes.append(f"{label}: ONNX Runtime could not run it: {_first_line(exc)}")
+            continue
+        if result.agrees:
+            result.attempts = notes
+            return result
+        notes.append(f"{label}: disagrees ({parity_text(result.parity)})")
+        fallback = fallback or result
+    if fallback is not None:
+        fallback.attempts = notes
+        return fallback
+    return Conversion(None, error="; ".join(notes) or "no conversion was attempted", attempts=notes)
 
 
-def _to_onnx(model: Any, inputs: list[dict[str, Any]]) -> tuple[bytes | None, str, str | None]:
+def _candidates(inputs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    numeric = all(s["type"] in ("integer", "number") for s in inputs)
+    modes = ["columns", "matrix"] if numeric else ["columns"]
+    precisions = ("double", "double-exact", "float")
+    return [(mode, precision) for precision in precisions for mode in modes]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def parity_text(parity: dict[str, Any]) -> str:
+    """One line of parity evidence: rows compared, labels equal, largest differences."""
+    if not parity:
+        return "not compared (no data)"
+    parts = [f"{parity['rows']} rows"]
+    if "labels_equal" in parity:
+        parts.append(f"labels equal {parity['labels_equal']:.2%}")
+    for key in ("max_probability_diff", "max_relative_diff"):
+        if key in parity:
+            parts.append(
+                f"{key.replace('_', ' ')} {parity[key]:.2g} (tolerance {parity['tolerance']:g})"
+            )
+    return ", ".join(parts)
+
+
+def _to_onnx(
+    model: Any, inputs: list[dict[str, Any]], mode: str, precision: str
+) -> tuple[bytes | None, str | None]:
     try:
         from skl2onnx import to_onnx
         from skl2onnx.common.data_types import (
             DoubleTensorType,
+            FloatTensorType,
             Int64TensorType,
             StringTensorType,
         )
     except ImportError as exc:
-        return None, "columns", f"skl2onnx is not installed ({exc})"
+        return None, f"skl2onnx is not installed ({exc})"
+    model = _for_conversion(model)
+    _register_boosters(model)
+    _patch_tree_attributes()
+    number = FloatTensorType if precision == "float" else DoubleTensorType
 
     def column_type(spec: dict[str, Any]) -> Any:
         if spec["type"] in ("integer", "number"):
-            return DoubleTensorType([None, 1])
+            return number([None, 1])
         if spec["type"] == "boolean":
             return Int64TensorType([None, 1])
         return StringTensorType([None, 1])
 
     options = _options(model)
-    attempts = [("columns", [(s["name"], column_type(s)) for s in inputs])]
-    if all(s["type"] in ("integer", "number") for s in inputs):
-        attempts.append(("matrix", [("X", DoubleTensorType([None, len(inputs)]))]))
-    errors = []
-    for mode, initial_types in attempts:
-        try:
-            graph = to_onnx(model, initial_types=initial_types, options=options, target_opset=OPSET)
-        except Exception as exc:  # skl2onnx raises many types for unsupported models
-            errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            continue
+    if any(s["type"] == "string" for s in inputs):
+        # ONNX Runtime's StringNormalizer defaults to en_US.UTF-8, absent from many machines
+        # (containers especially); C.UTF-8 is always there. Parity checks the result.
+        options.update(
+            {id(part): {"locale": "C.UTF-8"} for part in _parts(model) if _is_vectorizer(part)}
+        )
+    if mode == "matrix":
+        initial_types = [("X", number([None, len(inputs)]))]
+    else:
+        initial_types = [(s["name"], column_type(s)) for s in inputs]
+    try:
+        if hasattr(model, "to_onnx"):  # a native booster file (cpmai.runtime.boosters)
+            graph = model.to_onnx(initial_types, OPSET)
+        else:
+            graph = to_onnx(
+                model,
+                initial_types=initial_types,
+                options=options,
+                target_opset=OPSET,
+            )
+    except Exception as exc:  # skl2onnx raises many types for unsupported models
+        return None, _first_line(exc)
+    if precision == "double":
         _cast_tree_inputs_to_float(graph)
-        _sort_opsets(graph)
-        return graph.SerializeToString(), mode, None
-    return None, "columns", "skl2onnx could not convert the model (" + "; ".join(errors) + ")"
+    if precision != "float":
+        _cast_tree_outputs_to_double(graph)
+    _sort_opsets(graph)
+    return graph.SerializeToString(), None
+
+
+def _for_conversion(model: Any) -> Any:
+    """The object to convert: native boosters (cpmai.runtime.boosters) convert through the
+    library's own estimator; XGBoost models fitted on a DataFrame are converted from a copy
+    without feature names (onnxmltools only reads `f0`, `f1`...: inputs stay in column order)."""
+    import copy
+
+    model = getattr(model, "onnx_estimator", model)
+    boosters = [p for p in _parts(model) if type(p).__module__.startswith("xgboost")]
+    if not any(getattr(p.get_booster(), "feature_names", None) for p in boosters):
+        return model
+    model = copy.deepcopy(model)
+    for part in _parts(model):
+        if type(part).__module__.startswith("xgboost"):
+            part.get_booster().feature_names = None
+    return model
+
+
+def _graph_inputs(onnx_bytes: bytes, inputs: list[dict[str, Any]], mode: str) -> dict[str, str]:
+    """Column → graph input where skl2onnx renamed it (it makes names identifier-safe); the
+    graph keeps the inputs in the order they were declared."""
+    if mode != "columns":
+        return {}
+    import onnx
+
+    names = [i.name for i in onnx.load_from_string(onnx_bytes).graph.input]
+    return {s["name"]: g for s, g in zip(inputs, names, strict=True) if s["name"] != g}
+
+
+_PATCHED: list[bool] = []
+
+
+def _patch_tree_attributes() -> None:
+    """skl2onnx (1.20) passes a Python bool as `nodes_missing_value_tracks_true` for the leaves of
+    HistGradientBoosting trees, which protobuf 5+ refuses in an int list ("Expected an int, got
+    a boolean"): every HistGradientBoosting model then fails to convert. Coerce it to int."""
+    if _PATCHED:
+        return
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+        return original(
+            *args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs
+        )
+
+    tree_ensemble.add_node = add_node
+    _PATCHED.append(True)
+
+
+def _register_boosters(model: Any) -> None:
+    """Register onnxmltools' XGBoost and LightGBM converters with skl2onnx, when the model holds
+    one of those estimators (importing either library costs a second: only when needed)."""
+    modules = {type(part).__module__.split(".")[0] for part in _parts(model)}
+    if not modules & {"xgboost", "lightgbm"}:
+        return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    if "xgboost" in modules:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from xgboost import XGBClassifier, XGBRegressor
+
+        update_registered_converter(
+            XGBClassifier,
+            "XGBoostXGBClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_xgboost,
+            options=classifier_options,
+        )
+        update_registered_converter(
+            XGBRegressor,
+            "XGBoostXGBRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_xgboost,
+        )
+    if "lightgbm" in modules:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(
+            LGBMClassifier,
+            "LightGbmLGBMClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_lightgbm,
+            options=classifier_options,
+        )
+        update_registered_converter(
+            LGBMRegressor,
+            "LightGbmLGBMRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_lightgbm,
+            options={"split": None},
+        )
+
+
+def _is_vectorizer(part: Any) -> bool:
+    return type(part).__name__ in ("CountVectorizer", "TfidfVectorizer")
+
+
+def _parts(model: Any) -> list[Any]:
+    """The model and every estimator inside it (pipeline steps, column transformers)."""
+    found = [model]
+    for _, step in getattr(model, "steps", []):
+        found.extend(_parts(step))
+    for entry in getattr(model, "transformers_", None) or getattr(model, "transformers", []):
+        if len(entry) >= 2 and not isinstance(entry[1], str):
+            found.extend(_parts(entry[1]))
+    return found
 
 
 def _sort_opsets(graph: Any) -> None:
@@ -98,9 +299,15 @@ def _sort_opsets(graph: Any) -> None:
 
 
 def _options(model: Any) -> dict[Any, Any]:
-    """Probabilities as a plain tensor (no ZipMap) for the final classifier."""
+    """Probabilities as a plain tensor (no ZipMap) for the final classifier. A classifier
+    without probabilities (LinearSVC) gets an empty entry: inside a pipeline skl2onnx would
+    otherwise give it a `zipmap` option its converter refuses."""
+    from sklearn.base import is_classifier
+
     final = model.steps[-1][1] if hasattr(model, "steps") else model
-    return {type(final): {"zipmap": False}} if hasattr(final, "predict_proba") else {}
+    if hasattr(final, "predict_proba"):
+        return {id(final): {"zipmap": False}}
+    return {id(final): {}} if is_classifier(final) else {}
 
 
 def _cast_tree_inputs_to_float(graph: Any) -> None:
@@ -126,36 +333,69 @@ def _cast_tree_inputs_to_float(graph: Any) -> None:
     graph.graph.node.extend(rebuilt)
 
 
+def _cast_tree_outputs_to_double(graph: Any) -> None:
+    """skl2onnx declares a double output for a tree-ensemble regressor fed doubles, but ONNX
+    Runtime's TreeEnsembleRegressor only outputs floats, so the graph does not load. Let the
+    node output float and cast that to double."""
+    from onnx import TensorProto, helper
+
+    nodes = list(graph.graph.node)
+    rebuilt = []
+    for i, node in enumerate(nodes):
+        rebuilt.append(node)
+        if node.op_type == "TreeEnsembleRegressor" and node.output:
+            target = node.output[0]
+            node.output[0] = f"{target}__cpmai_float_{i}"
+            rebuilt.append(
+                helper.make_node(
+                    "Cast",
+                    [node.output[0]],
+                    [target],
+                    to=TensorProto.DOUBLE,
+                    name=f"cpmai_cast_out_{i}",
+                )
+            )
+    del graph.graph.node[:]
+    graph.graph.node.extend(rebuilt)
+
+
 def _parity(
     model: Any,
-    onnx_bytes: bytes,
-    mode: str,
+    result: Conversion,
     inputs: list[dict[str, Any]],
     frames: list[pd.DataFrame],
     task: str,
+    call: str,
 ) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from cpmai.runtime.predictor import OnnxRunner
+    from cpmai.runtime.predictor import OnnxRunner, SklearnRunner
 
+    assert result.onnx is not None
     frame = pd.concat(frames, ignore_index=True)
-    runner = OnnxRunner(onnx_bytes, inputs, mode)
+    runner = OnnxRunner(result.onnx, inputs, result.input_mode, result.graph_inputs)
+    original = SklearnRunner(model, inputs, call=call)
     columns = {spec["name"]: frame[spec["name"]].to_numpy() for spec in inputs}
     labels, probabilities = runner.run(columns, want_proba=True)
-    expected = np.asarray(model.predict(frame))
+    expected, expected_proba = original.run(columns, want_proba=True)
     report: dict[str, Any] = {"rows": len(frame), "tolerance": TOLERANCE}
     if task == "classification":
-        equal = labels.astype(str) == expected.astype(str)
+        equal = labels.astype(str) == np.asarray(expected).astype(str)
         report["labels_equal"] = round(float(equal.mean()), 6)
         report["agrees"] = bool(equal.all())
-        if probabilities is not None and hasattr(model, "predict_proba"):
-            diff = float(np.abs(probabilities - model.predict_proba(frame)).max())
-            report["max_probability_diff"] = diff
-            report["agrees"] = report["agrees"] and diff <= TOLERANCE
+        if probabilities is not None and expected_proba is not None:
+            if probabilities.shape != expected_proba.shape:
+                report["agrees"] = False
+                report["max_probability_diff"] = float("inf")
+            else:
+                diff = float(np.abs(probabilities - expected_proba).max())
+                report["max_probability_diff"] = diff
+                report["agrees"] = report["agrees"] and diff <= TOLERANCE
     else:
-        scale = np.maximum(1.0, np.abs(expected.astype(float)))
-        diff = float((np.abs(labels.astype(float).ravel() - expected.ravel()) / scale).max())
+        values = np.asarray(expected, dtype=float).ravel()
+        scale = np.maximum(1.0, np.abs(values))
+        diff = float((np.abs(labels.astype(float).ravel() - values) / scale).max())
         report["max_relative_diff"] = diff
         report["agrees"] = diff <= TOLERANCE
     return report

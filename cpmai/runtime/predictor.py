@@ -36,8 +36,15 @@ class OnnxRunner:
 
     flavor = "onnx"
 
-    def __init__(self, model: bytes | Path | Any, inputs: list[dict[str, Any]], mode: str) -> None:
-        """`model`: ONNX bytes, a .onnx path, or an InferenceSession already open."""
+    def __init__(
+        self,
+        model: bytes | Path | Any,
+        inputs: list[dict[str, Any]],
+        mode: str,
+        graph_inputs: dict[str, str] | None = None,
+    ) -> None:
+        """`model`: ONNX bytes, a .onnx path, or an InferenceSession already open;
+        `graph_inputs`: column → graph input name where they differ (runtime.json)."""
         import onnxruntime
 
         if isinstance(model, bytes | Path):
@@ -52,12 +59,15 @@ class OnnxRunner:
         else:
             self.session = model
         self.names = [spec["name"] for spec in inputs]
-        graph_inputs = self.session.get_inputs()
-        self.dtypes = {i.name: _NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph_inputs}
-        if mode == "columns" and not all(i.name in self.names for i in graph_inputs):
+        graph = self.session.get_inputs()
+        self.dtypes = {i.name: _NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph}
+        renamed = graph_inputs or {}
+        self.columns_of = {renamed.get(n, n): n for n in self.names}
+        """graph input → the column that feeds it"""
+        if mode == "columns" and not all(i.name in self.columns_of for i in graph):
             mode = "matrix"  # a file whose single input is one 2-D tensor of all features
         self.mode = mode
-        self.matrix_name = graph_inputs[0].name
+        self.matrix_name = graph[0].name
         outputs = self.session.get_outputs()
         self.label_output = outputs[0].name
         self.proba_output = outputs[1].name if len(outputs) > 1 else None
@@ -71,7 +81,7 @@ class OnnxRunner:
             return {self.matrix_name: matrix}
         feed = {}
         for name, dtype in self.dtypes.items():
-            values = columns[name]
+            values = columns[self.columns_of[name]]
             if dtype == "object":  # ONNX string tensors hold str objects
                 array = np.asarray(values, dtype=object)
                 if array.size and type(array.flat[0]) is not str:
@@ -99,26 +109,40 @@ class OnnxRunner:
         return labels, probabilities
 
 
+CALLS = ("frame", "column", "matrix")
+"""How a model takes its input: a DataFrame of the signature's columns, the single input column
+as a 1-D sequence (a text pipeline fitted on a Series), or a float matrix (fitted on an array)."""
+
+
+def default_call(model: Any, inputs: list[dict[str, Any]]) -> str:
+    """The call for artifacts packaged before the call was recorded (and the first guess)."""
+    by_name = hasattr(model, "feature_names_in_") or any(
+        spec["type"] in ("category", "string") for spec in inputs
+    )
+    return "frame" if by_name else "matrix"
+
+
 class SklearnRunner:
-    """A scikit-learn (or any `predict`-able) object fed a DataFrame, or a matrix when the model
-    was fitted without feature names."""
+    """A scikit-learn (or any `predict`-able) object fed the way it was fitted (`CALLS`)."""
 
     flavor = "sklearn"
 
-    def __init__(self, model: Any, inputs: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, model: Any, inputs: list[dict[str, Any]], *, call: str | None = None
+    ) -> None:
         self.model = model
         self.names = [spec["name"] for spec in inputs]
-        self.by_name = hasattr(model, "feature_names_in_") or any(
-            spec["type"] in ("category", "string") for spec in inputs
-        )
+        self.call = call or default_call(model, inputs)
         self.has_proba = hasattr(model, "predict_proba")
 
     def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
         import numpy as np
         import pandas as pd
 
-        if self.by_name:
+        if self.call == "frame":
             data: Any = pd.DataFrame({name: columns[name] for name in self.names})
+        elif self.call == "column":
+            data = pd.Series(columns[self.names[0]], name=self.names[0])
         else:
             data = np.column_stack([np.asarray(columns[n], dtype=float) for n in self.names])
         labels = np.asarray(self.model.predict(data))
@@ -169,18 +193,25 @@ class Predictor:
                     f"{info.get('reason', 'it was not converted')}"
                 )
             runner: OnnxRunner | SklearnRunner = OnnxRunner(
-                artifact.path / onnx_rel, signature["inputs"], info.get("input_mode", "columns")
+                artifact.path / onnx_rel,
+                signature["inputs"],
+                info.get("input_mode", "columns"),
+                info.get("graph_inputs"),
             )
         else:
-            runner = SklearnRunner(artifact.load_model().obj, signature["inputs"])
+            runner = SklearnRunner(
+                artifact.load_model().obj, signature["inputs"], call=info.get("call")
+            )
         return cls(runner, signature, {**info, "runtime": choice})
 
 
-def runner_for(loaded: LoadedModel, inputs: list[dict[str, Any]]) -> OnnxRunner | SklearnRunner:
+def runner_for(
+    loaded: LoadedModel, inputs: list[dict[str, Any]], *, call: str | None = None
+) -> OnnxRunner | SklearnRunner:
     """A runner for a model just loaded from its file (packaging checks it can predict)."""
     if loaded.flavor == "onnx":
         return OnnxRunner(loaded.obj, inputs, "columns")
-    return SklearnRunner(loaded.obj, inputs)
+    return SklearnRunner(loaded.obj, inputs, call=call)
 
 
 def read_runtime(artifact_path: Path) -> dict[str, Any]:
