@@ -176,20 +176,42 @@ def _to_onnx(
 
 
 def _for_conversion(model: Any) -> Any:
-    """The object to convert: native boosters (cpmai.runtime.boosters) convert through the
-    library's own estimator; XGBoost models fitted on a DataFrame are converted from a copy
-    without feature names (onnxmltools only reads `f0`, `f1`...: inputs stay in column order)."""
+    """The object to convert, a copy where the original would not convert as it is:
+    - native boosters (cpmai.runtime.boosters) convert through their own `to_onnx`;
+    - XGBoost models fitted on a DataFrame lose their feature names (onnxmltools reads only
+      `f0`, `f1`...; the inputs stay in column order);
+    - a SimpleImputer of strings that looks for NaN looks for "" instead (skl2onnx converts
+      string imputers only for a string marker; OnnxRunner feeds missing strings as "").
+    Parity with the original decides whether the copy is faithful."""
     import copy
 
     model = getattr(model, "onnx_estimator", model)
-    boosters = [p for p in _parts(model) if type(p).__module__.startswith("xgboost")]
-    if not any(getattr(p.get_booster(), "feature_names", None) for p in boosters):
+    if not any(_needs_change(part) for part in _parts(model)):
         return model
     model = copy.deepcopy(model)
     for part in _parts(model):
-        if type(part).__module__.startswith("xgboost"):
+        if _named_xgboost(part):
             part.get_booster().feature_names = None
+        elif _nan_string_imputer(part):
+            part.missing_values = ""
     return model
+
+
+def _needs_change(part: Any) -> bool:
+    return _named_xgboost(part) or _nan_string_imputer(part)
+
+
+def _named_xgboost(part: Any) -> bool:
+    return type(part).__module__.startswith("xgboost") and bool(
+        getattr(part.get_booster(), "feature_names", None)
+    )
+
+
+def _nan_string_imputer(part: Any) -> bool:
+    if type(part).__name__ != "SimpleImputer" or not hasattr(part, "statistics_"):
+        return False
+    missing = part.missing_values
+    return part.statistics_.dtype == object and isinstance(missing, float) and missing != missing
 
 
 def _graph_inputs(onnx_bytes: bytes, inputs: list[dict[str, Any]], mode: str) -> dict[str, str]:

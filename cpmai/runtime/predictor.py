@@ -82,10 +82,10 @@ class OnnxRunner:
         feed = {}
         for name, dtype in self.dtypes.items():
             values = columns[self.columns_of[name]]
-            if dtype == "object":  # ONNX string tensors hold str objects
+            if dtype == "object":  # ONNX string tensors hold str objects; missing is ""
                 array = np.asarray(values, dtype=object)
-                if array.size and type(array.flat[0]) is not str:
-                    array = array.astype(str).astype(object)
+                if not all(type(v) is str for v in array.flat):
+                    array = np.asarray([_text(v) for v in array.flat], dtype=object)
             else:
                 array = np.asarray(values, dtype=dtype)
             feed[name] = array.reshape(-1, 1)
@@ -120,6 +120,12 @@ def default_call(model: Any, inputs: list[dict[str, Any]]) -> str:
         spec["type"] in ("category", "string") for spec in inputs
     )
     return "frame" if by_name else "matrix"
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
 
 
 class SklearnRunner:
