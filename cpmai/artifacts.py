@@ -318,14 +318,32 @@ def _signature(
     from cpmai.runtime import signature as sig
 
     reference = data.get("reference")
-    if manifest.signature != "infer":
+    task = manifest.model.task
+    said = sig.model_task(loaded.obj, loaded.info.get("classes"))
+    if said is not None and said != task:
+        raise UsageError(
+            f"model.task is {task}, but the model ({type(loaded.obj).__name__}) is a "
+            f"{'classifier' if said == 'classification' else 'regressor'}",
+            hint=f"set model.task: {said} in the manifest",
+        )
+    if isinstance(manifest.signature, list):
         inputs, origin = list(manifest.signature), "manifest"
     elif reference is not None:
         inputs, origin = sig.infer_inputs(reference), f"inferred from {manifest.data.reference}"
+        inputs = sig.apply_tolerances(
+            inputs, sig.tolerances(loaded.obj, [spec.name for spec in inputs])
+        )
+        if loaded.declared_inputs and fmt == "mlflow":
+            inputs = sig.merge_declared(inputs, loaded.declared_inputs)
+            origin += " and the MLflow signature"
     elif loaded.declared_inputs:
         inputs, origin = sig.from_declared(loaded.declared_inputs), f"declared by the {fmt} file"
     else:
         raise UsageError("signature: infer needs data.reference or a model that declares inputs")
+    if not isinstance(manifest.signature, list) and not isinstance(manifest.signature, str):
+        inputs = sig.apply_overrides(inputs, manifest.signature.overrides)
+        if manifest.signature.overrides:
+            origin += f", {len(manifest.signature.overrides)} overridden"
     call = None
     if reference is not None:
         sig.check_frame(inputs, reference, source=str(manifest.data.reference))
@@ -336,11 +354,20 @@ def _signature(
         "flavor": loaded.flavor,
         "origin": origin,
         "target": manifest.data.target,
-        "inputs": [spec.model_dump(exclude_none=True) for spec in inputs],
-        "outputs": sig.outputs_for(manifest.model.task, loaded.obj),
+        "inputs": [_spec_json(spec) for spec in inputs],
+        "outputs": sig.outputs_for(
+            manifest.model.task, loaded.obj, loaded.info if loaded.flavor == "onnx" else None
+        ),
         "data_rows": {role: len(frame) for role, frame in data.items()},
         "call": call,
     }
+
+
+def _spec_json(spec: InputSpec) -> dict[str, Any]:
+    data = spec.model_dump(exclude_none=True)
+    if not data.get("open"):
+        data.pop("open", None)  # closed is the default: signatures without it read the same
+    return data
 
 
 def _find_call(

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from cpmai.runtime.predictor import Predictor
     from cpmai.serving.predlog import PredictionLog
+    from cpmai.serving.validation import RequestError, Validator
 
 READABLE = (".csv", ".jsonl", ".json", ".parquet")
 WRITABLE = (".csv", ".jsonl", ".parquet")
@@ -73,6 +74,8 @@ def score_file(
         )
     if output.resolve() == source.resolve():
         raise UsageError("--output must not be the input file")
+    if probabilities and not predictor.has_proba:
+        raise UsageError(f"--probabilities: {predictor.no_proba_reason}")
     validator = Validator(predictor.inputs)
     writer = _Writer(output)
     start = time.perf_counter()
@@ -88,10 +91,13 @@ def score_file(
             raw = {name: _python_values(frame[name]) for name in validator.names}
             try:
                 columns, count, warnings = validator.columns(raw)
-            except RequestError as exc:
-                raise UsageError(
-                    f"{source.name} rows {rows + 1}–{rows + len(frame)}: {exc.message}"
-                ) from None
+            except RequestError:
+                bad = _first_bad_row(validator, raw)
+                if bad is None:
+                    where = f"rows {rows + 1}–{rows + len(frame)}"
+                else:
+                    where, exc = f"row {rows + bad[0] + 1}", bad[1]
+                raise UsageError(f"{source.name} {where}: {exc.message}") from None
             chunk_start = time.perf_counter()
             labels, probs = predictor.run(columns, probabilities)
             out = frame.copy()
@@ -145,6 +151,22 @@ def _chunks(source: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         raise UsageError(f"{source}: no such file") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UsageError(f"{source.name}: cannot read: {exc}") from None
+
+
+def _first_bad_row(
+    validator: Validator, raw: dict[str, list[Any]]
+) -> tuple[int, RequestError] | None:
+    """The first row (0-based, in this chunk) the validator refuses, and why: looked for only
+    once a chunk has been refused, so the message can name the row."""
+    from cpmai.serving.validation import RequestError
+
+    rows = len(next(iter(raw.values()), []))
+    for i in range(rows):
+        try:
+            validator.columns({name: [values[i]] for name, values in raw.items()})
+        except RequestError as exc:
+            return i, exc
+    return None
 
 
 def _python_values(column: pd.Series) -> list[Any]:

@@ -131,11 +131,16 @@ class InputSpec(Strict):
     """The allowed values of a category input."""
     nullable: bool = False
     """Whether the value may be missing."""
+    open: bool = False
+    """category only: values outside `categories` are served too (the model encodes unseen
+    values, e.g. OneHotEncoder(handle_unknown="ignore")) and counted as unseen."""
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
         if self.categories is not None and self.type != "category":
             raise ValueError("categories are only allowed for type: category")
+        if self.open and self.type != "category":
+            raise ValueError("open is only allowed for type: category")
         if self.type == "category" and not self.categories:
             raise ValueError("type: category needs a non-empty categories list")
         if (self.min is not None or self.max is not None) and self.type not in (
@@ -146,6 +151,30 @@ class InputSpec(Strict):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
+
+
+class InputOverride(Strict):
+    """What to change in one inferred input; the rest stays as inferred."""
+
+    type: Literal["integer", "number", "boolean", "string", "category"] | None = None
+    """Another type than the one inferred."""
+    categories: list[str | int | bool] | Literal["open"] | None = None
+    """The allowed values, or `open`: keep the inferred ones and serve unseen values too."""
+    nullable: bool | None = None
+    """Whether the value may be missing."""
+    min: float | None = None
+    """Smallest expected value (numbers)."""
+    max: float | None = None
+    """Largest expected value (numbers)."""
+
+
+class InferredSignature(Strict):
+    """Inputs inferred from the reference data (and the model), with some changed by hand."""
+
+    infer: Literal[True]
+    """Infer the inputs."""
+    overrides: dict[Annotated[str, Field(min_length=1, max_length=300)], InputOverride] = {}
+    """Input name → what to change in it, e.g. `{region: {categories: open}}`."""
 
 
 class DataSpec(Strict):
@@ -328,6 +357,9 @@ class Serving(Strict):
     first byte); a stalled one gets 408 and is disconnected."""
     body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """... and the whole body within this many seconds of its headers."""
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """OpenMP/BLAS threads per server process (none: the replica's CPU share,
+    `resources.cpu` rounded up; for `cpmai serve`, the cores divided among its workers)."""
 
 
 class Monitoring(Strict):
@@ -413,8 +445,9 @@ class Manifest(Strict):
     """How the model is used."""
     model: ModelSpec
     """The model file and what it does."""
-    signature: Literal["infer"] | list[InputSpec] = "infer"
-    """`infer` (from data.reference) or the explicit list of inputs."""
+    signature: Literal["infer"] | InferredSignature | list[InputSpec] = "infer"
+    """`infer` (from data.reference and what the model tolerates), `{infer: true, overrides:
+    {NAME: {...}}}` to change some inferred inputs, or the explicit list of inputs."""
     data: DataSpec = DataSpec()
     """The data the model needs: reference sample, holdout set, label column."""
     gates: Gates = Gates()
@@ -448,8 +481,12 @@ class Manifest(Strict):
     def resolve(self, relative: str) -> Path:
         return (self.base_dir / relative).resolve()
 
+    @property
+    def infers_signature(self) -> bool:
+        return not isinstance(self.signature, list)
+
     def input_names(self) -> list[str] | None:
-        if self.signature == "infer":
+        if not isinstance(self.signature, list):
             return None
         return [spec.name for spec in self.signature]
 
@@ -476,7 +513,7 @@ class Manifest(Strict):
             problems.append((("gates", "metrics"), "metric gates need data.holdout"))
         if self.gates.metrics and not self.data.target:
             problems.append((("data", "target"), "metric gates need data.target"))
-        if self.signature != "infer":
+        if isinstance(self.signature, list):
             names = [spec.name for spec in self.signature]
             for i, name in enumerate(names):
                 if names.index(name) != i:
@@ -593,7 +630,7 @@ def check_manifest_files(manifest: Manifest, doc: YamlDocument) -> list[str]:
             problems.append(f"{doc.where(loc)} {_dotted(loc)}: file not found: {rel}")
         elif why is not None and not (loc == ("model", "path") and path.is_dir()):
             problems.append(f"{doc.where(loc)} {_dotted(loc)}: {rel} {why}")
-    if manifest.signature == "infer" and not manifest.data.reference:
+    if manifest.infers_signature and not manifest.data.reference:
         model = manifest.resolve(manifest.model.path)
         self_describing = model.suffix.lower() == ".onnx" or (model / "MLmodel").is_file()
         if not self_describing:

@@ -151,9 +151,30 @@ def _load_onnx(path: Path) -> LoadedModel:
         for i in session.get_inputs()
     ]
     outputs = [o.name for o in session.get_outputs()]
-    return LoadedModel(
-        session, "onnx", "onnx", path, declared_inputs=inputs, info={"onnx_outputs": outputs}
-    )
+    info: dict[str, Any] = {
+        "onnx_outputs": outputs,
+        "classes": _onnx_classes(path),
+        "probabilities": len(outputs) > 1,
+    }
+    return LoadedModel(session, "onnx", "onnx", path, declared_inputs=inputs, info=info)
+
+
+def _onnx_classes(path: Path) -> list[Any] | None:
+    """The class labels a classifier graph holds (its ZipMap's, else its classifier node's),
+    in the order of its probability columns; None for a regressor or a graph without them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name in ("classlabels_int64s", "classlabels_ints") and attr.ints:
+                found.setdefault(node.op_type, [int(v) for v in attr.ints])
+            elif attr.name == "classlabels_strings" and attr.strings:
+                found.setdefault(node.op_type, [v.decode("utf-8") for v in attr.strings])
+    if "ZipMap" in found:
+        return found["ZipMap"]
+    return next(iter(found.values()), None)
 
 
 _MLFLOW_TYPES = {

@@ -139,6 +139,11 @@ class SklearnRunner:
         self.model = model
         self.names = [spec["name"] for spec in inputs]
         self.call = call or default_call(model, inputs)
+        self.text_columns = [
+            spec["name"]
+            for spec in inputs
+            if spec["type"] in ("category", "string") and spec.get("nullable")
+        ]
         self.has_proba = hasattr(model, "predict_proba")
 
     def run(self, columns: Columns, *, want_proba: bool = False) -> Result:
@@ -147,6 +152,9 @@ class SklearnRunner:
 
         if self.call == "frame":
             data: Any = pd.DataFrame({name: columns[name] for name in self.names})
+            if self.text_columns:  # scikit-learn's imputers see NaN as missing, not None
+                for name in self.text_columns:
+                    data[name] = data[name].where(data[name].notna(), np.nan)
         elif self.call == "column":
             data = pd.Series(columns[self.names[0]], name=self.names[0])
         else:
@@ -177,6 +185,15 @@ class Predictor:
     @property
     def flavor(self) -> str:
         return self.runner.flavor
+
+    @property
+    def no_proba_reason(self) -> str:
+        """Why this model gives no probabilities (for the message that refuses the request)."""
+        if self.signature["outputs"][0].get("type") != "category":
+            return "the model is a regressor: it gives values, not class probabilities"
+        if not self.classes:
+            return "the model does not say its classes"
+        return "the model has none (no predict_proba, as LinearSVC; or no probability output)"
 
     def run(self, columns: Columns, want_proba: bool = False) -> Result:
         return self.runner.run(columns, want_proba=want_proba and self.has_proba)

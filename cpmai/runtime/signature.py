@@ -7,10 +7,11 @@ enforced on every request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import UsageError
-from cpmai.manifest import InputSpec
+from cpmai.manifest import InputOverride, InputSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,15 +73,23 @@ def check_frame(inputs: list[InputSpec], frame: pd.DataFrame, *, source: str) ->
         raise UsageError(f"{source}: missing input column(s): {', '.join(missing)}")
 
 
-def outputs_for(task: str, model_obj: Any) -> list[dict[str, Any]]:
-    """The outputs a request gets back, from the task and the fitted model's attributes."""
+def outputs_for(
+    task: str, model_obj: Any, onnx: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The outputs a request gets back, from the task and the fitted model's attributes (or,
+    for an ONNX graph, the class labels and probability output found in it)."""
     if task == "regression":
         return [{"name": "prediction", "type": "number"}]
-    classes = getattr(model_obj, "classes_", None)
+    if onnx is not None:
+        classes = onnx.get("classes")
+        has_proba = bool(onnx.get("probabilities"))
+    else:
+        classes = getattr(model_obj, "classes_", None)
+        has_proba = hasattr(model_obj, "predict_proba")
     outputs: list[dict[str, Any]] = [{"name": "prediction", "type": "category"}]
     if classes is not None:
         outputs[0]["categories"] = [_plain(c) for c in list(classes)]
-        if hasattr(model_obj, "predict_proba"):
+        if has_proba:
             outputs.append({"name": "probabilities", "type": "number", "shape": [-1, len(classes)]})
     return outputs
 
@@ -88,3 +97,187 @@ def outputs_for(task: str, model_obj: Any) -> list[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value JSON can hold."""
     return value.item() if hasattr(value, "item") else value
+
+
+# --- what the model tolerates ----------------------------------------------------------------
+
+_OPEN_ENCODERS = {
+    "OneHotEncoder": ("ignore", "infrequent_if_exist", "warn"),
+    "OrdinalEncoder": ("use_encoded_value",),
+    "TargetEncoder": (),  # encodes unseen categories as the target mean, always
+}
+_IMPUTERS = {"SimpleImputer", "KNNImputer", "IterativeImputer", "MissingIndicator"}
+_NAN_NATIVE = {"HistGradientBoostingClassifier", "HistGradientBoostingRegressor"}
+
+
+@dataclass
+class Tolerance:
+    """What a model does with values its reference data never had, for one input."""
+
+    unseen: bool = False
+    """Unseen categories are encoded (not an error)."""
+    missing: bool = False
+    """Missing values are imputed or handled natively."""
+    why: list[str] = field(default_factory=list)
+
+
+def tolerances(model: Any, names: list[str]) -> dict[str, Tolerance]:
+    """Per input, what the fitted model tolerates, read from its steps: encoders that ignore
+    unseen categories and imputers (inside a ColumnTransformer: for the columns they get; as
+    a pipeline's first steps: for every column). Models that are not scikit-learn objects
+    tolerate nothing that can be read."""
+    found = {name: Tolerance() for name in names}
+    _walk(model, names, found)
+    return found
+
+
+def _walk(model: Any, columns: list[str], found: dict[str, Tolerance]) -> None:
+    kind = type(model).__name__
+    steps = getattr(model, "steps", None)
+    if isinstance(steps, list):
+        for _, step in steps:
+            if hasattr(step, "transformers_") or not _transforms_columns(step):
+                _walk(step, columns, found)
+                if hasattr(step, "transformers_"):
+                    return  # after a ColumnTransformer, columns are features, not inputs
+            else:
+                _walk(step, columns, found)
+        return
+    transformers = getattr(model, "transformers_", None)
+    if transformers is not None:
+        for _, part, selected in transformers:
+            if isinstance(part, str):
+                continue
+            _walk(part, _selected(selected, columns), found)
+        return
+    if kind in _OPEN_ENCODERS:
+        handle = getattr(model, "handle_unknown", None)
+        allowed = _OPEN_ENCODERS[kind]
+        if not allowed or handle in allowed:
+            for column in columns:
+                if column in found:
+                    found[column].unseen = True
+                    found[column].why.append(f"{kind}(handle_unknown={handle!r})")
+    if kind in _IMPUTERS or kind in _NAN_NATIVE:
+        for column in columns:
+            if column in found:
+                found[column].missing = True
+                found[column].why.append(kind)
+
+
+def _transforms_columns(step: Any) -> bool:
+    return hasattr(step, "transform") and not hasattr(step, "predict")
+
+
+def _selected(selected: Any, columns: list[str]) -> list[str]:
+    if isinstance(selected, str):
+        return [selected]
+    if isinstance(selected, slice):
+        return columns[selected]
+    try:
+        items = list(selected)
+    except TypeError:
+        return []
+    if items and all(isinstance(i, bool) for i in items):
+        return [c for c, keep in zip(columns, items, strict=False) if keep]
+    if items and all(isinstance(i, int) for i in items):
+        return [columns[i] for i in items if -len(columns) <= i < len(columns)]
+    return [str(i) for i in items]
+
+
+def apply_tolerances(inputs: list[InputSpec], found: dict[str, Tolerance]) -> list[InputSpec]:
+    """Open the categories and allow the nulls that the model handles."""
+    out = []
+    for spec in inputs:
+        tolerance = found.get(spec.name)
+        if tolerance is None:
+            out.append(spec)
+            continue
+        changes: dict[str, Any] = {}
+        if tolerance.unseen and spec.type == "category":
+            changes["open"] = True
+        if tolerance.missing:
+            changes["nullable"] = True
+        out.append(spec.model_copy(update=changes) if changes else spec)
+    return out
+
+
+def merge_declared(inputs: list[InputSpec], declared: list[dict[str, Any]]) -> list[InputSpec]:
+    """Where the model file's own signature (MLflow) says more than the data: a free `string`
+    where the data showed a few values (the category stays, open to unseen values), a
+    `number` where the data held only integers, an optional input."""
+    by_name = {d["name"]: d for d in declared}
+    out = []
+    for spec in inputs:
+        said = by_name.get(spec.name)
+        if said is None:
+            out.append(spec)
+            continue
+        changes: dict[str, Any] = {}
+        if said["type"] == "string" and spec.type == "category":
+            changes["open"] = True
+        if said["type"] == "number" and spec.type == "integer":
+            changes["type"] = "number"
+        if said.get("nullable"):
+            changes["nullable"] = True
+        out.append(spec.model_copy(update=changes) if changes else spec)
+    return out
+
+
+def apply_overrides(
+    inputs: list[InputSpec], overrides: dict[str, InputOverride]
+) -> list[InputSpec]:
+    """The manifest's `signature.overrides`, input by input; an unknown name is an error."""
+    names = {spec.name for spec in inputs}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UsageError(
+            f"signature.overrides: no input named {', '.join(map(repr, unknown))} "
+            f"(inferred: {', '.join(sorted(names))})"
+        )
+    out = []
+    for spec in inputs:
+        override = overrides.get(spec.name)
+        if override is None:
+            out.append(spec)
+            continue
+        data = spec.model_dump()
+        given = override.model_dump(exclude_none=True)
+        if given.get("type") and given["type"] != spec.type:
+            data.update(min=None, max=None, categories=None, open=False)
+        categories = given.pop("categories", None)
+        data.update(given)
+        if categories == "open":
+            data["open"] = True
+        elif categories is not None:
+            data["categories"] = categories
+        if data["type"] == "category" and not data.get("categories"):
+            raise UsageError(
+                f"signature.overrides.{spec.name}: type category needs categories "
+                "(the reference data has none to infer)"
+            )
+        try:
+            out.append(InputSpec.model_validate(data))
+        except ValueError as exc:
+            raise UsageError(f"signature.overrides.{spec.name}: {exc}") from None
+    return out
+
+
+def model_task(model: Any, classes: list[Any] | None = None) -> str | None:
+    """`classification` or `regression` as the model itself says (its final estimator's
+    type, or class labels in an ONNX graph); None when it cannot tell."""
+    final = model
+    while isinstance(getattr(final, "steps", None), list):
+        final = final.steps[-1][1]
+    kind = getattr(final, "_estimator_type", None)
+    if kind is None:
+        tags = getattr(final, "__sklearn_tags__", None)
+        try:
+            kind = tags().estimator_type if tags else None
+        except Exception:  # an object that only looks like an estimator
+            kind = None
+    if kind == "classifier" or classes:
+        return "classification"
+    if kind == "regressor":
+        return "regression"
+    return None

@@ -72,6 +72,8 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     """Stalled clients are cut off (`serving.header_timeout_s`, `serving.body_timeout_s`)."""
+    threads: int | None = None
+    """OpenMP/BLAS threads the model may use in this process (`cpmai.runtime.threads`)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -91,7 +93,16 @@ class ServeConfig:
             sample_interval_s=manifest.monitoring.sample_interval_s,
             header_timeout_s=settings.header_timeout_s,
             body_timeout_s=settings.body_timeout_s,
+            threads=settings.threads or self._cpu_share(manifest),
         )
+
+    def _cpu_share(self, manifest: Any) -> int:
+        from cpmai.runtime import threads
+
+        environment = manifest.environments.get(self.env)
+        if environment is not None:
+            return threads.share(environment.resources.cpu)
+        return threads.share(None, self.workers)
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -126,6 +137,10 @@ def build_app(config: ServeConfig, artifact: Artifact | None = None) -> Inferenc
     from cpmai.runtime.predictor import Predictor
 
     sys.setswitchinterval(0.0005)
+    if config.threads is not None:
+        from cpmai.runtime import threads
+
+        threads.limit(config.threads)
     if artifact is None:
         artifact = open_artifact(Path(config.home), config.name, config.version)
     predictor = Predictor.from_artifact(artifact, runtime=config.runtime)
@@ -174,6 +189,7 @@ class InferenceApp:
         self.resources: ResourceLog | None = None
         self.ready = False
         self.label_datatype = _label_datatype(predictor.signature)
+        self.no_probabilities = f"probabilities were asked for, but {predictor.no_proba_reason}"
         self.metadata = orjson.dumps(self._metadata())
         self.server_doc = orjson.dumps(
             {"name": "cpmai", "version": __version__, "extensions": ["binary_tensor_data"]}
@@ -377,6 +393,8 @@ class InferenceApp:
             content_type = headers.get(b"content-type", b"application/json").decode()
             call.raw, params = protocols.mlflow_request(body, content_type, self.names, self.kinds)
             call.want_proba = params.get("probabilities") is True or _query_flag(scope)
+        if call.want_proba and not self.predictor.has_proba:
+            raise RequestError(400, self.no_probabilities)
         columns, call.rows, call.warnings = self.validator.columns(call.raw)
         return columns
 

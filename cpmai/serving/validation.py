@@ -1,9 +1,10 @@
 """Checking request data against the signature, and turning it into model-ready columns.
 
 Refused (HTTP 422, naming the field): a missing or unknown input, a value of the wrong type, a
-category the model was not trained on, a missing value where none is allowed, inputs of unequal
-length. Accepted with a warning: a number outside the reference data's range (that is what
-drift is made of; `cpmai monitor` counts it).
+category the model was not trained on (unless the input is `open`: the model encodes unseen
+values), a missing value where none is allowed, inputs of unequal length. Accepted with a
+warning: a number outside the reference data's range, an unseen value of an open category (that
+is what drift is made of; `cpmai monitor` counts them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class RequestError(Exception):
 
 
 class _Spec:
-    __slots__ = ("allowed", "kind", "max", "min", "name", "nullable", "shown")
+    __slots__ = ("allowed", "kind", "max", "min", "name", "nullable", "open", "shown")
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.name: str = spec["name"]
@@ -33,6 +34,7 @@ class _Spec:
         self.min: float | None = spec.get("min")
         self.max: float | None = spec.get("max")
         self.nullable: bool = bool(spec.get("nullable", False))
+        self.open: bool = bool(spec.get("open", False))
         categories = spec.get("categories") or []
         self.allowed = frozenset(categories)
         self.shown = ", ".join(repr(c) for c in categories[:MAX_LISTED]) + (
@@ -105,6 +107,7 @@ class Validator:
                     )
             return values
         if kind == "category":
+            unseen = 0
             for value in values:
                 if type(value) in _SCALARS and value in spec.allowed:
                     continue
@@ -112,6 +115,11 @@ class Validator:
                     if spec.nullable:
                         continue
                     raise RequestError(422, _wrong(spec, value, "a category"))
+                if spec.open and type(value) in _SCALARS:
+                    unseen += 1
+                    if unseen == 1:
+                        warnings.append(f"{spec.name}: unseen category {_short(value)}")
+                    continue
                 raise RequestError(
                     422, f"input {spec.name!r}: {_short(value)} is not one of {spec.shown}"
                 )
