@@ -53,6 +53,15 @@ class PackageResult:
     files: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
 
+    @property
+    def runtime_note(self) -> str | None:
+        """One line when the model runs without its ONNX twin: why, and what that costs."""
+        try:
+            runtime = json.loads((self.path / "runtime.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return runtime_note(runtime)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": [step.to_dict() for step in self.steps],
@@ -180,6 +189,23 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
         return result
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def runtime_note(runtime: dict[str, Any]) -> str | None:
+    """`runtime: sklearn — <why>; in-process predict X ms/row vs Y ms with the twin` for a model
+    that runs without an ONNX twin (not when the manifest asked for that); else None."""
+    if runtime.get("runtime") != "sklearn" or runtime.get("reason", "").startswith("runtime:"):
+        return None
+    reason = str(runtime.get("reason", ""))
+    if len(reason) > 240:
+        reason = reason[:237] + "... (every attempt is in runtime.json)"
+    text = f"runtime: sklearn — {reason}"
+    own, twin = runtime.get("sklearn_ms_per_row"), runtime.get("onnx_ms_per_row")
+    if own is not None:
+        text += f"; in-process predict {own:.3g} ms/row"
+        if twin is not None:
+            text += f" vs {twin:.3g} ms with the twin"
+    return text
 
 
 def source_fingerprint(manifest: Manifest, source: Path) -> str:
@@ -458,6 +484,7 @@ def _runtime(
     evidence = onnx_twin.parity_text(parity)
     info = {
         **base,
+        "onnx_ms_per_row": _onnx_ms_per_row(conversion, signature, data),
         "onnx_model": "model/twin.onnx",
         "input_mode": conversion.input_mode,
         "precision": conversion.precision,
@@ -479,6 +506,33 @@ def _runtime(
     return {"runtime": "sklearn", "reason": f"the ONNX twin disagrees: {evidence}", **info}
 
 
+def _onnx_ms_per_row(
+    conversion: Any, signature: dict[str, Any], data: dict[str, pd.DataFrame]
+) -> float | None:
+    from cpmai.runtime.predictor import OnnxRunner
+
+    frame = data.get("reference")
+    if frame is None or conversion.onnx is None:
+        return None
+    runner = OnnxRunner(
+        conversion.onnx, signature["inputs"], conversion.input_mode, conversion.graph_inputs
+    )
+    return _median_ms(runner, signature, frame)
+
+
+def _median_ms(runner: Any, signature: dict[str, Any], frame: pd.DataFrame) -> float:
+    import statistics
+    import time
+
+    row = {spec["name"]: frame[spec["name"]].head(1).tolist() for spec in signature["inputs"]}
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        runner.run(row)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000, 4)
+
+
 def _ms_per_row(
     loaded: LoadedModel,
     signature: dict[str, Any],
@@ -487,22 +541,12 @@ def _ms_per_row(
 ) -> float | None:
     """The model's own one-row predict time in this process (median of a few calls, ms): what
     a request costs when no twin is used."""
-    import statistics
-    import time
-
     from cpmai.runtime.predictor import SklearnRunner
 
     frame = data.get("reference")
     if frame is None:
         return None
-    runner = SklearnRunner(loaded.obj, signature["inputs"], call=call)
-    row = {spec["name"]: frame[spec["name"]].head(1).tolist() for spec in signature["inputs"]}
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        runner.run(row)
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 4)
+    return _median_ms(SklearnRunner(loaded.obj, signature["inputs"], call=call), signature, frame)
 
 
 def _onnx_in_mlflow(loaded: LoadedModel, model_rel: str) -> str:

@@ -175,6 +175,9 @@ def _package(
         packaged = package(manifest, home, actor=actor)
         step.note = f"{packaged.version} ({'new' if packaged.created else 'unchanged'})"
     progress(f"package  {packaged.name} {packaged.version}  {step.seconds:.2f} s  {step.note}")
+    note = packaged.runtime_note
+    if note:
+        progress(note)
     return packaged
 
 

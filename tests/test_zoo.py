@@ -186,6 +186,9 @@ def test_every_kind_of_model_goes_the_whole_way(name: str, tmp_path: Path, home:
                 break
             time.sleep(0.5)
         assert watched["traffic"]["requests"] >= 4 and watched["drift"]["drifted"] == []
+        checked = {entry["feature"]: entry for entry in watched["data_quality"]}
+        for column, value in kind.unseen.items():  # served, and counted as what they were
+            assert checked[column]["missing" if value is None else "unseen"] >= 1, checked[column]
         quality = watched["model_quality"]
         assert quality["labelled_rows"] == 160
         _quality_matches(kind, quality["metrics"], truth.to_numpy(), np.asarray(served))

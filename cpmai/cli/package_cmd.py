@@ -1,6 +1,6 @@
 """`cpmai package`: build the immutable artifact."""
 
-from cpmai.cli.output import OPTIONS, detail, emit_json, show, shown_path, wants_json
+from cpmai.cli.output import OPTIONS, detail, emit_json, show, shown_path, wants_json, warn
 from cpmai.cli.project import JsonFlag, ManifestArg
 
 
@@ -30,6 +30,9 @@ def package(manifest: ManifestArg, json_: JsonFlag = False) -> None:
             f"sha256:{result.digest[:16]}"
         )
     show(f"  {shown_path(result.path)}")
+    note = result.runtime_note
+    if note:
+        warn(note)
 
 
 def _size(n: int) -> str:
