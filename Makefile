@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray clean
+.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ bench-ray: $(STAMP)
 ## bench-report: cpmai report and cpmai cost over a 1,000,000-row prediction log
 bench-report: $(STAMP)
 	$(BIN)/python benchmarks/report.py
+
+## bench-zoo: every kind of model in the zoo (tests/_zoo.py): runtime chosen, per-row time under scikit-learn and the twin, served req/s and p99 (needs wrk); writes docs/performance.md
+bench-zoo: $(STAMP)
+	$(BIN)/python benchmarks/zoo.py --write docs/performance.md
 
 ## bench-signatures: ledger verify over 1,000 signed events (ssh-keygen)
 bench-signatures: $(STAMP)

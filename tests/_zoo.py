@@ -332,7 +332,10 @@ def mixed_pipeline(folder: Path) -> Kind:
             (
                 "columns",
                 ColumnTransformer(
-                    [("num", numeric, ["age", "bmi", "bp"]), ("cat", categorical, ["sex", "clinic"])]
+                    [
+                        ("num", numeric, ["age", "bmi", "bp"]),
+                        ("cat", categorical, ["sex", "clinic"]),
+                    ]
                 ),
             ),
             ("model", LogisticRegression(max_iter=500)),
@@ -464,7 +467,7 @@ def onnx_file(folder: Path) -> Kind:
         (where / "model.onnx").write_bytes(graph.SerializeToString())
         return "model.onnx"
 
-    kind = _tabular(
+    return _tabular(
         "onnx-file",
         folder,
         load_iris,
@@ -472,7 +475,6 @@ def onnx_file(folder: Path) -> Kind:
         "classification",
         save=save,
     )
-    return kind
 
 
 def mlflow_folder(folder: Path) -> Kind:
@@ -523,7 +525,7 @@ def mlflow_folder(folder: Path) -> Kind:
         "  sklearn:\n    pickled_model: model.pkl\n    serialization_format: cloudpickle\n"
         "signature:\n"
         f"  inputs: '{json.dumps(inputs)}'\n"
-        "  outputs: '[{\"type\": \"double\"}]'\n"
+        '  outputs: \'[{"type": "double"}]\'\n'
     )
     (folder / "cpmai.yaml").write_text(_manifest("mlflow", "model", "regression"))
     return Kind(
