@@ -53,14 +53,8 @@ class PackageResult:
     files: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
 
-    @property
-    def runtime_note(self) -> str | None:
-        """One line when the model runs without its ONNX twin: why, and what that costs."""
-        try:
-            runtime = json.loads((self.path / "runtime.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return runtime_note(runtime)
+    runtime_note: str | None = None
+    """One line when the model runs without its ONNX twin: why, and what that costs."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +135,7 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
         step.note = f"sha256:{fingerprint[:12]}" + (f", same as {reused.version}" if reused else "")
     if reused is not None:
         reused.steps = log.steps
+        reused.runtime_note = _runtime_note_of(home, reused.path, reused.digest)
         return reused
     fmt = formats.detect_format(source, manifest.model.format)
     _remove_abandoned_builds(home / "tmp")
@@ -162,7 +157,10 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             call = signature.pop("call")
             step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
         with log.step("runtime") as step:
-            runtime = _runtime(manifest, loaded, signature, model_rel, data, build, files, call)
+            timings: dict[str, float | None] = {}
+            runtime = _runtime(
+                manifest, loaded, signature, model_rel, data, build, files, call, timings
+            )
             step.note = f"{runtime['runtime']}: {runtime['reason']}"
         with log.step("environment") as step:
             environment = _environment(loaded, runtime)
@@ -184,14 +182,16 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
         with log.step("record") as step:
             result = _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
             _remember(home, fingerprint, result.version)
+            _remember_timings(home, digest, timings)
             step.note = "new version" if result.created else "identical content exists"
         result.steps = log.steps
+        result.runtime_note = runtime_note(runtime, timings)
         return result
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
 
-def runtime_note(runtime: dict[str, Any]) -> str | None:
+def runtime_note(runtime: dict[str, Any], timings: dict[str, Any] | None = None) -> str | None:
     """`runtime: sklearn — <why>; in-process predict X ms/row vs Y ms with the twin` for a model
     that runs without an ONNX twin (not when the manifest asked for that); else None."""
     if runtime.get("runtime") != "sklearn" or runtime.get("reason", "").startswith("runtime:"):
@@ -200,7 +200,7 @@ def runtime_note(runtime: dict[str, Any]) -> str | None:
     if len(reason) > 240:
         reason = reason[:237] + "... (every attempt is in runtime.json)"
     text = f"runtime: sklearn — {reason}"
-    own, twin = runtime.get("sklearn_ms_per_row"), runtime.get("onnx_ms_per_row")
+    own, twin = (timings or {}).get("sklearn_ms_per_row"), (timings or {}).get("onnx_ms_per_row")
     if own is not None:
         text += f"; in-process predict {own:.3g} ms/row"
         if twin is not None:
@@ -236,6 +236,33 @@ def source_fingerprint(manifest: Manifest, source: Path) -> str:
 
 
 SOURCES_CACHE = "cache/sources.json"
+TIMINGS_CACHE = "cache/timings.json"
+"""Per artifact digest, the one-row predict times measured at packaging (under scikit-learn
+and the twin). Kept out of the artifact: a timing differs on every build, the digest must not."""
+
+
+def _remember_timings(home: Path, digest: str, timings: dict[str, float | None]) -> None:
+    path = home / TIMINGS_CACHE
+    try:
+        known = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    known[digest] = timings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(known).encode())
+
+
+def _runtime_note_of(home: Path, path: Path, digest: str) -> str | None:
+    """The runtime note of an artifact packaged earlier (its timings, if still cached)."""
+    try:
+        runtime = json.loads((path / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        found = json.loads((home / TIMINGS_CACHE).read_text()).get(digest)
+    except (OSError, ValueError, AttributeError):
+        found = None  # a cache: without it the note only lacks the figures
+    return runtime_note(runtime, found if isinstance(found, dict) else None)
 
 
 def _remember(home: Path, fingerprint: str, version: str) -> None:
@@ -440,6 +467,7 @@ def _runtime(
     build: Path,
     files: dict[str, str],
     call: str | None,
+    timings: dict[str, float | None],
 ) -> dict[str, Any]:
     """Decide how the model runs: its ONNX twin when it agrees with the original (runtime: auto),
     or as forced by the manifest. Writes `model/twin.onnx` when a twin was made."""
@@ -452,7 +480,8 @@ def _runtime(
             "onnx_model": onnx_rel,
             "input_mode": "columns",
         }
-    base = {"call": call, "sklearn_ms_per_row": _ms_per_row(loaded, signature, data, call)}
+    base: dict[str, Any] = {"call": call}
+    timings["sklearn_ms_per_row"] = _ms_per_row(loaded, signature, data, call)
     if wanted == "sklearn":
         return {
             "runtime": "sklearn",
@@ -478,13 +507,13 @@ def _runtime(
             "onnx_model": None,
             **base,
         }
+    timings["onnx_ms_per_row"] = _onnx_ms_per_row(conversion, signature, data)
     (build / "model" / "twin.onnx").write_bytes(conversion.onnx)
     files["model/twin.onnx"] = sha256_file(build / "model" / "twin.onnx")
     parity = conversion.parity
     evidence = onnx_twin.parity_text(parity)
     info = {
         **base,
-        "onnx_ms_per_row": _onnx_ms_per_row(conversion, signature, data),
         "onnx_model": "model/twin.onnx",
         "input_mode": conversion.input_mode,
         "precision": conversion.precision,

@@ -88,7 +88,9 @@ def score_file(
                     f"{source.name}: missing column(s) {', '.join(missing)} "
                     f"(the model takes {', '.join(validator.names)})"
                 )
-            raw = {name: _python_values(frame[name]) for name in validator.names}
+            raw = {
+                name: _python_values(frame[name], validator.kinds[name]) for name in validator.names
+            }
             try:
                 columns, count, warnings = validator.columns(raw)
             except RequestError:
@@ -169,12 +171,27 @@ def _first_bad_row(
     return None
 
 
-def _python_values(column: pd.Series) -> list[Any]:
-    """Plain Python values with missing ones as None (pandas gives NaN)."""
+def _python_values(column: pd.Series, kind: str = "string") -> list[Any]:
+    """Plain Python values with missing ones as None (pandas gives NaN). A number column that
+    pandas read as text in this chunk (one bad value makes the whole chunk text) gets its
+    numbers back, so only the bad value is refused, by its row."""
+    if kind in ("number", "integer") and column.dtype.kind == "O":
+        numbers = [_number(v) for v in column.tolist()]
+        return [None if isinstance(v, float) and math.isnan(v) else v for v in numbers]
     values: list[Any] = column.tolist()
     if column.dtype.kind in "fO" or str(column.dtype) in ("str", "string"):
         return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
     return values
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    return value
 
 
 class _Writer:

@@ -688,6 +688,9 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path_ | None:
             }.get(kind, True)
             if not matches:
                 return None
+        elif isinstance(part, str) and part[:1].isupper() and part.isidentifier():
+            if not isinstance(node, dict):  # a model class's branch (InferredSignature)
+                return None
         else:
             path.append(part)  # a missing key: point at its parent's line
             node = None

@@ -330,6 +330,10 @@ def test_drift_labels_refusals_and_triggers_on_a_real_server(
     manifest = write_manifest(churn)
     doc = load(manifest)
     doc["slo"] = {"p99_ms": 2000, "error_rate": 0.01}
+    # the pipeline encodes unseen regions, so inference opens the input; closed again here, as
+    # a team would do for a column whose unknown values they want refused
+    regions = ["east", "north", "south", "west"]
+    doc["signature"] = {"infer": True, "overrides": {"region": {"categories": regions}}}
     marker = tmp_path / "ran.txt"
     doc["monitoring"] = {
         "drift": {"threshold": 0.1, "share": 0.25},

@@ -87,6 +87,7 @@ def test_runtime_sklearn_skips_the_twin(churn: Path, home: Path) -> None:
         "runtime": "sklearn",
         "reason": "runtime: sklearn in the manifest",
         "onnx_model": None,
+        "call": "frame",
     }
     assert not (result.path / "model" / "twin.onnx").exists()
     assert Predictor.from_artifact(open_artifact(home, "churn-classifier")).flavor == "sklearn"
@@ -132,7 +133,8 @@ def test_a_model_that_does_not_convert_falls_back_to_sklearn(churn: Path, home: 
     result = package(load_manifest(churn), home, actor="t")
     runtime = read_runtime(result.path)
     assert runtime["runtime"] == "sklearn"
-    assert runtime["reason"].startswith("skl2onnx could not convert the model")
+    assert runtime["reason"].startswith("no ONNX twin converted: columns/double: ")
+    assert "FunctionTransformer is not supported" in runtime["reason"]
     predictor = Predictor.from_artifact(open_artifact(home, "churn-classifier"))
     labels, _ = predictor.run(columns_of(pd.read_csv(churn.parent / "data" / "holdout.csv")))
     assert set(labels.tolist()) <= {0, 1}
@@ -140,7 +142,7 @@ def test_a_model_that_does_not_convert_falls_back_to_sklearn(churn: Path, home: 
 
 def test_runtime_onnx_refuses_a_model_that_does_not_convert(churn: Path, home: Path) -> None:
     _unconvertible(churn.parent)
-    with pytest.raises(ModelLoadError, match="runtime: onnx, but skl2onnx could not convert"):
+    with pytest.raises(ModelLoadError, match="runtime: onnx, but no ONNX twin converted"):
         package(load_manifest(_manifest_with(churn, "onnx")), home, actor="t")
 
 
@@ -257,15 +259,16 @@ def test_predict_refuses_bad_rows_and_leaves_no_partial_output(
 ) -> None:
     package(load_manifest(churn), home, actor="t")
     frame = pd.read_csv(churn.parent / "data" / "holdout.csv")
-    frame.loc[150, "plan"] = "platinum"
+    frame["support_calls"] = frame["support_calls"].astype(object)
+    frame.loc[150, "support_calls"] = "many"
     source = tmp_path / "bad.csv"
     frame.to_csv(source, index=False)
     output = tmp_path / "out.csv"
     result = run_cpmai(
         "predict", "churn-classifier", "-i", source, "-o", output, "--chunk-rows", "100"
     )
-    assert result.code == 2
-    assert "bad.csv rows 101–200: input 'plan': 'platinum' is not one of" in result.err
+    assert result.code == 2  # the bad row is named, not its chunk
+    assert "bad.csv row 151: input 'support_calls': expected a number, got 'many'" in result.err
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
     frame.drop(columns=["region"]).to_csv(source, index=False)
     result = run_cpmai("predict", "churn-classifier", "-i", source, "-o", output)

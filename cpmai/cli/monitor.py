@@ -86,7 +86,9 @@ def monitor(
 
     Exit 4 when a bound is breached (drift, quality, SLO, age). Breaches listed in
     monitoring.triggers.on are recorded in the ledger as `trigger` events (once per cooldown);
-    with --run-triggers the trigger command runs and its exit status is recorded too.
+    with --run-triggers the trigger command runs and its exit status is recorded too. Exit 5
+    when lines of the prediction log cannot be read (the report is still shown; the period is
+    never called within bounds).
     """
     import math
 
@@ -114,7 +116,9 @@ def monitor(
         raise UsageError(f"{markdown}: the folder {markdown.parent} does not exist")
     if labels is not None and not labels.is_file():
         raise UsageError(f"--labels {labels}: file not found")
+    from cpmai.errors import ExitCode, IntegrityError
     from cpmai.monitor.run import monitor as run
+    from cpmai.monitor.run import unreadable_error
     from cpmai.monitor.triggers import fire, run_command
 
     result = run(
@@ -159,7 +163,15 @@ def monitor(
                 actor=actor,
             )
     out = result.to_dict()
-    out["exit_code"] = 4 if result.alerts else 0
+    out["exit_code"] = ExitCode.THRESHOLD.value if result.alerts else ExitCode.OK.value
+    # A log the monitor cannot read in full is damaged state that cpmai itself wrote: the same
+    # class of failure as a torn ledger line, hence the integrity code (5), which outranks 4 —
+    # not 2, which says the user's arguments or files were wrong. The report is still shown.
+    unreadable = unreadable_error(out)
+    out["error"] = None
+    if unreadable is not None:
+        out["exit_code"] = ExitCode.INTEGRITY.value
+        out["error"] = {"type": "IntegrityError", "message": unreadable[0], "exit_code": 5}
     if markdown is not None:
         from cpmai.monitor.reports import markdown as to_markdown
 
@@ -168,6 +180,8 @@ def monitor(
         emit_json(out)
     else:
         _render(out)
+    if unreadable is not None:
+        raise IntegrityError(unreadable[0], hint=unreadable[1])  # the message, on stderr
     return int(out["exit_code"])
 
 
@@ -192,8 +206,6 @@ def _render(doc: dict[str, Any]) -> None:
             f"no traffic in this period ({log['files']} log file(s) in {log['folder']}); "
             "send requests, or widen --since"
         )
-    if log["unreadable_lines"]:
-        warn(f"{log['unreadable_lines']} unreadable line(s) in the prediction log were skipped")
     lost = lost_line(log["lost"])
     if lost:
         warn(lost)
@@ -252,7 +264,12 @@ def _render(doc: dict[str, Any]) -> None:
     if doc.get("trigger_run"):
         run = doc["trigger_run"]
         show(f"trigger command exited {run['exit_code']} after {run['seconds']:.1f} s")
-    if not doc["alerts"]:
+    if log["unreadable_lines"]:
+        show(
+            f"[red]not judged: {log['unreadable_lines']:,} line(s) of the prediction log "
+            "could not be read[/red]"
+        )
+    elif not doc["alerts"]:
         show("[green]within bounds[/green]")
 
 
@@ -310,10 +327,47 @@ def _render_drift(doc: dict[str, Any]) -> None:
             str(q.get("unseen", "")) if q else "",
         )
     show(table)
+    _render_text(drift)
     for q in doc["data_quality"]:
         if q.get("unseen_values"):
             values = ", ".join(f"{k!r} ×{v}" for k, v in q["unseen_values"].items())
             show(f"  {q['feature']}: refused unseen values {values}")
+
+
+def _render_text(drift: dict[str, Any]) -> None:
+    """Free-text inputs: each of the three measures against its reference value."""
+    from rich.table import Table
+
+    texts = [f for f in drift["features"] if f["kind"] == "text"]
+    if not texts:
+        return
+    table = Table(
+        title="free text: length in characters, unknown words and hashed token distribution "
+        "against the reference text (excess over chance ≥ threshold: drift)",
+        title_justify="left",
+    )
+    for column in ("feature", "mean length (ref)", "length test", "unknown words (expected)",
+                   "token distance (chance)", "status"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("feature", "status") else "right")
+    for f in texts:
+        text = f["text"]
+        length, unknown, tokens = text["length"], text["unknown_words"], text["token_distribution"]
+        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
+        status = f["status"] + (f" ({', '.join(text['drifted_by'])})" if text["drifted_by"] else "")
+        table.add_row(
+            f["feature"],
+            f"{_g(length['mean'])} ({_g(length['reference_mean'])})",
+            f"{length['method']} {_g(length['statistic'])}"
+            + (f", p {_g(length['p_value'])}" if length["p_value"] is not None else ""),
+            f"{_share(unknown['share'])} ({_share(unknown['expected_share'])})",
+            f"{_g(tokens['statistic'])} ({_g(tokens['chance'])})",
+            f"[{colour}]{status}[/{colour}]",
+        )
+    show(table)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _g(value: float | None) -> str:

@@ -62,7 +62,7 @@ class LiveMonitor:
         self.chunks: deque[dict[str, Any]] = deque()
         """What each poll read (parts of `cpmai.monitor.logs`), oldest first."""
         self.subject: Subject | None = None
-        self.profiles: dict[str, drift_mod.Profile] = {}
+        self.profiles: dict[str, drift_mod.Profile | drift_mod.TextProfile] = {}
         self.live_version: str | None = None
 
     def _ensure_subject(self) -> None:

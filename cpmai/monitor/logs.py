@@ -7,7 +7,13 @@ logs are cut at line boundaries into pieces of `PIECE_BYTES` that worker process
 parallel; each piece comes back as numpy arrays, never as millions of Python objects. Inputs are
 kept only for the version under study (`focus`): drift and data quality compare that version's
 traffic with its own reference data. A line that cannot be read (damaged, or not a block) is
-counted, never fatal; a line still being written is left for the next read.
+counted, with where it is and why (`Traffic.unreadable_at`): the reader goes on, and the caller
+decides (`cpmai monitor` refuses to call such a period within bounds). A blank line is not a
+block and is skipped; a line still being written is left for the next read.
+
+Free text is kept only when asked (`FeatureSpec.keep`), coded like a category (each distinct text
+once in the vocabulary): the server's index holds no text, so the focus version's blocks are then
+parsed from JSON.
 """
 
 from __future__ import annotations
@@ -41,8 +47,15 @@ class FeatureSpec:
 
     name: str
     kind: str
-    """"numeric" (float64, NaN for missing), "categorical" (codes), or "text" (not kept)."""
+    """"numeric" (float64, NaN for missing), "categorical" (codes), or "text"."""
     categories: frozenset[Any] = frozenset()
+    keep: bool = False
+    """"text": keep the values (codes into a vocabulary of the distinct texts, like a category).
+    Not kept unless asked: reading them means parsing the focus version's JSON lines."""
+
+    @property
+    def kept(self) -> bool:
+        return self.kind != "text" or self.keep
 
 
 @dataclass
@@ -83,6 +96,8 @@ class Traffic:
     unreadable: int
     files: int
     bytes: int
+    unreadable_at: list[tuple[str, int, str]] = field(default_factory=list)
+    """The first `UNREADABLE_NAMED` unreadable lines: (file, byte offset, why)."""
     synthetic: dict[str, int] = field(default_factory=dict)
     """Synthetic requests in the period by source (weighted by 1/sample rate), whether or not
     they are counted in (`set_apart`)."""
@@ -132,7 +147,8 @@ def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
 
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
+UNREADABLE_NAMED = 5
 
 
 def read_traffic(
@@ -305,7 +321,7 @@ def _schema_key(
     import json
 
     described: list[Any] = [CACHE_FORMAT, focus, output_kind, [str(v) for v in outputs or []]]
-    described += [[s.name, s.kind, sorted(map(str, s.categories))] for s in specs]
+    described += [[s.name, s.kind, sorted(map(str, s.categories)), s.kept] for s in specs]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
@@ -346,6 +362,7 @@ def _save_cached(target: Path, log: Path, schema: str, part: dict[str, Any], np:
         "unseen": part["unseen"],
         "refused_rows": part["refused_rows"],
         "unreadable": part["unreadable"],
+        "unreadable_at": part["unreadable_at"],
         "lost": part["lost"],
         "features": list(part["features"]),
     }
@@ -376,6 +393,8 @@ def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
                 return None
             part: dict[str, Any] = {name: data[name] for name in _ARRAYS}
             part["features"] = {n: data[f"feature:{n}"] for n in meta["features"]}
+        if _repaired(log, meta["unreadable_at"]):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     part.update(
@@ -386,11 +405,25 @@ def _load_cached(target: Path, log: Path, schema: str) -> dict[str, Any] | None:
         unseen={k: Counter(v) for k, v in meta["unseen"].items()},
         refused_rows=meta["refused_rows"],
         unreadable=meta["unreadable"],
+        unreadable_at=[tuple(item) for item in meta["unreadable_at"]],
         lost=[tuple(item) for item in meta["lost"]],
         offset=meta["offset"],
         ids=None,
     )
     return part
+
+
+def _repaired(log: Path, unreadable_at: list[Any]) -> bool:
+    """Whether a line the cache remembers as unreadable has since been blanked out in place (the
+    repair `cpmai monitor` suggests: same size, same inode, so only this tells)."""
+    if not unreadable_at:
+        return False
+    with log.open("rb") as handle:
+        for _file, offset, _why in unreadable_at:
+            handle.seek(int(offset))
+            if not handle.readline().strip():
+                return True
+    return False
 
 
 def _filter_part(part: dict[str, Any], since: Any, until: Any, np: Any) -> dict[str, Any]:
@@ -512,6 +545,7 @@ def _record_part(
         "unseen": {},
         "refused_rows": 0,
         "unreadable": 0,
+        "unreadable_at": [],
         "lost": [],
     }
     features: dict[str, Any] = {}
@@ -520,7 +554,7 @@ def _record_part(
         for spec in specs:
             if spec.kind == "numeric":
                 features[spec.name] = np.zeros(0)
-            elif spec.kind == "categorical":
+            elif spec.kept:
                 features[spec.name], vocab[spec.name] = np.zeros(0, dtype=np.int32), []
         part.update(row_time=np.zeros(0), row_synthetic=np.zeros(0, dtype=bool), features=features)
         if output_kind == "numeric":
@@ -529,6 +563,8 @@ def _record_part(
             part["outputs"], vocab["__output__"] = np.zeros(0, dtype=np.int32), []
         part["vocab"] = vocab
         return part
+    if any(spec.kind == "text" and spec.keep for spec in specs):
+        return None  # the index holds no text: the JSON reader keeps it
     served = np.where(status < 400, rows, 0)
     row_time = np.repeat(times, served)
     total = len(row_time)
@@ -580,17 +616,34 @@ def _parse_piece(piece: _Piece, job: tuple[Any, ...]) -> dict[str, Any]:
     acc = _Accumulator(specs, output_kind, with_ids, output_categories)
     enabled = gc.isenabled()
     gc.disable()  # a block is millions of short-lived objects: collections would only cost
+    offset = piece.start
     try:
         for line in lines:
+            at, offset = offset, offset + len(line) + 1
             try:
                 block = orjson.loads(line)
                 acc.add(block, focus, since, until)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                if not line.strip():
+                    continue  # a blank line: not a block (how a damaged line is blanked out)
                 acc.unreadable += 1
+                if len(acc.unreadable_at) < UNREADABLE_NAMED:
+                    acc.unreadable_at.append((Path(piece.path).name, at, _why(exc)))
     finally:
         if enabled:
             gc.enable()
     return acc.result(np) | {"consumed": consumed}
+
+
+def _why(exc: Exception) -> str:
+    """What was wrong with an unreadable line, in a few words."""
+    if isinstance(exc, KeyError):
+        text = f"no {exc.args[0]!r} field" if exc.args else "a field is missing"
+    elif isinstance(exc, ValueError):  # orjson.JSONDecodeError is one
+        text = f"not JSON: {exc}" if type(exc).__name__ == "JSONDecodeError" else str(exc)
+    else:
+        text = f"not a block ({type(exc).__name__}: {exc})"
+    return text[:160]
 
 
 class _Accumulator:
@@ -605,7 +658,7 @@ class _Accumulator:
         with_ids: bool,
         output_categories: list[Any] | None = None,
     ) -> None:
-        self.specs = [s for s in specs if s.kind != "text"]
+        self.specs = [s for s in specs if s.kept]
         self.names = {s.name for s in self.specs}
         self.output_kind = output_kind
         self.with_ids = with_ids
@@ -624,7 +677,7 @@ class _Accumulator:
         self.vocab: dict[str, dict[Any, int]] = {
             s.name: {v: i for i, v in enumerate(sorted(s.categories, key=str))}
             for s in self.specs
-            if s.kind == "categorical"
+            if s.kind != "numeric"
         }
         self.vocab["__output__"] = {v: i for i, v in enumerate(output_categories or [])}
         self.outputs: list[Any] = []
@@ -632,6 +685,7 @@ class _Accumulator:
         self.unseen: dict[str, Counter[str]] = {}
         self.refused_rows = 0
         self.unreadable = 0
+        self.unreadable_at: list[tuple[str, int, str]] = []
         self.lost: list[tuple[float, float, int, str]] = []
 
     def add(self, block: dict[str, Any], focus: str | None, since: Any, until: Any) -> None:
@@ -675,14 +729,13 @@ class _Accumulator:
             total = sum(served)
             outputs = block["outputs"]
             inputs = block["inputs"]
-            if len(outputs) != total or (
-                total
-                and not (
-                    inputs.keys() >= self.names
-                    and set(map(len, map(inputs.__getitem__, self.names))) == {total}
-                )
-            ):
-                raise ValueError("inputs or outputs do not match the rows served")
+            if len(outputs) != total:
+                raise ValueError(f"{len(outputs)} outputs for {total} rows served")
+            if total and not inputs.keys() >= self.names:
+                missing = ", ".join(sorted(self.names - inputs.keys()))
+                raise ValueError(f"no values for input(s) {missing}")
+            if total and any(len(inputs[name]) != total for name in self.names):
+                raise ValueError(f"inputs do not match the {total} rows served")
         code = self.version_index.setdefault(version, len(self.version_index))
         if keep is None:
             self.time.extend(times)
@@ -792,6 +845,7 @@ class _Accumulator:
             "unseen": self.unseen,
             "refused_rows": self.refused_rows,
             "unreadable": self.unreadable,
+            "unreadable_at": self.unreadable_at,
             "lost": self.lost,
         }
 
@@ -850,7 +904,7 @@ def _join_parts(
             features[spec.name] = np.concatenate(
                 [p["features"][spec.name] for p in parts] or [np.zeros(0)]
             )
-        elif spec.kind == "categorical":
+        elif spec.kept:
             features[spec.name], vocab[spec.name] = _merge_codes(parts, spec.name, np)
     if output_kind == "numeric":
         outputs = np.concatenate([p["outputs"] for p in parts] or [np.zeros(0)])
@@ -881,6 +935,9 @@ def _join_parts(
         "unseen": unseen,
         "refused_rows": sum(p["refused_rows"] for p in parts),
         "unreadable": sum(p["unreadable"] for p in parts),
+        "unreadable_at": sorted(item for p in parts for item in p["unreadable_at"])[
+            :UNREADABLE_NAMED
+        ],
         "lost": sorted(item for p in parts for item in p["lost"]),
     }
 
@@ -907,6 +964,7 @@ def _traffic(part: dict[str, Any], files: int, total: int) -> Traffic:
         unseen=part["unseen"],
         refused_rows=part["refused_rows"],
         unreadable=part["unreadable"],
+        unreadable_at=list(part["unreadable_at"]),
         lost=list(part["lost"]),
         files=files,
         bytes=total,

@@ -9,6 +9,7 @@ the one column left.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from cpmai.monitor.logs import FeatureSpec, Traffic
 def data_quality(
     traffic: Traffic, specs: list[FeatureSpec], inputs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per input: missing values, values outside the reference range, refused unseen categories."""
+    """Per input: missing values, values outside the reference range, unseen categories (refused,
+    or served where the input is open: the model encodes them)."""
     bounds = {spec["name"]: (spec.get("min"), spec.get("max")) for spec in inputs}
     rows = int(traffic.row_time.shape[0])
     out = []
@@ -48,12 +50,25 @@ def data_quality(
                 entry["out_of_range_share"] = round(outside / rows, 6) if rows else None
             else:
                 entry["out_of_range"] = None
-        unseen = traffic.unseen.get(spec.name)
-        entry["unseen"] = sum(unseen.values()) if unseen else 0
+        unseen = Counter(traffic.unseen.get(spec.name) or {})
+        if values is not None and spec.kind == "categorical" and spec.categories:
+            unseen.update(_served_unseen(values, traffic.vocab.get(spec.name, []), spec))
+        entry["unseen"] = sum(unseen.values())
         if unseen:
             entry["unseen_values"] = dict(unseen.most_common(5))
         out.append(entry)
     return out
+
+
+def _served_unseen(codes: np.ndarray, vocab: list[Any], spec: FeatureSpec) -> Counter[str]:
+    """Values of the log's vocabulary the reference never had, and how many rows had each."""
+    novel = [
+        i for i, value in enumerate(vocab) if value is not None and value not in spec.categories
+    ]
+    if not novel:
+        return Counter()
+    counts = np.bincount(codes[codes >= 0], minlength=len(vocab))
+    return Counter({str(vocab[i]): int(counts[i]) for i in novel if counts[i]})
 
 
 @dataclass

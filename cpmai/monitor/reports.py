@@ -19,7 +19,8 @@ def _num(value: Any, digits: int = 3) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     period, traffic, drift = doc["period"], doc["traffic"], doc["drift"]
     alerts = doc["alerts"]
-    verdict = "🔴 alerts" if alerts else "🟢 within bounds"
+    unreadable = doc["log"]["unreadable_lines"]
+    verdict = "⛔ log unreadable" if unreadable else ("🔴 alerts" if alerts else "🟢 within bounds")
     lines = [
         f"## cpmai monitor: {doc['name']} @ {doc['env']} — {verdict}",
         "",
@@ -40,6 +41,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{_num(lat['p99_ms'])} |",
         "",
     ]
+    error = doc.get("error")
+    if unreadable:
+        message = error["message"] if error else f"{unreadable:,} unreadable line(s)"
+        lines += [f"⛔ {message}.", ""]
     lost = lost_line(doc["log"]["lost"])
     if lost:
         lines += [f"⚠️ {lost}.", ""]
@@ -77,6 +82,25 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {f['feature']} | {f['method']} | {_num(f['statistic'])} | {_num(f['p_value'])} "
             f"| {_num(f['psi'])} | {f['status']} |"
         )
+    texts = [f for f in drift["features"] if f["kind"] == "text"]
+    if texts:
+        lines += [
+            "",
+            "| text feature | mean length (ref) | length test | unknown words (expected) "
+            "| token distance (chance) | status |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for f in texts:
+            length, unknown = f["text"]["length"], f["text"]["unknown_words"]
+            tokens = f["text"]["token_distribution"]
+            by = ", ".join(f["text"]["drifted_by"])
+            lines.append(
+                f"| {f['feature']} | {_num(length['mean'])} ({_num(length['reference_mean'])}) "
+                f"| {length['method']} {_num(length['statistic'])} "
+                f"| {_num(unknown['share'])} ({_num(unknown['expected_share'])}) "
+                f"| {_num(tokens['statistic'])} ({_num(tokens['chance'])}) "
+                f"| {f['status']}{f' ({by})' if by else ''} |"
+            )
     quality = doc.get("model_quality")
     if quality:
         metrics = ", ".join(f"{k} {_num(v, 4)}" for k, v in quality["metrics"].items())

@@ -6,6 +6,10 @@ that was live there, else the one in the newest log line) gives the signature, t
 data and — unless a manifest file is given — the monitoring settings. Traffic, errors and
 latency cover every version in the period; drift, data quality and model quality cover the
 focus version's rows, compared with its own reference data.
+
+Every task and input kind is judged: a regression model's predictions drift like a numeric
+feature (KS / Wasserstein) and its quality is MAE, RMSE, R² and MAPE; free-text inputs drift by
+length, unknown words and token distribution (`cpmai.monitor.drift`).
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ def feature_specs(inputs: list[dict[str, Any]]) -> list[FeatureSpec]:
 
     return [
         FeatureSpec(
-            spec["name"], feature_kind(spec["type"]), frozenset(spec.get("categories") or [])
+            spec["name"],
+            feature_kind(spec["type"]),
+            frozenset(spec.get("categories") or []),
+            keep=True,  # free text too: its drift is judged
         )
         for spec in inputs
     ]
@@ -156,12 +163,11 @@ def load_subject(
     )
 
 
-PROFILE_CACHE_FORMAT = 1
+PROFILE_CACHE_FORMAT = 2
+Profiles = dict[str, drift_mod.Profile | drift_mod.TextProfile]
 
 
-def reference_profiles(
-    subject: Subject,
-) -> tuple[dict[str, drift_mod.Profile], drift_mod.Profile | None, int]:
+def reference_profiles(subject: Subject) -> tuple[Profiles, drift_mod.Profile | None, int]:
     """Profiles of the reference data's features and of the model's predictions on it.
 
     Computed once per artifact (it means reading the reference file and running the model) and
@@ -187,9 +193,7 @@ def reference_profiles(
     return result
 
 
-def _profiles(
-    subject: Subject,
-) -> tuple[dict[str, drift_mod.Profile], drift_mod.Profile | None, int]:
+def _profiles(subject: Subject) -> tuple[Profiles, drift_mod.Profile | None, int]:
     from cpmai.runtime.data import read_table
 
     files = sorted((subject.artifact.path / "data").glob("reference.*"))
@@ -199,7 +203,7 @@ def _profiles(
     target = subject.artifact.manifest().data.target
     if target and target in frame.columns:
         frame = frame.drop(columns=[target])
-    profiles = {}
+    profiles: Profiles = {}
     for spec in subject.specs:
         if spec.name not in frame.columns:
             continue
@@ -210,6 +214,8 @@ def _profiles(
             )
         elif spec.kind == "categorical":
             profiles[spec.name] = drift_mod.profile_categorical(spec.name, column.tolist())
+        else:
+            profiles[spec.name] = drift_mod.profile_text(spec.name, column.tolist())
     from cpmai.runtime.predictor import Predictor
 
     predictor = Predictor.from_artifact(subject.artifact)
@@ -308,7 +314,8 @@ def monitor(
             threshold=settings.drift.threshold,
             p_value=settings.drift.p_value,
             min_samples=settings.drift.min_samples,
-            vocab=traffic.vocab.get("__output__"),
+            # a regression's outputs are numbers (float64, NaN missing), not codes
+            vocab=None if subject.output_kind == "numeric" else traffic.vocab.get("__output__", []),
         ).to_dict()
     drift_doc = _drift_summary(features, settings.drift.share)
     drift_doc["features"] = [f.to_dict() for f in features]
@@ -338,6 +345,10 @@ def monitor(
             "bytes": traffic.bytes,
             "requests_logged": traffic.requests,
             "unreadable_lines": traffic.unreadable,
+            "unreadable": [
+                {"file": file, "offset": offset, "reason": reason}
+                for file, offset, reason in traffic.unreadable_at
+            ],
             "versions": _per_version(traffic),
             "synthetic": synthetic_summary(traffic.synthetic, traffic.synthetic_included),
             "lost": lost_summary(traffic.lost),
@@ -361,6 +372,38 @@ def monitor(
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def unreadable_error(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, hint) when the period's prediction log holds lines that could not be read, else
+    None. Such a period is never "within bounds": what was not read may be what breaches them.
+    (Lost requests, `lost_summary`, are another matter: the server counted them, nothing is
+    unknown about how many.)"""
+    log = doc["log"]
+    count = int(log["unreadable_lines"])
+    if not count:
+        return None
+    named = log.get("unreadable") or []
+    where = "; ".join(f"{u['file']} at byte {u['offset']:,}: {u['reason']}" for u in named)
+    more = f" (and {count - len(named):,} more)" if count > len(named) else ""
+    message = (
+        f"{count:,} line(s) of the prediction log could not be read — {where}{more}. "
+        "The period cannot be judged within bounds: the figures leave those requests out"
+    )
+    first = named[0] if named else None
+    look = (
+        f"look at it with `tail -c +{first['offset'] + 1} {log['folder']}/{first['file']} "
+        "| head -c 400`; "
+        if first
+        else ""
+    )
+    hint = (
+        f"{look}a damaged disk, another program writing there, or a log written by another "
+        "version of cpmai. To monitor again, blank the line out with spaces of the same length "
+        "(the server's index refers to byte offsets), or choose a period whose log files do not "
+        "hold it with --since/--until"
+    )
+    return message, hint
 
 
 def lost_summary(lost: list[tuple[float, float, int, str]]) -> dict[str, Any] | None:
@@ -462,13 +505,16 @@ def resource_summary(
     }
 
 
+Drift = drift_mod.FeatureDrift | drift_mod.TextDrift
+
+
 def _drift_all(
     traffic: Traffic,
     subject: Subject,
-    profiles: dict[str, drift_mod.Profile],
+    profiles: Profiles,
     settings: Any,
     bounds: list[tuple[float, float]],
-) -> tuple[list[list[drift_mod.FeatureDrift]], list[drift_mod.FeatureDrift]]:
+) -> tuple[list[list[Drift]], list[Drift]]:
     """Every feature's drift in every window and over the whole period.
 
     Rows are put in time order once, so a window is a slice, not a mask; the comparisons run
@@ -485,15 +531,29 @@ def _drift_all(
     cuts.append(len(times))
     names = [s.name for s in subject.specs if s.name in profiles and s.name in traffic.features]
 
-    def one(name: str) -> list[drift_mod.FeatureDrift]:
+    def one(name: str) -> list[Drift]:
         values = traffic.features[name]
         if order is not None:
             values = values[order]
         vocab = traffic.vocab.get(name)
+        profile = profiles[name]
+        text = (
+            drift_mod.TextComparison(profile, vocab or [])
+            if isinstance(profile, drift_mod.TextProfile)
+            else None
+        )
 
-        def compare(part: np.ndarray) -> drift_mod.FeatureDrift:
+        def compare(part: np.ndarray) -> Drift:
+            if text is not None:
+                return text.compare(
+                    part,
+                    threshold=settings.threshold,
+                    p_value=settings.p_value,
+                    min_samples=settings.min_samples,
+                )
+            assert isinstance(profile, drift_mod.Profile)
             return drift_mod.compare(
-                profiles[name],
+                profile,
                 part,
                 threshold=settings.threshold,
                 p_value=settings.p_value,
@@ -510,7 +570,7 @@ def _drift_all(
     return per_window, [r[-1] for r in results]
 
 
-def _drift_summary(features: list[drift_mod.FeatureDrift], share: float) -> dict[str, Any]:
+def _drift_summary(features: list[Drift], share: float) -> dict[str, Any]:
     judged = [f for f in features if f.drifted is not None]
     drifted = [f.name for f in judged if f.drifted]
     if not judged:

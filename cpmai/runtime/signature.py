@@ -249,8 +249,8 @@ def apply_overrides(
         data.update(given)
         if categories == "open":
             data["open"] = True
-        elif categories is not None:
-            data["categories"] = categories
+        elif categories is not None:  # exactly these: closed, whatever the model tolerates
+            data["categories"], data["open"] = categories, False
         if data["type"] == "category" and not data.get("categories"):
             raise UsageError(
                 f"signature.overrides.{spec.name}: type category needs categories "

@@ -98,6 +98,7 @@ class EdgeTarget:
                 "version": plan.version,
                 "digest": artifact.digest,
                 "input_mode": runtime.get("input_mode", "columns"),
+                "graph_inputs": runtime.get("graph_inputs") or {},
                 "parity": runtime.get("parity"),
                 "files": {f: "sha256:" + sha256_file(scratch / f) for f in files},
                 "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -54,8 +54,10 @@ class Model:
         self.names = [spec["name"] for spec in self.inputs]
         graph = self.session.get_inputs()
         self.dtypes = {i.name: NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph}
+        renamed = bundle.get("graph_inputs") or {}  # column -> graph input, where they differ
+        self.columns_of = {renamed.get(n, n): n for n in self.names}
         self.mode = bundle.get("input_mode", "columns")
-        if self.mode == "columns" and not all(i.name in self.names for i in graph):
+        if self.mode == "columns" and not all(i.name in self.columns_of for i in graph):
             self.mode = "matrix"
         self.matrix_name = graph[0].name
         outputs = self.session.get_outputs()
@@ -103,10 +105,11 @@ class Model:
             return {self.matrix_name: matrix}
         feed = {}
         for name, dtype in self.dtypes.items():
+            values = columns[self.columns_of[name]]
             if dtype == "object":
-                array = np.asarray([str(v) for v in columns[name]], dtype=object)
+                array = np.asarray([str(v) for v in values], dtype=object)
             else:
-                array = np.asarray(columns[name], dtype=dtype)
+                array = np.asarray(values, dtype=dtype)
             feed[name] = array.reshape(-1, 1)
         return feed
 
