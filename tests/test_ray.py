@@ -87,9 +87,9 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         records = json.loads(frame[FEATURES].to_json(orient="records"))
         status, reply = _get(f"{url}/invocations", {"dataframe_records": records})
         assert status == 200 and reply["predictions"] == _expected(churn, frame)[0]
-        bad = [{**records[0], "region": "mars"}]
+        bad = [{**records[0], "tenure_months": "many"}]
         status, reply = _get(f"{url}/invocations", {"dataframe_records": bad})
-        assert status == 422 and "region" in json.dumps(reply)
+        assert status == 422 and "tenure_months" in json.dumps(reply)
         assert _get(f"{url}/v2/health/ready")[0] == 200
 
         edit(churn, lambda doc: doc.update(description="Retrained."))

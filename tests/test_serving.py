@@ -32,8 +32,18 @@ def packaged(trained_example: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     folder = tmp_path_factory.mktemp("served")
     shutil.copytree(trained_example, folder / "churn")
+    manifest = folder / "churn" / "cpmai.yaml"
+    # `plan` closed by hand (inferred, it is open: the pipeline ignores unseen values), so the
+    # refusal of an unknown category is exercised; `region` stays open
+    closed = (
+        "signature:\n  infer: true\n  overrides:\n"
+        "    plan: {categories: [basic, premium, standard]}"
+    )
+    text = manifest.read_text()
+    assert "\nsignature: infer " in text
+    manifest.write_text(text.replace("\nsignature: infer ", f"\n{closed}  #", 1))
     home = folder / "state"
-    package(load_manifest(folder / "churn" / "cpmai.yaml"), home, actor="tester")
+    package(load_manifest(manifest), home, actor="tester")
     return home
 
 
