@@ -264,7 +264,8 @@ def test_stalled_clients_are_cut_off(churn: Path, home: Path) -> None:
                                 (b"", 0.5), (post, 1.0)):  # fmt: skip
                 answer, seconds = _stalls(port, sent, wait=10)
                 assert answer.startswith(b"HTTP/1.1 408 "), (port, sent, answer)
-                assert limit <= seconds < limit + 2, (port, sent, seconds)
+                # the server times from its loop's clock, the test from its own: 50 ms slack
+                assert limit - 0.05 <= seconds < limit + 2, (port, sent, seconds)
             assert served.get("/v2/health/ready").status == 200  # and it goes on serving
     finally:
         served.close()
