@@ -49,7 +49,7 @@ Exit codes:
   2    usage error, invalid manifest or input file
   3    a gate refused (deploy/promote blocked)
   4    a threshold breached (SLO, baseline, monitor trigger, budget)
-  5    integrity failure (artifact digest mismatch, ledger chain broken)
+  5    integrity failure (artifact digest mismatch, ledger chain broken, unreadable log)
   6    target failure (not healthy, rollout aborted)
   130  interrupted
 """

@@ -4,8 +4,8 @@ if it agrees with the original.
 Agreement, on every reference and holdout row: classification labels identical and class
 probabilities within `TOLERANCE` (absolute); regression values within `TOLERANCE` × max(1, |y|).
 
-Candidates, in order (the first that agrees is kept): inputs per column or as one matrix, and
-numbers as `double`, `double-exact` or `float`.
+Candidates, in order (the first that agrees is kept): inputs as one matrix (all-numeric inputs)
+or one per column, and numbers as `double`, `double-exact` or `float`.
 - `double`: scikit-learn's forests compare float32 features with float64 thresholds; ONNX Runtime
   compares a double input with float32 thresholds. Near a threshold the two disagree (seen here:
   0.2% of a 100-tree forest's labels). cpmai inserts a Cast to float32 before every tree-ensemble
@@ -94,7 +94,9 @@ def convert(
 
 def _candidates(inputs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     numeric = all(s["type"] in ("integer", "number") for s in inputs)
-    modes = ["columns", "matrix"] if numeric else ["columns"]
+    # all numbers: one matrix input first (one tensor to feed: 0.036 against 0.054 ms a row
+    # for 30 features here), one input per column for the converters that need names
+    modes = ["matrix", "columns"] if numeric else ["columns"]
     precisions = ("double", "double-exact", "float")
     return [(mode, precision) for precision in precisions for mode in modes]
 
