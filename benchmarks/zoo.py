@@ -124,6 +124,28 @@ def measure(kind_name: str, work: Path, wrk: str, seconds: float) -> dict[str, A
     return result
 
 
+def threads_ab(work: Path, wrk: str, seconds: float) -> list[tuple[str, dict[str, Any]]]:
+    """HistGradientBoostingClassifier under scikit-learn, 2 replicas: the default thread limit
+    (the replica's CPU share) against as many threads as cores (OpenMP's own default)."""
+    home = work / "threads-state"
+    kind = KINDS["hgb-classifier"](work / "threads")
+    base = kind.manifest.read_text().replace("  task:", "  runtime: sklearn\n  task:", 1)
+    base = base.replace("{target: local}", "{target: local, replicas: 2}")
+    row = {
+        k: (v.item() if hasattr(v, "item") else v)
+        for k, v in kind.rows(1, seed=3).astype(object).iloc[0].items()
+    }
+    cores = os.cpu_count() or 1
+    out = []
+    for label, extra in (
+        ("2 replicas, default limit (1 thread each)", ""),
+        (f"2 replicas, serving.threads: {cores} (no limit)", f"serving: {{threads: {cores}}}\n"),
+    ):
+        kind.manifest.write_text(base + extra)
+        out.append((label, served(home, kind, "zoo-hgb-classifier", wrk, row, seconds)))
+    return out
+
+
 def table(results: list[dict[str, Any]], machine: str, seconds: float) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}: `make bench-zoo` (wrk -t2 -c8 "
@@ -162,7 +184,14 @@ def main() -> int:
         for kind in args.kinds.split(","):
             print(f"{kind} ...", file=sys.stderr, flush=True)
             results.append(measure(kind, Path(tmp), wrk, args.duration))
+        ab = threads_ab(Path(tmp), wrk, args.duration)
     text = table(results, fingerprint(), args.duration)
+    text += (
+        "\nThreads: HistGradientBoostingClassifier with `runtime: sklearn`, same wrk settings:\n\n"
+        "| setting | req/s | p50 ms | p99 ms |\n| --- | --- | --- | --- |\n"
+    )
+    for label, r in ab:
+        text += f"| {label} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |\n"
     print(text)
     if args.write:
         doc = args.write.read_text()

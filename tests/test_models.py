@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tests._zoo import KINDS
 from tests.conftest import run_cpmai
@@ -121,3 +122,46 @@ def test_an_mlflow_string_input_stays_a_category_but_takes_any_value(
     assert site["type"] == "category" and site["categories"] == ["a", "b"] and site["open"]
     (signature,) = (home / "artifacts" / "zoo-mlflow").glob("*/signature.json")
     assert "and the MLflow signature" in json.loads(signature.read_text())["origin"]
+
+
+def test_a_served_model_is_limited_to_its_replicas_cpu_share(tmp_path: Path, home: Path) -> None:
+    """The server process that loads the model caps OpenMP/BLAS at `resources.cpu` (rounded up)
+    or `serving.threads`: read back from the process with threadpoolctl."""
+    import subprocess
+    import sys
+
+    kind = KINDS["hgb-classifier"](tmp_path / "m")
+    text = kind.manifest.read_text().replace("  task:", "  runtime: sklearn\n  task:", 1)
+    kind.manifest.write_text(
+        text.replace("{target: local}", "{target: local, resources: {cpu: 0.5}}")
+    )
+    assert run_cpmai("package", kind.manifest).code == 0
+    probe = f"""
+import dataclasses, json, sys, threadpoolctl
+from pathlib import Path
+from cpmai.artifacts import open_artifact
+from cpmai.serving.app import ServeConfig, build_app
+home = Path({str(home)!r})
+artifact = open_artifact(home, "zoo-hgb-classifier")
+config = ServeConfig(home=str(home), name=artifact.name, version=artifact.version,
+                     env="staging", prediction_log=False).for_artifact(artifact)
+if len(sys.argv) > 1:
+    config = dataclasses.replace(config, threads=int(sys.argv[1]))  # serving.threads
+app = build_app(config, artifact)
+row = {{name: [0.5] for name in app.names}}
+app.predictor.run(row)  # OpenMP is loaded by now
+pools = threadpoolctl.threadpool_info()
+print(json.dumps({{"threads": config.threads, "pools": [p["num_threads"] for p in pools],
+                   "apis": sorted({{p["user_api"] for p in pools}})}}))
+"""
+
+    def probed(*args: str) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        found: dict[str, Any] = json.loads(out.stdout)
+        return found
+
+    found = probed()
+    assert found["threads"] == 1 and "openmp" in found["apis"], found
+    assert set(found["pools"]) == {1}, found
+    assert set(probed("2")["pools"]) == {2}  # serving.threads, read back the same way
