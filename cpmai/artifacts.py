@@ -67,6 +67,7 @@ class PackageResult:
             "size_bytes": self.size_bytes,
             "format": self.format,
             "files": self.files,
+            "runtime_note": self.runtime_note,
         }
 
 
@@ -155,11 +156,13 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             data = _read_data(manifest, build)
             signature = _signature(manifest, loaded, data, fmt)
             call = signature.pop("call")
+            probes = signature.pop("probes")
             step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
         with log.step("runtime") as step:
             timings: dict[str, float | None] = {}
+            checked = {**data, "probes": probes} if probes is not None else data
             runtime = _runtime(
-                manifest, loaded, signature, model_rel, data, build, files, call, timings
+                manifest, loaded, signature, model_rel, checked, build, files, call, timings
             )
             step.note = f"{runtime['runtime']}: {runtime['reason']}"
         with log.step("environment") as step:
@@ -397,10 +400,19 @@ def _signature(
         inputs = sig.apply_overrides(inputs, manifest.signature.overrides)
         if manifest.signature.overrides:
             origin += f", {len(manifest.signature.overrides)} overridden"
-    call = None
+    call, probes = None, None
     if reference is not None:
         sig.check_frame(inputs, reference, source=str(manifest.data.reference))
         call = _find_call(loaded, inputs, reference.head(_SAMPLE_ROWS), manifest)
+        overridden = (
+            set()
+            if isinstance(manifest.signature, list | str)
+            else set(manifest.signature.overrides)
+        )
+        if loaded.flavor != "onnx":
+            inputs, probes = _probe_tolerances(loaded, inputs, reference, call, overridden)
+        elif loaded.info.get("probabilities"):
+            loaded.info["probabilities"] = _are_probabilities(loaded, inputs, reference)
     return {
         "task": manifest.model.task,
         "format": fmt,
@@ -413,7 +425,90 @@ def _signature(
         ),
         "data_rows": {role: len(frame) for role, frame in data.items()},
         "call": call,
+        "probes": probes,
     }
+
+
+def _are_probabilities(loaded: LoadedModel, inputs: list[InputSpec], sample: pd.DataFrame) -> bool:
+    """Whether an ONNX graph's second output holds class probabilities (rows in [0, 1] that sum
+    to 1) rather than decision scores (skl2onnx's LinearSVC and SGD graphs have those)."""
+    import numpy as np
+
+    from cpmai.runtime.predictor import OnnxRunner
+
+    rows = sample.head(_SAMPLE_ROWS)
+    runner = OnnxRunner(loaded.obj, [spec.model_dump() for spec in inputs], "columns")
+    try:
+        _, scores = runner.run({s.name: rows[s.name].tolist() for s in inputs}, want_proba=True)
+    except Exception:
+        return False
+    if scores is None or scores.ndim != 2:
+        return False
+    return bool(
+        ((scores >= -1e-6) & (scores <= 1 + 1e-6)).all()
+        and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+    )
+
+
+UNSEEN = "__cpmai_unseen__"
+"""The value put in an open category to check that the model takes what it has never seen."""
+
+
+def _probe_tolerances(
+    loaded: LoadedModel,
+    inputs: list[InputSpec],
+    reference: pd.DataFrame,
+    call: str | None,
+    overridden: set[str],
+) -> tuple[list[InputSpec], pd.DataFrame | None]:
+    """Check, on a reference row, that the model does take an unseen value in every open input
+    and a missing one in every nullable input. An inferred tolerance the model refuses is
+    withdrawn (the input is closed again); one the manifest asked for is an error. Returns the
+    inputs and the probe rows (for the twin's parity check: the twin must agree on them too)."""
+    import pandas as pd
+
+    from cpmai.runtime.predictor import SklearnRunner
+
+    specs = [spec.model_dump() for spec in inputs]
+    runner = SklearnRunner(loaded.obj, specs, call=call)
+    base = reference.head(1)
+    rows, checked = [], []
+    for i, spec in enumerate(inputs):
+        for what in ("open", "nullable"):
+            if not getattr(spec, what):
+                continue
+            value = _unseen_value(spec) if what == "open" else None
+            if what == "open" and value is None:
+                continue
+            row = base.copy()
+            row[spec.name] = pd.Series([value], dtype=object)
+            try:
+                predicted, _ = runner.run({s.name: row[s.name].tolist() for s in inputs})
+                ok = len(predicted) == 1
+                why = "" if ok else f"it returned {len(predicted)} predictions for one row"
+            except Exception as exc:
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            if ok:
+                rows.append(row)
+                continue
+            said = "categories: open" if what == "open" else "nullable: true"
+            if spec.name in overridden:
+                raise UsageError(
+                    f"signature.overrides.{spec.name}: {said}, but the model fails on "
+                    f"{'an unseen' if what == 'open' else 'a missing'} value: {why}"
+                )
+            checked.append((i, what))
+    for i, what in checked:  # inferred, refused by the model: withdrawn
+        inputs[i] = inputs[i].model_copy(update={what: False})
+    return inputs, (pd.concat(rows, ignore_index=True) if rows else None)
+
+
+def _unseen_value(spec: InputSpec) -> Any:
+    known = spec.categories or []
+    if known and all(isinstance(c, str) for c in known):
+        return UNSEEN
+    numbers = [c for c in known if isinstance(c, int) and not isinstance(c, bool)]
+    return max(numbers) + 1 if numbers and len(numbers) == len(known) else None
 
 
 def _spec_json(spec: InputSpec) -> dict[str, Any]:
@@ -434,6 +529,8 @@ def _find_call(
     columns = {spec.name: sample[spec.name].tolist() for spec in inputs}
     first = None if loaded.flavor == "onnx" else default_call(loaded.obj, specs)
     calls: list[str | None] = [first]
+    if first == "matrix":
+        calls.append("frame")  # numbers only, no feature_names_in_: a wrapper may want names
     if first is not None and len(inputs) == 1 and inputs[0].type in ("string", "category"):
         calls.append("column")  # a text pipeline fitted on a Series
     failures = []
@@ -446,6 +543,13 @@ def _find_call(
         except Exception as exc:
             failures.append(f"given {how}: {type(exc).__name__}: {exc}")
             continue
+        shape = getattr(predictions, "shape", (len(predictions),))
+        if len(shape) > 1 and any(d != 1 for d in shape[1:]):
+            raise ModelLoadError(
+                f"the model gives {'×'.join(map(str, shape[1:]))} values per row (a multi-output "
+                "model); cpmai serves models with one prediction per row",
+                hint="package one model per output, or wrap the model so that it returns one value",
+            )
         if len(predictions) == len(sample):
             return call
         failures.append(f"given {how}, it returned {len(predictions)} predictions")

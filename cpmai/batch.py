@@ -93,13 +93,13 @@ def score_file(
             }
             try:
                 columns, count, warnings = validator.columns(raw)
-            except RequestError:
+            except RequestError as refused:
                 bad = _first_bad_row(validator, raw)
-                if bad is None:
-                    where = f"rows {rows + 1}–{rows + len(frame)}"
+                if bad is None:  # the chunk as a whole (no rows at all, unequal lengths)
+                    where, why = f"rows {rows + 1}–{rows + len(frame)}", refused
                 else:
-                    where, exc = f"row {rows + bad[0] + 1}", bad[1]
-                raise UsageError(f"{source.name} {where}: {exc.message}") from None
+                    where, why = f"row {rows + bad[0] + 1}", bad[1]
+                raise UsageError(f"{source.name} {where}: {why.message}") from None
             chunk_start = time.perf_counter()
             labels, probs = predictor.run(columns, probabilities)
             out = frame.copy()
@@ -185,13 +185,20 @@ def _python_values(column: pd.Series, kind: str = "string") -> list[Any]:
 
 
 def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and "." not in value else number
-    return value
+    """A numeric string as the number pandas would have read ('12', '1e3', ' 3 '); anything else
+    as it is, for the validator to refuse by its row."""
+    if not isinstance(value, str) or "_" in value:
+        return value  # Python's '1_000' is no number in a CSV
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return value if number != number else number  # 'nan' stays text: refused, not missing
 
 
 class _Writer:

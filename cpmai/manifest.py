@@ -358,8 +358,9 @@ class Serving(Strict):
     body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """... and the whole body within this many seconds of its headers."""
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
-    """OpenMP/BLAS threads per server process (none: the replica's CPU share,
-    `resources.cpu` rounded up; for `cpmai serve`, the cores divided among its workers)."""
+    """OpenMP/BLAS threads per server process (none: the replica's CPU share, its environment's
+    `resources.cpu` rounded up; `cpmai serve` outside any environment: the cores divided among
+    its workers)."""
 
 
 class Monitoring(Strict):

@@ -22,7 +22,10 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert result.code == 0
     for command in ("init", "validate", "schema", "package", "versions", "history", "ledger"):
         assert f"  {command} " in result.out
-    assert "  5    integrity failure (artifact digest mismatch, ledger chain broken)" in result.out
+    assert (
+        "  5    integrity failure (artifact digest mismatch, ledger chain broken, unreadable log)"
+        in result.out
+    )
     assert run_cpmai("-h").out == result.out
     assert run_cpmai("--version").out.startswith("cpmai ")
 

@@ -156,8 +156,13 @@ print(json.dumps({{"threads": config.threads, "pools": [p["num_threads"] for p i
 """
 
     def probed(*args: str) -> dict[str, Any]:
+        import os
+
+        from cpmai.runtime.threads import VARIABLES
+
+        env = {k: v for k, v in os.environ.items() if k not in VARIABLES}  # no limit but ours
         out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+                             text=True, check=True, env=env)  # fmt: skip
         found: dict[str, Any] = json.loads(out.stdout)
         return found
 

@@ -331,7 +331,7 @@ def _render_drift(doc: dict[str, Any]) -> None:
     for q in doc["data_quality"]:
         if q.get("unseen_values"):
             values = ", ".join(f"{k!r} ×{v}" for k, v in q["unseen_values"].items())
-            show(f"  {q['feature']}: refused unseen values {values}")
+            show(f"  {q['feature']}: unseen values {values}")
 
 
 def _render_text(drift: dict[str, Any]) -> None:

@@ -38,12 +38,20 @@ class LightGBMRegressorFile:
     _estimator_type = "regressor"
 
     def __init__(self, booster: Any) -> None:
+        import numpy as np
+
         self.booster = booster
         self.n_features_in_ = int(booster.num_feature())
+        names = [str(n) for n in booster.feature_name()]
+        if names != [f"Column_{i}" for i in range(len(names))]:  # LightGBM's names for none
+            self.feature_names_in_ = np.array(names, dtype=object)
 
     def _raw(self, data: Any) -> Any:
         import numpy as np
 
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None and hasattr(data, "columns"):
+            data = data[_by_name(list(names), [str(c) for c in data.columns])]
         return np.asarray(self.booster.predict(_matrix(data)), dtype=np.float64)
 
     def predict(self, data: Any) -> Any:
@@ -92,9 +100,25 @@ def load_lightgbm(path: Path) -> LightGBMRegressorFile:
     objective = str(dump.get("objective", "")).split(" ")[0]
     if objective in ("binary", "multiclass", "multiclassova"):
         return LightGBMClassifierFile(booster, int(dump.get("num_class", 1)))
-    if objective.startswith(("regression", "huber", "fair", "poisson", "quantile", "mape")):
+    regression = ("regression", "huber", "fair", "poisson", "quantile", "mape", "gamma", "tweedie")
+    if objective.startswith(regression) or objective.startswith("cross_entropy"):
         return LightGBMRegressorFile(booster)
     raise ModelLoadError(f"{path.name}: LightGBM objective {objective!r} is not supported")
+
+
+def _by_name(names: list[str], columns: list[str]) -> list[str]:
+    """The columns in the order the booster was trained on, matched by name (LightGBM stores
+    names with characters other than letters, digits and `_` replaced by `_`)."""
+    import re
+
+    def plain(name: str) -> str:
+        return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+    found = {plain(c): c for c in columns}
+    missing = [n for n in names if plain(n) not in found]
+    if missing:
+        raise ValueError(f"the model was trained on column(s) {', '.join(missing[:5])}, not given")
+    return [found[plain(n)] for n in names]
 
 
 def _matrix(data: Any) -> Any:

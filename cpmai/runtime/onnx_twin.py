@@ -16,6 +16,7 @@ or one per column, and numbers as `double`, `double-exact` or `float`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,15 @@ def convert(
     candidates = _candidates(inputs)
     notes: list[str] = []
     fallback: Conversion | None = None
+    original: _Original | None = None
+    if frames:
+        try:
+            original = _Original.of(model, inputs, frames, call)
+        except Exception as exc:  # the model itself fails on its own reference/holdout rows
+            why = (
+                f"the model itself cannot predict on the reference/holdout rows: {_first_line(exc)}"
+            )
+            return Conversion(None, error=why, attempts=[why])
     for mode, precision in candidates:
         onnx_bytes, error = _to_onnx(model, inputs, mode, precision)
         label = f"{mode}/{precision}"
@@ -74,10 +84,10 @@ def convert(
         result = Conversion(onnx_bytes, input_mode=mode, precision=precision)
         try:
             result.graph_inputs = _graph_inputs(onnx_bytes, inputs, mode)
-            if not frames:
+            if original is None:
                 result.attempts = notes
                 return result
-            result.parity = _parity(model, result, inputs, frames, task, call)
+            result.parity = _parity(original, result, inputs, task)
         except Exception as exc:  # the converted graph does not run
             notes.append(f"{label}: ONNX Runtime could not run it: {_first_line(exc)}")
             continue
@@ -111,6 +121,8 @@ def parity_text(parity: dict[str, Any]) -> str:
     if not parity:
         return "not compared (no data)"
     parts = [f"{parity['rows']} rows"]
+    if "shape" in parity:
+        parts.append(f"output shapes differ: {parity['shape']}")
     if "labels_equal" in parity:
         parts.append(f"labels equal {parity['labels_equal']:.2%}")
     for key in ("max_probability_diff", "max_relative_diff"):
@@ -134,9 +146,12 @@ def _to_onnx(
         )
     except ImportError as exc:
         return None, f"skl2onnx is not installed ({exc})"
-    model = _for_conversion(model)
-    _register_boosters(model)
-    _patch_tree_attributes()
+    try:
+        model = _for_conversion(model)
+        _register_boosters(model)
+        _patch_tree_attributes()
+    except Exception as exc:  # an odd model object, or a converter library that changed
+        return None, f"cannot prepare the conversion: {_first_line(exc)}"
     number = FloatTensorType if precision == "float" else DoubleTensorType
 
     def column_type(spec: dict[str, Any]) -> Any:
@@ -146,7 +161,10 @@ def _to_onnx(
             return Int64TensorType([None, 1])
         return StringTensorType([None, 1])
 
-    options = _options(model)
+    try:
+        options = _options(model)
+    except Exception as exc:  # steps that are not (name, estimator) pairs
+        return None, f"cannot prepare the conversion: {_first_line(exc)}"
     if any(s["type"] == "string" for s in inputs):
         # ONNX Runtime's StringNormalizer defaults to en_US.UTF-8, absent from many machines
         # (containers especially); C.UTF-8 is always there. Parity checks the result.
@@ -179,7 +197,6 @@ def _to_onnx(
 
 def _for_conversion(model: Any) -> Any:
     """The object to convert, a copy where the original would not convert as it is:
-    - native boosters (cpmai.runtime.boosters) convert through their own `to_onnx`;
     - XGBoost models fitted on a DataFrame lose their feature names (onnxmltools reads only
       `f0`, `f1`...; the inputs stay in column order);
     - a SimpleImputer of strings that looks for NaN looks for "" instead (skl2onnx converts
@@ -187,7 +204,6 @@ def _for_conversion(model: Any) -> Any:
     Parity with the original decides whether the copy is faithful."""
     import copy
 
-    model = getattr(model, "onnx_estimator", model)
     if not any(_needs_change(part) for part in _parts(model)):
         return model
     model = copy.deepcopy(model)
@@ -227,26 +243,30 @@ def _graph_inputs(onnx_bytes: bytes, inputs: list[dict[str, Any]], mode: str) ->
     return {s["name"]: g for s, g in zip(inputs, names, strict=True) if s["name"] != g}
 
 
+_PATCH_LOCK = threading.Lock()
 _PATCHED: list[bool] = []
 
 
 def _patch_tree_attributes() -> None:
     """skl2onnx (1.20) passes a Python bool as `nodes_missing_value_tracks_true` for the leaves of
     HistGradientBoosting trees, which protobuf 5+ refuses in an int list ("Expected an int, got
-    a boolean"): every HistGradientBoosting model then fails to convert. Coerce it to int."""
-    if _PATCHED:
-        return
-    from skl2onnx.common import tree_ensemble
+    a boolean"): every HistGradientBoosting model then fails to convert. Coerce it to int (only
+    where skl2onnx still has the function this wraps; parity checks the result either way)."""
+    with _PATCH_LOCK:
+        if _PATCHED:
+            return
+        _PATCHED.append(True)
+        from skl2onnx.common import tree_ensemble
 
-    original = tree_ensemble.add_node
+        original = getattr(tree_ensemble, "add_node", None)
+        if original is None:
+            return
 
-    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
-        return original(
-            *args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs
-        )
+        def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+            tracks = int(nodes_missing_value_tracks_true)
+            return original(*args, nodes_missing_value_tracks_true=tracks, **kwargs)
 
-    tree_ensemble.add_node = add_node
-    _PATCHED.append(True)
+        tree_ensemble.add_node = add_node
 
 
 def _register_boosters(model: Any) -> None:
@@ -306,10 +326,13 @@ def _is_vectorizer(part: Any) -> bool:
 def _parts(model: Any) -> list[Any]:
     """The model and every estimator inside it (pipeline steps, column transformers)."""
     found = [model]
-    for _, step in getattr(model, "steps", []):
-        found.extend(_parts(step))
-    for entry in getattr(model, "transformers_", None) or getattr(model, "transformers", []):
-        if len(entry) >= 2 and not isinstance(entry[1], str):
+    steps = getattr(model, "steps", None)
+    for entry in steps if isinstance(steps, list) else []:
+        if isinstance(entry, tuple) and len(entry) >= 2:
+            found.extend(_parts(entry[1]))
+    transformers = getattr(model, "transformers_", None) or getattr(model, "transformers", None)
+    for entry in transformers if isinstance(transformers, list) else []:
+        if isinstance(entry, tuple) and len(entry) >= 2 and not isinstance(entry[1], str):
             found.extend(_parts(entry[1]))
     return found
 
@@ -383,27 +406,46 @@ def _cast_tree_outputs_to_double(graph: Any) -> None:
     graph.graph.node.extend(rebuilt)
 
 
+@dataclass
+class _Original:
+    """The rows parity is checked on and the original model's answers, computed once."""
+
+    columns: dict[str, Any]
+    rows: int
+    labels: Any
+    probabilities: Any
+
+    @classmethod
+    def of(
+        cls, model: Any, inputs: list[dict[str, Any]], frames: list[pd.DataFrame], call: str
+    ) -> _Original:
+        import pandas as pd
+
+        from cpmai.runtime.predictor import SklearnRunner
+
+        frame = pd.concat(frames, ignore_index=True)
+        columns = {spec["name"]: frame[spec["name"]].to_numpy() for spec in inputs}
+        labels, probabilities = SklearnRunner(model, inputs, call=call).run(
+            columns, want_proba=True
+        )
+        return cls(columns, len(frame), labels, probabilities)
+
+
 def _parity(
-    model: Any,
-    result: Conversion,
-    inputs: list[dict[str, Any]],
-    frames: list[pd.DataFrame],
-    task: str,
-    call: str,
+    original: _Original, result: Conversion, inputs: list[dict[str, Any]], task: str
 ) -> dict[str, Any]:
     import numpy as np
-    import pandas as pd
 
-    from cpmai.runtime.predictor import OnnxRunner, SklearnRunner
+    from cpmai.runtime.predictor import OnnxRunner
 
     assert result.onnx is not None
-    frame = pd.concat(frames, ignore_index=True)
     runner = OnnxRunner(result.onnx, inputs, result.input_mode, result.graph_inputs)
-    original = SklearnRunner(model, inputs, call=call)
-    columns = {spec["name"]: frame[spec["name"]].to_numpy() for spec in inputs}
-    labels, probabilities = runner.run(columns, want_proba=True)
-    expected, expected_proba = original.run(columns, want_proba=True)
-    report: dict[str, Any] = {"rows": len(frame), "tolerance": TOLERANCE}
+    labels, probabilities = runner.run(original.columns, want_proba=True)
+    expected, expected_proba = original.labels, original.probabilities
+    report: dict[str, Any] = {"rows": original.rows, "tolerance": TOLERANCE}
+    if np.shape(labels)[:1] != np.shape(expected)[:1]:
+        report.update(agrees=False, shape=f"{np.shape(labels)} against {np.shape(expected)}")
+        return report
     if task == "classification":
         equal = labels.astype(str) == np.asarray(expected).astype(str)
         report["labels_equal"] = round(float(equal.mean()), 6)
@@ -411,7 +453,9 @@ def _parity(
         if probabilities is not None and expected_proba is not None:
             if probabilities.shape != expected_proba.shape:
                 report["agrees"] = False
-                report["max_probability_diff"] = float("inf")
+                report["shape"] = (
+                    f"probabilities {probabilities.shape} against {expected_proba.shape}"
+                )
             else:
                 diff = float(np.abs(probabilities - expected_proba).max())
                 report["max_probability_diff"] = diff

@@ -106,7 +106,7 @@ _OPEN_ENCODERS = {
     "OrdinalEncoder": ("use_encoded_value",),
     "TargetEncoder": (),  # encodes unseen categories as the target mean, always
 }
-_IMPUTERS = {"SimpleImputer", "KNNImputer", "IterativeImputer", "MissingIndicator"}
+_IMPUTERS = {"SimpleImputer", "KNNImputer", "IterativeImputer"}
 _NAN_NATIVE = {"HistGradientBoostingClassifier", "HistGradientBoostingRegressor"}
 
 
@@ -127,29 +127,44 @@ def tolerances(model: Any, names: list[str]) -> dict[str, Tolerance]:
     a pipeline's first steps: for every column). Models that are not scikit-learn objects
     tolerate nothing that can be read."""
     found = {name: Tolerance() for name in names}
-    _walk(model, names, found)
+    try:
+        _walk(model, names, found)
+    except Exception:  # an object that only looks like a pipeline: nothing can be read
+        return {name: Tolerance() for name in names}
     return found
 
 
-def _walk(model: Any, columns: list[str], found: dict[str, Tolerance]) -> None:
+def _walk(model: Any, columns: list[str], found: dict[str, Tolerance]) -> bool:
+    """Mark what `model` tolerates of `columns`; False once the columns are no longer the
+    inputs (after a step that is not an encoder, an imputer or a ColumnTransformer)."""
     kind = type(model).__name__
     steps = getattr(model, "steps", None)
     if isinstance(steps, list):
-        for _, step in steps:
-            if hasattr(step, "transformers_") or not _transforms_columns(step):
-                _walk(step, columns, found)
-                if hasattr(step, "transformers_"):
-                    return  # after a ColumnTransformer, columns are features, not inputs
-            else:
-                _walk(step, columns, found)
-        return
+        for entry in steps:
+            if not (isinstance(entry, tuple) and len(entry) >= 2):
+                return False
+            if not _walk(entry[1], columns, found):
+                return False
+        return True
     transformers = getattr(model, "transformers_", None)
-    if transformers is not None:
-        for _, part, selected in transformers:
-            if isinstance(part, str):
+    if isinstance(transformers, list):
+        paths: dict[str, list[Tolerance]] = {}
+        for entry in transformers:
+            if not (isinstance(entry, tuple) and len(entry) == 3) or isinstance(entry[1], str):
                 continue
-            _walk(part, _selected(selected, columns), found)
-        return
+            selected = [c for c in _selected(entry[2], columns) if c in found]
+            local = {c: Tolerance() for c in selected}
+            _walk(entry[1], selected, local)
+            for column in selected:
+                paths.setdefault(column, []).append(local[column])
+        for column, seen in paths.items():  # tolerated only where every path tolerates it
+            if all(t.unseen for t in seen):
+                found[column].unseen = True
+                found[column].why.extend(w for t in seen for w in t.why)
+            if all(t.missing for t in seen):
+                found[column].missing = True
+                found[column].why.extend(w for t in seen for w in t.why)
+        return False  # after a ColumnTransformer, columns are features, not inputs
     if kind in _OPEN_ENCODERS:
         handle = getattr(model, "handle_unknown", None)
         allowed = _OPEN_ENCODERS[kind]
@@ -158,15 +173,19 @@ def _walk(model: Any, columns: list[str], found: dict[str, Tolerance]) -> None:
                 if column in found:
                     found[column].unseen = True
                     found[column].why.append(f"{kind}(handle_unknown={handle!r})")
-    if kind in _IMPUTERS or kind in _NAN_NATIVE:
+        return False  # what follows sees encoded features
+    if (kind in _IMPUTERS and _imputes_nan(model)) or kind in _NAN_NATIVE:
         for column in columns:
             if column in found:
                 found[column].missing = True
                 found[column].why.append(kind)
+        return kind in _IMPUTERS
+    return False
 
 
-def _transforms_columns(step: Any) -> bool:
-    return hasattr(step, "transform") and not hasattr(step, "predict")
+def _imputes_nan(imputer: Any) -> bool:
+    missing = getattr(imputer, "missing_values", float("nan"))
+    return missing is None or (isinstance(missing, float) and missing != missing)
 
 
 def _selected(selected: Any, columns: list[str]) -> list[str]:
@@ -196,7 +215,7 @@ def apply_tolerances(inputs: list[InputSpec], found: dict[str, Tolerance]) -> li
         changes: dict[str, Any] = {}
         if tolerance.unseen and spec.type == "category":
             changes["open"] = True
-        if tolerance.missing:
+        if tolerance.missing and spec.type != "boolean":  # a boolean graph input holds no null
             changes["nullable"] = True
         out.append(spec.model_copy(update=changes) if changes else spec)
     return out
@@ -267,8 +286,11 @@ def model_task(model: Any, classes: list[Any] | None = None) -> str | None:
     """`classification` or `regression` as the model itself says (its final estimator's
     type, or class labels in an ONNX graph); None when it cannot tell."""
     final = model
-    while isinstance(getattr(final, "steps", None), list):
-        final = final.steps[-1][1]
+    while isinstance(getattr(final, "steps", None), list) and final.steps:
+        last = final.steps[-1]
+        if not (isinstance(last, tuple) and len(last) >= 2):
+            return None
+        final = last[1]
     kind = getattr(final, "_estimator_type", None)
     if kind is None:
         tags = getattr(final, "__sklearn_tags__", None)

@@ -28,14 +28,9 @@ def share(cpu: float | None, workers: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def environment(threads: int) -> dict[str, str]:
-    """The variables to give a server process at start."""
-    return dict.fromkeys(VARIABLES, str(threads))
-
-
 def limit(threads: int) -> None:
     """Limit this process (and threads it starts later) to `threads` native threads."""
     from threadpoolctl import threadpool_limits
 
-    os.environ.update(environment(threads))
+    os.environ.update(dict.fromkeys(VARIABLES, str(threads)))
     threadpool_limits(limits=threads)

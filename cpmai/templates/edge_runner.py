@@ -107,7 +107,7 @@ class Model:
         for name, dtype in self.dtypes.items():
             values = columns[self.columns_of[name]]
             if dtype == "object":
-                array = np.asarray([str(v) for v in values], dtype=object)
+                array = np.asarray(["" if v is None else str(v) for v in values], dtype=object)
             else:
                 array = np.asarray(values, dtype=dtype)
             feed[name] = array.reshape(-1, 1)
