@@ -247,9 +247,10 @@ def _workspace(tmp_path: Path, change: Any = None) -> Path:
     return workspace
 
 
-# the parallel suite's load moves a ~30 µs in-process call's p99 by more than 10%: compare at 2×
-# (the bench tests do likewise); the slower candidate below is ~30× slower
-QUIET = {"threshold": "2.0", "install": "none"}
+# the parallel suite's load moves a ~30 µs in-process call's p99 by more than 10% — by 2.4× once
+# beside the model zoo's servers (0.09 against 0.22 ms at c=1): compare at 5×; the slower
+# candidate below is ~30× slower, so it is still caught
+QUIET = {"threshold": "5.0", "install": "none"}
 
 
 @pytest.mark.slow
