@@ -184,8 +184,8 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file())
         with log.step("record") as step:
             result = _commit(manifest, home, build, fmt, model_rel, files, digest, size, actor)
-            _remember(home, fingerprint, result.version)
-            _remember_timings(home, digest, timings)
+            _remember(home, SOURCES_CACHE, fingerprint, result.version)
+            _remember(home, TIMINGS_CACHE, digest, timings)
             step.note = "new version" if result.created else "identical content exists"
         result.steps = log.steps
         result.runtime_note = runtime_note(runtime, timings)
@@ -244,17 +244,6 @@ TIMINGS_CACHE = "cache/timings.json"
 and the twin). Kept out of the artifact: a timing differs on every build, the digest must not."""
 
 
-def _remember_timings(home: Path, digest: str, timings: dict[str, float | None]) -> None:
-    path = home / TIMINGS_CACHE
-    try:
-        known = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        known = {}
-    known[digest] = timings
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(known).encode())
-
-
 def _runtime_note_of(home: Path, path: Path, digest: str) -> str | None:
     """The runtime note of an artifact packaged earlier (its timings, if still cached)."""
     try:
@@ -268,14 +257,17 @@ def _runtime_note_of(home: Path, path: Path, digest: str) -> str | None:
     return runtime_note(runtime, found if isinstance(found, dict) else None)
 
 
-def _remember(home: Path, fingerprint: str, version: str) -> None:
-    """Note which version these sources built (a cache: losing it only costs a rebuild)."""
-    path = home / SOURCES_CACHE
+def _remember(home: Path, cache: str, key: str, value: Any) -> None:
+    """Set `key` in one of the JSON caches under the home (`SOURCES_CACHE`: which version these
+    sources built; `TIMINGS_CACHE`). Losing a cache only costs a rebuild or a figure."""
+    path = home / cache
     try:
         known = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         known = {}
-    known[fingerprint] = version
+    if not isinstance(known, dict):
+        known = {}
+    known[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(known).encode())
 
