@@ -64,9 +64,13 @@ class LightGBMRegressorFile:
 
         # onnxmltools checks its own tensor types, not skl2onnx's twins of them
         own = [(name, getattr(data_types, type(t).__name__)(t.shape)) for name, t in initial_types]
-        return convert_lightgbm(
+        graph = convert_lightgbm(
             self.booster, initial_types=own, target_opset=min(target_opset[""], 15), zipmap=False
         )
+        graph.graph.name = (
+            "lightgbm"  # onnxmltools names it with a random UUID: same model, same bytes
+        )
+        return graph
 
 
 class LightGBMClassifierFile(LightGBMRegressorFile):

@@ -60,9 +60,12 @@ def convert(
     """Convert `model` (inputs as in signature.json) and compare it with the original on
     `frames` (reference and holdout, feature columns only).
 
-    Candidates are tried in order — per column or as one matrix, numbers as double, then as
-    float — and the first whose parity holds is kept. With no data to compare on, the first
-    graph that converts is kept (and not used: see `artifacts._runtime`)."""
+    Candidates are tried in the order of the module's docstring, and the first whose parity
+    holds is kept. With no data to compare on, the first graph that converts is kept (and not
+    used: see `artifacts._runtime`)."""
+    prepared = _prepare(model, inputs)
+    if isinstance(prepared, str):
+        return Conversion(None, error=prepared, attempts=[prepared])
     candidates = _candidates(inputs)
     notes: list[str] = []
     fallback: Conversion | None = None
@@ -76,7 +79,7 @@ def convert(
             )
             return Conversion(None, error=why, attempts=[why])
     for mode, precision in candidates:
-        onnx_bytes, error = _to_onnx(model, inputs, mode, precision)
+        onnx_bytes, error = _to_onnx(prepared, inputs, mode, precision)
         label = f"{mode}/{precision}"
         if onnx_bytes is None:
             notes.append(f"{label}: {error}")
@@ -133,25 +136,48 @@ def parity_text(parity: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _to_onnx(
-    model: Any, inputs: list[dict[str, Any]], mode: str, precision: str
-) -> tuple[bytes | None, str | None]:
+@dataclass
+class _Prepared:
+    """What every candidate converts: the object (a copy where needed) and skl2onnx options."""
+
+    model: Any
+    options: dict[Any, Any]
+
+
+def _prepare(model: Any, inputs: list[dict[str, Any]]) -> _Prepared | str:
+    """Done once per conversion; a string says why the model cannot be converted at all."""
     try:
-        from skl2onnx import to_onnx
-        from skl2onnx.common.data_types import (
-            DoubleTensorType,
-            FloatTensorType,
-            Int64TensorType,
-            StringTensorType,
-        )
+        import skl2onnx  # noqa: F401
     except ImportError as exc:
-        return None, f"skl2onnx is not installed ({exc})"
+        return f"skl2onnx is not installed ({exc})"
     try:
         model = _for_conversion(model)
         _register_boosters(model)
         _patch_tree_attributes()
+        options = _options(model)
     except Exception as exc:  # an odd model object, or a converter library that changed
-        return None, f"cannot prepare the conversion: {_first_line(exc)}"
+        return f"cannot prepare the conversion: {_first_line(exc)}"
+    if any(s["type"] == "string" for s in inputs):
+        # ONNX Runtime's StringNormalizer defaults to en_US.UTF-8, absent from many machines
+        # (containers especially); C.UTF-8 is always there. Parity checks the result.
+        options.update(
+            {id(part): {"locale": "C.UTF-8"} for part in _parts(model) if _is_vectorizer(part)}
+        )
+    return _Prepared(model, options)
+
+
+def _to_onnx(
+    prepared: _Prepared, inputs: list[dict[str, Any]], mode: str, precision: str
+) -> tuple[bytes | None, str | None]:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import (
+        DoubleTensorType,
+        FloatTensorType,
+        Int64TensorType,
+        StringTensorType,
+    )
+
+    model = prepared.model
     number = FloatTensorType if precision == "float" else DoubleTensorType
 
     def column_type(spec: dict[str, Any]) -> Any:
@@ -161,16 +187,6 @@ def _to_onnx(
             return Int64TensorType([None, 1])
         return StringTensorType([None, 1])
 
-    try:
-        options = _options(model)
-    except Exception as exc:  # steps that are not (name, estimator) pairs
-        return None, f"cannot prepare the conversion: {_first_line(exc)}"
-    if any(s["type"] == "string" for s in inputs):
-        # ONNX Runtime's StringNormalizer defaults to en_US.UTF-8, absent from many machines
-        # (containers especially); C.UTF-8 is always there. Parity checks the result.
-        options.update(
-            {id(part): {"locale": "C.UTF-8"} for part in _parts(model) if _is_vectorizer(part)}
-        )
     if mode == "matrix":
         initial_types = [("X", number([None, len(inputs)]))]
     else:
@@ -180,17 +196,13 @@ def _to_onnx(
             graph = model.to_onnx(initial_types, OPSET)
         else:
             graph = to_onnx(
-                model,
-                initial_types=initial_types,
-                options=options,
-                target_opset=OPSET,
+                model, initial_types=initial_types, options=prepared.options, target_opset=OPSET
             )
     except Exception as exc:  # skl2onnx raises many types for unsupported models
         return None, _first_line(exc)
-    if precision == "double":
-        _cast_tree_inputs_to_float(graph)
-    if precision != "float":
-        _cast_tree_outputs_to_double(graph)
+    _cast_around_trees(
+        graph, inputs_to_float=precision == "double", outputs_to_double=precision != "float"
+    )
     _sort_opsets(graph)
     return graph.SerializeToString(), None
 
@@ -357,13 +369,19 @@ def _options(model: Any) -> dict[Any, Any]:
     return {id(final): {}} if is_classifier(final) else {}
 
 
-def _cast_tree_inputs_to_float(graph: Any) -> None:
+def _cast_around_trees(graph: Any, *, inputs_to_float: bool, outputs_to_double: bool) -> None:
+    """Casts around tree-ensemble nodes (see the module's docstring):
+    - `inputs_to_float`: a Cast to float32 before each, to compare as scikit-learn's forests do;
+    - `outputs_to_double`: skl2onnx declares a double output for a tree-ensemble regressor fed
+      doubles, but ONNX Runtime's TreeEnsembleRegressor only outputs floats (the graph would not
+      load): the node outputs float, cast to double after it.
+    Names carry the node's position, so the same model always gives the same bytes."""
     from onnx import TensorProto, helper
 
-    nodes = list(graph.graph.node)
     rebuilt = []
-    for i, node in enumerate(nodes):
-        if node.op_type in _TREE_OPS and node.input:
+    after = 0  # output casts so far (not counted in the positions the names carry)
+    for i, node in enumerate(list(graph.graph.node)):
+        if inputs_to_float and node.op_type in _TREE_OPS and node.input:
             cast_out = f"{node.input[0]}__cpmai_float_{i}"
             rebuilt.append(
                 helper.make_node(
@@ -376,30 +394,18 @@ def _cast_tree_inputs_to_float(graph: Any) -> None:
             )
             node.input[0] = cast_out
         rebuilt.append(node)
-    del graph.graph.node[:]
-    graph.graph.node.extend(rebuilt)
-
-
-def _cast_tree_outputs_to_double(graph: Any) -> None:
-    """skl2onnx declares a double output for a tree-ensemble regressor fed doubles, but ONNX
-    Runtime's TreeEnsembleRegressor only outputs floats, so the graph does not load. Let the
-    node output float and cast that to double."""
-    from onnx import TensorProto, helper
-
-    nodes = list(graph.graph.node)
-    rebuilt = []
-    for i, node in enumerate(nodes):
-        rebuilt.append(node)
-        if node.op_type == "TreeEnsembleRegressor" and node.output:
+        if outputs_to_double and node.op_type == "TreeEnsembleRegressor" and node.output:
+            at = len(rebuilt) - 1 - after  # the node's position once the input casts are in
+            after += 1
             target = node.output[0]
-            node.output[0] = f"{target}__cpmai_float_{i}"
+            node.output[0] = f"{target}__cpmai_float_{at}"
             rebuilt.append(
                 helper.make_node(
                     "Cast",
                     [node.output[0]],
                     [target],
                     to=TensorProto.DOUBLE,
-                    name=f"cpmai_cast_out_{i}",
+                    name=f"cpmai_cast_out_{at}",
                 )
             )
     del graph.graph.node[:]
