@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -706,65 +707,141 @@ def test_large_bodies_and_expect_100_continue_take_the_asgi_way(server: Server) 
     assert parsed(received)[0] == 200
 
 
-def test_predictions_take_the_short_way_in_process(packaged: Path) -> None:
-    """uvicorn's protocol object fed bytes directly: a prediction with Content-Length is
-    answered without an asyncio task; a chunked one goes through the ASGI app (one task)."""
-    import asyncio
+class _Transport(asyncio.Transport):
+    """What uvicorn's protocol writes to, kept in memory."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 8080) if name in ("sockname", "peername") else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def _exchange(app: Any, request: bytes) -> tuple[int, list[bytes]]:
+    """Feed `request` to a fresh connection of cpmai's HTTP protocol serving `app`: how many
+    asyncio tasks it started (0 = the short way) and what it wrote."""
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    from cpmai.artifacts import open_artifact
-    from cpmai.serving.app import ServeConfig, build_app
     from cpmai.serving.fastpath import InferenceHttpProtocol
 
-    artifact = open_artifact(packaged, NAME)
-    config = ServeConfig(home=str(packaged), name=NAME, version="", prediction_log=False)
-    app = build_app(config.for_artifact(artifact), artifact)
+    state = ServerState()
+    protocol = InferenceHttpProtocol(
+        Config(app, lifespan="off", proxy_headers=False, access_log=False),
+        state,
+        {},
+        asyncio.get_running_loop(),
+    )
+    transport = _Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    tasks = len(state.tasks)
+    for _ in range(50):  # the batcher runs on the next turns of the loop
+        if transport.written:
+            break
+        await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    return tasks, transport.written
+
+
+def _in_process_app(home: Path, version: str | None = None, env: str = "default") -> Any:
+    from cpmai.artifacts import open_artifact
+    from cpmai.serving.app import ServeConfig, build_app
+
+    artifact = open_artifact(home, NAME, version)
+    config = ServeConfig(home=str(home), name=NAME, version="", env=env, prediction_log=False)
+    return build_app(config.for_artifact(artifact), artifact)
+
+
+def test_predictions_take_the_short_way_in_process(packaged: Path) -> None:
+    """uvicorn's protocol object fed bytes directly: a prediction with Content-Length is
+    answered without an asyncio task; a chunked one goes through the ASGI app (one task)."""
+    app = _in_process_app(packaged)
     body = json.dumps({"dataframe_records": [one_row()]}).encode()
-
-    class Transport(asyncio.Transport):
-        def __init__(self) -> None:
-            super().__init__()
-            self.written: list[bytes] = []
-
-        def write(self, data: Any) -> None:
-            self.written.append(bytes(data))
-
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return ("127.0.0.1", 8080) if name in ("sockname", "peername") else default
-
-        def is_closing(self) -> bool:
-            return False
-
-    async def exchange(request: bytes) -> tuple[int, list[bytes]]:
-        state = ServerState()
-        protocol = InferenceHttpProtocol(
-            Config(app, lifespan="off", proxy_headers=False, access_log=False),
-            state,
-            {},
-            asyncio.get_running_loop(),
-        )
-        transport = Transport()
-        protocol.connection_made(transport)
-        protocol.data_received(request)
-        tasks = len(state.tasks)
-        for _ in range(50):  # the batcher runs on the next turns of the loop
-            if transport.written:
-                break
-            await asyncio.sleep(0.01)
-        return tasks, transport.written
 
     async def main() -> None:
         app.start()
         try:
-            tasks, written = await exchange(http_post("/invocations", body))
+            tasks, written = await _exchange(app, http_post("/invocations", body))
             assert tasks == 0 and len(written) == 1  # one write: headers and body
             assert parsed(written[0])[0] == 200
-            tasks, written = await exchange(http_post("/invocations", body, chunked=True))
+            tasks, written = await _exchange(app, http_post("/invocations", body, chunked=True))
             assert tasks == 1 and parsed(b"".join(written))[0] == 200
+            assert app.inflight == 0
         finally:
             app.close()
+
+    asyncio.run(main())
+
+
+def test_a_deployed_environment_takes_the_short_way_and_splits_canary_traffic(
+    packaged: Path,
+) -> None:
+    """The environment's app (what `cpmai deploy` serves) answers predictions from the parser's
+    callbacks too, routed as its ASGI path routes them: the canary's share of unversioned
+    requests, a versioned path to its version, the rest to the live version."""
+    from cpmai.serving.app import ServeConfig
+    from cpmai.serving.router import EnvironmentApp
+
+    live = _in_process_app(packaged, env="staging")
+    canary = _in_process_app(packaged, env="staging")
+    canary.version = "canary"  # two slots of one artifact, told apart by version
+    canary._infer_paths = frozenset(
+        {f"/v2/models/{NAME}/infer", f"/v2/models/{NAME}/versions/canary/infer"}
+    )
+    environment = EnvironmentApp(
+        ServeConfig(home=str(packaged), name=NAME, version="", env="staging")
+    )
+    environment.slots = {live.version: live, "canary": canary}
+    environment.live, environment.canary, environment.weight = live, canary, 0.3
+    body = json.dumps({"dataframe_records": [one_row()]}).encode()
+    taken = {live: 0, canary: 0}
+
+    def counting(slot: Any) -> None:
+        answer = slot.predict
+
+        def predict(*args: Any) -> None:
+            taken[slot] += 1
+            answer(*args)
+
+        slot.predict = predict
+
+    counting(live)
+    counting(canary)
+
+    async def main() -> None:
+        live.start()
+        canary.start()
+        try:
+            for _ in range(200):
+                tasks, written = await _exchange(environment, http_post("/invocations", body))
+                assert tasks == 0 and len(written) == 1 and parsed(written[0])[0] == 200
+            share = taken[canary] / 200
+            assert 0.15 < share < 0.45, taken  # 0.3 expected; these bounds fail 1 in ~10^5
+            before = dict(taken)
+            path = f"/v2/models/{NAME}/versions/canary/infer"
+            oip = json.dumps({"inputs": oip_per_feature([one_row()])}).encode()
+            tasks, written = await _exchange(environment, http_post(path, oip))
+            assert tasks == 0 and parsed(written[0])[0] == 200, written
+            assert taken[canary] == before[canary] + 1 and taken[live] == before[live]
+            tasks, written = await _exchange(
+                environment, http_post("/invocations", body, chunked=True)
+            )
+            assert tasks == 1 and parsed(b"".join(written))[0] == 200  # the ASGI way, unchanged
+            assert live.inflight == canary.inflight == 0
+        finally:
+            live.close()
+            canary.close()
 
     asyncio.run(main())
 

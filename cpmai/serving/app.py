@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 
     Reply = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
     """How an answer leaves: status, body, headers (Content-Length is added by the sender)."""
+
+
+class ShortWay(Protocol):
+    """What uvicorn's protocol asks an app before answering a POST from the parser's callbacks
+    (`cpmai.serving.fastpath`): which version and endpoint would take it, if any."""
+
+    def short_way(self, path: str) -> tuple[InferenceApp, str] | None: ...
+
 
 CONFIG_ENV = "CPMAI_SERVE_CONFIG"
 _JSON = [(b"content-type", b"application/json")]
@@ -188,6 +196,8 @@ class InferenceApp:
         self._id_prefix = f"{secrets.token_hex(4)}-"
         self.resources: ResourceLog | None = None
         self.ready = False
+        self.inflight = 0
+        """Requests taken and not yet answered (an environment drains a retired version)."""
         self.label_datatype = _label_datatype(predictor.signature)
         self.no_probabilities = f"probabilities were asked for, but {predictor.no_proba_reason}"
         self.metadata = orjson.dumps(self._metadata())
@@ -332,6 +342,11 @@ class InferenceApp:
         self.metrics.observe("metadata", 200, time.perf_counter() - start)
 
     # --- predictions -----------------------------------------------------------------------
+
+    def short_way(self, path: str) -> tuple[InferenceApp, str] | None:
+        """This app and the endpoint, when a POST to `path` asks for predictions."""
+        endpoint = self.prediction_endpoint(path)
+        return None if endpoint is None else (self, endpoint)
 
     def prediction_endpoint(self, path: str) -> str | None:
         """The endpoint, "invocations" or "infer", when a POST to `path` asks for predictions."""

@@ -29,10 +29,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from cpmai.serving.app import InferenceApp
-
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
+
+    from cpmai.serving.app import InferenceApp, ShortWay
 
 
 class InferenceHttpProtocol(HttpToolsProtocol):
@@ -46,8 +46,9 @@ class InferenceHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app: Any = self.app
-        self._inference: InferenceApp | None = app if isinstance(app, InferenceApp) else None
-        self._waiting: tuple[RequestResponseCycle, str] | None = None
+        # an InferenceApp (`cpmai serve`) or an EnvironmentApp (a deployed environment)
+        self._front: ShortWay | None = app if hasattr(app, "short_way") else None
+        self._waiting: tuple[RequestResponseCycle, InferenceApp, str] | None = None
         config = getattr(app, "config", None)
         self._header_s = float(getattr(config, "header_timeout_s", 10.0))
         self._body_s = float(getattr(config, "body_timeout_s", 60.0))
@@ -89,14 +90,16 @@ class InferenceHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """uvicorn starts every request here (pipelined ones when their turn comes)."""
-        inference = self._inference
-        if inference is not None and app is self._inference:  # not the over-the-limit 503 app
-            endpoint = _short_way(cycle, inference)
-            if endpoint is not None:
+        front = self._front
+        if front is not None and app is self.app:  # not the over-the-limit 503 app
+            way = _short_way(cycle, front)
+            if way is not None:
+                slot, endpoint = way
+                slot.inflight += 1  # until answered: a version being retired waits for it
                 if cycle.more_body:  # the body is still arriving: on_message_complete
-                    self._waiting = (cycle, endpoint)
+                    self._waiting = (cycle, slot, endpoint)
                 else:
-                    self._predict(cycle, endpoint, inference)
+                    self._predict(cycle, slot, endpoint)
                 return
         super()._start_asgi_task(cycle, app)
 
@@ -106,23 +109,24 @@ class InferenceHttpProtocol(HttpToolsProtocol):
         waiting = self._waiting
         if waiting is not None and waiting[0] is self.cycle:
             self._waiting = None
-            assert self._inference is not None
-            self._predict(waiting[0], waiting[1], self._inference)
+            self._predict(*waiting)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._waiting = None
+        if self._waiting is not None:
+            self._waiting[1].inflight -= 1
+            self._waiting = None
         self._disarm()
         super().connection_lost(exc)
 
-    def _predict(self, cycle: RequestResponseCycle, endpoint: str, inference: InferenceApp) -> None:
+    def _predict(self, cycle: RequestResponseCycle, slot: InferenceApp, endpoint: str) -> None:
         scope: Any = cycle.scope
-        inference.predict(
-            endpoint,
-            scope,
-            dict(scope["headers"]),
-            bytes(cycle.body),
-            time.perf_counter(),
-            lambda status, body, headers: _answer(cycle, status, body, headers),
+
+        def reply(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+            slot.inflight -= 1
+            _answer(cycle, status, body, headers)
+
+        slot.predict(
+            endpoint, scope, dict(scope["headers"]), bytes(cycle.body), time.perf_counter(), reply
         )
 
 
@@ -133,13 +137,13 @@ _TIMED_OUT = (
 )
 
 
-def _short_way(cycle: RequestResponseCycle, inference: InferenceApp) -> str | None:
-    """The prediction endpoint, when this request may take the short way."""
+def _short_way(cycle: RequestResponseCycle, front: ShortWay) -> tuple[InferenceApp, str] | None:
+    """The version and prediction endpoint, when this request may take the short way."""
     scope: Any = cycle.scope
     if scope["method"] != "POST" or cycle.waiting_for_100_continue:
         return None
-    endpoint = inference.prediction_endpoint(scope["path"])
-    if endpoint is None:
+    way = front.short_way(scope["path"])
+    if way is None:
         return None
     length = None
     for name, value in scope["headers"]:
@@ -149,8 +153,8 @@ def _short_way(cycle: RequestResponseCycle, inference: InferenceApp) -> str | No
             return None
     if length is None or not length.isdigit():
         return None
-    limit = min(HIGH_WATER_LIMIT, inference.config.max_body_bytes)
-    return endpoint if int(length) <= limit else None
+    limit = min(HIGH_WATER_LIMIT, way[0].config.max_body_bytes)
+    return way if int(length) <= limit else None
 
 
 def _answer(

@@ -119,7 +119,6 @@ class EnvironmentApp:
         self.routes_path = self.folder / "routes.json"
         self.status_path = self.folder / "workers" / f"{os.getpid()}.json"
         self.slots: dict[str, InferenceApp] = {}
-        self.inflight: dict[str, int] = {}
         self.live: InferenceApp | None = None
         self.canary: InferenceApp | None = None
         self.weight = 0.0
@@ -142,7 +141,6 @@ class EnvironmentApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        slot = self.live
         if path == "/metrics":
             from prometheus_client import generate_latest
 
@@ -151,25 +149,35 @@ class EnvironmentApp:
             body = generate_latest(self.registry)
             await _send(send, 200, body, CONTENT_TYPE.encode())
             return
+        slot = self.route(path)
+        if slot is None:
+            await _send(send, 503, b'{"error":"no model loaded yet"}', b"application/json")
+            return
+        slot.inflight += 1
+        try:
+            await slot(scope, receive, send)
+        finally:
+            slot.inflight -= 1
+
+    def route(self, path: str) -> InferenceApp | None:
+        """The version a request for `path` goes to (None before any is loaded)."""
         if path.startswith("/v2/models/") and "/versions/" in path:
             parts = path.split("/")
             if len(parts) > 5 and parts[5] in self.slots:
-                slot = self.slots[parts[5]]
+                return self.slots[parts[5]]
         elif (
             self.canary is not None
             and (path == "/invocations" or path.endswith("/infer"))
             and random.random() < self.weight
         ):
-            slot = self.canary
-        if slot is None:
-            await _send(send, 503, b'{"error":"no model loaded yet"}', b"application/json")
-            return
-        version = slot.version
-        self.inflight[version] = self.inflight.get(version, 0) + 1
-        try:
-            await slot(scope, receive, send)
-        finally:
-            self.inflight[version] -= 1
+            return self.canary
+        return self.live
+
+    def short_way(self, path: str) -> tuple[InferenceApp, str] | None:
+        """The version and endpoint that answer a POST to `path` from uvicorn's parser
+        callbacks (`cpmai.serving.fastpath`), when it asks for predictions."""
+        slot = self.route(path)
+        return None if slot is None else slot.short_way(path)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -276,7 +284,7 @@ class EnvironmentApp:
 
     async def _drain(self, slot: InferenceApp) -> None:
         deadline = time.monotonic() + DRAIN_SECONDS
-        while self.inflight.get(slot.version, 0) > 0 and time.monotonic() < deadline:
+        while slot.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         slot.close()
 

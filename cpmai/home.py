@@ -1,0 +1,105 @@
+"""The state folder (`.cpmai/` or `$CPMAI_HOME`): the one owner of every path under it.
+
+    artifacts/NAME/VERSION/        immutable artifacts (`cpmai.artifacts`)
+    ledger.jsonl, ledger.head      the hash-chained event log (`cpmai.ledger`)
+    runs/NAME/ENV/                 what a target runs there: run.json, routes.json, workers/ …
+    logs/NAME/ENV/                 prediction log and resource samples (`cpmai.predlog`)
+    bench/NAME/VERSION/            benchmark results and baselines (`cpmai.bench`)
+    cache/                         what can be rebuilt from the rest (parsed logs, timings, …)
+    tmp/                           builds in progress (renamed into place when whole)
+
+Nothing else joins paths under the home: it asks a `Home` (or an environment's `EnvFolders`)
+for them. A leaf: imports nothing of cpmai's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LEDGER_FILE = "ledger.jsonl"
+UNVERSIONED = "unversioned"
+
+
+@dataclass(frozen=True)
+class EnvFolders:
+    """One environment's share of the home: where its server runs and what it logs."""
+
+    home: Path
+    name: str
+    env: str
+
+    @property
+    def run(self) -> Path:
+        """`runs/NAME/ENV/`: the target's files (run.json, routes.json, server.log, workers/)."""
+        return self.home / "runs" / self.name / self.env
+
+    @property
+    def workers(self) -> Path:
+        """`runs/NAME/ENV/workers/`: one status file per server process (`PID.json`)."""
+        return self.run / "workers"
+
+    @property
+    def logs(self) -> Path:
+        """`logs/NAME/ENV/`: the prediction log and resource samples."""
+        return self.home / "logs" / self.name / self.env
+
+    @property
+    def log_cache(self) -> Path:
+        """Where the monitor keeps what it parsed of this environment's log."""
+        return self.home / "cache" / "monitor" / "logs" / self.name / self.env
+
+
+@dataclass(frozen=True)
+class Home:
+    """A state folder. Cheap to make: `Home(path)` wherever a `Path` to it is at hand."""
+
+    root: Path
+
+    def env(self, name: str, env: str) -> EnvFolders:
+        return EnvFolders(self.root, name, env)
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER_FILE
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def artifact(self, name: str, version: str) -> Path:
+        return self.artifacts / name / version
+
+    def artifact_versions(self, name: str) -> Path:
+        """The folder holding every version of `name`."""
+        return self.artifacts / name
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def cache(self, *parts: str) -> Path:
+        """A path under `cache/` (safe to delete: rebuilt when needed)."""
+        return self.root.joinpath("cache", *parts)
+
+    def bench(self, name: str, version: str | None = None) -> Path:
+        """`bench/NAME/` or `bench/NAME/VERSION/` (`unversioned` for a bare model file)."""
+        folder = self.root / "bench" / name
+        return folder if version is None else folder / (version or UNVERSIONED)
+
+    def bench_url(self, host: str, port: int | None) -> Path:
+        """Where results of `cpmai bench --url` against a server cpmai did not start go."""
+        return self.root / "bench" / "_url" / f"{host}_{port}"
+
+    def runs(self, name: str) -> Path:
+        """`runs/NAME/`: every environment's run folder of one model."""
+        return self.root / "runs" / name
+
+    def logs(self, name: str) -> Path:
+        """`logs/NAME/`: every environment's log folder of one model."""
+        return self.root / "logs" / name
+
+
+def home_of_artifact(artifact_path: Path) -> Home:
+    """The home an artifact folder (`HOME/artifacts/NAME/VERSION`) lives in."""
+    return Home(artifact_path.parents[2])
