@@ -80,3 +80,9 @@ class TargetError(CpmaiError):
     """A deployment target failed: not healthy, rollout aborted."""
 
     exit_code = ExitCode.TARGET
+
+
+def breach_code(breached: bool) -> ExitCode:
+    """The one mapping of a result's verdict to the exit code: a breached threshold (SLO,
+    baseline, alert, trigger, budget) is 4, else 0."""
+    return ExitCode.THRESHOLD if breached else ExitCode.OK

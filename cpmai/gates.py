@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cpmai.manifest import compare
+from cpmai.stats import score
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from cpmai.ledger import State
     from cpmai.manifest import LatencyGate, Manifest
     from cpmai.runtime.predictor import Predictor
-
-LOWER_IS_BETTER = {"log_loss", "mae", "rmse", "mape"}
 
 
 @dataclass
@@ -177,86 +176,6 @@ def evaluate(
     labels, probabilities = predictor.run(columns, want_proba)
     values = {m: score(m, truth, labels, probabilities, predictor.classes) for m in metrics}
     return {**values, "_rows": float(len(frame))}
-
-
-def score(
-    metric: str, truth: Any, predicted: Any, probabilities: Any, classes: list[Any] | None
-) -> float:
-    """One metric of the task, computed as scikit-learn does (the tests check they agree to
-    1e-9). Written with numpy because importing sklearn.metrics takes 1.5-2 s here, on every
-    deploy."""
-    import numpy as np
-
-    if metric in ("mae", "rmse", "r2", "mape"):
-        y, p = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
-        error = y - p
-        if metric == "mae":
-            return float(np.mean(np.abs(error)))
-        if metric == "rmse":
-            return float(np.sqrt(np.mean(error**2)))
-        if metric == "r2":
-            total = float(np.sum((y - y.mean()) ** 2))
-            residual = float(np.sum(error**2))
-            if total == 0:
-                return 1.0 if residual == 0 else 0.0
-            return 1.0 - residual / total
-        return float(np.mean(np.abs(error) / np.maximum(np.abs(y), np.finfo(np.float64).eps)))
-    truth = np.asarray(truth)
-    predicted = np.asarray(predicted)
-    labels = list(classes) if classes else sorted(set(truth.tolist()) | set(predicted.tolist()))
-    binary = len(labels) <= 2
-    if metric == "accuracy":
-        return float(np.mean(truth == predicted))
-    if metric in ("precision", "recall", "f1"):
-        positives = [labels[-1]] if binary else labels
-        values = [_prf(metric, truth == c, predicted == c) for c in positives]
-        return float(np.mean(values))
-    if probabilities is None:
-        from cpmai.errors import UsageError
-
-        raise UsageError(f"metric {metric} needs class probabilities; this model gives none")
-    probabilities = np.asarray(probabilities, dtype=float)
-    if metric == "roc_auc":
-        if binary:
-            return _auc(truth == labels[-1], probabilities[:, -1])
-        return float(np.mean([_auc(truth == c, probabilities[:, i]) for i, c in enumerate(labels)]))
-    index = {c: i for i, c in enumerate(labels)}
-    rows = np.array([index[t] for t in truth.tolist()])
-    clipped = np.clip(probabilities, np.finfo(float).eps, 1 - np.finfo(float).eps)
-    clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(clipped[np.arange(len(rows)), rows])))
-
-
-def _prf(metric: str, actual: Any, said: Any) -> float:
-    import numpy as np
-
-    true_pos = float(np.sum(actual & said))
-    precision = true_pos / float(np.sum(said)) if np.any(said) else 0.0
-    recall = true_pos / float(np.sum(actual)) if np.any(actual) else 0.0
-    if metric == "precision":
-        return precision
-    if metric == "recall":
-        return recall
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def _auc(positive: Any, scores: Any) -> float:
-    """Area under the ROC curve from ranks (Mann–Whitney U), ties given their average rank."""
-    import numpy as np
-
-    order = np.argsort(scores, kind="mergesort")
-    _, first, inverse, counts = np.unique(
-        scores[order], return_index=True, return_inverse=True, return_counts=True
-    )
-    ranks = np.empty(len(scores), dtype=float)
-    ranks[order] = (first + (counts + 1) / 2)[inverse]
-    n_pos = int(np.sum(positive))
-    n_neg = len(scores) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        from cpmai.errors import UsageError
-
-        raise UsageError("roc_auc needs both classes in the holdout data")
-    return float((np.sum(ranks[positive]) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # --- latency -----------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cpmai.clock import parse_time
 from cpmai.errors import UsageError
-from cpmai.ledger import Event, Ledger, parse_time
+from cpmai.ledger import Event, Ledger
 
 ACTION = "kpi"
 METRIC = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")

@@ -21,12 +21,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from cpmai.clock import iso, parse_time
 from cpmai.errors import IntegrityError
 from cpmai.fsutil import write_atomic
 
@@ -96,12 +97,8 @@ def hash_matches(body: dict[str, Any], recorded: Any) -> bool:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """The time an event is recorded (tests set the clock by replacing this)."""
+    return iso(timespec="microseconds")
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,9 @@ def cost(
     import math
     import time
 
+    from cpmai.clock import parse_moment
     from cpmai.costs.estimate import estimate
     from cpmai.errors import UsageError
-    from cpmai.monitor.logs import parse_moment
     from cpmai.settings import resolve_home
 
     name, manifest = name_or_manifest(target)

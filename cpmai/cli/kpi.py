@@ -35,7 +35,7 @@ def record(
     import time
 
     from cpmai import kpi
-    from cpmai.monitor.logs import parse_moment
+    from cpmai.clock import parse_moment
     from cpmai.settings import resolve_actor, resolve_home
 
     moment = parse_moment(at, now=time.time()) if at else None

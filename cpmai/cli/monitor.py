@@ -92,8 +92,8 @@ def monitor(
     """
     import math
 
+    from cpmai.clock import parse_duration, parse_moment
     from cpmai.errors import UsageError
-    from cpmai.monitor.logs import parse_duration, parse_moment
     from cpmai.settings import resolve_actor, resolve_home
 
     home = resolve_home(OPTIONS.home)

@@ -57,8 +57,8 @@ def report(
     """
     import time
 
+    from cpmai.clock import parse_moment
     from cpmai.errors import UsageError
-    from cpmai.monitor.logs import parse_moment
     from cpmai.report.data import build
     from cpmai.settings import resolve_home
 

@@ -33,7 +33,7 @@ def status(
 
     moment = None
     if at is not None:
-        from cpmai.ledger import parse_time
+        from cpmai.clock import parse_time
 
         try:
             moment = parse_time(at).isoformat()

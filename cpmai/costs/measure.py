@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cpmai.ledger import LIVE_ACTIONS, Event, parse_time
+from cpmai.clock import parse_time
+from cpmai.ledger import LIVE_ACTIONS, Event
 
 if TYPE_CHECKING:
     from cpmai.monitor.logs import Traffic

@@ -29,12 +29,12 @@ from cpmai.monitor.logs import (
 from cpmai.monitor.run import (
     Subject,
     _drift_all,
-    _rank,
     choose_version,
     load_subject,
     newest_logged_version,
     reference_profiles,
 )
+from cpmai.stats import nearest_rank
 
 FIRST_READ_BYTES = 32 << 20
 """On start, read at most this much of each file's end: the view is about the last minutes."""
@@ -147,7 +147,7 @@ class LiveMonitor:
         p99 = []
         for index in range(self.buckets):
             picked = np.sort(latency[inside & (which == index) & (status < 400)])
-            p99.append(_rank(picked, 99) or 0.0)
+            p99.append(nearest_rank(picked, 99) or 0.0)
         minute = times >= now - 60
         ok = status[minute] < 400
         count = float(weight[minute].sum())
@@ -170,8 +170,8 @@ class LiveMonitor:
                 "requests": round(count),
                 "requests_per_s": round(count / 60, 2),
                 "error_rate": round(float(weight[minute][~ok].sum()) / count, 4) if count else None,
-                "p50_ms": _rank(recent, 50),
-                "p99_ms": _rank(recent, 99),
+                "p50_ms": nearest_rank(recent, 50),
+                "p99_ms": nearest_rank(recent, 99),
             },
             "slo": subject.manifest.slo.model_dump(exclude_none=True) if subject else {},
             "resources": self._resources(now),

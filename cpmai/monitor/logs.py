@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpmai.errors import UsageError
+from cpmai.clock import epoch
 from cpmai.serving.logindex import encode, hashable, merge_coded, read_records
 from cpmai.serving.predlog import LOST
 
@@ -995,11 +995,6 @@ def _merge_codes(
     )  # fmt: skip
 
 
-def _epoch(text: str) -> float:
-    # "2026-11-26T05:00:00.123456Z": fromisoformat reads the Z since 3.11
-    return datetime.fromisoformat(text).timestamp()
-
-
 def read_resources(folder: Path, since: float | None, until: float | None) -> list[dict[str, Any]]:
     """The resource samples (`cpmai.serving.resources`) in [since, until), oldest first."""
     import orjson
@@ -1009,7 +1004,7 @@ def read_resources(folder: Path, since: float | None, until: float | None) -> li
         for line in path.read_bytes().splitlines():
             try:
                 doc = orjson.loads(line)
-                moment = _epoch(doc["time"])
+                moment = epoch(doc["time"])
                 float(doc["cpu_percent"]), float(doc["rss_bytes"])
             except (ValueError, KeyError, TypeError):
                 continue
@@ -1018,32 +1013,3 @@ def read_resources(folder: Path, since: float | None, until: float | None) -> li
                 samples.append(doc)
     samples.sort(key=lambda d: d["t"])
     return samples
-
-
-def parse_moment(text: str, *, now: float) -> float:
-    """An ISO time (`2026-11-26T10:00`, `2026-11-26`) or an age (`90m`, `2h`, `7d`) → epoch."""
-    text = text.strip()
-    try:
-        return now - parse_duration(text)
-    except UsageError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"{text!r} is neither a time (2026-11-26T10:00) nor an age (30m, 2h, 7d)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """`30s`, `5m`, `1h`, `7d` → seconds."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise UsageError(f"{text!r} is not a duration (e.g. 30s, 5m, 1h, 7d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from cpmai.errors import UsageError
-from cpmai.gates import LOWER_IS_BETTER, score
 from cpmai.manifest import LABEL_METRICS
 from cpmai.monitor.drift import category_key
 from cpmai.monitor.logs import FeatureSpec, Traffic
+from cpmai.stats import LOWER_IS_BETTER, score
 
 
 def data_quality(

@@ -41,6 +41,7 @@ from cpmai.monitor.quality import (
     read_labels,
 )
 from cpmai.monitor.triggers import Alert, TriggerRun
+from cpmai.stats import nearest_rank
 
 if TYPE_CHECKING:
     from cpmai.artifacts import Artifact
@@ -447,7 +448,7 @@ def _traffic_summary(traffic: Traffic, low: float, high: float, *, last: bool) -
         errors = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
     failed = float(weight[~ok].sum())
     latencies = np.sort(traffic.latency_ms[mask][ok])
-    latency = {f"p{p}_ms": _rank(latencies, p) for p in PERCENTILES}
+    latency = {f"p{p}_ms": nearest_rank(latencies, p) for p in PERCENTILES}
     latency["max_ms"] = round(float(latencies[-1]), 3) if len(latencies) else None
     seconds = max(high - low, 1e-9)
     return {
@@ -460,14 +461,6 @@ def _traffic_summary(traffic: Traffic, low: float, high: float, *, last: bool) -
         "error_rate": round(failed / requests, 6) if requests else None,
         "latency_ms": latency,
     }
-
-
-def _rank(ordered: np.ndarray, percentile: float) -> float | None:
-    """Nearest-rank percentile, as `cpmai bench` reports it."""
-    if not len(ordered):
-        return None
-    index = max(int(np.ceil(percentile / 100 * len(ordered))) - 1, 0)
-    return round(float(ordered[index]), 3)
 
 
 def without_spans(

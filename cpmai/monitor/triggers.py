@@ -20,7 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cpmai.ledger import Ledger, now_iso, parse_time
+from cpmai.clock import parse_time
+from cpmai.ledger import Ledger, now_iso
 from cpmai.manifest import Triggers
 
 

@@ -521,22 +521,11 @@ def window(
 
 
 def quantile(counts: list[int], q: float) -> float | None:
-    """The q-quantile in milliseconds of a latency histogram (per-bucket counts, not cumulative),
-    interpolated linearly inside its bucket as Prometheus' histogram_quantile does."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    running = 0
-    bounds = [0.0, *LATENCY_BUCKETS]
-    for i, count in enumerate(counts):
-        if running + count >= rank and count > 0:
-            if i >= len(LATENCY_BUCKETS):
-                return LATENCY_BUCKETS[-1] * 1000  # above the last bound: its lower edge
-            low, high = bounds[i], bounds[i + 1]
-            return (low + (high - low) * (rank - running) / count) * 1000
-        running += count
-    return LATENCY_BUCKETS[-1] * 1000
+    """The q-quantile in milliseconds of a server's latency histogram (per-bucket counts)."""
+    from cpmai.stats import histogram_quantile
+
+    value = histogram_quantile(counts, LATENCY_BUCKETS, q)
+    return None if value is None else value * 1000
 
 
 def judge(live: Window, new: Window, settings: Any, slo_p99_ms: float | None) -> str:
