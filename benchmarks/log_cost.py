@@ -47,17 +47,20 @@ def drive(home: Path, log: bool, requests: int, concurrency: int = 8) -> None:
     from uvicorn.server import ServerState
 
     from cpmai.artifacts import open_artifact
-    from cpmai.serving import logindex, predlog
-    from cpmai.serving.app import ServeConfig, build_app
+    from cpmai.predlog import index, writer
+    from cpmai.serving.app import build_app
+    from cpmai.serving.config import ServeConfig
     from cpmai.serving.fastpath import InferenceHttpProtocol
+    from cpmai.serving.server import tune_process
 
-    predlog.PredictionLog.start = lambda self: self.folder.mkdir(parents=True, exist_ok=True)
+    writer.PredictionLog.start = lambda self: self.folder.mkdir(parents=True, exist_ok=True)
     # an index record when the run ends, not a minute into it: a run's wall time (valgrind, a
     # busy machine) must not change how many records it writes
-    logindex.INDEX_SECONDS = float("inf")
+    index.INDEX_SECONDS = float("inf")
     artifact = open_artifact(home, NAME)
     config = ServeConfig(home=str(home), name=NAME, version="", env="cost", prediction_log=log)
     app = build_app(config.for_artifact(artifact), artifact)
+    tune_process()  # as a server process does where it starts
     body = orjson.dumps({"dataframe_records": [ROW]})
     request = (
         b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"

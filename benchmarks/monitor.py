@@ -33,6 +33,8 @@ from pathlib import Path
 
 from _report import fingerprint, verdicts  # benchmarks/ is on sys.path when run as a script
 
+from cpmai.home import Home
+
 NUMERIC, CATEGORICAL = 20, 10
 LEVELS = ["alpha", "beta", "gamma", "delta", "epsilon"]
 
@@ -83,9 +85,9 @@ def write_log(home: Path, rows: int, start: float) -> int:
     traffic as a server writes them; returns the bytes."""
     import numpy as np
 
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog.writer import PredictionLog
 
-    folder = home / "logs" / "wide" / "production"
+    folder = Home(home).env("wide", "production").logs
     folder.mkdir(parents=True, exist_ok=True)
     signature = json.loads(next(home.glob("artifacts/wide/*/signature.json")).read_text())
     log = PredictionLog(folder, model="wide", version="1.0.0", signature=signature)
@@ -159,7 +161,7 @@ def prepare(
     between packaging and logging. Returns the state folder and the environment naming it."""
     home = folder / "state"
     env = {**os.environ, "CPMAI_HOME": str(home)}
-    if not (home / "logs").exists():
+    if not Home(home).logs("wide").exists():
         manifest = build_project(folder / "project")
         subprocess.run(
             [sys.executable, "-m", "cpmai", "-q", "package", str(manifest)], env=env, check=True
@@ -186,10 +188,10 @@ def main() -> int:
         cpmai = [sys.executable, "-m", "cpmai"]
         command = [*cpmai, "--json", "monitor", "wide", "--env", "production", "--window", "1h",
                    "--version", "1.0.0", "--since", "25h"]  # fmt: skip
-        shutil.rmtree(home / "cache" / "monitor", ignore_errors=True)
+        shutil.rmtree(Home(home).cache("monitor"), ignore_errors=True)
         first = measure([*command, "--no-cache"], env)  # + the reference data's profile, once
         indexed = [measure([*command, "--no-cache"], env) for _ in range(args.runs)]
-        folder = home / "logs" / "wide" / "production"
+        folder = Home(home).env("wide", "production").logs
         aside = folder.parent / "index-aside"
         aside.mkdir(exist_ok=True)
         for index in folder.glob("*.idx"):  # the same log as a server without the index

@@ -20,8 +20,8 @@ from cpmai.errors import UsageError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cpmai.predlog.writer import PredictionLog
     from cpmai.runtime.predictor import Predictor
-    from cpmai.serving.predlog import PredictionLog
     from cpmai.serving.validation import RequestError, Validator
 
 READABLE = (".csv", ".jsonl", ".json", ".parquet")

@@ -56,3 +56,10 @@ def parse_duration(text: str) -> float:
     if match is None or float(match.group(1)) <= 0:
         raise UsageError(f"{text!r} is not a duration (e.g. 30s, 5m, 1h, 7d)")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def short_time(iso: str | None) -> str:
+    """`2026-11-26T06:51:10.241Z` → `2026-11-26 06:51`."""
+    if not iso:
+        return "-"
+    return iso.replace("T", " ")[:16]

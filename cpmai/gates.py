@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cpmai.manifest import compare
-from cpmai.stats import score
+from cpmai.home import home_of_artifact
+from cpmai.stats import compare, score
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from cpmai.artifacts import Artifact
-    from cpmai.ledger import State
     from cpmai.manifest import LatencyGate, Manifest
+    from cpmai.replay import State
     from cpmai.runtime.predictor import Predictor
 
 
@@ -115,7 +115,7 @@ def check(
     if approvals:
         report.results += approval_gates(
             manifest, state, artifact.name, artifact.version, env, actor,
-            home=artifact.path.parents[2],
+            home=home_of_artifact(artifact.path).root,
         )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report

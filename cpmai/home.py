@@ -2,9 +2,11 @@
 
     artifacts/NAME/VERSION/        immutable artifacts (`cpmai.artifacts`)
     ledger.jsonl, ledger.head      the hash-chained event log (`cpmai.ledger`)
+    allowed_signers                who may sign acts (`cpmai.signatures`)
     runs/NAME/ENV/                 what a target runs there: run.json, routes.json, workers/ …
     logs/NAME/ENV/                 prediction log and resource samples (`cpmai.predlog`)
     bench/NAME/VERSION/            benchmark results and baselines (`cpmai.bench`)
+    renders/NAME/ENV/              files rendered for Docker, Kubernetes, KServe
     cache/                         what can be rebuilt from the rest (parsed logs, timings, …)
     tmp/                           builds in progress (renamed into place when whole)
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-LEDGER_FILE = "ledger.jsonl"
 UNVERSIONED = "unversioned"
 
 
@@ -61,7 +62,34 @@ class Home:
 
     @property
     def ledger(self) -> Path:
-        return self.root / LEDGER_FILE
+        return self.root / "ledger.jsonl"
+
+    @property
+    def ledger_head(self) -> Path:
+        """The chain's last hash, written beside it (`cpmai ledger head`)."""
+        return self.root / "ledger.head"
+
+    @property
+    def ledger_lock(self) -> Path:
+        return self.root / "ledger.lock"
+
+    def ledger_torn(self, stamp: str) -> Path:
+        """Where a torn last line is set aside."""
+        return self.root / f"ledger.torn-{stamp}"
+
+    @property
+    def ledger_verified(self) -> Path:
+        """How far the chain was verified (a cache)."""
+        return self.cache("ledger-verified.json")
+
+    @property
+    def signers(self) -> Path:
+        """The allowed-signers file, unless $CPMAI_ALLOWED_SIGNERS names another."""
+        return self.root / "allowed_signers"
+
+    def renders(self, name: str, env: str) -> Path:
+        """`renders/NAME/ENV/`: the files rendered for a Docker/Kubernetes/KServe target."""
+        return self.root / "renders" / name / env
 
     @property
     def artifacts(self) -> Path:

@@ -8,7 +8,9 @@ from typing import Any
 
 from cpmai import artifacts
 from cpmai.errors import IntegrityError
-from cpmai.ledger import Ledger, VerifyReport, replay
+from cpmai.home import Home
+from cpmai.ledger import Ledger, VerifyReport
+from cpmai.replay import replay
 
 
 @dataclass
@@ -57,7 +59,7 @@ def verify(home: Path, *, expect_head: str | None = None) -> IntegrityReport:
         for record in state.versions_of(name):
             report.artifacts_checked += 1
             report.artifact_problems.extend(artifacts.verify(home, record))
-    for folder in sorted((home / "artifacts").glob("*/*")):
+    for folder in sorted(Home(home).artifacts.glob("*/*")):
         if (folder / artifacts.ARTIFACT_FILE).is_file() and folder.name not in state.versions.get(
             folder.parent.name, {}
         ):
@@ -80,7 +82,7 @@ def _signature_problems(home: Path, ledger: Ledger, events: list[Any]) -> list[s
     if signers is None:
         return [
             f"{len(signed)} signed event(s) cannot be checked: no allowed-signers file "
-            f"({home / signatures.SIGNERS_FILE} or ${signatures.SIGNERS_ENV})"
+            f"({Home(home).signers} or ${signatures.SIGNERS_ENV})"
         ]
     checked = signatures.verify_all(signed, signers)
     return [f"{ledger.path.name}:{seq}: {problem}" for seq, problem in checked.items() if problem]

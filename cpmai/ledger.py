@@ -30,16 +30,13 @@ import orjson
 from cpmai.clock import iso, parse_time
 from cpmai.errors import IntegrityError
 from cpmai.fsutil import write_atomic
+from cpmai.home import Home
 
 GENESIS = "0" * 64
-LEDGER_FILE = "ledger.jsonl"
-HEAD_FILE = "ledger.head"
-LOCK_FILE = "ledger.lock"
-VERIFIED_FILE = "cache/ledger-verified.json"
-"""How far the chain was verified: the prefix's length and SHA-256, and its last seq and hash.
-Hashing the prefix's bytes (~1 GB/s) replaces re-hashing each of its events on every read. It
-is no weaker than the chain: whoever can rewrite it can recompute every hash too (docs/security.md:
-pin the head outside the machine)."""
+# `Home.ledger_verified` holds how far the chain was verified: the prefix's length and SHA-256,
+# and its last seq and hash. Hashing the prefix's bytes replaces re-hashing each of its events
+# on every read. It is no weaker than the chain: whoever can rewrite it can recompute every hash
+# too (docs/security.md: pin the head outside the machine).
 _FIELDS = ("seq", "time", "actor", "action", "name", "version", "env", "details", "prev")
 _KEYS = (*_FIELDS, "hash")
 
@@ -147,9 +144,10 @@ class Ledger:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.path = home / LEDGER_FILE
-        self.head_path = home / HEAD_FILE
-        self.lock_path = home / LOCK_FILE
+        self.folders = Home(home)
+        self.path = self.folders.ledger
+        self.head_path = self.folders.ledger_head
+        self.lock_path = self.folders.ledger_lock
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -190,8 +188,8 @@ class Ledger:
     def check(self) -> tuple[list[bytes], TornTail | None]:
         """Refuse (IntegrityError naming the first problem) unless every line's hash, its link
         to the line before and consecutive seqs hold, and the head file names an event on the
-        chain. Lines verified before (`VERIFIED_FILE`) are checked by one hash of their bytes,
-        so a writer's check before appending reads only what was added since. Returns the
+        chain. Lines verified before (`Home.ledger_verified`) are checked by one hash of their
+        bytes, so a writer's check before appending reads only what was added since. Returns the
         complete lines and the torn tail, if any."""
         head = self._read_head()  # before the ledger: appends between the reads only add lines
         try:
@@ -239,7 +237,7 @@ class Ledger:
     def _verified(self, body: bytes) -> tuple[int, str] | None:
         """(events, last hash) of the prefix of `body` verified before, if it is unchanged."""
         try:
-            data = json.loads((self.home / VERIFIED_FILE).read_text())
+            data = json.loads(self.folders.ledger_verified.read_text())
             size, count, last = int(data["bytes"]), int(data["events"]), str(data["hash"])
             if size <= len(body) and hashlib.sha256(body[:size]).hexdigest() == data["sha256"]:
                 return count, last
@@ -251,8 +249,8 @@ class Ledger:
         doc = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "events": count,
                "hash": last}  # fmt: skip
         try:
-            (self.home / VERIFIED_FILE).parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.home / VERIFIED_FILE, json.dumps(doc).encode())
+            self.folders.ledger_verified.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.folders.ledger_verified, json.dumps(doc).encode())
         except OSError:  # a read-only state folder: the next read checks every line again
             pass
 
@@ -299,7 +297,7 @@ class Ledger:
                 return None
             os.lseek(tx.fd, torn.offset, os.SEEK_SET)
             kept = os.read(tx.fd, torn.size)
-            aside = self.home / f"ledger.torn-{now_iso().replace(':', '')}"
+            aside = self.folders.ledger_torn(now_iso().replace(":", ""))
             write_atomic(aside, kept)
             os.ftruncate(tx.fd, torn.offset)
             os.fsync(tx.fd)
@@ -503,22 +501,22 @@ def _head_problems(head: tuple[int, str] | None, events: list[Any], file: str) -
     if head is None:
         if count >= 2:
             return [
-                f"{HEAD_FILE} is missing while {file} holds {count} events (removed, with "
+                f"ledger.head is missing while {file} holds {count} events (removed, with "
                 "events from the end?)"
             ]
         return []
     seq, digest = head
     if seq > count:
         return [
-            f"{file}: ends at seq {count} but {HEAD_FILE} records seq {seq} (events removed "
+            f"{file}: ends at seq {count} but ledger.head records seq {seq} (events removed "
             "from the end?)"
         ]
     if seq >= 1:
         data = events[seq - 1]
         if not isinstance(data, dict) or data.get("hash") != digest:
-            return [f"{file}:{seq}: the event's hash differs from {HEAD_FILE} (rewritten?)"]
+            return [f"{file}:{seq}: the event's hash differs from ledger.head (rewritten?)"]
     elif count:
-        return [f"{HEAD_FILE} is not readable while {file} holds {count} events"]
+        return [f"ledger.head is not readable while {file} holds {count} events"]
     return []
 
 
@@ -554,133 +552,3 @@ def _count_newlines(fd: int, end: int) -> int:
         count += block.count(b"\n")
         pos += len(block)
     return count
-
-
-# --- replay ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionRecord:
-    """A packaged version, as the ledger's `package` event recorded it."""
-
-    name: str
-    version: str
-    digest: str
-    time: str
-    actor: str
-    seq: int
-    details: dict[str, Any]
-
-
-LIVE_ACTIONS = ("deploy", "promote", "rollback")
-"""Actions that put a version live in an environment (when their `details.result` is "live")."""
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """A version going live in an environment (a deploy, promote or rollback that succeeded)."""
-
-    version: str
-    action: str
-    actor: str
-    time: str
-    seq: int
-    details: dict[str, Any]
-
-
-@dataclass
-class EnvState:
-    """One environment of one model: what is live, and every version that was live, in order."""
-
-    live: Rollout | None = None
-    history: list[Rollout] = field(default_factory=list)
-    last_event: Event | None = None
-    rolled_back: set[str] = field(default_factory=set)
-    """Versions a rollback moved away from: not "good", never a rollback target by default."""
-
-    def previous_good(self) -> Rollout | None:
-        """The last version live before the current one that was not rolled back from."""
-        current = self.live.version if self.live else None
-        for rollout in reversed(self.history):
-            if rollout.version != current and rollout.version not in self.rolled_back:
-                return rollout
-        return None
-
-
-@dataclass
-class State:
-    """What the events add up to: packaged versions, environments, approvals, gate results."""
-
-    versions: dict[str, dict[str, VersionRecord]] = field(default_factory=dict)
-    envs: dict[tuple[str, str], EnvState] = field(default_factory=dict)
-    """(name, env) → its state."""
-    approvals: dict[tuple[str, str, str], list[Event]] = field(default_factory=dict)
-    """(name, version, env) → accepted approvals, oldest first."""
-    gates: dict[tuple[str, str, str], Event] = field(default_factory=dict)
-    """(name, version, env) → the latest gate event."""
-
-    def names(self) -> list[str]:
-        return sorted(self.versions)
-
-    def versions_of(self, name: str) -> list[VersionRecord]:
-        return sorted(self.versions.get(name, {}).values(), key=lambda r: r.seq)
-
-    def find_digest(self, name: str, digest: str) -> VersionRecord | None:
-        for record in self.versions.get(name, {}).values():
-            if record.digest == digest:
-                return record
-        return None
-
-    def env(self, name: str, env: str) -> EnvState:
-        return self.envs.get((name, env)) or EnvState()
-
-    def envs_of(self, name: str) -> dict[str, EnvState]:
-        return {env: state for (n, env), state in sorted(self.envs.items()) if n == name}
-
-    def approvers(self, name: str, version: str, env: str) -> list[str]:
-        """Distinct actors who approved `version` for `env`, in order."""
-        seen: list[str] = []
-        for event in self.approvals.get((name, version, env), []):
-            if event.actor not in seen:
-                seen.append(event.actor)
-        return seen
-
-
-def replay(events: list[Event], *, until: str | None = None) -> State:
-    """Fold the events into the state; with `until` (an ISO time), only events up to then."""
-    state = State()
-    limit = parse_time(until) if until else None
-    for event in events:
-        if limit is not None and event.when > limit:
-            break
-        name, version, env = event.name, event.version, event.env
-        if event.action == "package" and name and version:
-            state.versions.setdefault(name, {})[version] = VersionRecord(
-                name=name,
-                version=version,
-                digest=str(event.details.get("digest", "")),
-                time=event.time,
-                actor=event.actor,
-                seq=event.seq,
-                details=event.details,
-            )
-        if not (name and env):
-            continue
-        env_state = state.envs.setdefault((name, env), EnvState())
-        env_state.last_event = event
-        if event.action == "approve" and version:
-            state.approvals.setdefault((name, version, env), []).append(event)
-        elif event.action == "gate" and version:
-            state.gates[(name, version, env)] = event
-        elif event.action in LIVE_ACTIONS and version and event.details.get("result") == "live":
-            rollout = Rollout(
-                version, event.action, event.actor, event.time, event.seq, event.details
-            )
-            if event.action == "rollback" and env_state.live is not None:
-                env_state.rolled_back.add(env_state.live.version)
-            env_state.rolled_back.discard(version)
-            env_state.live = rollout
-            env_state.history.append(rollout)
-        elif event.action == "stop":
-            env_state.live = None
-    return state

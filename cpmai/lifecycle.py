@@ -12,17 +12,17 @@ always agrees with what runs.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import CpmaiError, GateError, TargetError, UsageError
-from cpmai.ledger import LIVE_ACTIONS, Ledger, State, replay
+from cpmai.guards import env_lock, signals_interrupt
+from cpmai.home import Home
+from cpmai.ledger import Ledger
+from cpmai.replay import LIVE_ACTIONS, replay, target_kind
 from cpmai.steps import StepLog
 from cpmai.targets import RolloutPlan, get_target
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from cpmai.manifest import Manifest
 
 Progress = Callable[[str], None]
-LOCK_TIMEOUT = 600.0
 
 
 def _quiet(_: str) -> None:
@@ -75,64 +74,6 @@ class GateCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@contextmanager
-def env_lock(
-    home: Path, name: str, env: str, progress: Progress, timeout: float = LOCK_TIMEOUT
-) -> Iterator[None]:
-    """Hold the rollout lock of one environment; waits (saying so) while another holds it."""
-    folder = home / "runs" / name / env
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "rollout.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        said = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not said:
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                    progress(f"waiting: another rollout of {name} in {env} is running ({holder})")
-                    said = True
-                if time.monotonic() > deadline:
-                    raise TargetError(
-                        f"another rollout of {name} in {env} held the lock for {timeout:.0f} s"
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) interrupt a rollout the way
-    Ctrl-C does, so the target puts the previous routing back and the ledger records it."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {
-        sig: signal.signal(sig, interrupt)
-        for sig in (signal.SIGTERM, signal.SIGHUP)
-        if signal.getsignal(sig) is not signal.SIG_IGN  # e.g. SIGHUP under nohup stays ignored
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _env_spec(manifest: Manifest, env: str) -> Any:
@@ -367,7 +308,7 @@ def _signer(home: Path, manifest: Manifest, env: str, actor: str) -> Path | None
     if signers is None:
         raise GateError(
             f"{env} requires signed acts, and there is no allowed-signers file "
-            f"({home / signatures.SIGNERS_FILE} or ${signatures.SIGNERS_ENV})"
+            f"({Home(home).signers} or ${signatures.SIGNERS_ENV})"
         )
     probe: dict[str, Any] = {"seq": 0, "time": now_iso(), "actor": actor, "action": "probe",
                              "name": manifest.name, "version": None, "env": env, "details": {},
@@ -437,7 +378,7 @@ def _roll_out(
         details={"for": action, "target": spec.target, "strategy": spec.rollout.strategy},
     )  # fmt: skip
     try:
-        with _signals_interrupt():
+        with signals_interrupt():
             outcome = target.rollout(plan, progress)
     except KeyboardInterrupt:  # the target put the previous routing back before re-raising
         record("interrupted")
@@ -524,12 +465,6 @@ def rollback(
     return result
 
 
-def target_kind(env_state: Any) -> str:
-    """The target an environment's versions went to: the live one's, else the last one's."""
-    rollout = env_state.live or (env_state.history[-1] if env_state.history else None)
-    return str(rollout.details.get("target", "local")) if rollout else "local"
-
-
 def stop(home: Path, name: str, env: str, *, actor: str, reason: str | None = None) -> bool:
     """Stop what runs in `env` and record it. Returns False when nothing was recorded live."""
     with env_lock(home, name, env, _quiet):
@@ -593,79 +528,4 @@ def approve(
         "seq": event.seq,
         "approvers": state.approvers(name, version, env),
         "needed": needed,
-    }
-
-
-# --- status ------------------------------------------------------------------------------------
-
-
-def status(home: Path, name: str | None = None, *, at: str | None = None) -> list[dict[str, Any]]:
-    """One row per (model, environment): live version, who put it there, and — now — what the
-    target says; `at` (ISO time) replays the ledger up to then instead of asking targets."""
-    events = Ledger(home).events()
-    if name and not any(e.name == name and e.action == "package" for e in events):
-        known = ", ".join(replay(events).names()) or "none yet"
-        raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
-    state = replay(events, until=at)
-    names = [name] if name else sorted({n for n, _ in state.envs} | set(state.names()))
-    rows = []
-    for model in names:
-        for env, env_state in state.envs_of(model).items():
-            rows.append(_status_row(home, state, model, env, env_state, live_view=at is None))
-    return rows
-
-
-def _status_row(
-    home: Path, state: State, name: str, env: str, env_state: Any, *, live_view: bool
-) -> dict[str, Any]:
-    live = env_state.live
-    last = env_state.last_event
-    row: dict[str, Any] = {
-        "name": name,
-        "env": env,
-        "version": live.version if live else None,
-        "since": live.time if live else None,
-        "by": live.actor if live else None,
-        "how": live.action if live else None,
-        "target": live.details.get("target") if live else None,
-        "approved_by": state.approvers(name, live.version, env) if live else [],
-        "gates": _gates_of(state, name, live.version, env) if live else None,
-        "last_event": {
-            "seq": last.seq,
-            "time": last.time,
-            "action": last.action,
-            "actor": last.actor,
-            "version": last.version,
-            "result": last.details.get("result"),
-        }
-        if last
-        else None,
-    }
-    if live_view:
-        kind = target_kind(env_state)
-        row["target"] = row["target"] or kind
-        target = get_target(kind, home, name, env)
-        row["server"] = target.status().to_dict()
-        if live is None and row["server"]["state"] == "stopped" and kind == "local":
-            row["server"]["detail"] = "nothing live"
-        serving = row["server"].get("live")
-        running = row["server"]["state"] != "stopped"
-        if kind == "local" and ((running and serving != row["version"]) or (not running and live)):
-            row["differs"] = (
-                f"the server {'serves ' + str(serving) if running else 'is not running'} while the "
-                f"ledger says {row['version'] or 'nothing'} is live (an interrupted rollout?): "
-                f"`cpmai stop {name} --env {env}` stops what runs, `cpmai deploy` or `cpmai "
-                f"promote` records a version again"
-            )
-    return row
-
-
-def _gates_of(state: State, name: str, version: str, env: str) -> dict[str, Any] | None:
-    event = state.gates.get((name, version, env))
-    if event is None:
-        return None
-    return {
-        "passed": event.details.get("passed"),
-        "time": event.time,
-        "results": event.details.get("results", []),
     }

@@ -21,7 +21,8 @@ class Ref:
 def resolve(home: Path, text: str) -> Ref:
     """The packaged version `text` names (the latest when no version is given)."""
     from cpmai.artifacts import resolve_version
-    from cpmai.ledger import Ledger, replay
+    from cpmai.ledger import Ledger
+    from cpmai.replay import replay
 
     name, _, qualifier = text.partition("@")
     if not name:

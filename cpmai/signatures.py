@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cpmai.errors import UsageError
+from cpmai.home import Home
 
 NAMESPACE = "cpmai"
 SIGNED_ACTIONS = ("approve", "deploy", "promote", "rollback")
 KEY_ENV = "CPMAI_SIGNING_KEY"
 SIGNERS_ENV = "CPMAI_ALLOWED_SIGNERS"
-SIGNERS_FILE = "allowed_signers"
 _FIELDS = ("seq", "time", "actor", "action", "name", "version", "env", "details", "prev")
 
 
@@ -40,7 +40,7 @@ def signing_key() -> Path | None:
 def signers_file(home: Path) -> Path | None:
     """The allowed-signers file in force, if there is one."""
     value = os.environ.get(SIGNERS_ENV)
-    path = Path(value).expanduser() if value else home / SIGNERS_FILE
+    path = Path(value).expanduser() if value else Home(home).signers
     return path if path.is_file() else None
 
 

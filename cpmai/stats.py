@@ -1,4 +1,5 @@
-"""Statistics every part of cpmai shares: percentiles, histogram quantiles and model metrics.
+"""Statistics every part of cpmai shares: percentiles, histogram quantiles, model metrics and
+SLO checks.
 
 A leaf: imports nothing of cpmai's but `errors`, and numpy only inside the functions that need
 it. Latency histograms with their own bucket scheme live in `cpmai.bench.histogram`.
@@ -7,11 +8,38 @@ it. Latency histograms with their own bucket scheme live in `cpmai.bench.histogr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse", "mape"}
 """Metrics where a smaller value is the better model."""
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+_COMPARISON = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+def parse_comparison(text: str) -> tuple[str, float]:
+    """`">= 0.9"` → `(">=", 0.9)`; ValueError for anything else."""
+    match = _COMPARISON.match(text)
+    if not match:
+        raise ValueError('expected a comparison such as ">= 0.9"')
+    return match.group(1), float(match.group(2))
+
+
+def compare(value: float, comparison: str) -> bool:
+    """Whether `value` satisfies `comparison` (e.g. `">= 0.9"`)."""
+    op, threshold = parse_comparison(comparison)
+    return _OPS[op](value, threshold)
 
 
 def nearest_rank(ordered: Any, percentile: float) -> float | None:
@@ -123,3 +151,42 @@ def _auc(positive: Any, scores: Any) -> float:
 
         raise UsageError("roc_auc needs both classes in the holdout data")
     return float((np.sum(ranks[positive]) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+SLO_UPPER_BOUNDS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "error_rate")
+"""SLO metrics that must stay at or below their threshold."""
+SLO_LOWER_BOUNDS = ("throughput_min",)
+"""SLO metrics that must stay at or above their threshold."""
+
+
+@dataclass(frozen=True)
+class SloVerdict:
+    """One SLO metric against its threshold."""
+
+    metric: str
+    threshold: float
+    op: str
+    """`<=` (an upper bound) or `>=` (a lower bound)."""
+    measured: float | None
+    passed: bool
+    """False when nothing was measured: no figure never passes."""
+
+
+def slo_measures(
+    latency_ms: Mapping[str, float | None], error_rate: float, throughput_rps: float
+) -> dict[str, float | None]:
+    """What each SLO metric is measured by: latency percentiles (ms), the error rate, and the
+    throughput that `throughput_min` bounds."""
+    values = {k: None if v is None else float(v) for k, v in latency_ms.items()}
+    return {**values, "error_rate": float(error_rate), "throughput_min": float(throughput_rps)}
+
+
+def check_slo(measured: Mapping[str, float | None], slo: Mapping[str, float]) -> list[SloVerdict]:
+    """One verdict per SLO metric, in the SLO's order."""
+    out = []
+    for metric, threshold in slo.items():
+        value = measured.get(metric)
+        lower = metric in SLO_LOWER_BOUNDS
+        passed = value is not None and (value >= threshold if lower else value <= threshold)
+        out.append(SloVerdict(metric, threshold, ">=" if lower else "<=", value, passed))
+    return out

@@ -66,7 +66,7 @@ def build(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) ->
 
     from cpmai import ledger
     from cpmai.artifacts import open_artifact
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog.writer import PredictionLog
 
     clock = {"t": T0}
     monkeypatch.setattr(ledger, "now_iso", lambda: iso(clock["t"]))

@@ -21,7 +21,7 @@ from cpmai.errors import IntegrityError, ModelLoadError, UsageError
 from cpmai.fsutil import sha256_file
 from cpmai.integrity import verify as verify_home
 from cpmai.ledger import Ledger
-from cpmai.manifest import load_manifest
+from cpmai.manifest_file import load_manifest
 from cpmai.versioning import next_version, version_key
 from cpmai.yamlsource import parse_yaml
 

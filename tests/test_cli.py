@@ -43,7 +43,7 @@ def test_init_then_validate(tmp_path: Path, cli: Any) -> None:
     assert result.code == 0, result.err
     text = (target / "cpmai.yaml").read_text()
     assert "name: my-project" in text and "# " in text
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     assert load_manifest(target / "cpmai.yaml", check_files=False).name == "my-project"
     result = cli("validate", target / "cpmai.yaml")

@@ -32,37 +32,37 @@ def approx(value: float) -> Any:
 
 def test_formulas_by_hand() -> None:
     alloc = model.allocation(2, 0.5, 2, 0.04, 0.005)
-    assert (alloc["cpu_cores"], alloc["memory_gib"]) == (1.0, 4.0)
-    assert alloc["per_hour"]["value"] == approx(1 * 0.04 + 4 * 0.005)  # 0.06
-    assert alloc["per_month"]["value"] == approx(0.06 * 730)  # 43.8
-    assert alloc["per_hour"]["inputs"]["replicas"] == 2
+    assert (alloc.cpu_cores, alloc.memory_gib) == (1.0, 4.0)
+    assert alloc.per_hour.value == approx(1 * 0.04 + 4 * 0.005)  # 0.06
+    assert alloc.per_month.value == approx(0.06 * 730)  # 43.8
+    assert alloc.per_hour.inputs["replicas"] == 2
 
     used = model.charged(1.0, 4.0, 0.25, 1.0, 0.04, 0.005)
-    assert used["usage_per_hour"]["value"] == approx(0.25 * 0.04 + 1 * 0.005)  # 0.015
-    assert used["charged_per_hour"]["value"] == approx(0.06)  # the reservation is charged
-    assert used["idle_share"]["cpu"]["value"] == approx(0.75)
-    assert used["idle_share"]["memory"]["value"] == approx(0.75)
-    assert used["idle_share"]["cost"]["value"] == approx((0.75 * 0.04 + 3 * 0.005) / 0.06)
+    assert used.usage_per_hour.value == approx(0.25 * 0.04 + 1 * 0.005)  # 0.015
+    assert used.charged_per_hour.value == approx(0.06)  # the reservation is charged
+    assert used.idle_share.cpu.value == approx(0.75)
+    assert used.idle_share.memory.value == approx(0.75)
+    assert used.idle_share.cost.value == approx((0.75 * 0.04 + 3 * 0.005) / 0.06)
 
     over = model.charged(1.0, 4.0, 1.5, 1.0, 0.04, 0.005)  # more CPU used than reserved
-    assert over["charged_per_hour"]["value"] == approx(1.5 * 0.04 + 4 * 0.005)  # 0.08
-    assert over["idle_share"]["cpu"]["value"] == 0.0
+    assert over.charged_per_hour.value == approx(1.5 * 0.04 + 4 * 0.005)  # 0.08
+    assert over.idle_share.cpu.value == 0.0
 
-    assert model.per_thousand(0.06, 10.0, "x")["value"] == approx(0.06 * 1000 / 36000)
-    assert model.per_thousand(0.06, None, "x")["value"] is None
-    assert model.per_thousand(0.06, 0.0, "x")["value"] is None
+    assert model.per_thousand(0.06, 10.0, "x").value == approx(0.06 * 1000 / 36000)
+    assert model.per_thousand(0.06, None, "x").value is None
+    assert model.per_thousand(0.06, 0.0, "x").value is None
 
     retrain = model.retraining(12.0, 1.0, 3)
-    assert retrain["per_month"]["value"] == approx(12 * (1 + 3))
+    assert retrain.per_month.value == approx(12 * (1 + 3))
 
     roi = model.roi(100.0, 50.0, 200.0, 500.0, basis="b")
-    assert roi["savings_per_month"]["value"] == approx(150.0)
-    assert roi["net_per_month"]["value"] == approx(250.0)
-    assert roi["roi_percent"]["value"] == approx(500.0)
-    assert roi["payback_months"]["value"] == approx(2.0)
+    assert roi.savings_per_month.value == approx(150.0)
+    assert roi.net_per_month.value == approx(250.0)
+    assert roi.roi_percent.value == approx(500.0)
+    assert roi.payback_months.value == approx(2.0)
     losing = model.roi(0.0, 50.0, 10.0, 500.0, basis="b")
-    assert losing["payback_months"]["value"] is None  # never paid back at this rate
-    assert "= 0.06" in model.render(alloc["per_hour"])
+    assert losing.payback_months.value is None  # never paid back at this rate
+    assert "= 0.06" in model.render(alloc.per_hour)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_half_an_hour_of_traffic_is_not_projected_to_a_month(history: Path, home
 
 def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli: Any) -> None:
     from cpmai.costs.estimate import estimate
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     over = estimate(home, NAME, now=NOW, max_increase=0.15).doc
     assert over["exit_code"] == 4
@@ -205,7 +205,7 @@ def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli:
 def test_kpis_are_ledger_events_and_can_be_the_value(history: Path, home: Path, cli: Any) -> None:
     from cpmai.costs.estimate import estimate
     from cpmai.ledger import Ledger
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     at = "2026-01-01T03:00:00Z"
     assert cli("kpi", "record", NAME, "retained_revenue", "1200", "--at", at,
@@ -233,7 +233,8 @@ def test_states_that_must_not_crash(
     from cpmai import ledger
     from cpmai.costs import measure
     from cpmai.costs.estimate import estimate
-    from cpmai.manifest import Triggers, load_manifest
+    from cpmai.manifest import Triggers
+    from cpmai.manifest_file import load_manifest
     from cpmai.monitor.triggers import Alert, fire
 
     # one monitor check firing two triggers is one retraining run (real clock, one transaction)
@@ -298,3 +299,10 @@ def test_markup_in_an_actor_is_text(churn: Path, home: Path, cli: Any) -> None:
     with_brackets = cli("--actor", "ci[/x]", "kpi", "record", NAME, "x", "1")
     assert with_brackets.code == 0
     assert cli("report", NAME).code == 0
+
+
+def test_the_schema_file_is_generated_from_the_document_model() -> None:
+    from cpmai.schemas import render
+
+    committed = (Path(__file__).parent.parent / "docs" / "cost.schema.json").read_text()
+    assert committed == render("cost.schema.json"), "run `python -m cpmai.schemas`"

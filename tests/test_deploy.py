@@ -174,7 +174,8 @@ def test_a_failed_gate_exits_3_records_the_values_and_starts_nothing(
 def test_approvals_separation_of_duties_and_refusals(project: Path, home: Path, cli: Any) -> None:
     from cpmai.artifacts import open_artifact
     from cpmai.gates import approval_gates
-    from cpmai.ledger import Ledger, replay
+    from cpmai.ledger import Ledger
+    from cpmai.replay import replay
 
     assert cli("package", project).code == 0
     refused = cli("--actor", "mallory@evil.test", "approve", NAME, "1.0.0", "--env", "production")
@@ -427,7 +428,7 @@ def test_stop_is_recorded_and_name_at_env_resolves(project: Path, home: Path, cl
 def test_histogram_quantile_and_canary_verdicts() -> None:
     from cpmai.manifest import Rollout
     from cpmai.serving.metrics import LATENCY_BUCKETS
-    from cpmai.targets.local import Window, judge, quantile
+    from cpmai.targets.canary import Window, judge, quantile
 
     counts = [0] * (len(LATENCY_BUCKETS) + 1)
     counts[LATENCY_BUCKETS.index(0.001)] = 100  # everything between 0.5 and 1 ms
@@ -444,7 +445,8 @@ def test_histogram_quantile_and_canary_verdicts() -> None:
 
 
 def test_rollback_target_skips_versions_rolled_back_from() -> None:
-    from cpmai.ledger import GENESIS, Event, replay
+    from cpmai.ledger import GENESIS, Event
+    from cpmai.replay import replay
 
     def event(seq: int, action: str, version: str, result: str = "live") -> Event:
         return Event(seq, f"2026-01-0{seq}T00:00:00Z", "a", action, "m", version, "p",

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from cpmai.errors import IntegrityError
-from cpmai.ledger import GENESIS, Ledger, TornTailError, event_hash, replay
+from cpmai.ledger import GENESIS, Ledger, TornTailError, event_hash
+from cpmai.replay import replay
 
 
 def fill(ledger: Ledger, n: int) -> None:

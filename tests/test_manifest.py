@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cpmai.errors import ManifestError
-from cpmai.manifest import compare, json_schema, load_manifest, parse_comparison
+from cpmai.manifest_file import json_schema, load_manifest
+from cpmai.stats import compare, parse_comparison
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -140,7 +140,8 @@ def test_a_served_model_is_limited_to_its_replicas_cpu_share(tmp_path: Path, hom
 import dataclasses, json, sys, threadpoolctl
 from pathlib import Path
 from cpmai.artifacts import open_artifact
-from cpmai.serving.app import ServeConfig, build_app
+from cpmai.serving.config import ServeConfig
+from cpmai.serving.app import build_app
 home = Path({str(home)!r})
 artifact = open_artifact(home, "zoo-hgb-classifier")
 config = ServeConfig(home=str(home), name=artifact.name, version=artifact.version,

@@ -151,7 +151,7 @@ def test_label_metrics_equal_scikit_learns() -> None:
 def _write_log(folder: Path, pid: int, start: float) -> None:
     """900 two-row requests a second apart through the server's writer, 9 blocks; a damaged line,
     a refused request, a block of another version and a torn last line around them."""
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog.writer import PredictionLog
 
     log = PredictionLog(folder, model=NAME, version="1.0.0")
     other = PredictionLog(folder, model=NAME, version="2.0.0")
@@ -181,7 +181,7 @@ def _write_log(folder: Path, pid: int, start: float) -> None:
 def test_parallel_and_serial_reads_agree_and_damage_is_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cpmai.monitor import logs
+    from cpmai.predlog import reader as logs
 
     folder = tmp_path / "logs"
     folder.mkdir()
@@ -464,7 +464,7 @@ def test_batch_scoring_labels_in_row_order(churn: Path, home: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_live_view_refreshes_and_leaves_on_ctrl_c(churn: Path, home: Path) -> None:
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog.writer import PredictionLog
 
     assert run_cpmai("package", churn).code == 0
     log = PredictionLog(home / "logs" / NAME / "staging", model=NAME, version="1.0.0")
@@ -524,9 +524,9 @@ def test_subprocess_cli_help_lists_monitor() -> None:
 
 def test_no_traffic_yet_and_the_age_trigger(churn: Path, home: Path, cli: Any) -> None:
     """No server needed: a packaged version, an empty log, then the clock moved 100 days on."""
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
     from cpmai.monitor.run import monitor
-    from cpmai.monitor.triggers import fire
+    from cpmai.monitor.triggers import fire, respond
 
     doc = load(churn)
     doc["monitoring"]["triggers"] = {"max_age_days": 90, "on": ["age"]}
@@ -546,13 +546,13 @@ def test_no_traffic_yet_and_the_age_trigger(churn: Path, home: Path, cli: Any) -
 
     later = time.time() + 100 * 86400
     old = monitor(home, NAME, "staging", version="1.0.0", now=later)
-    assert [a.kind for a in old.alerts] == ["age"] and old.doc["age"]["days"] > 99
+    assert [a.kind for a in old.alerts] == ["age"] and old.age.days > 99
+    assert old.breached and old.exit_code == 4 and old.to_json()["exit_code"] == 4
+    fired = respond(home, old, actor="t")  # the settings: the version's own monitoring.triggers
+    assert [a.kind for a in fired] == ["age"] and old.trigger_run is None
     settings = load_manifest(churn).monitoring.triggers
-    fired = fire(home, old.alerts, settings, name=NAME, version="1.0.0", env="staging",
-                 actor="t", period=old.doc["period"])  # fmt: skip
-    assert [a.kind for a in fired] == ["age"]
     again = fire(home, old.alerts, settings, name=NAME, version="1.0.0", env="staging",
-                 actor="t", period=old.doc["period"])  # fmt: skip
+                 actor="t", period=old.period.to_json())  # fmt: skip
     assert again == [] and old.alerts[0].trigger.startswith("cooling down")
     assert [e["details"]["kind"] for e in _events(home, "trigger")] == ["age"]
 
@@ -567,8 +567,8 @@ def test_the_servers_index_reads_like_the_json_log(tmp_path: Path) -> None:
     """Blocks indexed in columns by the writer read exactly as parsed from JSON — with two
     versions appending to one file, a block that cannot be indexed, a refused request, a record
     torn by a crash and a tail not indexed yet."""
-    from cpmai.monitor import logs
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog import reader as logs
+    from cpmai.predlog.writer import PredictionLog
 
     signature = {
         "inputs": [
@@ -652,3 +652,10 @@ def test_the_servers_index_reads_like_the_json_log(tmp_path: Path) -> None:
     for index in indexes:
         index.write_bytes(b"junk" + (aside / index.name).read_bytes())
     same(read("1.0.0"), plain["1.0.0"])  # an unreadable index: everything from JSON
+
+
+def test_the_schema_is_generated_from_the_model() -> None:
+    from cpmai.schemas import render
+
+    committed = (ROOT / "docs" / "monitor.schema.json").read_text()
+    assert committed == render("monitor.schema.json"), "run `python -m cpmai.schemas`"

@@ -260,7 +260,7 @@ def test_free_text_is_read_counted_and_judged(model: str, home: Path, tmp_path: 
 def test_text_measures_are_not_fooled_by_a_small_reference() -> None:
     """No server: the chance distance grows as samples shrink, so a few rows from the reference's
     own source stay within bounds while a new vocabulary does not."""
-    from cpmai.monitor.drift import TextComparison, profile_text
+    from cpmai.monitor.textdrift import TextComparison, profile_text
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(400)]

@@ -13,10 +13,11 @@ import numpy as np
 import orjson
 import pytest
 
-from cpmai.serving import predlog
+from cpmai.predlog import writer
+from cpmai.predlog.entry import Entry, new_entry
+from cpmai.predlog.index import read_records
+from cpmai.predlog.writer import PredictionLog
 from cpmai.serving.batching import Batcher
-from cpmai.serving.logindex import read_records
-from cpmai.serving.predlog import PredictionLog
 
 SIGNATURE = {
     "inputs": [
@@ -35,12 +36,14 @@ def entry(
     want: bool = False,
     start: float | None = None,
     origin: str | None = None,
-) -> tuple[Any, ...]:
-    """A served request's log entry as the server makes it (`predlog.ENTRY`)."""
+) -> Entry:
+    """A served request's log entry as the server makes it (`cpmai.predlog.entry.new_entry`)."""
     start = time.perf_counter() if start is None else start
     elapsed = time.perf_counter() - start
-    return (None, start, elapsed, "invocations", 200, rows, request_id, None, None, want,
-            row_start, origin)  # fmt: skip
+    return new_entry(
+        t=None, start=start, elapsed=elapsed, endpoint="invocations", status=200, rows=rows,
+        request_id=request_id, want_proba=want, row_start=row_start, origin=origin,
+    )  # fmt: skip
 
 
 def _lines(folder: Path) -> list[dict[str, Any]]:
@@ -117,12 +120,13 @@ def test_batches_taken_by_reference_come_out_row_for_row(
     expected: list[Any] = []
     before = time.time()
     if on_loop:
-        monkeypatch.setattr(predlog, "BLOCK_ROWS", 40)
+        monkeypatch.setattr(writer, "BLOCK_ROWS", 40)
 
         async def serve() -> PredictionLog:
             log = PredictionLog(
-                tmp_path, model="m", version="1", signature=SIGNATURE, flush_seconds=0.003
-            )
+                tmp_path, model="m", version="1", mode="loop", signature=SIGNATURE,
+                flush_seconds=0.003,
+            )  # fmt: skip
             log.start()
             for _ in _feed(log, chance, expected):
                 if chance.random() < 0.5:
@@ -210,9 +214,9 @@ def test_a_vocabulary_that_keeps_growing_starts_over_and_still_decodes(
 ) -> None:
     """The writer keeps each column's codes from block to block; a column of ever new values
     must not grow its vocabulary without end."""
-    from cpmai.serving import logindex
+    from cpmai.predlog import index
 
-    monkeypatch.setattr(logindex, "MAX_VOCABULARY", 50)
+    monkeypatch.setattr(index, "MAX_VOCABULARY", 50)
     log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE)
     log.folder.mkdir(parents=True, exist_ok=True)
     sent = []
@@ -240,10 +244,12 @@ def test_a_block_handed_over_off_the_loop_is_prepared_on_it(
     """In the server every batch comes on the event loop's thread; one handed over from another
     thread still has its block prepared on the loop (woken thread-safely), not left for the
     tick (here every 30 s)."""
-    monkeypatch.setattr(predlog, "BLOCK_ROWS", 10)
+    monkeypatch.setattr(writer, "BLOCK_ROWS", 10)
 
     async def serve() -> list[dict[str, Any]]:
-        log = PredictionLog(tmp_path, model="m", version="1", signature=SIGNATURE, flush_seconds=30)
+        log = PredictionLog(
+            tmp_path, model="m", version="1", mode="loop", signature=SIGNATURE, flush_seconds=30
+        )
         log.start()
         batch = ({"x": [float(i) for i in range(10)], "c": ["a"] * 10}, np.zeros(10), None)
         loop = asyncio.get_running_loop()
@@ -272,10 +278,11 @@ def test_without_a_signature_every_column_seen_is_named(tmp_path: Path) -> None:
     assert line["outputs"] == [0, 1, 1]
 
 
-def test_the_batcher_says_when_all_of_a_batch_was_answered() -> None:
-    """`on_delivered(batch)` comes once a batch, after every one of its requests had its answer
-    (the server's log entries of that batch are complete then); a batch that failed is retried
-    request by request, each its own batch."""
+def test_the_batcher_hands_the_log_each_batch_once_all_of_it_was_answered() -> None:
+    """`log(batch, entries)` comes once a batch, after every one of its requests had its answer,
+    with the entries their `done` returned (a refused request returns none); a batch that
+    failed is retried request by request, each its own batch; a batch with no entry to log is
+    not handed over."""
     events: list[Any] = []
 
     def run(columns: dict[str, list[Any]], want_proba: bool) -> tuple[Any, Any]:
@@ -284,15 +291,20 @@ def test_the_batcher_says_when_all_of_a_batch_was_answered() -> None:
         return np.array(columns["x"]), None
 
     def submit(batcher: Batcher, name: str, rows: int) -> None:
-        batcher.submit_callback(
-            {"x": [name] * rows}, rows, False,
-            lambda scored, exc: events.append(name if exc is None else f"{name}: refused"),
-        )  # fmt: skip
+        def done(scored: Any, exc: BaseException | None) -> Entry | None:
+            events.append(name if exc is None else f"{name}: refused")
+            if exc is not None or name == "quiet":
+                return None
+            return entry(name, rows, scored[1])
+
+        batcher.submit_callback({"x": [name] * rows}, rows, False, done)
 
     async def main() -> None:
         batcher = Batcher(
             run, max_rows=64, max_latency_s=0, inline=True,
-            on_delivered=lambda batch: events.append(batch[0]["x"]),
+            log=lambda batch, entries: events.append(
+                (batch[0]["x"], [(e.id, e.rows, e.row_start) for e in entries])
+            ),
         )  # fmt: skip
         for name, rows in (("a", 1), ("b", 2), ("c", 1)):
             submit(batcher, name, rows)
@@ -300,9 +312,30 @@ def test_the_batcher_says_when_all_of_a_batch_was_answered() -> None:
         for name in ("d", "bad", "e"):
             submit(batcher, name, 1)
         await asyncio.sleep(0.01)
+        submit(batcher, "quiet", 1)
+        await asyncio.sleep(0.01)
 
     asyncio.run(main())
     assert events == [
-        "a", "b", "c", ["a", "b", "b", "c"],
-        "d", ["d"], "bad: refused", "e", ["e"],
+        "a", "b", "c", (["a", "b", "b", "c"], [("a", 1, 0), ("b", 2, 1), ("c", 1, 3)]),
+        "d", (["d"], [("d", 1, 0)]), "bad: refused", "e", (["e"], [("e", 1, 0)]),
+        "quiet",
     ]  # fmt: skip
+
+
+def test_an_entry_is_a_tuple_read_by_name() -> None:
+    """The entry the server builds a request is a plain tuple underneath (cheap), whose fields
+    are named; `record` builds its entries with the same factory."""
+    made = new_entry(t=1.0, start=0.0, elapsed=0.5, endpoint="infer", status=422, error="bad")
+    assert isinstance(made, tuple) and type(made) is Entry
+    assert made == (1.0, 0.0, 0.5, "infer", 422, 0, None, None, "bad", False, 0, None)
+    assert (made.status, made.error, made.rows) == (422, "bad", 0)
+
+
+def test_the_writer_mode_is_chosen_not_guessed(tmp_path: Path) -> None:
+    """A "loop" log must be started on a running event loop; an unknown mode is refused."""
+    with pytest.raises(ValueError, match="mode"):
+        PredictionLog(tmp_path, model="m", version="1", mode="fast")  # type: ignore[arg-type]
+    log = PredictionLog(tmp_path, model="m", version="1", mode="loop")
+    with pytest.raises(RuntimeError, match="event loop"):
+        log.start()

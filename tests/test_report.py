@@ -48,7 +48,8 @@ def test_markdown_and_json_of_a_known_history_are_stable(
     from cpmai.report.markdown import render as markdown
 
     build(churn, home, monkeypatch, cli)
-    doc = report(home, NAME, now=NOW)
+    typed = report(home, NAME, now=NOW)
+    doc = typed.to_json()
     import jsonschema
 
     root = Path(__file__).parent.parent / "docs"
@@ -70,8 +71,8 @@ def test_markdown_and_json_of_a_known_history_are_stable(
     assert trend[-1]["cumulative_cost"] == pytest.approx(4 * 0.0468, rel=1e-6)
     assert trend[-1]["cumulative_value"] == pytest.approx(10_800 * 0.004, rel=1e-6)
     _golden("report.json", _mask(json.dumps(doc, indent=1, sort_keys=True) + "\n", home))
-    _golden("report.md", _mask(markdown(doc), home))
-    assert "| staging | 1.1.0 | 10,800 |" in markdown(doc)
+    _golden("report.md", _mask(markdown(typed), home))
+    assert "| staging | 1.1.0 | 10,800 |" in markdown(typed)
 
 
 def _browser_ready() -> bool:
@@ -145,3 +146,10 @@ def test_html_report_of_a_real_deployment_in_chromium(churn: Path, home: Path) -
     assert [c for c in charts if c[4]] == [], "marks drawn outside their chart"
     assert any(c.startswith("STAGING LIVE") and "1.0.0" in c for c in cards), cards
     assert (ARTEFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_the_schema_is_generated_from_the_model() -> None:
+    from cpmai.schemas import render
+
+    committed = (ROOT / "docs" / "report.schema.json").read_text()
+    assert committed == render("report.schema.json"), "run `python -m cpmai.schemas`"

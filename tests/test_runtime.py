@@ -17,7 +17,7 @@ import pytest
 from conftest import FEATURES, run_cpmai
 from cpmai.artifacts import open_artifact, package
 from cpmai.errors import ModelLoadError
-from cpmai.manifest import load_manifest
+from cpmai.manifest_file import load_manifest
 from cpmai.runtime.predictor import Predictor, read_runtime
 from cpmai.serving.batching import Batcher
 from cpmai.serving.validation import RequestError, Validator

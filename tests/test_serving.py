@@ -29,7 +29,7 @@ INFER = f"/v2/models/{NAME}/infer"
 def packaged(trained_example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state folder holding the churn example, packaged once for this module."""
     from cpmai.artifacts import package
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     folder = tmp_path_factory.mktemp("served")
     shutil.copytree(trained_example, folder / "churn")
@@ -513,7 +513,7 @@ def test_a_tampered_artifact_is_not_served(trained_example: Path, tmp_path: Path
     import os
 
     from cpmai.artifacts import package
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     shutil.copytree(trained_example, tmp_path / "churn")
     home = tmp_path / "state"
@@ -530,7 +530,7 @@ def test_serve_calls_uvicorn_with_exactly_these_options(monkeypatch: pytest.Monk
     import uvicorn
 
     from cpmai.serving import server as server_module
-    from cpmai.serving.app import CONFIG_ENV, ServeConfig
+    from cpmai.serving.config import CONFIG_ENV, ServeConfig
 
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append((a, k)))
@@ -756,7 +756,8 @@ async def _exchange(app: Any, request: bytes) -> tuple[int, list[bytes]]:
 
 def _in_process_app(home: Path, version: str | None = None, env: str = "default") -> Any:
     from cpmai.artifacts import open_artifact
-    from cpmai.serving.app import ServeConfig, build_app
+    from cpmai.serving.app import build_app
+    from cpmai.serving.config import ServeConfig
 
     artifact = open_artifact(home, NAME, version)
     config = ServeConfig(home=str(home), name=NAME, version="", env=env, prediction_log=False)
@@ -790,7 +791,7 @@ def test_a_deployed_environment_takes_the_short_way_and_splits_canary_traffic(
     """The environment's app (what `cpmai deploy` serves) answers predictions from the parser's
     callbacks too, routed as its ASGI path routes them: the canary's share of unversioned
     requests, a versioned path to its version, the rest to the live version."""
-    from cpmai.serving.app import ServeConfig
+    from cpmai.serving.config import ServeConfig
     from cpmai.serving.router import EnvironmentApp
 
     live = _in_process_app(packaged, env="staging")

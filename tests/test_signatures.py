@@ -17,7 +17,8 @@ import yaml
 from test_deploy import NAME, load, write_manifest
 
 from conftest import run_cpmai
-from cpmai.ledger import HEAD_FILE, event_hash
+from cpmai.home import Home
+from cpmai.ledger import event_hash
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None and os.environ.get("CPMAI_REQUIRE_TOOLS") != "1",
@@ -111,7 +112,7 @@ def test_an_edited_signed_event_is_caught_even_with_a_rebuilt_chain(
         event["prev"] = prev
         event["hash"] = prev = event_hash(event)
     (home / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (home / HEAD_FILE).write_text(json.dumps({"seq": events[-1]["seq"], "hash": prev}))
+    Home(home).ledger_head.write_text(json.dumps({"seq": events[-1]["seq"], "hash": prev}))
     verify = run_cpmai("ledger", "verify")
     assert verify.code == 5, verify.err
     assert f"ledger.jsonl:{events[-1]['seq']}: the signature of bob@example.com" in verify.err

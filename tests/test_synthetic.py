@@ -56,7 +56,7 @@ def test_the_header_is_read_strictly() -> None:
 
 def _write(folder: Path, signature: dict[str, Any] | None) -> dict[str, Any]:
     """Three versions of mixed traffic through the server's writer: what was sent, counted."""
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog.writer import PredictionLog
 
     folder.mkdir()
     log = PredictionLog(folder, model=NAME, version="1.0.0", signature=signature)
@@ -92,7 +92,7 @@ def _write(folder: Path, signature: dict[str, Any] | None) -> dict[str, Any]:
 
 @pytest.mark.parametrize("indexed", [True, False], ids=["index", "json"])
 def test_every_reading_path_sets_synthetic_requests_apart(tmp_path: Path, indexed: bool) -> None:
-    from cpmai.monitor import logs
+    from cpmai.predlog import reader as logs
 
     folder = tmp_path / "logs"
     sent = _write(folder, SIGNATURE if indexed else None)
@@ -130,8 +130,8 @@ def test_every_reading_path_sets_synthetic_requests_apart(tmp_path: Path, indexe
 @pytest.mark.parametrize("indexed", [True, False], ids=["index", "json"])
 def test_sources_beyond_any_small_integer_are_all_counted(tmp_path: Path, indexed: bool) -> None:
     """Clients name their sources freely: 40,000 of them must neither crash nor wrap a code."""
-    from cpmai.monitor import logs
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog import reader as logs
+    from cpmai.predlog.writer import PredictionLog
 
     log = PredictionLog(tmp_path, model=NAME, version="1.0.0",
                         signature=SIGNATURE if indexed else None)  # fmt: skip
@@ -148,8 +148,8 @@ def test_sources_beyond_any_small_integer_are_all_counted(tmp_path: Path, indexe
 
 def test_a_block_of_real_traffic_only_carries_no_origin_column(tmp_path: Path) -> None:
     """The usual case costs the log nothing: no `origin` in the line or the index."""
-    from cpmai.serving import logindex
-    from cpmai.serving.predlog import PredictionLog
+    from cpmai.predlog import index as logindex
+    from cpmai.predlog.writer import PredictionLog
 
     log = PredictionLog(tmp_path, model=NAME, version="1.0.0", signature=SIGNATURE)
     log.record("invocations", 200, 0.001, 1, {"a": [1.0], "c": ["x"]}, [0])

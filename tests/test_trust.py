@@ -16,7 +16,8 @@ from test_deploy import NAME, load, write_manifest
 
 from conftest import run_cpmai
 from cpmai.artifacts import ARTIFACT_FILE, digest_of
-from cpmai.ledger import HEAD_FILE, Ledger, event_hash
+from cpmai.home import Home
+from cpmai.ledger import Ledger, event_hash
 
 
 class _Marker:
@@ -100,7 +101,7 @@ def test_a_forged_approval_counts_for_nothing_and_nothing_chains_after_it(
               "action": "approve", "name": NAME, "version": "1.0.0", "env": "production",
               "details": {"note": "lgtm"}, "prev": events[0]["hash"], "hash": "0" * 64}  # fmt: skip
     _write(home, [*events, forged])
-    (home / HEAD_FILE).write_text(json.dumps({"seq": 2, "hash": "0" * 64}))
+    Home(home).ledger_head.write_text(json.dumps({"seq": 2, "hash": "0" * 64}))
     promoted = run_cpmai("promote", NAME, "1.0.0", "--env", "production")
     assert promoted.code == 5 and "ledger.jsonl:2: content does not match its hash" in promoted.err
     approve = run_cpmai("approve", NAME, "1.0.0", "--env", "production",
@@ -125,7 +126,7 @@ def test_events_cut_from_the_end_with_the_head_removed_are_evident(
     package["hash"] = event_hash(package)
     for cut in ([package, events[1]], [package]):  # rewritten, then cut back too
         _write(home, cut)
-        (home / HEAD_FILE).unlink(missing_ok=True)
+        Home(home).ledger_head.unlink(missing_ok=True)
         if len(cut) > 1:  # a rewritten chain with its head gone: the missing head gives it away
             _nothing_unpickled(marker, ["serve", NAME, "--port", "1"])
     # cut to one event, head gone: the chain alone cannot tell, the pinned head can

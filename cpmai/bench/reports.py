@@ -7,6 +7,8 @@ import io
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from cpmai.errors import ExitCode, breach_code
+
 LEVEL_COLUMNS = (
     "label",
     "mode",
@@ -85,7 +87,10 @@ def markdown(result: dict[str, Any]) -> str:
     what = (
         f"{target['name']} {target['version'] or ''}".strip() if target["name"] else target["url"]
     )
-    verdict = {0: "✅ passed", 4: "❌ threshold breached"}.get(result["exit_code"], "⚠️")
+    verdict = {
+        ExitCode.OK: "✅ passed",
+        breach_code(True): "❌ threshold breached",
+    }.get(result["exit_code"], "⚠️")
     lines = [
         f"### cpmai bench: {what} ({target['kind']}) — {verdict}",
         "",

@@ -19,7 +19,9 @@ from typing import Any
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
 from cpmai.bench.recorder import LoadResult
-from cpmai.errors import UsageError
+from cpmai.clock import iso
+from cpmai.errors import UsageError, breach_code
+from cpmai.home import Home
 
 SCHEMA = "cpmai-bench/1"
 STABLE_WINDOWS = 3
@@ -280,11 +282,11 @@ def find_capacity(
 
 def bench_dir(home: Path, subject: Subject) -> Path:
     if subject.name:
-        return home / "bench" / subject.name / (subject.version or "unversioned")
+        return Home(home).bench(subject.name, subject.version or "")
     from urllib.parse import urlsplit
 
     parts = urlsplit(subject.url or "")
-    return home / "bench" / "_url" / f"{parts.hostname}_{parts.port}"
+    return Home(home).bench_url(str(parts.hostname), parts.port)
 
 
 def save(home: Path, subject: Subject, result: dict[str, Any]) -> Path:
@@ -309,7 +311,7 @@ def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[
         return candidate, _read_run(candidate)
     described = which
     if subject.name:
-        root = home / "bench" / subject.name
+        root = Home(home).bench(subject.name)
         live = _live_in(home, subject.name, which)
         if live is not None:
             which, described = live, f"{which} (live there: {live})"
@@ -331,7 +333,8 @@ def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[
 def _live_in(home: Path, name: str, env: str) -> str | None:
     """The version of `name` live in `env`, when `env` is an environment the ledger knows for
     it (None otherwise: `env` is then a version); UsageError when nothing is live there."""
-    from cpmai.ledger import Ledger, replay
+    from cpmai.ledger import Ledger
+    from cpmai.replay import replay
 
     state = replay(Ledger(home).events())
     if env not in state.envs_of(name):
@@ -353,10 +356,6 @@ def _read_run(path: Path) -> dict[str, Any]:
     if data.get("schema") != SCHEMA:
         raise UsageError(f"--baseline {path}: not a cpmai benchmark result ({SCHEMA})")
     return data
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -420,7 +419,7 @@ def benchmark(home: Path, subject: Subject, request: Request, progress: Progress
         )
     result: dict[str, Any] = {
         "schema": SCHEMA,
-        "time": now_iso(),
+        "time": iso(),
         "seconds": round(time.perf_counter() - started, 3),
         "target": subject.to_dict(),
         "machine": machine(),
@@ -452,7 +451,7 @@ def benchmark(home: Path, subject: Subject, request: Request, progress: Progress
         comparison = compare(result, data, threshold=request.threshold, force=request.force)
         result["baseline"] = {"file": str(path), **comparison}
         breached = breached or comparison["regressed"]
-    result["exit_code"] = 4 if breached else 0
+    result["exit_code"] = int(breach_code(breached))
     if request.save:
         result["saved_to"] = str(save(home, subject, result))
     return result

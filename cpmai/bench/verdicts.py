@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from cpmai.errors import UsageError
+from cpmai.stats import SLO_LOWER_BOUNDS, SLO_UPPER_BOUNDS, slo_measures
+from cpmai.stats import check_slo as verdicts_of
 
-UPPER_BOUNDS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "error_rate")
-LOWER_BOUNDS = ("throughput_min",)
-KNOWN = UPPER_BOUNDS + LOWER_BOUNDS
+KNOWN = SLO_UPPER_BOUNDS + SLO_LOWER_BOUNDS
 ALPHA = 0.05
 MIN_WINDOWS = 4
 """With 3 windows a side, the smallest one-sided Mann–Whitney p is 0.05: never significant."""
@@ -43,32 +43,20 @@ def parse_slo(text: str) -> dict[str, float]:
     return out
 
 
-def measured(level: dict[str, Any], metric: str) -> float | None:
-    if metric == "error_rate":
-        return float(level["error_rate"])
-    if metric == "throughput_min":
-        return float(level["throughput_rps"])
-    value = level["latency_ms"].get(metric)
-    return None if value is None else float(value)
-
-
 def check_slo(levels: list[dict[str, Any]], slo: dict[str, float]) -> list[dict[str, Any]]:
-    """One check per level and metric."""
+    """One check per level and metric (the verdicts are `cpmai.stats.check_slo`'s)."""
     checks = []
     for level in levels:
-        for metric, threshold in slo.items():
-            value = measured(level, metric)
-            passed = value is not None and (
-                value >= threshold if metric in LOWER_BOUNDS else value <= threshold
-            )
+        values = slo_measures(level["latency_ms"], level["error_rate"], level["throughput_rps"])
+        for verdict in verdicts_of(values, slo):
             checks.append(
                 {
                     "level": level["label"],
-                    "metric": metric,
-                    "threshold": threshold,
-                    "op": ">=" if metric in LOWER_BOUNDS else "<=",
-                    "measured": value,
-                    "passed": passed,
+                    "metric": verdict.metric,
+                    "threshold": verdict.threshold,
+                    "op": verdict.op,
+                    "measured": verdict.measured,
+                    "passed": verdict.passed,
                 }
             )
     return checks

@@ -165,7 +165,7 @@ def bench(
     from cpmai.bench import subjects
     from cpmai.bench.run import Level, Request, Settings, benchmark
     from cpmai.bench.verdicts import parse_slo
-    from cpmai.errors import UsageError
+    from cpmai.errors import ExitCode, UsageError, breach_code
     from cpmai.settings import resolve_home
 
     home = resolve_home(OPTIONS.home)
@@ -237,7 +237,7 @@ def bench(
         emit_json(result)
     else:
         _render(result)
-    return int(result["exit_code"])
+    return int(breach_code(result["exit_code"] != ExitCode.OK))
 
 
 def _manifest_slo(home: Path, name: str, version: str) -> dict[str, float] | None:

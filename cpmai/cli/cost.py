@@ -1,12 +1,16 @@
 """`cpmai cost`: serving and retraining cost, cost per 1,000 predictions, budget and ROI."""
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
 from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
-from cpmai.report.text import budget_share, count, env_label, idle, money, synthetic_line
+from cpmai.monitor.notes import synthetic_line
+from cpmai.report.text import budget_share, count, money
+
+if TYPE_CHECKING:
+    from cpmai.costs.document import CostDocument, Figure, Roi, WhatIf
 
 
 def cost(
@@ -70,7 +74,7 @@ def cost(
 
     from cpmai.clock import parse_moment
     from cpmai.costs.estimate import estimate
-    from cpmai.errors import UsageError
+    from cpmai.errors import UsageError, breach_code
     from cpmai.settings import resolve_home
 
     name, manifest = name_or_manifest(target)
@@ -92,12 +96,12 @@ def cost(
             progress=say,
             include_synthetic=include_synthetic,
         )
-    doc = result.doc
+    doc = result.document
     if wants_json(json_):
-        emit_json(doc)
+        emit_json(doc.to_json())
     else:
         render(doc, explain=explain)
-    return int(doc["exit_code"])
+    return int(breach_code(doc.breached))
 
 
 def parse_share(text: str) -> float:
@@ -114,175 +118,174 @@ def parse_share(text: str) -> float:
     return value
 
 
-def render(doc: dict[str, Any], *, explain: bool) -> None:
+def render(doc: "CostDocument", *, explain: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from cpmai.costs.model import render as formula
 
-    cur = doc["currency"]
-    period = doc["period"]
+    cur = doc.currency
+    period = doc.period
     show(
-        f"[bold]{doc['name']}[/bold]: costs in {cur}, prices from {escape(doc['manifest'])}; "
+        f"[bold]{doc.name}[/bold]: costs in {cur}, prices from {escape(doc.manifest)}; "
         f"measured "
-        f"{period['since']} → {period['until']} ({period['hours']:g} h)"
+        f"{period.since} → {period.until} ({period.hours:g} h)"
     )
     table = Table(title="serving, per environment", title_justify="left")
     for column in ("env", "version", "repl", "alloc/mo", "CPU used", "GiB used", "idle",
                    "charged/mo", "pred/mo", "1k @capacity", "1k @traffic"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("env", "version") else "right")
-    for e in doc["environments"]:
-        usage = e["usage"]
+    for e in doc.environments:
+        usage = e.usage
+        idle = usage.idle_share.cost.value if usage else None
         table.add_row(
-            env_label(e),
-            e["version"] or "-",
-            str(e["replicas"]),
-            money(e["allocation"]["per_month"]["value"]),
-            f"{usage['cpu_cores_used']:.3f}" if usage else "-",
-            f"{usage['memory_gib_used']:.3f}" if usage else "-",
-            idle(e),
-            money(e["serving_per_month"]["value"]),
-            count(e["traffic"]["predictions_per_month"]),
-            money(e["cost_per_1000"]["at_capacity"]["value"]),
-            money(e["cost_per_1000"]["at_traffic"]["value"]),
+            e.env + (" (not live)" if e.planned else ""),
+            e.version or "-",
+            str(e.replicas),
+            money(e.allocation.per_month.value),
+            f"{usage.cpu_cores_used:.3f}" if usage else "-",
+            f"{usage.memory_gib_used:.3f}" if usage else "-",
+            "-" if idle is None else f"{idle:.0%}",
+            money(e.serving_per_month.value),
+            count(e.traffic.predictions_per_month),
+            money(e.cost_per_1000.at_capacity.value),
+            money(e.cost_per_1000.at_traffic.value),
         )
     show(table)
-    if doc["prices"].get("note"):
-        warn(doc["prices"]["note"])
-    if doc["counted"] != [e["env"] for e in doc["environments"]]:
-        show(f"[dim]the total counts every environment live now: {', '.join(doc['counted'])}[/dim]")
-    for e in doc["environments"]:
-        if e["allocation"]["resources_from"].startswith("not in any manifest"):
-            warn(f"{e['env']}: {e['allocation']['resources_from']}")
-        measured = e["traffic"]["measured_s"]
-        if e["traffic"]["predictions"] and measured < 3600:
+    if doc.prices.note:
+        warn(doc.prices.note)
+    if doc.counted != [e.env for e in doc.environments]:
+        show(f"[dim]the total counts every environment live now: {', '.join(doc.counted)}[/dim]")
+    for e in doc.environments:
+        resources_from = e.allocation.resources_from or ""
+        if resources_from.startswith("not in any manifest"):
+            warn(f"{e.env}: {resources_from}")
+        measured = e.traffic.measured_s
+        if e.traffic.predictions and measured < 3600:
             warn(
-                f"{e['env']}: per-second rates come from {measured:,.0f} s of live traffic "
-                f"({e['traffic']['predictions']:,} predictions)"
+                f"{e.env}: per-second rates come from {measured:,.0f} s of live traffic "
+                f"({e.traffic.predictions:,} predictions)"
             )
-        synthetic = synthetic_line(e["traffic"]["synthetic"])
+        synthetic = synthetic_line(e.traffic.synthetic.to_json())
         if synthetic:
-            show(f"{e['env']}: {synthetic}")
-        if e.get("usage_note"):
-            detail(f"{e['env']}: {e['usage_note']}")
-        if e.get("capacity_note"):
-            show(f"[dim]{e['env']}: {escape(e['capacity_note'])}[/dim]")
-        elif e["capacity"]:
-            cap = e["capacity"]
+            show(f"{e.env}: {synthetic}")
+        if e.usage_note:
+            detail(f"{e.env}: {e.usage_note}")
+        if e.capacity_note:
+            show(f"[dim]{e.env}: {escape(e.capacity_note)}[/dim]")
+        elif e.capacity:
+            cap = e.capacity
             show(
-                f"[dim]{e['env']}: capacity {cap['predictions_per_s'] or 'n/a'} predictions/s "
-                f"({cap['note']}; {cap['source']}, {cap['time']})[/dim]"
+                f"[dim]{e.env}: capacity {cap.predictions_per_s or 'n/a'} predictions/s "
+                f"({cap.note}; {cap.source}, {cap.time})[/dim]"
             )
-        previous = e.get("previous")
-        if previous:
-            rise = previous["increase"]
+        if e.previous:
+            rise = e.previous.increase
             show(
-                f"{e['env']}: against {previous['previous']['version']}: serving per month "
-                f"{_change(rise['serving_per_month'])}, per 1,000 at capacity "
-                f"{_change(rise['cost_per_1000_at_capacity'])}"
+                f"{e.env}: against {e.previous.previous.version}: serving per month "
+                f"{_change(rise.serving_per_month)}, per 1,000 at capacity "
+                f"{_change(rise.cost_per_1000_at_capacity)}"
             )
-    retraining = doc["retraining"]
+    retraining = doc.retraining
     show(
-        f"retraining: {retraining['planned_runs_per_month']:g} planned run(s)/month + "
-        f"{retraining['triggered_runs']} triggered in the period → "
-        f"{money(retraining['per_month']['value'], cur)} a month"
+        f"retraining: {retraining.planned_runs_per_month:g} planned run(s)/month + "
+        f"{retraining.triggered_runs} triggered in the period → "
+        f"{money(retraining.per_month.value, cur)} a month"
     )
-    total = doc["total_per_month"]["value"]
-    budget = doc["budget"]
-    line = f"[bold]total {money(total, cur)} a month[/bold]"
-    if budget["per_month"] is not None:
-        colour = "red" if budget["over"] else "green"
-        line += f" — [{colour}]{budget_share(budget, cur)}[/{colour}]"
+    budget = doc.budget
+    line = f"[bold]total {money(doc.total_per_month.value, cur)} a month[/bold]"
+    if budget.per_month is not None:
+        colour = "red" if budget.over else "green"
+        line += f" — [{colour}]{budget_share(budget.to_json(), cur)}[/{colour}]"
     show(line)
-    _render_roi(doc["roi"], cur)
-    if doc["what_if"]:
-        _render_what_if(doc["what_if"], cur)
+    _render_roi(doc.roi, cur)
+    if doc.what_if:
+        _render_what_if(doc.what_if, cur)
     if explain:
         show("\n[bold]how each figure is computed[/bold]")
         for label, fig in _figures(doc):
             show(f"  {label}: {escape(formula(fig))}")
-    for alert in doc["alerts"]:
-        show(f"[red]ALERT[/red] {alert['kind']}: {escape(alert['message'])}")
-    if not doc["alerts"]:
-        show("[green]within budget[/green]" if budget["per_month"] is not None else "")
+    for alert in doc.alerts:
+        show(f"[red]ALERT[/red] {alert.kind}: {escape(alert.message)}")
+    if not doc.alerts:
+        show("[green]within budget[/green]" if budget.per_month is not None else "")
 
 
 def _change(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
 
 
-def _render_roi(roi: dict[str, Any], cur: str) -> None:
+def _render_roi(roi: "Roi", cur: str) -> None:
     from rich.markup import escape
 
-    if not roi["configured"]:
-        warn(roi["note"])
+    if not roi.configured:
+        warn(roi.note or "")
         return
-    pct = roi["roi_percent"]["value"]
-    payback = roi["payback_months"]
+    pct = roi.roi_percent.value
+    payback = roi.payback_months
     line = (
-        f"ROI per month: value {money(roi['value_per_month']['value'], cur)}, saved "
-        f"{money(roi['savings_per_month']['value'], cur)}, net "
-        f"{money(roi['net_per_month']['value'], cur)}, ROI "
-        + ("n/a" if pct is None else f"{pct:,.0f}%")
+        f"ROI per month: value {money(roi.value_per_month.value, cur)}, saved "
+        f"{money(roi.savings_per_month.value, cur)}, net "
+        f"{money(roi.net_per_month.value, cur)}, ROI " + ("n/a" if pct is None else f"{pct:,.0f}%")
     )
-    if payback["inputs"]["investment"]:
-        months = payback["value"]
+    if payback.inputs["investment"]:
+        months = payback.value
         line += ", payback " + ("not at this rate" if months is None else f"{months:.1f} months")
     show(line)
-    if roi.get("projection_note"):
-        show(f"[dim]{escape(roi['projection_note'])}[/dim]")
-    to_date = roi.get("to_date")
+    if roi.projection_note:
+        show(f"[dim]{escape(roi.projection_note)}[/dim]")
+    to_date = roi.to_date
     if to_date:
         show(
-            f"since the first deployment ({to_date['since']}, {to_date['months']:.2f} months): "
-            f"value {money(to_date['value'], cur)}, net {money(to_date['net']['value'], cur)}"
-            + (" — paid back" if to_date["paid_back"] else " — not paid back yet")
+            f"since the first deployment ({to_date.since}, {to_date.months:.2f} months): "
+            f"value {money(to_date.value, cur)}, net {money(to_date.net.value, cur)}"
+            + (" — paid back" if to_date.paid_back else " — not paid back yet")
         )
 
 
-def _render_what_if(plan: dict[str, Any], cur: str) -> None:
-    rate = plan["predictions_per_s"]
+def _render_what_if(plan: "WhatIf", cur: str) -> None:
+    rate = plan.predictions_per_s
     show(
-        f"[bold]what if[/bold] {plan['env']} ran {plan['replicas']} replica(s)"
+        f"[bold]what if[/bold] {plan.env} ran {plan.replicas} replica(s)"
         + (f" at {rate:g} predictions/s" if rate is not None else "")
-        + f": {money(plan['allocation']['per_month']['value'], cur)} a month for serving, "
-        f"total {money(plan['total_per_month']['value'], cur)}"
-        + (" [red](over budget)[/red]" if plan["over_budget"] else "")
+        + f": {money(plan.allocation.per_month.value, cur)} a month for serving, "
+        f"total {money(plan.total_per_month.value, cur)}"
+        + (" [red](over budget)[/red]" if plan.over_budget else "")
     )
-    cap = plan["capacity"]["value"]
+    cap = plan.capacity.value
     if cap is None:
-        show(f"  capacity unknown: {plan['note']}")
+        show(f"  capacity unknown: {plan.note}")
     else:
         show(
             f"  capacity ≈ {cap:,.0f} predictions/s"
             + (
-                f"; {plan['replicas_needed']} replica(s) needed"
-                + ("" if plan["fits"] else " [red](does not fit)[/red]")
-                if plan["replicas_needed"] is not None
+                f"; {plan.replicas_needed} replica(s) needed"
+                + ("" if plan.fits else " [red](does not fit)[/red]")
+                if plan.replicas_needed is not None
                 else ""
             )
         )
-    if plan["cost_per_1000"]["value"] is not None:
-        show(f"  {money(plan['cost_per_1000']['value'], cur)} per 1,000 predictions")
+    if plan.cost_per_1000.value is not None:
+        show(f"  {money(plan.cost_per_1000.value, cur)} per 1,000 predictions")
 
 
-def _figures(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _figures(doc: "CostDocument") -> list[tuple[str, "Figure"]]:
     out = []
-    for e in doc["environments"]:
-        env = e["env"]
-        out.append((f"{env} allocation per hour", e["allocation"]["per_hour"]))
-        out.append((f"{env} allocation per month", e["allocation"]["per_month"]))
-        if e["usage"]:
-            out.append((f"{env} usage per hour", e["usage"]["usage_per_hour"]))
-            out.append((f"{env} charged per hour", e["usage"]["charged_per_hour"]))
-            out.append((f"{env} idle share of cost", e["usage"]["idle_share"]["cost"]))
-        out.append((f"{env} per 1,000 at capacity", e["cost_per_1000"]["at_capacity"]))
-        out.append((f"{env} per 1,000 at traffic", e["cost_per_1000"]["at_traffic"]))
-    out.append(("retraining per month", doc["retraining"]["per_month"]))
-    out.append(("total per month", doc["total_per_month"]))
-    roi = doc["roi"]
+    for e in doc.environments:
+        env = e.env
+        out.append((f"{env} allocation per hour", e.allocation.per_hour))
+        out.append((f"{env} allocation per month", e.allocation.per_month))
+        if e.usage:
+            out.append((f"{env} usage per hour", e.usage.usage_per_hour))
+            out.append((f"{env} charged per hour", e.usage.charged_per_hour))
+            out.append((f"{env} idle share of cost", e.usage.idle_share.cost))
+        out.append((f"{env} per 1,000 at capacity", e.cost_per_1000.at_capacity))
+        out.append((f"{env} per 1,000 at traffic", e.cost_per_1000.at_traffic))
+    out.append(("retraining per month", doc.retraining.per_month))
+    out.append(("total per month", doc.total_per_month))
+    roi = doc.roi
     for key in ("value_per_month", "net_per_month", "roi_percent", "payback_months"):
-        out.append((key.replace("_", " "), roi[key]))
-    if roi.get("to_date"):
-        out.append(("net since the first deployment", roi["to_date"]["net"]))
+        out.append((key.replace("_", " "), getattr(roi, key)))
+    if roi.to_date:
+        out.append(("net since the first deployment", roi.to_date.net))
     return out

@@ -85,7 +85,7 @@ def deploy(
     canary that breaches) exits 6 with the previous version still live. With --dry-run, the
     gates are run and recorded and nothing else happens.
     """
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     home, actor = _context()
     if without_approvals and not dry_run:

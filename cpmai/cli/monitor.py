@@ -3,13 +3,23 @@ and the triggers they fire."""
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
 from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
-from cpmai.report.text import lost_line, ms, synthetic_line
+from cpmai.monitor.notes import lost_line, synthetic_line
+from cpmai.report.text import ms
+
+if TYPE_CHECKING:
+    from cpmai.monitor.result import (
+        DriftSummary,
+        FeatureDrift,
+        ModelQuality,
+        MonitorResult,
+        TrafficSummary,
+    )
 
 
 def monitor(
@@ -116,10 +126,10 @@ def monitor(
         raise UsageError(f"{markdown}: the folder {markdown.parent} does not exist")
     if labels is not None and not labels.is_file():
         raise UsageError(f"--labels {labels}: file not found")
-    from cpmai.errors import ExitCode, IntegrityError
+    from cpmai.errors import IntegrityError
     from cpmai.monitor.run import monitor as run
     from cpmai.monitor.run import unreadable_error
-    from cpmai.monitor.triggers import fire, run_command
+    from cpmai.monitor.triggers import respond
 
     result = run(
         home,
@@ -135,54 +145,19 @@ def monitor(
         use_cache=not no_cache,
         include_synthetic=include_synthetic,
     )
-    doc = result.doc
-    triggers = result.triggers
-    actor = resolve_actor(OPTIONS.actor)
-    result.fired = fire(
-        home,
-        result.alerts,
-        triggers,
-        name=name,
-        version=doc["version"],
-        env=env,
-        actor=actor,
-        period=doc["period"],
-    )
-    if run_triggers and result.fired:
-        if triggers.command is None:
-            warn("--run-triggers: monitoring.triggers.command is not set; nothing to run")
-        else:
-            info(f"running the trigger command: {triggers.command}")
-            result.run = run_command(
-                home,
-                triggers.command,
-                result.fired,
-                name=name,
-                version=doc["version"],
-                env=env,
-                actor=actor,
-            )
-    out = result.to_dict()
-    out["exit_code"] = ExitCode.THRESHOLD.value if result.alerts else ExitCode.OK.value
-    # A log the monitor cannot read in full is damaged state that cpmai itself wrote: the same
-    # class of failure as a torn ledger line, hence the integrity code (5), which outranks 4 —
-    # not 2, which says the user's arguments or files were wrong. The report is still shown.
-    unreadable = unreadable_error(out)
-    out["error"] = None
-    if unreadable is not None:
-        out["exit_code"] = ExitCode.INTEGRITY.value
-        out["error"] = {"type": "IntegrityError", "message": unreadable[0], "exit_code": 5}
+    respond(home, result, actor=resolve_actor(OPTIONS.actor), run=run_triggers, say=info, warn=warn)
     if markdown is not None:
         from cpmai.monitor.reports import markdown as to_markdown
 
-        markdown.write_text(to_markdown(out))
+        markdown.write_text(to_markdown(result))
     if wants_json(json_):
-        emit_json(out)
+        emit_json(result.to_json())
     else:
-        _render(out)
-    if unreadable is not None:
-        raise IntegrityError(unreadable[0], hint=unreadable[1])  # the message, on stderr
-    return int(out["exit_code"])
+        _render(result)
+    unreadable = unreadable_error(result)
+    if unreadable is not None:  # the report is still shown; the message goes to stderr
+        raise IntegrityError(unreadable[0], hint=unreadable[1])
+    return result.exit_code
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -192,84 +167,85 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _render(doc: dict[str, Any]) -> None:
+def _render(result: "MonitorResult") -> None:
     from rich.table import Table
 
-    period, traffic = doc["period"], doc["traffic"]
+    period, traffic = result.period, result.traffic
     show(
-        f"[bold]{doc['name']}[/bold] @ {doc['env']}: version {doc['version']} "
-        f"(live: {doc['live_version'] or 'none'}), {period['since']} → {period['until']}"
+        f"[bold]{result.name}[/bold] @ {result.env}: version {result.version} "
+        f"(live: {result.live_version or 'none'}), {period.since} → {period.until}"
     )
-    log = doc["log"]
-    if not log["requests_logged"]:
+    log = result.log
+    if not log.requests_logged:
         show(
-            f"no traffic in this period ({log['files']} log file(s) in {log['folder']}); "
+            f"no traffic in this period ({log.files} log file(s) in {log.folder}); "
             "send requests, or widen --since"
         )
-    lost = lost_line(log["lost"])
+    lost = lost_line(log.lost)
     if lost:
         warn(lost)
-    synthetic = synthetic_line(log["synthetic"])
+    synthetic = synthetic_line(log.synthetic)
     if synthetic:
         show(synthetic)
-    windows = doc["windows"]
+    windows = result.windows
     shown = windows[-24:]
     table = Table(
-        title=f"traffic by window of {period['window_s']:g} s"
+        title=f"traffic by window of {period.window_s:g} s"
         + (f" (last {len(shown)} of {len(windows)})" if len(shown) < len(windows) else ""),
         title_justify="left",
     )
     for column in ("window", "requests", "req/s", "errors", "p50 ms", "p95 ms", "p99 ms",
                    "CPU %", "RSS MiB", "drift"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("window", "drift") else "right")
-    for row in [*shown, {**traffic, "start": "whole period", "drift": doc["drift"]}]:
-        lat = row["latency_ms"]
-        res = row.get("resources") or {}
+    rows: list[tuple[str, TrafficSummary, DriftSummary]] = [
+        (w.start.replace("T", " ").replace("Z", ""), w, w.drift) for w in shown
+    ]
+    rows.append(("[bold]whole period[/bold]", traffic, result.drift))
+    for label, row, drift in rows:
+        lat = row.latency_ms
+        res = row.resources
         table.add_row(
-            row["start"].replace("T", " ").replace("Z", "")
-            if row["start"] != "whole period"
-            else "[bold]whole period[/bold]",
-            f"{row['requests']:,}",
-            f"{row['requests_per_s']:.2f}",
-            _rate(row["error_rate"]),
-            ms(lat["p50_ms"]),
-            ms(lat["p95_ms"]),
-            _slo_cell(lat["p99_ms"], doc["slo"]["bounds"].get("p99_ms")),
-            f"{res['cpu_percent_mean']:.1f}" if res else "-",
-            f"{res['rss_mb_mean']:.0f}" if res else "-",
-            _drift_cell(row["drift"]),
+            label,
+            f"{row.requests:,}",
+            f"{row.requests_per_s:.2f}",
+            _rate(row.error_rate),
+            ms(lat.p50_ms),
+            ms(lat.p95_ms),
+            _slo_cell(lat.p99_ms, result.slo.bounds.get("p99_ms")),
+            f"{res.cpu_percent_mean:.1f}" if res else "-",
+            f"{res.rss_mb_mean:.0f}" if res else "-",
+            _drift_cell(drift),
         )
     show(table)
-    if traffic["errors"]:
-        show("errors by status: " + ", ".join(f"{k}: {v:,}" for k, v in traffic["errors"].items()))
-    checks = doc["slo"]["checks"]
+    if traffic.errors:
+        show("errors by status: " + ", ".join(f"{k}: {v:,}" for k, v in traffic.errors.items()))
+    checks = result.slo.checks
     if checks:
         show(
             "SLO: "
             + "  ".join(
-                f"{_mark(c['passed'])} {c['metric']} {_g(c['measured'])} (≤ {c['bound']:g})"
-                for c in checks
+                f"{_mark(c.passed)} {c.metric} {_g(c.measured)} (≤ {c.bound:g})" for c in checks
             )
         )
-    _render_drift(doc)
-    _render_quality(doc)
-    age = doc["age"]
+    _render_drift(result)
+    _render_quality(result.model_quality)
+    age = result.age
     show(
-        f"age: {age['days']:.1f} days since packaging"
-        + (f" (max {age['max_days']})" if age["max_days"] else "")
-        + (f"; live since {age['live_since'][:19]}Z" if age["live_since"] else "")
+        f"age: {age.days:.1f} days since packaging"
+        + (f" (max {age.max_days})" if age.max_days else "")
+        + (f"; live since {age.live_since[:19]}Z" if age.live_since else "")
     )
-    for alert in doc["alerts"]:
-        show(f"[red]ALERT[/red] {alert['kind']}: {alert['message']} — trigger {alert['trigger']}")
-    if doc.get("trigger_run"):
-        run = doc["trigger_run"]
-        show(f"trigger command exited {run['exit_code']} after {run['seconds']:.1f} s")
-    if log["unreadable_lines"]:
+    for alert in result.alerts:
+        show(f"[red]ALERT[/red] {alert.kind}: {alert.message} — trigger {alert.trigger}")
+    if result.trigger_run:
+        run = result.trigger_run
+        show(f"trigger command exited {run.exit_code} after {run.seconds:.1f} s")
+    if log.unreadable_lines:
         show(
-            f"[red]not judged: {log['unreadable_lines']:,} line(s) of the prediction log "
+            f"[red]not judged: {log.unreadable_lines:,} line(s) of the prediction log "
             "could not be read[/red]"
         )
-    elif not doc["alerts"]:
+    elif not result.alerts:
         show("[green]within bounds[/green]")
 
 
@@ -284,22 +260,22 @@ def _slo_cell(value: float | None, bound: float | None) -> str:
     return text
 
 
-def _drift_cell(summary: dict[str, Any]) -> str:
-    status = summary["status"]
+def _drift_cell(summary: "DriftSummary") -> str:
+    status = summary.status
     if status == "drift":
-        return f"[red]drift {len(summary['drifted'])}/{summary['judged']}[/red]"
+        return f"[red]drift {len(summary.drifted)}/{summary.judged}[/red]"
     if status == "ok":
-        return f"[green]ok[/green] {len(summary['drifted'])}/{summary['judged']}"
+        return f"[green]ok[/green] {len(summary.drifted)}/{summary.judged}"
     return "[dim]not enough data[/dim]"
 
 
-def _render_drift(doc: dict[str, Any]) -> None:
+def _render_drift(result: "MonitorResult") -> None:
     from rich.table import Table
 
-    drift = doc["drift"]
+    drift = result.drift
     table = Table(
-        title=f"data drift of version {drift['version']} against its reference data "
-        f"({drift['reference_rows']:,} rows): {drift['status']}",
+        title=f"data drift of version {drift.version} against its reference data "
+        f"({drift.reference_rows:,} rows): {drift.status}",
         title_justify="left",
     )
     for column in ("feature", "method", "statistic", "p-value", "PSI", "rows", "status",
@@ -307,38 +283,38 @@ def _render_drift(doc: dict[str, Any]) -> None:
         table.add_column(
             column, justify="left" if column in ("feature", "method", "status") else "right"
         )
-    quality = {q["feature"]: q for q in doc["data_quality"]}
-    rows = list(drift["features"])
-    if drift.get("prediction"):
-        rows.append({**drift["prediction"], "feature": "(prediction)"})
-    for f in rows:
-        q = quality.get(f["feature"], {})
-        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
+    quality = {q.feature: q for q in result.data_quality}
+    rows: list[tuple[str, FeatureDrift]] = [(f.feature, f) for f in drift.features]
+    if drift.prediction:
+        rows.append(("(prediction)", drift.prediction))
+    for feature, f in rows:
+        q = quality.get(feature)
+        colour = {"drift": "red", "ok": "green"}.get(f.status, "dim")
         table.add_row(
-            f["feature"],
-            f["method"],
-            _g(f["statistic"]),
-            _g(f["p_value"]),
-            _g(f["psi"]),
-            f"{f['rows']:,}",
-            f"[{colour}]{f['status']}[/{colour}]",
-            str(q.get("missing", "-")) if q else "",
-            "-" if not q or q.get("out_of_range") is None else str(q["out_of_range"]),
-            str(q.get("unseen", "")) if q else "",
+            feature,
+            f.method,
+            _g(f.statistic),
+            _g(f.p_value),
+            _g(f.psi),
+            f"{f.rows:,}",
+            f"[{colour}]{f.status}[/{colour}]",
+            str(q.missing) if q else "",
+            "-" if not q or q.out_of_range is None else str(q.out_of_range),
+            str(q.unseen) if q else "",
         )
     show(table)
-    _render_text(drift)
-    for q in doc["data_quality"]:
-        if q.get("unseen_values"):
-            values = ", ".join(f"{k!r} ×{v}" for k, v in q["unseen_values"].items())
-            show(f"  {q['feature']}: unseen values {values}")
+    _render_text(drift.features)
+    for q in result.data_quality:
+        if q.unseen_values:
+            values = ", ".join(f"{k!r} ×{v}" for k, v in q.unseen_values.items())
+            show(f"  {q.feature}: unseen values {values}")
 
 
-def _render_text(drift: dict[str, Any]) -> None:
+def _render_text(features: "list[FeatureDrift]") -> None:
     """Free-text inputs: each of the three measures against its reference value."""
     from rich.table import Table
 
-    texts = [f for f in drift["features"] if f["kind"] == "text"]
+    texts = [(f, f.text) for f in features if f.text is not None]
     if not texts:
         return
     table = Table(
@@ -349,18 +325,17 @@ def _render_text(drift: dict[str, Any]) -> None:
     for column in ("feature", "mean length (ref)", "length test", "unknown words (expected)",
                    "token distance (chance)", "status"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("feature", "status") else "right")
-    for f in texts:
-        text = f["text"]
-        length, unknown, tokens = text["length"], text["unknown_words"], text["token_distribution"]
-        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
-        status = f["status"] + (f" ({', '.join(text['drifted_by'])})" if text["drifted_by"] else "")
+    for f, text in texts:
+        length, unknown, tokens = text.length, text.unknown_words, text.token_distribution
+        colour = {"drift": "red", "ok": "green"}.get(f.status, "dim")
+        status = f.status + (f" ({', '.join(text.drifted_by)})" if text.drifted_by else "")
         table.add_row(
-            f["feature"],
-            f"{_g(length['mean'])} ({_g(length['reference_mean'])})",
-            f"{length['method']} {_g(length['statistic'])}"
-            + (f", p {_g(length['p_value'])}" if length["p_value"] is not None else ""),
-            f"{_share(unknown['share'])} ({_share(unknown['expected_share'])})",
-            f"{_g(tokens['statistic'])} ({_g(tokens['chance'])})",
+            f.feature,
+            f"{_g(length.mean)} ({_g(length.reference_mean)})",
+            f"{length.method} {_g(length.statistic)}"
+            + (f", p {_g(length.p_value)}" if length.p_value is not None else ""),
+            f"{_share(unknown.share)} ({_share(unknown.expected_share)})",
+            f"{_g(tokens.statistic)} ({_g(tokens.chance)})",
             f"[{colour}]{status}[/{colour}]",
         )
     show(table)
@@ -374,18 +349,17 @@ def _g(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _render_quality(doc: dict[str, Any]) -> None:
-    quality = doc.get("model_quality")
+def _render_quality(quality: "ModelQuality | None") -> None:
     if not quality:
         return
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in quality["metrics"].items())
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in quality.metrics.items())
     line = (
-        f"model quality ({quality['labelled_rows']:,} of {quality['labels_given']:,} labels "
-        f"matched by {quality['join']}): {metrics or 'no labelled rows'}"
+        f"model quality ({quality.labelled_rows:,} of {quality.labels_given:,} labels "
+        f"matched by {quality.join}): {metrics or 'no labelled rows'}"
     )
     show(line)
-    if quality.get("metric"):
-        show(f"  {quality['metric']} {_mark(quality['passed'])} (bound {quality['bound']:g})")
+    if quality.metric:
+        show(f"  {quality.metric} {_mark(quality.passed)} (bound {quality.bound:g})")
 
 
 # --- the live view ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ def package(manifest: ManifestArg, json_: JsonFlag = False) -> None:
     """Build the artifact: model, data, resolved manifest, signature, environment, model card,
     and the SHA-256 of every file. Identical content is recognised, not packaged twice."""
     from cpmai.artifacts import package as build
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
     from cpmai.settings import resolve_actor, resolve_home
 
     spec = load_manifest(manifest)

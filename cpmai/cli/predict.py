@@ -57,9 +57,10 @@ def predict(
     from cpmai.artifacts import open_artifact
     from cpmai.batch import score_file
     from cpmai.errors import UsageError
+    from cpmai.home import Home
+    from cpmai.predlog.writer import PredictionLog
     from cpmai.refs import resolve
     from cpmai.runtime.predictor import Predictor
-    from cpmai.serving.predlog import PredictionLog
     from cpmai.settings import resolve_home
 
     if runtime not in (None, "sklearn", "onnx"):
@@ -79,9 +80,10 @@ def predict(
     log = None
     if not no_log:
         log = PredictionLog(
-            home / "logs" / target.name / "batch",
+            Home(home).env(target.name, "batch").logs,
             model=target.name,
             version=target.version,
+            mode="thread",
             signature=predictor.signature,
         )
         log.start()

@@ -35,7 +35,7 @@ def name_or_manifest(text: str) -> tuple[str, Any]:
     apply)."""
     path = Path(text)
     if text.endswith((".yaml", ".yml")) or path.is_file():
-        from cpmai.manifest import load_manifest
+        from cpmai.manifest_file import load_manifest
 
         manifest = load_manifest(path, check_files=False)
         return manifest.name, manifest
@@ -120,7 +120,7 @@ def validate(
         return
     if not manifests:
         raise UsageError("missing MANIFEST", hint="cpmai validate cpmai.yaml")
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     docs: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -169,7 +169,7 @@ def _print_schema(out: Path | None = None, *, markdown: bool = False) -> None:
 
         text = render_reference()
     else:
-        from cpmai.manifest import json_schema
+        from cpmai.manifest_file import json_schema
 
         text = json.dumps(json_schema(), indent=2) + "\n"
     if out is None:

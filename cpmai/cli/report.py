@@ -79,10 +79,7 @@ def report(
             progress=say,
             include_synthetic=include_synthetic,
         )
-    breached = bool(doc["cost"]["alerts"]) or any(
-        mon["available"] and mon["alerts"] for mon in doc["monitoring"].values()
-    )
-    doc["exit_code"] = 4 if breached else 0
+    verdict = doc.judge()
     from cpmai.fsutil import write_atomic
 
     if html is not None:
@@ -96,9 +93,9 @@ def report(
         write_atomic(markdown, to_markdown(doc).encode())
         info(f"wrote {markdown}")
     if wants_json(json_):
-        emit_json(doc)
+        emit_json(doc.to_json())
     else:
         from cpmai.report.terminal import render
 
         show(render(doc))
-    return int(doc["exit_code"])
+    return int(verdict)

@@ -75,7 +75,8 @@ def serve(
     from cpmai.artifacts import open_artifact
     from cpmai.errors import UsageError
     from cpmai.refs import resolve
-    from cpmai.serving.app import ServeConfig, build_app
+    from cpmai.serving.app import build_app
+    from cpmai.serving.config import ServeConfig
     from cpmai.serving.server import serve as run
     from cpmai.settings import resolve_home
 

@@ -28,8 +28,8 @@ def status(
     With --at: which version was live in each environment at that moment, deployed by whom,
     approved by whom, with which gate results (from the ledger alone)."""
     from cpmai.errors import UsageError
-    from cpmai.lifecycle import status as read
     from cpmai.settings import resolve_home
+    from cpmai.status import status as read
 
     moment = None
     if at is not None:

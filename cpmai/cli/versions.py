@@ -31,7 +31,7 @@ def versions(
 ) -> None:
     """List the packaged versions of a model: version, digest, when, by whom, format, size."""
     from cpmai.errors import UsageError
-    from cpmai.ledger import replay
+    from cpmai.replay import replay
     from cpmai.versioning import version_key
 
     state = replay(_read().events)

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cpmai.clock import parse_time
-from cpmai.ledger import LIVE_ACTIONS, Event
+from cpmai.costs.document import Capacity
+from cpmai.home import Home
+from cpmai.ledger import Event
+from cpmai.replay import LIVE_ACTIONS
 
 if TYPE_CHECKING:
-    from cpmai.monitor.logs import Traffic
+    from cpmai.predlog.reader import Traffic
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def first_live(events: Iterable[Event], name: str) -> float | None:
 
 def bench_runs(home: Path, name: str, version: str) -> list[tuple[Path, dict[str, Any]]]:
     """Saved `cpmai bench` results of a version, oldest first (unreadable ones skipped)."""
-    folder = home / "bench" / name / version
+    folder = Home(home).bench(name, version)
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
@@ -122,12 +125,12 @@ def _usable(data: Any) -> bool:
 
 def capacity(
     home: Path, name: str, version: str, url: str | None, slo: dict[str, float]
-) -> dict[str, Any] | None:
+) -> Capacity | None:
     """The sustained predictions/s at the SLO from the newest benchmark of this version — of the
     environment's own server when one was benchmarked (same port), else of any server, else in
     process (the model alone: an upper bound, the server adds parsing and HTTP). None: never
     benchmarked."""
-    from cpmai.bench.verdicts import check_slo
+    from cpmai.stats import check_slo, slo_measures
 
     runs = bench_runs(home, name, version)
     if not runs:
@@ -153,22 +156,31 @@ def capacity(
         note = "the capacity `cpmai bench --find-capacity` found"
     if chosen is None and levels:
         bounds = {k: v for k, v in slo.items() if k != "throughput_min"}
-        passing = [lv for lv in levels if all(c["passed"] for c in check_slo([lv], bounds))]
+        passing = [
+            lv
+            for lv in levels
+            if all(
+                c.passed
+                for c in check_slo(
+                    slo_measures(lv["latency_ms"], lv["error_rate"], lv["throughput_rps"]), bounds
+                )
+            )
+        ]
         if passing:
             chosen = max(passing, key=lambda lv: float(lv["rows_per_s"]))
             note = "the busiest level that met the SLO" if bounds else "the busiest level (no SLO)"
         else:
             note = "no benchmarked level met the SLO"
-    return {
-        "file": str(path),
-        "time": data.get("time"),
-        "source": kind,
-        "level": chosen["label"] if chosen else None,
-        "predictions_per_s": round(float(chosen["rows_per_s"]), 3) if chosen else None,
-        "requests_per_s": round(float(chosen["throughput_rps"]), 3) if chosen else None,
-        "p99_ms": chosen["latency_ms"]["p99_ms"] if chosen else None,
-        "note": note,
-    }
+    return Capacity(
+        file=str(path),
+        time=data.get("time"),
+        source=kind,
+        level=chosen["label"] if chosen else None,
+        predictions_per_s=round(float(chosen["rows_per_s"]), 3) if chosen else None,
+        requests_per_s=round(float(chosen["throughput_rps"]), 3) if chosen else None,
+        p99_ms=chosen["latency_ms"]["p99_ms"] if chosen else None,
+        note=note,
+    )
 
 
 def bench_windows(home: Path, name: str, urls: set[str]) -> list[tuple[float, float]]:
@@ -176,7 +188,7 @@ def bench_windows(home: Path, name: str, urls: set[str]) -> list[tuple[float, fl
     but are not business traffic."""
     ports = {urlsplit(u).port for u in urls}
     out = []
-    folder = home / "bench" / name
+    folder = Home(home).bench(name)
     for version in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
         for _, data in bench_runs(home, name, version):
             target = data.get("target") or {}
@@ -195,8 +207,8 @@ def served(traffic: Traffic, low: float, high: float, *, include_synthetic: bool
     """Requests and predictions (rows answered 200) in [low, high), weighted by 1/sample rate,
     per version too; synthetic requests (load tests) counted apart, and counted in only if
     `include_synthetic`."""
-    from cpmai.monitor.logs import synthetic_by_source
     from cpmai.monitor.run import synthetic_summary
+    from cpmai.predlog.reader import synthetic_by_source
 
     mask = (traffic.time >= low) & (traffic.time < high)
     synthetic = synthetic_by_source(traffic, mask)

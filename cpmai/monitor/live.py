@@ -16,24 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from cpmai.monitor import drift as drift_mod
-from cpmai.monitor.logs import (
-    _join_parts,
-    _parse_piece,
-    _Piece,
-    _traffic,
-    log_files,
-    read_resources,
-    set_apart,
-)
-from cpmai.monitor.run import (
+from cpmai.monitor.run import drift_all
+from cpmai.monitor.subject import (
+    Profiles,
     Subject,
-    _drift_all,
     choose_version,
     load_subject,
     newest_logged_version,
     reference_profiles,
 )
+from cpmai.predlog.accumulate import Piece as _Piece
+from cpmai.predlog.accumulate import parse_piece as _parse_piece
+from cpmai.predlog.format import log_files
+from cpmai.predlog.parts import join_parts as _join_parts
+from cpmai.predlog.reader import as_traffic as _traffic
+from cpmai.predlog.reader import read_resources, set_apart
 from cpmai.stats import nearest_rank
 
 FIRST_READ_BYTES = 32 << 20
@@ -52,17 +49,17 @@ class LiveMonitor:
         buckets: int = 60,
         max_rows: int = 200_000,
     ) -> None:
-        from cpmai.monitor.logs import log_folder
+        from cpmai.home import Home
 
         self.home, self.name, self.env = home, name, env
-        self.folder = log_folder(home, name, env)
+        self.folder = Home(home).env(name, env).logs
         self.horizon_s, self.bucket_s, self.buckets = horizon_s, bucket_s, buckets
         self.max_rows = max_rows
         self.offsets: dict[str, int] = {}
         self.chunks: deque[dict[str, Any]] = deque()
         """What each poll read (parts of `cpmai.monitor.logs`), oldest first."""
         self.subject: Subject | None = None
-        self.profiles: dict[str, drift_mod.Profile | drift_mod.TextProfile] = {}
+        self.profiles: Profiles = {}
         self.live_version: str | None = None
 
     def _ensure_subject(self) -> None:
@@ -156,7 +153,7 @@ class LiveMonitor:
         if subject is not None and traffic is not None:
             settings = subject.manifest.monitoring.drift
             drift = [
-                f.to_dict() for f in _drift_all(traffic, subject, self.profiles, settings, [])[1]
+                f.to_dict() for f in drift_all(traffic, subject, self.profiles, settings, [])[1]
             ]
         return {
             "time": now,

@@ -19,13 +19,14 @@ import numpy as np
 from cpmai.errors import UsageError
 from cpmai.manifest import LABEL_METRICS
 from cpmai.monitor.drift import category_key
-from cpmai.monitor.logs import FeatureSpec, Traffic
+from cpmai.monitor.result import DataQuality
+from cpmai.predlog.reader import FeatureSpec, Traffic
 from cpmai.stats import LOWER_IS_BETTER, score
 
 
 def data_quality(
     traffic: Traffic, specs: list[FeatureSpec], inputs: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> list[DataQuality]:
     """Per input: missing values, values outside the reference range, unseen categories (refused,
     or served where the input is open: the model encodes them)."""
     bounds = {spec["name"]: (spec.get("min"), spec.get("max")) for spec in inputs}
@@ -56,7 +57,7 @@ def data_quality(
         entry["unseen"] = sum(unseen.values())
         if unseen:
             entry["unseen_values"] = dict(unseen.most_common(5))
-        out.append(entry)
+        out.append(DataQuality(**entry))
     return out
 
 

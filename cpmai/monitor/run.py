@@ -9,224 +9,66 @@ focus version's rows, compared with its own reference data.
 
 Every task and input kind is judged: a regression model's predictions drift like a numeric
 feature (KS / Wasserstein) and its quality is MAE, RMSE, R² and MAPE; free-text inputs drift by
-length, unknown words and token distribution (`cpmai.monitor.drift`).
+length, unknown words and token distribution (`cpmai.monitor.textdrift`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpmai.errors import UsageError
-from cpmai.ledger import Ledger, State, replay
+from cpmai.clock import epoch, iso
+from cpmai.errors import ExitCode, UsageError
+from cpmai.home import Home
 from cpmai.monitor import drift as drift_mod
-from cpmai.monitor.logs import (
-    FeatureSpec,
-    Traffic,
-    log_files,
-    log_folder,
-    read_resources,
-    read_traffic,
+from cpmai.monitor.quality import Labels, below_bound, data_quality, model_quality, read_labels
+from cpmai.monitor.result import (
+    Age,
+    Alert,
+    DriftSummary,
+    ErrorInfo,
+    LogSummary,
+    ModelQuality,
+    MonitorResult,
+    Period,
+    PeriodDrift,
+    SloResult,
+    TrafficSummary,
+    Unreadable,
+    Window,
+    WindowQuality,
 )
-from cpmai.monitor.quality import (
-    Labels,
-    below_bound,
-    data_quality,
-    model_quality,
-    read_labels,
+from cpmai.monitor.subject import (
+    Profiles,
+    Subject,
+    choose_version,
+    load_subject,
+    newest_logged_version,
+    reference_profiles,
 )
-from cpmai.monitor.triggers import Alert, TriggerRun
-from cpmai.stats import nearest_rank
+from cpmai.monitor.summaries import (
+    lost_of,
+    per_version,
+    resource_summary,
+    resources_of,
+    slo_checks,
+    synthetic_of,
+    synthetic_summary,
+    traffic_fields,
+    without_spans,
+)
+from cpmai.monitor.textdrift import TextComparison, TextDrift, TextProfile
+from cpmai.predlog.reader import Traffic, read_resources, read_traffic
 
 if TYPE_CHECKING:
-    from cpmai.artifacts import Artifact
-    from cpmai.manifest import Manifest, Triggers
+    from cpmai.manifest import Manifest
 
-SCHEMA = "cpmai-monitor/1"
+__all__ = ["MonitorResult", "monitor", "resource_summary", "synthetic_summary", "without_spans"]
+
 MAX_WINDOWS = 2000
-PERCENTILES = (50, 95, 99)
-
-
-@dataclass
-class MonitorResult:
-    doc: dict[str, Any]
-    triggers: Triggers
-    """The settings that decide which alerts fire (the manifest's in use)."""
-    alerts: list[Alert] = field(default_factory=list)
-    fired: list[Alert] = field(default_factory=list)
-    run: TriggerRun | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.doc)
-        out["alerts"] = [a.to_dict() for a in self.alerts]
-        out["trigger_run"] = self.run.to_dict() if self.run else None
-        return out
-
-
-@dataclass
-class Subject:
-    """The focus version and everything needed to judge its traffic."""
-
-    artifact: Artifact
-    manifest: Manifest
-    specs: list[FeatureSpec]
-    inputs: list[dict[str, Any]]
-    task: str
-    output_kind: str
-    classes: list[Any] | None
-    packaged: str
-    live_since: str | None
-
-
-def feature_specs(inputs: list[dict[str, Any]]) -> list[FeatureSpec]:
-    from cpmai.serving.logindex import feature_kind  # the writer's rule: one place for it
-
-    return [
-        FeatureSpec(
-            spec["name"],
-            feature_kind(spec["type"]),
-            frozenset(spec.get("categories") or []),
-            keep=True,  # free text too: its drift is judged
-        )
-        for spec in inputs
-    ]
-
-
-def choose_version(
-    home: Path, name: str, env: str, until: float | None
-) -> tuple[str | None, str | None, State]:
-    """(version, live since, the ledger's state then) for the period ending at `until`."""
-    until_iso = None if until is None else datetime.fromtimestamp(until, UTC).isoformat()
-    state = replay(Ledger(home).events(), until=until_iso)
-    if name not in state.versions:
-        known = ", ".join(state.names()) or "none yet"
-        raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
-    env_state = state.env(name, env)
-    if env_state.live is not None:
-        return env_state.live.version, env_state.live.time, state
-    if env_state.history:
-        return env_state.history[-1].version, None, state
-    return None, None, state
-
-
-def newest_logged_version(folder: Path) -> str | None:
-    """The version in the last complete line of the newest prediction log file."""
-    import orjson
-
-    files = sorted(log_files(folder, "predictions", None, None), key=lambda p: p.stat().st_mtime)
-    for path in reversed(files):
-        with path.open("rb") as handle:
-            size = handle.seek(0, 2)
-            handle.seek(max(0, size - 65536))
-            lines = handle.read().split(b"\n")
-        for line in reversed(lines[1:-1] if len(lines) > 2 else lines):
-            try:
-                return str(orjson.loads(line)["version"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return None
-
-
-def load_subject(
-    home: Path,
-    name: str,
-    version: str,
-    manifest: Manifest | None,
-    live_since: str | None,
-    state: State | None = None,
-) -> Subject:
-    from cpmai.artifacts import open_artifact
-
-    artifact = open_artifact(home, name, version)
-    signature = artifact.signature
-    inputs = list(signature["inputs"])
-    outputs = signature.get("outputs") or [{}]
-    own = artifact.manifest()
-    task = own.model.task
-    record = (state.versions if state else {}).get(name, {}).get(artifact.version)
-    if record is None:  # packaged after the period the state was replayed to
-        record = replay(Ledger(home).events()).versions[name][artifact.version]
-    return Subject(
-        artifact=artifact,
-        manifest=manifest or own,
-        specs=feature_specs(inputs),
-        inputs=inputs,
-        task=task,
-        output_kind="numeric" if task == "regression" else "categorical",
-        classes=outputs[0].get("categories"),
-        packaged=record.time,
-        live_since=live_since,
-    )
-
-
-PROFILE_CACHE_FORMAT = 2
-Profiles = dict[str, drift_mod.Profile | drift_mod.TextProfile]
-
-
-def reference_profiles(subject: Subject) -> tuple[Profiles, drift_mod.Profile | None, int]:
-    """Profiles of the reference data's features and of the model's predictions on it.
-
-    Computed once per artifact (it means reading the reference file and running the model) and
-    kept in `cache/monitor/`; a cache that cannot be read is rebuilt, never trusted."""
-    import pickle
-
-    from cpmai import __version__
-    from cpmai.fsutil import write_atomic
-
-    artifact = subject.artifact
-    home = artifact.path.parents[2]
-    cache = home / "cache" / "monitor" / f"{artifact.name}-{artifact.digest[:16]}.pickle"
-    key = (PROFILE_CACHE_FORMAT, __version__, artifact.digest)
-    try:
-        stored = pickle.loads(cache.read_bytes())
-        if stored[0] == key:
-            return stored[1]  # type: ignore[no-any-return]
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, IndexError, TypeError):
-        pass
-    result = _profiles(subject)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache, pickle.dumps((key, result)))
-    return result
-
-
-def _profiles(subject: Subject) -> tuple[Profiles, drift_mod.Profile | None, int]:
-    from cpmai.runtime.data import read_table
-
-    files = sorted((subject.artifact.path / "data").glob("reference.*"))
-    if not files:
-        return {}, None, 0
-    frame = read_table(files[0])
-    target = subject.artifact.manifest().data.target
-    if target and target in frame.columns:
-        frame = frame.drop(columns=[target])
-    profiles: Profiles = {}
-    for spec in subject.specs:
-        if spec.name not in frame.columns:
-            continue
-        column = frame[spec.name]
-        if spec.kind == "numeric":
-            profiles[spec.name] = drift_mod.profile_numeric(
-                spec.name, column.to_numpy(dtype=float, na_value=np.nan)
-            )
-        elif spec.kind == "categorical":
-            profiles[spec.name] = drift_mod.profile_categorical(spec.name, column.tolist())
-        else:
-            profiles[spec.name] = drift_mod.profile_text(spec.name, column.tolist())
-    from cpmai.runtime.predictor import Predictor
-
-    predictor = Predictor.from_artifact(subject.artifact)
-    columns = {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
-    labels, _ = predictor.run(columns, False)
-    if subject.output_kind == "numeric":
-        output = drift_mod.profile_numeric("prediction", np.asarray(labels, dtype=float))
-    else:
-        output = drift_mod.profile_categorical("prediction", labels.tolist())
-    return profiles, output, len(frame)
 
 
 def monitor(
@@ -244,7 +86,8 @@ def monitor(
     use_cache: bool = True,
     include_synthetic: bool = False,
 ) -> MonitorResult:
-    """Read the period's log and samples and judge them. Records nothing (see `triggers.fire`).
+    """Read the period's log and samples and judge them. Records nothing (triggers fire with
+    `cpmai.monitor.triggers.respond`).
 
     Synthetic requests (load tests: `cpmai.serving.origin`) are counted apart and judged only
     with `include_synthetic`."""
@@ -253,7 +96,7 @@ def monitor(
     if since is not None and since >= end:
         raise UsageError("--since must be before --until (and before now)")
     live_version, live_since, state = choose_version(home, name, env, until)
-    folder = log_folder(home, name, env)
+    folder = Home(home).env(name, env).logs
     focus = version or live_version or newest_logged_version(folder)
     if focus is None:
         raise UsageError(
@@ -273,7 +116,7 @@ def monitor(
         until=until,
         with_ids=labels_file is not None,
         output_categories=subject.classes,
-        cache=home / "cache" / "monitor" / "logs" / name / env if use_cache else None,
+        cache=Home(home).env(name, env).log_cache if use_cache else None,
         include_synthetic=include_synthetic,
     )
     start = since if since is not None else (float(traffic.time.min()) if traffic.requests else end)
@@ -293,20 +136,26 @@ def monitor(
         resources = without_spans(resources, traffic.synthetic_spans, settings.sample_interval_s)
     slo = subject.manifest.slo.model_dump(exclude_none=True)
     slo.pop("throughput_min", None)  # a capacity bound: `cpmai bench` checks it, traffic cannot
+    interval = settings.sample_interval_s
 
     bounds = [(start + i * window_s, min(start + (i + 1) * window_s, end)) for i in range(count)]
-    per_window, features = _drift_all(traffic, subject, profiles, settings.drift, bounds)
+    per_window, features = drift_all(traffic, subject, profiles, settings.drift, bounds)
     windows = []
     for index, (low, high) in enumerate(bounds):
-        entry = _traffic_summary(traffic, low, high, last=index == count - 1)
-        entry.update(resource_summary(resources, low, high, settings.sample_interval_s))
-        entry["drift"] = _drift_summary(per_window[index], settings.drift.share)
+        fields = traffic_fields(traffic, low, high, last=index == count - 1)
+        window = Window(
+            **fields,
+            resources=resources_of(resources, low, high, interval),
+            drift=drift_summary(per_window[index], settings.drift.share),
+            slo=slo_checks(fields["error_rate"], fields["latency_ms"], slo),
+        )
         if labels is not None:
-            entry["quality"] = _quality(subject, traffic, labels, low, high)
-        entry["slo"] = _slo_checks(entry, slo)
-        windows.append(entry)
-    period = _traffic_summary(traffic, start, end, last=True)
-    period.update(resource_summary(resources, start, end, settings.sample_interval_s))
+            window.quality = _quality(subject, traffic, labels, low, high)
+        windows.append(window)
+    period = TrafficSummary(
+        **traffic_fields(traffic, start, end, last=True),
+        resources=resources_of(resources, start, end, interval),
+    )
     prediction = None
     if output_profile is not None:
         prediction = drift_mod.compare(
@@ -317,75 +166,88 @@ def monitor(
             min_samples=settings.drift.min_samples,
             # a regression's outputs are numbers (float64, NaN missing), not codes
             vocab=None if subject.output_kind == "numeric" else traffic.vocab.get("__output__", []),
-        ).to_dict()
-    drift_doc = _drift_summary(features, settings.drift.share)
-    drift_doc["features"] = [f.to_dict() for f in features]
-    drift_doc["prediction"] = prediction
-    drift_doc["reference_rows"] = reference_rows
-    drift_doc["version"] = subject.artifact.version
-    quality_doc = None
+        ).document()
+    model_doc = None
     if labels is not None:
-        quality_doc = _quality(subject, traffic, labels, start, end)
-        quality_doc.update(join=labels.join, labels_given=labels.given)
-    age_days = (now - datetime.fromisoformat(subject.packaged).timestamp()) / 86400
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "name": name,
-        "env": env,
-        "version": subject.artifact.version,
-        "live_version": live_version,
-        "period": {
-            "since": _iso(start),
-            "until": _iso(end),
-            "seconds": round(end - start, 3),
-            "window_s": window_s,
-        },
-        "log": {
-            "folder": str(folder),
-            "files": traffic.files,
-            "bytes": traffic.bytes,
-            "requests_logged": traffic.requests,
-            "unreadable_lines": traffic.unreadable,
-            "unreadable": [
-                {"file": file, "offset": offset, "reason": reason}
-                for file, offset, reason in traffic.unreadable_at
-            ],
-            "versions": _per_version(traffic),
-            "synthetic": synthetic_summary(traffic.synthetic, traffic.synthetic_included),
-            "lost": lost_summary(traffic.lost),
-        },
-        "age": {
-            "packaged": subject.packaged,
-            "live_since": subject.live_since,
-            "days": round(age_days, 3),
-            "max_days": settings.triggers.max_age_days,
-        },
-        "slo": {"bounds": slo, "checks": _slo_checks(period, slo)},
-        "traffic": period,
-        "windows": windows,
-        "drift": drift_doc,
-        "data_quality": data_quality(traffic, subject.specs, subject.inputs),
-        "model_quality": quality_doc,
-        "settings": settings.model_dump(mode="json"),
-    }
-    return MonitorResult(doc, settings.triggers, alerts=_alerts(doc, subject.manifest))
+        quality = _quality(subject, traffic, labels, start, end)
+        model_doc = ModelQuality(
+            **quality.model_dump(exclude_unset=True), join=labels.join, labels_given=labels.given
+        )
+    age_days = (now - epoch(subject.packaged)) / 86400
+    result = MonitorResult(
+        name=name,
+        env=env,
+        version=subject.artifact.version,
+        live_version=live_version,
+        period=Period(
+            since=iso(start), until=iso(end), seconds=round(end - start, 3), window_s=window_s
+        ),
+        log=_log_summary(folder, traffic),
+        age=Age(
+            packaged=subject.packaged,
+            live_since=subject.live_since,
+            days=round(age_days, 3),
+            max_days=settings.triggers.max_age_days,
+        ),
+        slo=SloResult(bounds=slo, checks=slo_checks(period.error_rate, period.latency_ms, slo)),
+        traffic=period,
+        windows=windows,
+        drift=PeriodDrift(
+            **drift_summary(features, settings.drift.share).model_dump(),
+            features=[f.document() for f in features],
+            prediction=prediction,
+            reference_rows=reference_rows,
+            version=subject.artifact.version,
+        ),
+        data_quality=data_quality(traffic, subject.specs, subject.inputs),
+        model_quality=model_doc,
+        settings=settings,
+        alerts=[],
+        trigger_run=None,
+        error=None,
+        exit_code=0,
+    )
+    result.alerts = alerts_of(result, subject.manifest)
+    unreadable = unreadable_error(result)
+    if unreadable is not None:
+        # A log the monitor cannot read in full is damaged state that cpmai itself wrote: the
+        # same class of failure as a torn ledger line, hence the integrity code (5), which
+        # outranks 4 — not 2, which says the user's arguments or files were wrong.
+        result.error = ErrorInfo(
+            type="IntegrityError", message=unreadable[0], exit_code=int(ExitCode.INTEGRITY)
+        )
+    result.judge()
+    return result
 
 
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _log_summary(folder: Path, traffic: Traffic) -> LogSummary:
+    return LogSummary(
+        folder=str(folder),
+        files=traffic.files,
+        bytes=traffic.bytes,
+        requests_logged=traffic.requests,
+        unreadable_lines=traffic.unreadable,
+        unreadable=[
+            Unreadable(file=file, offset=offset, reason=reason)
+            for file, offset, reason in traffic.unreadable_at
+        ],
+        versions=per_version(traffic),
+        synthetic=synthetic_of(traffic),
+        lost=lost_of(traffic),
+    )
 
 
-def unreadable_error(doc: dict[str, Any]) -> tuple[str, str] | None:
+def unreadable_error(result: MonitorResult) -> tuple[str, str] | None:
     """(message, hint) when the period's prediction log holds lines that could not be read, else
     None. Such a period is never "within bounds": what was not read may be what breaches them.
     (Lost requests, `lost_summary`, are another matter: the server counted them, nothing is
     unknown about how many.)"""
-    log = doc["log"]
-    count = int(log["unreadable_lines"])
+    log = result.log
+    count = log.unreadable_lines
     if not count:
         return None
-    named = log.get("unreadable") or []
-    where = "; ".join(f"{u['file']} at byte {u['offset']:,}: {u['reason']}" for u in named)
+    named = log.unreadable
+    where = "; ".join(f"{u.file} at byte {u.offset:,}: {u.reason}" for u in named)
     more = f" (and {count - len(named):,} more)" if count > len(named) else ""
     message = (
         f"{count:,} line(s) of the prediction log could not be read — {where}{more}. "
@@ -393,8 +255,7 @@ def unreadable_error(doc: dict[str, Any]) -> tuple[str, str] | None:
     )
     first = named[0] if named else None
     look = (
-        f"look at it with `tail -c +{first['offset'] + 1} {log['folder']}/{first['file']} "
-        "| head -c 400`; "
+        f"look at it with `tail -c +{first.offset + 1} {log.folder}/{first.file} | head -c 400`; "
         if first
         else ""
     )
@@ -407,101 +268,10 @@ def unreadable_error(doc: dict[str, Any]) -> tuple[str, str] | None:
     return message, hint
 
 
-def lost_summary(lost: list[tuple[float, float, int, str]]) -> dict[str, Any] | None:
-    """Requests the servers answered but could not log in the period (None: there were none)."""
-    if not lost:
-        return None
-    return {
-        "requests": sum(item[2] for item in lost),
-        "since": _iso(min(item[0] for item in lost)),
-        "until": _iso(max(item[1] for item in lost)),
-        "reasons": sorted({reason for item in lost for reason in item[3].split("; ")}),
-    }
+Drift = drift_mod.FeatureDrift | TextDrift
 
 
-def synthetic_summary(by_source: dict[str, int], included: bool) -> dict[str, Any]:
-    """The synthetic requests of a period (load tests), by source, most first, and whether they
-    were counted in."""
-    return {
-        "requests": sum(by_source.values()),
-        "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
-        "included": included,
-    }
-
-
-def _per_version(traffic: Traffic) -> dict[str, int]:
-    if not traffic.requests:
-        return {}
-    counts = np.bincount(traffic.version, minlength=len(traffic.versions)).tolist()
-    return {v: int(c) for v, c in zip(traffic.versions, counts, strict=False)}
-
-
-def _traffic_summary(traffic: Traffic, low: float, high: float, *, last: bool) -> dict[str, Any]:
-    mask = (traffic.time >= low) & ((traffic.time <= high) if last else (traffic.time < high))
-    weight = traffic.weight[mask]
-    status = traffic.status[mask]
-    requests = float(weight.sum())
-    ok = status < 400
-    errors: dict[str, int] = {}
-    if (~ok).any():
-        codes, counts = np.unique(status[~ok], return_counts=True)
-        errors = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
-    failed = float(weight[~ok].sum())
-    latencies = np.sort(traffic.latency_ms[mask][ok])
-    latency = {f"p{p}_ms": nearest_rank(latencies, p) for p in PERCENTILES}
-    latency["max_ms"] = round(float(latencies[-1]), 3) if len(latencies) else None
-    seconds = max(high - low, 1e-9)
-    return {
-        "start": _iso(low),
-        "end": _iso(high),
-        "requests": round(requests),
-        "rows": round(float((traffic.rows[mask] * weight).sum())),
-        "requests_per_s": round(requests / seconds, 3),
-        "errors": errors,
-        "error_rate": round(failed / requests, 6) if requests else None,
-        "latency_ms": latency,
-    }
-
-
-def without_spans(
-    samples: list[dict[str, Any]], spans: list[tuple[float, float]], interval: float
-) -> list[dict[str, Any]]:
-    """The resource samples that measured none of `spans`: a sample taken at t covers the
-    `interval` before it."""
-    if not spans:
-        return samples
-    return [s for s in samples if not any(a < s["t"] < b + interval for a, b in spans)]
-
-
-def resource_summary(
-    samples: list[dict[str, Any]], low: float, high: float, interval: float
-) -> dict[str, Any]:
-    """CPU % and RSS of the serving processes: samples taken at the same moment (one per process)
-    are summed, then averaged and maximised over the window."""
-    chosen = [s for s in samples if low <= s["t"] <= high]
-    if not chosen:
-        return {"resources": None}
-    moments: dict[int, list[dict[str, Any]]] = {}
-    for sample in chosen:
-        moments.setdefault(int(sample["t"] // interval), []).append(sample)
-    cpu = np.array([sum(float(s["cpu_percent"]) for s in group) for group in moments.values()])
-    rss = np.array([sum(float(s["rss_bytes"]) for s in group) for group in moments.values()])
-    return {
-        "resources": {
-            "samples": len(chosen),
-            "processes": len({s.get("pid") for s in chosen}),
-            "cpu_percent_mean": round(float(cpu.mean()), 2),
-            "cpu_percent_peak": round(float(cpu.max()), 2),
-            "rss_mb_mean": round(float(rss.mean()) / 2**20, 1),
-            "rss_mb_peak": round(float(rss.max()) / 2**20, 1),
-        }
-    }
-
-
-Drift = drift_mod.FeatureDrift | drift_mod.TextDrift
-
-
-def _drift_all(
+def drift_all(
     traffic: Traffic,
     subject: Subject,
     profiles: Profiles,
@@ -530,11 +300,7 @@ def _drift_all(
             values = values[order]
         vocab = traffic.vocab.get(name)
         profile = profiles[name]
-        text = (
-            drift_mod.TextComparison(profile, vocab or [])
-            if isinstance(profile, drift_mod.TextProfile)
-            else None
-        )
+        text = TextComparison(profile, vocab or []) if isinstance(profile, TextProfile) else None
 
         def compare(part: np.ndarray) -> Drift:
             if text is not None:
@@ -563,23 +329,24 @@ def _drift_all(
     return per_window, [r[-1] for r in results]
 
 
-def _drift_summary(features: list[Drift], share: float) -> dict[str, Any]:
+def drift_summary(features: list[Drift], share: float) -> DriftSummary:
+    """The verdict over the judged features: drift when `share` of them or more drifted."""
     judged = [f for f in features if f.drifted is not None]
     drifted = [f.name for f in judged if f.drifted]
     if not judged:
-        return {"status": "not enough data", "share": None, "drifted": [], "judged": 0}
+        return DriftSummary(status="not enough data", share=None, drifted=[], judged=0)
     part = len(drifted) / len(judged)
-    return {
-        "status": "drift" if part >= share else "ok",
-        "share": round(part, 4),
-        "drifted": drifted,
-        "judged": len(judged),
-    }
+    return DriftSummary(
+        status="drift" if part >= share else "ok",
+        share=round(part, 4),
+        drifted=drifted,
+        judged=len(judged),
+    )
 
 
 def _quality(
     subject: Subject, traffic: Traffic, labels: Labels, low: float, high: float
-) -> dict[str, Any]:
+) -> WindowQuality:
     mask = (traffic.row_time >= low) & (traffic.row_time <= high)
     truth = labels.truth[mask]
     values = model_quality(
@@ -590,81 +357,68 @@ def _quality(
         subject.classes,
     )
     rows = sum(1 for v in truth.tolist() if v is not None and v == v)
-    doc: dict[str, Any] = {
-        "labelled_rows": rows,
-        "metrics": {k: round(v, 6) for k, v in values.items()},
-    }
+    quality = WindowQuality(labelled_rows=rows, metrics={k: round(v, 6) for k, v in values.items()})
     bound = subject.manifest.monitoring.quality
     if bound is not None:
         value = values.get(bound.metric)
-        doc["metric"] = bound.metric
-        doc["bound"] = bound.min
-        doc["value"] = None if value is None else round(value, 6)
-        doc["passed"] = None if value is None else not below_bound(bound.metric, value, bound.min)
-    return doc
+        quality.metric = bound.metric
+        quality.bound = bound.min
+        quality.value = None if value is None else round(value, 6)
+        quality.passed = None if value is None else not below_bound(bound.metric, value, bound.min)
+    return quality
 
 
-def _slo_checks(summary: dict[str, Any], slo: dict[str, float]) -> list[dict[str, Any]]:
-    checks = []
-    for metric, bound in slo.items():
-        value = (
-            summary["error_rate"] if metric == "error_rate" else summary["latency_ms"].get(metric)
-        )
-        checks.append(
-            {
-                "metric": metric,
-                "bound": bound,
-                "measured": value,
-                "passed": None if value is None else value <= bound,
-            }
-        )
-    return checks
-
-
-def _alerts(doc: dict[str, Any], manifest: Manifest) -> list[Alert]:
+def alerts_of(result: MonitorResult, manifest: Manifest) -> list[Alert]:
+    """The bounds the result breaches: drift, model quality, SLO over the period, age."""
     alerts = []
-    drift = doc["drift"]
-    if drift["status"] == "drift":
+    drift = result.drift
+    if drift.status == "drift":
         alerts.append(
             Alert(
                 "drift",
-                f"{len(drift['drifted'])} of {drift['judged']} features drifted "
-                f"(share {drift['share']:.2f} ≥ {manifest.monitoring.drift.share}): "
-                + ", ".join(drift["drifted"]),
+                f"{len(drift.drifted)} of {drift.judged} features drifted "
+                f"(share {drift.share:.2f} ≥ {manifest.monitoring.drift.share}): "
+                + ", ".join(drift.drifted),
                 {
-                    "share": drift["share"],
-                    "drifted": drift["drifted"],
-                    "features": [f for f in drift["features"] if f["drifted"]],
+                    "share": drift.share,
+                    "drifted": drift.drifted,
+                    "features": [f.to_json() for f in drift.features if f.drifted],
                 },
             )
         )
-    quality = doc["model_quality"]
-    if quality and quality.get("passed") is False:
+    quality = result.model_quality
+    if quality and quality.passed is False:
+        assert quality.value is not None and quality.bound is not None
         alerts.append(
             Alert(
                 "quality",
-                f"{quality['metric']} {quality['value']:.4g} breaks the bound {quality['bound']:g} "
-                f"({quality['labelled_rows']} labelled rows)",
-                {k: quality[k] for k in ("metric", "value", "bound", "labelled_rows")},
+                f"{quality.metric} {quality.value:.4g} breaks the bound {quality.bound:g} "
+                f"({quality.labelled_rows} labelled rows)",
+                {
+                    "metric": quality.metric,
+                    "value": quality.value,
+                    "bound": quality.bound,
+                    "labelled_rows": quality.labelled_rows,
+                },
             )
         )
-    failed = [c for c in doc["slo"]["checks"] if c["passed"] is False]
+    failed = [c for c in result.slo.checks if c.passed is False]
     if failed:
         alerts.append(
             Alert(
                 "slo",
                 "SLO missed: "
-                + ", ".join(f"{c['metric']} {c['measured']:g} > {c['bound']:g}" for c in failed),
-                {"checks": failed, "requests": doc["traffic"]["requests"]},
+                + ", ".join(f"{c.metric} {c.measured:g} > {c.bound:g}" for c in failed),
+                {"checks": [c.to_json() for c in failed], "requests": result.traffic.requests},
             )
         )
-    age = doc["age"]
-    if age["max_days"] is not None and age["days"] > age["max_days"]:
+    age = result.age
+    if age.max_days is not None and age.days > age.max_days:
         alerts.append(
             Alert(
                 "age",
-                f"version {doc['version']} is {age['days']:.0f} days old (max {age['max_days']})",
-                {"days": age["days"], "max_days": age["max_days"], "packaged": age["packaged"]},
+                f"version {result.version} is {age.days:.0f} days old (max {age.max_days})",
+                {"days": age.days, "max_days": age.max_days, "packaged": age.packaged},
             )
         )
     return alerts

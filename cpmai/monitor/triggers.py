@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,34 +23,52 @@ from typing import Any
 from cpmai.clock import parse_time
 from cpmai.ledger import Ledger, now_iso
 from cpmai.manifest import Triggers
+from cpmai.monitor.result import Alert, MonitorResult, TriggerRun
+
+__all__ = ["Alert", "TriggerRun", "fire", "respond", "run_command"]
 
 
-@dataclass
-class Alert:
-    kind: str
-    """"drift", "quality", "slo" or "age"."""
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    trigger: str = "not configured"
-    """"fired", "cooling down (fired at …)", or "not configured" (kind not in triggers.on)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "message": self.message,
-            "trigger": self.trigger,
-            "evidence": self.evidence,
-        }
-
-
-@dataclass
-class TriggerRun:
-    command: str
-    exit_code: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"command": self.command, "exit_code": self.exit_code, "seconds": self.seconds}
+def respond(
+    home: Path,
+    result: MonitorResult,
+    *,
+    actor: str,
+    run: bool = False,
+    say: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[Alert]:
+    """Fire the triggers a monitor result calls for (`fire`) and, with `run`, run the trigger
+    command for the newly fired ones (`run_command`; `result.trigger_run` then tells how it
+    ended). `say` hears what is about to run, `warn` that nothing could. Returns the newly
+    fired alerts."""
+    settings = result.settings.triggers
+    fired = fire(
+        home,
+        result.alerts,
+        settings,
+        name=result.name,
+        version=result.version,
+        env=result.env,
+        actor=actor,
+        period=result.period.to_json(),
+    )
+    if run and fired:
+        if settings.command is None:
+            if warn is not None:
+                warn("--run-triggers: monitoring.triggers.command is not set; nothing to run")
+        else:
+            if say is not None:
+                say(f"running the trigger command: {settings.command}")
+            result.trigger_run = run_command(
+                home,
+                settings.command,
+                fired,
+                name=result.name,
+                version=result.version,
+                env=result.env,
+                actor=actor,
+            )
+    return fired
 
 
 def fire(
@@ -135,7 +153,7 @@ def run_command(
     except OSError as exc:  # no shell, or the command cannot start at all
         code = 127
         command = f"{command}  ({exc})"
-    run = TriggerRun(command, code, round(time.monotonic() - start, 3))
+    run = TriggerRun(command=command, exit_code=code, seconds=round(time.monotonic() - start, 3))
     Ledger(home).append(
         "trigger-run",
         actor=actor,

@@ -13,12 +13,27 @@ from typing import TYPE_CHECKING, Any
 from cpmai.costs import measure
 from cpmai.costs.estimate import DEFAULT_PERIOD_S, Facts, estimate, iso, trend
 from cpmai.errors import UsageError
-from cpmai.ledger import Event
+from cpmai.ledger import Event as LedgerEvent
+from cpmai.report.document import (
+    Bench,
+    BenchLevel,
+    DriftBrief,
+    DriftOverview,
+    EnvStatus,
+    Event,
+    Kpi,
+    Monitored,
+    Report,
+    ReportPeriod,
+    Unmonitored,
+    VersionEntry,
+    VersionLatency,
+    WindowPoint,
+)
 
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
 
-SCHEMA = "cpmai-report/1"
 JOURNEY = ("package", "gate", "approve", "approval-refused", "deploy", "promote", "rollback",
            "stop", "trigger", "trigger-run")  # fmt: skip
 WINDOWS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
@@ -44,7 +59,7 @@ def build(
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
     include_synthetic: bool = False,
-) -> dict[str, Any]:
+) -> Report:
     """The report's document. Synthetic requests (load tests) are shown apart and counted in
     only with `include_synthetic`."""
     say = progress or (lambda _: None)
@@ -67,7 +82,7 @@ def build(
     window = window_for(end - start)
     say("costs")
     cost = estimate(home, name, env=env, since=start, until=end, now=now, facts=facts).doc
-    monitored = {}
+    monitored: dict[str, Monitored | Unmonitored] = {}
     for env_name in envs:
         say(f"monitoring {env_name}")
         monitored[env_name] = _monitor(
@@ -75,27 +90,26 @@ def build(
         )
     say("cost and value over time")
     value_trend = trend(facts, start, end, window)
-    return {
-        "schema": SCHEMA,
-        "name": name,
-        "description": manifest.description,
-        "owners": manifest.owners,
-        "currency": manifest.costs.currency,
-        "manifest": source,
-        "generated": iso(now),
-        "period": {"since": iso(start), "until": iso(end), "window_s": window},
-        "environments": _env_status(state, name, envs),
-        "versions": _versions(events, state, name),
-        "latency": _latency(home, name, state),
-        "monitoring": monitored,
-        "value_trend": value_trend,
-        "triggers": [
+    return Report(
+        name=name,
+        description=manifest.description,
+        owners=manifest.owners,
+        currency=manifest.costs.currency,
+        manifest=source,
+        generated=iso(now),
+        period=ReportPeriod(since=iso(start), until=iso(end), window_s=window),
+        environments=_env_status(state, name, envs),
+        versions=_versions(events, state, name),
+        latency=_latency(home, name, state),
+        monitoring=monitored,
+        value_trend=value_trend,
+        triggers=[
             _event(e) for e in events if e.name == name and e.action in ("trigger", "trigger-run")
         ],
-        "kpis": _kpis(events, name),
-        "cost": cost,
-        "slo": manifest.slo.model_dump(exclude_none=True),
-    }
+        kpis=_kpis(events, name),
+        cost=cost,
+        slo=manifest.slo.model_dump(exclude_none=True),
+    )
 
 
 def _envs(state: Any, name: str, env: str | None) -> list[str]:
@@ -110,25 +124,25 @@ def _envs(state: Any, name: str, env: str | None) -> list[str]:
     return known
 
 
-def _env_status(state: Any, name: str, envs: list[str]) -> list[dict[str, Any]]:
+def _env_status(state: Any, name: str, envs: list[str]) -> list[EnvStatus]:
     out = []
     for env in envs:
         s = state.env(name, env)
         out.append(
-            {
-                "env": env,
-                "live_version": s.live.version if s.live else None,
-                "since": s.live.time if s.live else None,
-                "url": s.live.details.get("url") if s.live else None,
-                "by": s.live.actor if s.live else None,
-                "versions_live_here": [r.version for r in s.history],
-                "last_event": s.last_event.action if s.last_event else None,
-            }
+            EnvStatus(
+                env=env,
+                live_version=s.live.version if s.live else None,
+                since=s.live.time if s.live else None,
+                url=s.live.details.get("url") if s.live else None,
+                by=s.live.actor if s.live else None,
+                versions_live_here=[r.version for r in s.history],
+                last_event=s.last_event.action if s.last_event else None,
+            )
         )
     return out
 
 
-def _event(e: Event) -> dict[str, Any]:
+def _event(e: LedgerEvent) -> Event:
     details = e.details
     summary = ""
     if e.action == "gate":
@@ -146,18 +160,18 @@ def _event(e: Event) -> dict[str, Any]:
         summary = f"exit {details.get('exit_code')}"
     elif e.action == "package":
         summary = str(details.get("digest", ""))[:19]
-    return {
-        "seq": e.seq,
-        "time": e.time,
-        "actor": e.actor,
-        "action": e.action,
-        "version": e.version,
-        "env": e.env,
-        "summary": summary,
-    }
+    return Event(
+        seq=e.seq,
+        time=e.time,
+        actor=e.actor,
+        action=e.action,
+        version=e.version,
+        env=e.env,
+        summary=summary,
+    )
 
 
-def _versions(events: list[Event], state: Any, name: str) -> list[dict[str, Any]]:
+def _versions(events: list[LedgerEvent], state: Any, name: str) -> list[VersionEntry]:
     live_in: dict[str, list[str]] = {}
     for env, s in state.envs_of(name).items():
         if s.live is not None:
@@ -170,46 +184,46 @@ def _versions(events: list[Event], state: Any, name: str) -> list[dict[str, Any]
             if e.name == name and e.version == record.version and e.action in JOURNEY
         ]
         out.append(
-            {
-                "version": record.version,
-                "digest": record.digest,
-                "packaged": record.time,
-                "by": record.actor,
-                "live_in": live_in.get(record.version, []),
-                "journey": journey,
-            }
+            VersionEntry(
+                version=record.version,
+                digest=record.digest,
+                packaged=record.time,
+                by=record.actor,
+                live_in=live_in.get(record.version, []),
+                journey=journey,
+            )
         )
     return out
 
 
-def _latency(home: Path, name: str, state: Any) -> list[dict[str, Any]]:
+def _latency(home: Path, name: str, state: Any) -> list[VersionLatency]:
     """Per version, the newest benchmark (a server's when there is one): each level's
     percentiles. Versions never benchmarked are listed with no levels."""
     out = []
     for record in state.versions_of(name):
         runs = measure.bench_runs(home, name, record.version)
-        entry: dict[str, Any] = {"version": record.version, "bench": None}
+        bench = None
         if runs:
             path, data = max(
                 runs, key=lambda r: ((r[1].get("target") or {}).get("kind") == "http", r[0].name)
             )
-            entry["bench"] = {
-                "file": str(path),
-                "time": data.get("time"),
-                "kind": (data.get("target") or {}).get("kind"),
-                "url": (data.get("target") or {}).get("url"),
-                "levels": [
-                    {
-                        "label": lv["label"],
-                        "throughput_rps": lv["throughput_rps"],
-                        "error_rate": lv["error_rate"],
+            bench = Bench(
+                file=str(path),
+                time=data.get("time"),
+                kind=(data.get("target") or {}).get("kind"),
+                url=(data.get("target") or {}).get("url"),
+                levels=[
+                    BenchLevel(
+                        label=lv["label"],
+                        throughput_rps=lv["throughput_rps"],
+                        error_rate=lv["error_rate"],
                         **{k: lv["latency_ms"].get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
-                    }
+                    )
                     for lv in data.get("levels", [])
                 ],
-                "slo_passed": (data.get("slo") or {}).get("passed"),
-            }
-        out.append(entry)
+                slo_passed=(data.get("slo") or {}).get("passed"),
+            )
+        out.append(VersionLatency(version=record.version, bench=bench))
     return out
 
 
@@ -223,7 +237,7 @@ def _monitor(
     window: float,
     now: float,
     include_synthetic: bool,
-) -> dict[str, Any]:
+) -> Monitored | Unmonitored:
     from cpmai.monitor.run import monitor
 
     try:
@@ -239,52 +253,56 @@ def _monitor(
             include_synthetic=include_synthetic,
         )
     except UsageError as exc:
-        return {"available": False, "note": exc.message}
-    doc = result.doc
-    return {
-        "available": True,
-        "version": doc["version"],
-        "traffic": doc["traffic"],
-        "synthetic": doc["log"]["synthetic"],
-        "lost": doc["log"]["lost"],
-        "slo": doc["slo"],
-        "windows": [
-            {
-                "start": w["start"],
-                "requests": w["requests"],
-                "requests_per_s": w["requests_per_s"],
-                "error_rate": w["error_rate"],
-                "latency_ms": w["latency_ms"],
-                "resources": w.get("resources"),
-                "drift": w["drift"]["status"],
-                "slo_passed": None
-                if all(c["passed"] is None for c in w["slo"])
-                else all(c["passed"] is not False for c in w["slo"]),
-            }
-            for w in doc["windows"]
+        return Unmonitored(available=False, note=exc.message)
+    return Monitored(
+        available=True,
+        version=result.version,
+        traffic=result.traffic,
+        synthetic=result.log.synthetic,
+        lost=result.log.lost,
+        slo=result.slo,
+        windows=[
+            WindowPoint(
+                start=w.start,
+                requests=w.requests,
+                requests_per_s=w.requests_per_s,
+                error_rate=w.error_rate,
+                latency_ms=w.latency_ms,
+                resources=w.resources,
+                drift=w.drift.status,
+                slo_passed=None
+                if all(c.passed is None for c in w.slo)
+                else all(c.passed is not False for c in w.slo),
+            )
+            for w in result.windows
         ],
-        "drift": {
-            "status": doc["drift"]["status"],
-            "reference_rows": doc["drift"]["reference_rows"],
-            "threshold": doc["settings"]["drift"]["threshold"],
-            "features": [
-                {
-                    k: f[k]
-                    for k in ("feature", "method", "statistic", "p_value", "psi", "rows", "status")
-                }
-                for f in doc["drift"]["features"]
+        drift=DriftOverview(
+            status=result.drift.status,
+            reference_rows=result.drift.reference_rows,
+            threshold=result.settings.drift.threshold,
+            features=[
+                DriftBrief(
+                    feature=f.feature,
+                    method=f.method,
+                    statistic=f.statistic,
+                    p_value=f.p_value,
+                    psi=f.psi,
+                    rows=f.rows,
+                    status=f.status,
+                )
+                for f in result.drift.features
             ],
-        },
-        "data_quality": doc["data_quality"],
-        "alerts": [a.to_dict() for a in result.alerts],
-        "age": doc["age"],
-    }
+        ),
+        data_quality=result.data_quality,
+        alerts=result.alerts,
+        age=result.age,
+    )
 
 
-def _kpis(events: list[Event], name: str) -> dict[str, list[dict[str, Any]]]:
+def _kpis(events: list[LedgerEvent], name: str) -> dict[str, list[Kpi]]:
     from cpmai import kpi
 
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[Kpi]] = {}
     for record in kpi.read(events, name):
-        out.setdefault(record.metric, []).append(record.to_dict())
+        out.setdefault(record.metric, []).append(Kpi(**record.to_dict()))
     return out

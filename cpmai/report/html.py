@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING
 
+from cpmai.clock import short_time
 from cpmai.report import svg
+from cpmai.report.document import Monitored
 from cpmai.report.text import (
     budget_share,
     count,
@@ -13,9 +15,11 @@ from cpmai.report.text import (
     idle,
     log_notes,
     money,
-    short_time,
     status_of,
 )
+
+if TYPE_CHECKING:
+    from cpmai.report.document import DriftBrief, Report
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -44,20 +48,21 @@ footer{color:#64748b;font-size:12px;padding:12px 32px 32px}
 """
 
 
-def render(doc: dict[str, Any]) -> str:
-    cur = doc["currency"]
+def render(doc: Report) -> str:
+    """The report as one HTML page."""
+    cur = doc.currency
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>cpmai report: {escape(doc['name'])}</title>",
+        f"<title>cpmai report: {escape(doc.name)}</title>",
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
         f"<style>{CSS}</style></head><body>",
         "<header>",
-        f"<h1>{escape(doc['name'])}</h1>",
-        f"<p>{escape(doc['description'])}</p>" if doc["description"] else "",
-        f"<p>owners: {escape(', '.join(doc['owners']) or '-')} · period "
-        f"{escape(short_time(doc['period']['since']))} → "
-        f"{escape(short_time(doc['period']['until']))} UTC · generated "
-        f"{escape(short_time(doc['generated']))} UTC</p>",
+        f"<h1>{escape(doc.name)}</h1>",
+        f"<p>{escape(doc.description)}</p>" if doc.description else "",
+        f"<p>owners: {escape(', '.join(doc.owners) or '-')} · period "
+        f"{escape(short_time(doc.period.since))} → "
+        f"{escape(short_time(doc.period.until))} UTC · generated "
+        f"{escape(short_time(doc.generated))} UTC</p>",
         "</header><main>",
         _cards(doc, cur),
         "<section><h2>Performance and usage</h2><div class='grid'>",
@@ -81,7 +86,7 @@ def render(doc: dict[str, Any]) -> str:
         _triggers_table(doc),
         _kpi_section(doc),
         "</main><footer>cpmai report · ",
-        escape(doc["manifest"]),
+        escape(doc.manifest),
         " · every figure here is in <code>cpmai report --json</code></footer></body></html>",
     ]
     return "".join(parts)
@@ -99,34 +104,31 @@ def _card(key: str, value: str, sub: str = "", cls: str = "") -> str:
     )
 
 
-def _cards(doc: dict[str, Any], cur: str) -> str:
+def _cards(doc: Report, cur: str) -> str:
     cards = []
-    for env in doc["environments"]:
-        live = env["live_version"]
+    for env in doc.environments:
+        live = env.live_version
         cards.append(
             _card(
-                f"{env['env']} live",
+                f"{env.env} live",
                 live or "none",
-                f"since {short_time(env['since'])}" if live else f"last: {env['last_event']}",
+                f"since {short_time(env.since)}" if live else f"last: {env.last_event}",
                 "ok" if live else "none",
             )
         )
-    for env_name, mon in doc["monitoring"].items():
-        if not mon["available"]:
-            continue
+    for env_name, mon in doc.monitored().items():
         slo, label = status_of(mon)
         cards.append(_card(f"{env_name} SLO", label, _slo_sub(mon), slo))
-        drift = mon["drift"]["status"]
+        drift = mon.drift.status
         cards.append(
             _card(
                 f"{env_name} drift",
                 drift,
-                f"{sum(f['status'] == 'drift' for f in mon['drift']['features'])} feature(s) "
-                "drifted",
+                f"{sum(f.status == 'drift' for f in mon.drift.features)} feature(s) drifted",
                 "bad" if drift == "drift" else "ok" if drift == "ok" else "none",
             )
         )
-    cost = doc["cost"]
+    cost = doc.cost
     budget = cost["budget"]
     total = cost["total_per_month"]["value"]
     cards.append(
@@ -155,49 +157,49 @@ def _cards(doc: dict[str, Any], cur: str) -> str:
     return "<div class='cards'>" + "".join(cards) + "</div>"
 
 
-def _slo_sub(mon: dict[str, Any]) -> str:
+def _slo_sub(mon: Monitored) -> str:
     parts = []
-    for check in mon["slo"]["checks"]:
-        measured = "-" if check["measured"] is None else f"{check['measured']:.3g}"
-        parts.append(f"{check['metric']} {measured} ≤ {check['bound']:g}")
+    for check in mon.slo.checks:
+        measured = "-" if check.measured is None else f"{check.measured:.3g}"
+        parts.append(f"{check.metric} {measured} ≤ {check.bound:g}")
     return ", ".join(parts)
 
 
-def _latency_chart(doc: dict[str, Any]) -> str | None:
-    versions = [v for v in doc["latency"] if v["bench"] and v["bench"]["levels"]]
-    if not versions:
+def _latency_chart(doc: Report) -> str | None:
+    benches = [(v.version, v.bench) for v in doc.latency if v.bench and v.bench.levels]
+    if not benches:
         return None
     # the busiest level each version was measured at, side by side
-    picks = [max(v["bench"]["levels"], key=lambda lv: lv["throughput_rps"]) for v in versions]
+    picks = [max(bench.levels, key=lambda lv: lv.throughput_rps) for _, bench in benches]
     series: list[svg.Series] = [
-        (key.replace("_ms", ""), [lv[key] for lv in picks])
+        (key.replace("_ms", ""), [getattr(lv, key) for lv in picks])
         for key in ("p50_ms", "p95_ms", "p99_ms")
     ]
-    bound = doc["slo"].get("p99_ms")
+    bound = doc.slo.get("p99_ms")
     return svg.bar_chart(
         "latency",
         "Latency per version",
-        [f"{v['version']} ({lv['label']})" for v, lv in zip(versions, picks, strict=True)],
+        [f"{version} ({lv.label})" for (version, _), lv in zip(benches, picks, strict=True)],
         series,
         unit="ms",
         bounds=[("SLO p99", bound)] if bound else None,
     )
 
 
-def _labels(windows: list[dict[str, Any]], window_s: float) -> list[str]:
+def _labels(starts: list[str], window_s: float) -> list[str]:
     """Window starts, to the second when windows are shorter than a minute."""
     width = 19 if window_s < 60 else 16
-    return [w["start"].replace("T", " ")[:width] for w in windows]
+    return [start.replace("T", " ")[:width] for start in starts]
 
 
-def _env_charts(doc: dict[str, Any]) -> list[str]:
+def _env_charts(doc: Report) -> list[str]:
     out = []
-    for env_name, mon in doc["monitoring"].items():
-        if not mon["available"]:
-            out.append(_figure(f"{env_name}: traffic", None, mon["note"]))
+    for env_name, mon in doc.monitoring.items():
+        if not isinstance(mon, Monitored):
+            out.append(_figure(f"{env_name}: traffic", None, mon.note))
             continue
-        windows = mon["windows"]
-        labels = _labels(windows, doc["period"]["window_s"])
+        windows = mon.windows
+        labels = _labels([w.start for w in windows], doc.period.window_s)
         out.append(
             _figure(
                 f"{env_name}: traffic (requests/s per window, `cpmai bench` load included)",
@@ -205,12 +207,12 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
                     "traffic",
                     f"{env_name} traffic",
                     labels,
-                    [("requests/s", [w["requests_per_s"] for w in windows])],
+                    [("requests/s", [w.requests_per_s for w in windows])],
                     unit="req/s",
                 ),
             )
         )
-        bound = doc["slo"].get("p99_ms")
+        bound = doc.slo.get("p99_ms")
         out.append(
             _figure(
                 f"{env_name}: latency over time (server side)",
@@ -219,16 +221,16 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
                     f"{env_name} latency",
                     labels,
                     [
-                        ("p50", [w["latency_ms"]["p50_ms"] for w in windows]),
-                        ("p99", [w["latency_ms"]["p99_ms"] for w in windows]),
+                        ("p50", [w.latency_ms.p50_ms for w in windows]),
+                        ("p99", [w.latency_ms.p99_ms for w in windows]),
                     ],
                     unit="ms",
                     bounds=[("SLO p99", bound)] if bound else None,
                 ),
             )
         )
-        cpu = [(w["resources"] or {}).get("cpu_percent_mean") for w in windows]
-        rss = [(w["resources"] or {}).get("rss_mb_mean") for w in windows]
+        cpu = [w.resources.cpu_percent_mean if w.resources else None for w in windows]
+        rss = [w.resources.rss_mb_mean if w.resources else None for w in windows]
         if any(v is not None for v in cpu):
             out.append(
                 _figure(
@@ -245,14 +247,14 @@ def _env_charts(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _value_chart(doc: dict[str, Any], cur: str) -> str | None:
-    windows = doc["value_trend"]
+def _value_chart(doc: Report, cur: str) -> str | None:
+    windows = doc.value_trend
     if not windows or not any(w["cumulative_cost"] or w["cumulative_value"] for w in windows):
         return None
     return svg.line_chart(
         "value",
         "Cost vs value",
-        _labels(windows, doc["period"]["window_s"]),
+        _labels([w["start"] for w in windows], doc.period.window_s),
         [
             (f"cost ({cur})", [w["cumulative_cost"] for w in windows]),
             (f"value ({cur})", [w["cumulative_value"] for w in windows]),
@@ -261,8 +263,8 @@ def _value_chart(doc: dict[str, Any], cur: str) -> str | None:
     )
 
 
-def _cost_chart(doc: dict[str, Any], cur: str) -> str | None:
-    cost = doc["cost"]
+def _cost_chart(doc: Report, cur: str) -> str | None:
+    cost = doc.cost
     parts = [(f"{e['env']} serving", e["serving_per_month"]["value"]) for e in cost["environments"]]
     parts.append(("retraining", cost["retraining"]["per_month"]["value"]))
     budget = cost["budget"]["per_month"]
@@ -276,16 +278,14 @@ def _cost_chart(doc: dict[str, Any], cur: str) -> str | None:
     )
 
 
-def _drift_charts(doc: dict[str, Any]) -> list[str]:
+def _drift_charts(doc: Report) -> list[str]:
     out = []
-    for env_name, mon in doc["monitoring"].items():
-        if not mon["available"]:
-            continue
-        drift = mon["drift"]
+    for env_name, mon in doc.monitored().items():
+        drift = mon.drift
         items = [
-            (f"{f['feature']} ({_SHORT.get(f['method'], f['method'])})", _score(f),
-             None if f["status"] == "not enough data" else f["status"] == "drift")
-            for f in drift["features"]
+            (f"{f.feature} ({_SHORT.get(f.method, f.method)})", _score(f),
+             None if f.status == "not enough data" else f.status == "drift")
+            for f in drift.features
         ]  # fmt: skip
         out.append(
             _figure(
@@ -294,20 +294,19 @@ def _drift_charts(doc: dict[str, Any]) -> list[str]:
                     "drift",
                     f"{env_name} drift",
                     items,
-                    threshold=drift["threshold"],
+                    threshold=drift.threshold,
                     unit="distance (Wasserstein ÷ std, Jensen–Shannon) or PSI for KS/chi-square",
                 )
                 if items
                 else None,
             )
         )
-        quality = [q for q in mon["data_quality"] if q.get("missing") or q.get("out_of_range")
-                   or q.get("unseen")]  # fmt: skip
+        quality = [q for q in mon.data_quality if q.missing or q.out_of_range or q.unseen]
         if quality:
             rows = "".join(
-                f"<tr><td>{escape(q['feature'])}</td><td class='n'>{q.get('missing', 0)}</td>"
-                f"<td class='n'>{q.get('out_of_range') or 0}</td>"
-                f"<td class='n'>{q.get('unseen') or 0}</td></tr>"
+                f"<tr><td>{escape(q.feature)}</td><td class='n'>{q.missing}</td>"
+                f"<td class='n'>{q.out_of_range or 0}</td>"
+                f"<td class='n'>{q.unseen or 0}</td></tr>"
                 for q in quality
             )
             out.append(
@@ -322,18 +321,18 @@ def _drift_charts(doc: dict[str, Any]) -> list[str]:
 _SHORT = {"wasserstein": "W", "jensen_shannon": "JS", "ks": "KS", "chi2": "χ²"}
 
 
-def _score(feature: dict[str, Any]) -> float | None:
+def _score(feature: DriftBrief) -> float | None:
     """The distance the method judges by; tests judge by p-value, so PSI stands in for them."""
-    if feature["method"] in ("wasserstein", "jensen_shannon"):
-        value = feature["statistic"]
+    if feature.method in ("wasserstein", "jensen_shannon"):
+        value = feature.statistic
     else:
-        value = feature["psi"]
+        value = feature.psi
     return None if value is None else float(value)
 
 
-def _cost_table(doc: dict[str, Any], cur: str) -> str:
+def _cost_table(doc: Report, cur: str) -> str:
     rows = []
-    for e in doc["cost"]["environments"]:
+    for e in doc.cost["environments"]:
         rows.append(
             "<tr>"
             + "".join(
@@ -371,20 +370,20 @@ def _cost_table(doc: dict[str, Any], cur: str) -> str:
     return f"<h3>Per environment</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _versions_table(doc: dict[str, Any]) -> str:
+def _versions_table(doc: Report) -> str:
     rows = []
-    for v in doc["versions"]:
+    for v in doc.versions:
         steps = "".join(
-            f"<li><span class='none'>{escape(short_time(e['time']))}</span> "
-            f"<b>{escape(e['action'])}</b>{escape(' ' + e['env'] if e['env'] else '')}"
-            + (f" — {escape(e['summary'])}" if e["summary"] and e["action"] != "package" else "")
-            + f" <span class='none'>by {escape(e['actor'])}</span></li>"
-            for e in v["journey"]
+            f"<li><span class='none'>{escape(short_time(e.time))}</span> "
+            f"<b>{escape(e.action)}</b>{escape(' ' + e.env if e.env else '')}"
+            + (f" — {escape(e.summary)}" if e.summary and e.action != "package" else "")
+            + f" <span class='none'>by {escape(e.actor)}</span></li>"
+            for e in v.journey
         )
         rows.append(
-            f"<tr><td><b>{escape(v['version'])}</b></td>"
-            f"<td>{escape(', '.join(v['live_in']) or '-')}</td>"
-            f"<td><code>{escape(v['digest'][:19])}</code></td>"
+            f"<tr><td><b>{escape(v.version)}</b></td>"
+            f"<td>{escape(', '.join(v.live_in) or '-')}</td>"
+            f"<td><code>{escape(v.digest[:19])}</code></td>"
             f"<td><ul class='journey'>{steps}</ul></td></tr>"
         )
     return (
@@ -394,14 +393,14 @@ def _versions_table(doc: dict[str, Any]) -> str:
     )
 
 
-def _triggers_table(doc: dict[str, Any]) -> str:
-    if not doc["triggers"]:
+def _triggers_table(doc: Report) -> str:
+    if not doc.triggers:
         return "<section><h2>Triggers</h2><p class='none'>no trigger fired</p></section>"
     rows = "".join(
-        f"<tr><td>{escape(short_time(t['time']))}</td><td>{escape(t['action'])}</td>"
-        f"<td>{escape(t['version'] or '')}</td><td>{escape(t['env'] or '')}</td>"
-        f"<td>{escape(t['summary'])}</td></tr>"
-        for t in doc["triggers"]
+        f"<tr><td>{escape(short_time(t.time))}</td><td>{escape(t.action)}</td>"
+        f"<td>{escape(t.version or '')}</td><td>{escape(t.env or '')}</td>"
+        f"<td>{escape(t.summary)}</td></tr>"
+        for t in doc.triggers
     )
     return (
         "<section><h2>Triggers</h2><table><tr><th>time</th><th>event</th><th>version</th>"
@@ -409,19 +408,19 @@ def _triggers_table(doc: dict[str, Any]) -> str:
     )
 
 
-def _kpi_section(doc: dict[str, Any]) -> str:
-    if not doc["kpis"]:
+def _kpi_section(doc: Report) -> str:
+    if not doc.kpis:
         return ""
     charts = []
-    for metric, records in doc["kpis"].items():
+    for metric, records in doc.kpis.items():
         charts.append(
             _figure(
                 f"KPI {metric}",
                 svg.line_chart(
                     "kpi",
                     metric,
-                    [short_time(r["at"]) for r in records],
-                    [(metric, [r["value"] for r in records])],
+                    [short_time(r.at) for r in records],
+                    [(metric, [r.value for r in records])],
                 ),
             )
         )

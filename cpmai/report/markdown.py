@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cpmai.clock import short_time
 from cpmai.report.text import (
     budget_share,
     count,
@@ -12,10 +13,12 @@ from cpmai.report.text import (
     log_notes,
     money,
     ms,
-    short_time,
     status_of,
     windows_met,
 )
+
+if TYPE_CHECKING:
+    from cpmai.report.document import Report
 
 MARK = {"ok": "✅", "bad": "❌", "none": "➖"}
 
@@ -30,38 +33,40 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def render(doc: dict[str, Any]) -> str:
-    cur = doc["currency"]
-    period = doc["period"]
+def render(doc: Report) -> str:
+    """The report in Markdown."""
+    cur = doc.currency
+    period = doc.period
     lines = [
-        f"## cpmai report: {doc['name']}",
+        f"## cpmai report: {doc.name}",
         "",
-        f"Period {short_time(period['since'])} → {short_time(period['until'])} UTC · "
-        f"generated {short_time(doc['generated'])} UTC",
+        f"Period {short_time(period.since)} → {short_time(period.until)} UTC · "
+        f"generated {short_time(doc.generated)} UTC",
         "",
         "### Environments",
         "",
     ]
     rows = []
-    for env in doc["environments"]:
-        mon = doc["monitoring"].get(env["env"], {"available": False})
-        if mon["available"]:
+    monitored = doc.monitored()
+    for env in doc.environments:
+        mon = monitored.get(env.env)
+        if mon is not None:
             css, label = status_of(mon)
             met, judged = windows_met(mon)
-            p99 = mon["traffic"]["latency_ms"]["p99_ms"]
+            p99 = mon.traffic.latency_ms.p99_ms
             rows.append(
                 [
-                    env["env"],
-                    env["live_version"] or "none",
-                    f"{mon['traffic']['requests']:,}",
+                    env.env,
+                    env.live_version or "none",
+                    f"{mon.traffic.requests:,}",
                     "-" if p99 is None else f"{p99:.2f}",
                     f"{MARK[css]} {label} ({met}/{judged} windows)",
-                    f"{MARK[_drift_class(mon['drift']['status'])]} {mon['drift']['status']}",
-                    len(mon["alerts"]),
+                    f"{MARK[_drift_class(mon.drift.status)]} {mon.drift.status}",
+                    len(mon.alerts),
                 ]
             )
         else:
-            rows.append([env["env"], env["live_version"] or "none", "-", "-", "no data yet",
+            rows.append([env.env, env.live_version or "none", "-", "-", "no data yet",
                          "-", 0])  # fmt: skip
     if not rows:
         rows.append(["no deployment yet", "-", "-", "-", "-", "-", 0])
@@ -71,28 +76,28 @@ def render(doc: dict[str, Any]) -> str:
         lines += ["", *(f"- {note}" for note in notes)]
     lines += ["", "### Latency per version (newest benchmark, busiest level)", ""]
     rows = []
-    for v in doc["latency"]:
-        bench = v["bench"]
-        if not bench or not bench["levels"]:
-            rows.append([v["version"], "no data yet: run `cpmai bench`", "-", "-", "-", "-"])
+    for v in doc.latency:
+        bench = v.bench
+        if not bench or not bench.levels:
+            rows.append([v.version, "no data yet: run `cpmai bench`", "-", "-", "-", "-"])
             continue
-        lv = max(bench["levels"], key=lambda x: x["throughput_rps"])
+        lv = max(bench.levels, key=lambda x: x.throughput_rps)
         rows.append(
             [
-                v["version"],
-                f"{lv['label']} ({bench['kind']})",
-                f"{lv['throughput_rps']:,.0f}",
-                ms(lv["p50_ms"]),
-                ms(lv["p99_ms"]),
+                v.version,
+                f"{lv.label} ({bench.kind})",
+                f"{lv.throughput_rps:,.0f}",
+                ms(lv.p50_ms),
+                ms(lv.p99_ms),
                 MARK["ok"]
-                if bench["slo_passed"]
+                if bench.slo_passed
                 else MARK["bad"]
-                if bench["slo_passed"] is False
+                if bench.slo_passed is False
                 else MARK["none"],
             ]
         )
     lines += _table(["version", "level", "req/s", "p50 ms", "p99 ms", "SLO"], rows)
-    cost = doc["cost"]
+    cost = doc.cost
     budget = cost["budget"]
     lines += ["", "### Cost and ROI", ""]
     rows = [
@@ -136,29 +141,24 @@ def render(doc: dict[str, Any]) -> str:
     else:
         lines.append(f"ROI: {roi['note']}")
     alerts = [
-        f"- {env}: **{a['kind']}** {a['message']}"
-        for env, mon in doc["monitoring"].items()
-        if mon["available"]
-        for a in mon["alerts"]
+        f"- {env}: **{a.kind}** {a.message}" for env, mon in monitored.items() for a in mon.alerts
     ] + [f"- **{a['kind']}** {a['message']}" for a in cost["alerts"]]
     if alerts:
         lines += ["", "### Alerts", "", *alerts]
-    if doc["triggers"]:
-        lines += ["", f"Triggers fired: {sum(t['action'] == 'trigger' for t in doc['triggers'])}"]
+    if doc.triggers:
+        lines += ["", f"Triggers fired: {sum(t.action == 'trigger' for t in doc.triggers)}"]
     lines += ["", "<details><summary>Versions</summary>", ""]
     lines += _table(
         ["version", "packaged", "by", "live in", "events"],
         [
             [
-                v["version"],
-                short_time(v["packaged"]),
-                v["by"],
-                ", ".join(v["live_in"]) or "-",
-                " → ".join(
-                    e["action"] + (f" {e['env']}" if e["env"] else "") for e in v["journey"]
-                ),
+                v.version,
+                short_time(v.packaged),
+                v.by,
+                ", ".join(v.live_in) or "-",
+                " → ".join(e.action + (f" {e.env}" if e.env else "") for e in v.journey),
             ]
-            for v in doc["versions"]
+            for v in doc.versions
         ],
     )
     lines += ["", "</details>", ""]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from cpmai.clock import short_time
 from cpmai.report.text import (
     budget_share,
     count,
@@ -12,10 +14,12 @@ from cpmai.report.text import (
     log_notes,
     money,
     ms,
-    short_time,
     status_of,
     windows_met,
 )
+
+if TYPE_CHECKING:
+    from cpmai.report.document import Report
 
 COLOUR = {"ok": "green", "bad": "red", "none": "dim"}
 SPARK = 24
@@ -23,7 +27,7 @@ SPARK = 24
 BLOCKS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float | None]) -> str:
+def sparkline(values: Sequence[float | None]) -> str:
     """One block character per value, scaled to the largest; a gap for None."""
     top = max((v for v in values if v is not None), default=0.0)
     if top <= 0:
@@ -33,75 +37,76 @@ def sparkline(values: list[float | None]) -> str:
     )
 
 
-def render(doc: dict[str, Any]) -> Any:
+def render(doc: Report) -> Any:
+    """The report as one Rich panel."""
     from rich.console import Group
     from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
-    cur = doc["currency"]
-    period = doc["period"]
-    title = (
-        f"[bold]{doc['name']}[/bold]  {short_time(period['since'])} → "
-        f"{short_time(period['until'])} UTC"
-    )
+    cur = doc.currency
+    period = doc.period
+    title = f"[bold]{doc.name}[/bold]  {short_time(period.since)} → {short_time(period.until)} UTC"
     envs = Table(expand=False, box=None, padding=(0, 2))
     for column in ("env", "live", "requests", "p99 ms", "SLO", "drift", "req/s", "p99"):
         envs.add_column(column)
-    for env in doc["environments"]:
-        mon = doc["monitoring"].get(env["env"], {"available": False})
-        if not mon["available"]:
-            envs.add_row(env["env"], env["live_version"] or "none", "-", "-",
+    monitored = doc.monitored()
+    for env in doc.environments:
+        mon = monitored.get(env.env)
+        if mon is None:
+            envs.add_row(env.env, env.live_version or "none", "-", "-",
                          "[dim]no data yet[/dim]", "-", "", "")  # fmt: skip
             continue
         css, label = status_of(mon)
         met, judged = windows_met(mon)
-        drift = mon["drift"]["status"]
-        p99 = mon["traffic"]["latency_ms"]["p99_ms"]
+        drift = mon.drift.status
+        p99 = mon.traffic.latency_ms.p99_ms
         envs.add_row(
-            env["env"],
-            env["live_version"] or "[dim]none[/dim]",
-            f"{mon['traffic']['requests']:,}",
+            env.env,
+            env.live_version or "[dim]none[/dim]",
+            f"{mon.traffic.requests:,}",
             "-" if p99 is None else f"{p99:.2f}",
             f"[{COLOUR[css]}]{label}[/] ({met}/{judged})",
             f"[{'red' if drift == 'drift' else 'green' if drift == 'ok' else 'dim'}]{drift}[/]",
-            sparkline([w["requests_per_s"] for w in mon["windows"]][-SPARK:]),
-            sparkline([w["latency_ms"]["p99_ms"] for w in mon["windows"]][-SPARK:]),
+            sparkline([w.requests_per_s for w in mon.windows][-SPARK:]),
+            sparkline([w.latency_ms.p99_ms for w in mon.windows][-SPARK:]),
         )
-    if not doc["environments"]:
+    if not doc.environments:
         envs.add_row("[dim]no deployment yet: cpmai deploy MANIFEST --env ENV[/dim]", *[""] * 7)
     latency = Table(title="latency per version (newest benchmark)", title_justify="left")
     for column in ("version", "level", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         latency.add_column(column, justify="left" if column in ("version", "level") else "right")
-    for v in doc["latency"]:
-        bench = v["bench"]
-        if not bench or not bench["levels"]:
-            latency.add_row(v["version"], "[dim]no data yet: run cpmai bench[/dim]", "", "", "", "")
-            continue
-        for lv in bench["levels"]:
+    for timed in doc.latency:
+        bench = timed.bench
+        if not bench or not bench.levels:
             latency.add_row(
-                v["version"], f"{lv['label']} ({bench['kind']})", f"{lv['throughput_rps']:,.0f}",
-                ms(lv["p50_ms"]), ms(lv["p95_ms"]), ms(lv["p99_ms"]),
+                timed.version, "[dim]no data yet: run cpmai bench[/dim]", "", "", "", ""
+            )
+            continue
+        for lv in bench.levels:
+            latency.add_row(
+                timed.version, f"{lv.label} ({bench.kind})", f"{lv.throughput_rps:,.0f}",
+                ms(lv.p50_ms), ms(lv.p95_ms), ms(lv.p99_ms),
             )  # fmt: skip
     versions = Table(title="versions", title_justify="left")
     for column in ("version", "packaged", "by", "live in", "journey"):
         versions.add_column(column)
-    for v in doc["versions"]:
+    for v in doc.versions:
         versions.add_row(
-            v["version"],
-            short_time(v["packaged"]),
-            escape(v["by"]),
-            ", ".join(v["live_in"]) or "-",
+            v.version,
+            short_time(v.packaged),
+            escape(v.by),
+            ", ".join(v.live_in) or "-",
             " → ".join(
-                e["action"]
-                + (f" {e['env']}" if e["env"] else "")
-                + (" ✗" if e["action"] == "gate" and e["summary"] != "passed" else "")
-                for e in v["journey"]
-                if e["action"] != "package"
+                e.action
+                + (f" {e.env}" if e.env else "")
+                + (" ✗" if e.action == "gate" and e.summary != "passed" else "")
+                for e in v.journey
+                if e.action != "package"
             )
             or "packaged",
         )
-    cost = doc["cost"]
+    cost = doc.cost
     budget = cost["budget"]
     money_table = Table(title="cost", title_justify="left")
     for column in ("env", "serving/mo", "idle", "pred/mo", "1k @capacity", "1k @traffic"):
@@ -130,12 +135,11 @@ def render(doc: dict[str, Any]) -> Any:
         else f"[dim]{escape(roi['note'])}[/dim]"
     )
     alerts = [
-        f"[red]●[/red] {env}: {a['kind']} — {escape(a['message'])}"
-        for env, mon in doc["monitoring"].items()
-        if mon["available"]
-        for a in mon["alerts"]
+        f"[red]●[/red] {env}: {a.kind} — {escape(a.message)}"
+        for env, mon in monitored.items()
+        for a in mon.alerts
     ] + [f"[red]●[/red] {a['kind']} — {escape(a['message'])}" for a in cost["alerts"]]
-    fired = sum(t["action"] == "trigger" for t in doc["triggers"])
+    fired = sum(t.action == "trigger" for t in doc.triggers)
     parts: list[Any] = [
         Panel(envs, title="environments", title_align="left"),
         *(f"[dim]{escape(note)}[/dim]" for note in log_notes(doc)),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cpmai.monitor.notes import lost_line, synthetic_line
+
+if TYPE_CHECKING:
+    from cpmai.report.document import Monitored, Report
 
 
 def money(value: float | None, currency: str = "") -> str:
@@ -48,68 +53,28 @@ def env_label(entry: dict[str, Any]) -> str:
     return str(entry["env"]) + (" (not live)" if entry["planned"] else "")
 
 
-def short_time(iso: str | None) -> str:
-    """`2026-11-26T06:51:10.241Z` → `2026-11-26 06:51`."""
-    if not iso:
-        return "-"
-    return iso.replace("T", " ")[:16]
-
-
-def status_of(monitored: dict[str, Any]) -> tuple[str, str]:
+def status_of(monitored: Monitored) -> tuple[str, str]:
     """(css class / colour word, label) of an environment's SLO over the period."""
-    checks = monitored["slo"]["checks"]
-    judged = [c for c in checks if c["passed"] is not None]
+    judged = [c for c in monitored.slo.checks if c.passed is not None]
     if not judged:
         return "none", "no data"
-    if all(c["passed"] for c in judged):
+    if all(c.passed for c in judged):
         return "ok", "met"
     return "bad", "missed"
 
 
-def windows_met(monitored: dict[str, Any]) -> tuple[int, int]:
+def windows_met(monitored: Monitored) -> tuple[int, int]:
     """(windows that met the SLO, windows with traffic)."""
-    judged = [w for w in monitored["windows"] if w["slo_passed"] is not None]
-    return sum(1 for w in judged if w["slo_passed"]), len(judged)
+    judged = [w for w in monitored.windows if w.slo_passed is not None]
+    return sum(1 for w in judged if w.slo_passed), len(judged)
 
 
-def synthetic_line(summary: dict[str, Any] | None) -> str | None:
-    """ "also served: 16,502 synthetic requests (cpmai-bench), not counted" from a
-    `synthetic` summary (`cpmai.monitor.run.synthetic_summary`), or None when there were none."""
-    if not summary or not summary["requests"]:
-        return None
-    sources = ", ".join(
-        f"{source or 'no source named'}" + (f" {n:,}" if len(summary["by_source"]) > 1 else "")
-        for source, n in summary["by_source"].items()
-    )
-    requests = summary["requests"]
-    counted = (
-        "counted in (--include-synthetic)"
-        if summary["included"]
-        else "not counted (--include-synthetic counts them in)"
-    )
-    noun = "request" if requests == 1 else "requests"
-    return f"also served: {requests:,} synthetic {noun} ({sources}), {counted}"
-
-
-def lost_line(lost: dict[str, Any] | None) -> str | None:
-    """ "4,210 requests answered but not logged (No space left on device), 14:02–14:05 UTC" from
-    a `lost` summary (`cpmai.monitor.run.lost_summary`), or None."""
-    if not lost:
-        return None
-    return (
-        f"{lost['requests']:,} requests answered but not logged ({'; '.join(lost['reasons'])}), "
-        f"{short_time(lost['since'])} – {short_time(lost['until'])} UTC: no figure includes them"
-    )
-
-
-def log_notes(doc: dict[str, Any]) -> list[str]:
+def log_notes(doc: Report) -> list[str]:
     """A report's notes on what the logs hold besides customers' traffic: per environment, its
     `lost_line` and `synthetic_line`, when it has them."""
     notes = []
-    for env, mon in doc["monitoring"].items():
-        if not mon["available"]:
-            continue
-        for line in (lost_line(mon.get("lost")), synthetic_line(mon.get("synthetic"))):
+    for env, mon in doc.monitored().items():
+        for line in (lost_line(mon.lost), synthetic_line(mon.synthetic)):
             if line:
                 notes.append(f"{env}: {line}")
     return notes

@@ -62,7 +62,7 @@ def convert(
 
     Candidates are tried in the order of the module's docstring, and the first whose parity
     holds is kept. With no data to compare on, the first graph that converts is kept (and not
-    used: see `artifacts._runtime`)."""
+    used: see `cpmai.runtime.inspection.choose_runtime`)."""
     prepared = _prepare(model, inputs)
     if isinstance(prepared, str):
         return Conversion(None, error=prepared, attempts=[prepared])

@@ -8,38 +8,46 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
-import hashlib
-import hmac
 import itertools
-import json
-import os
 import secrets
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs
 
 import orjson
 
 from cpmai import __version__
+from cpmai.home import Home
+from cpmai.predlog.entry import Entry, new_entry
+from cpmai.predlog.writer import PredictionLog
 from cpmai.serving import origin, protocols
-from cpmai.serving.batching import Batch, Batcher, Scored
+from cpmai.serving.batching import Batcher, Scored
+from cpmai.serving.config import ServeConfig, resource_log
 from cpmai.serving.metrics import CONTENT_TYPE, ServerMetrics
-from cpmai.serving.predlog import PredictionLog
+from cpmai.serving.requests import (
+    Call,
+    ClientGone,
+    as_request_error,
+    authorize,
+    client_id,
+    headers_of,
+    id_header,
+    label_datatype_of,
+    origin_of,
+    origin_or_none,
+    query_flag,
+    read_body,
+    small_enough,
+    wants_probabilities_oip,
+)
 from cpmai.serving.validation import RequestError, Validator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from cpmai.artifacts import Artifact
+    from cpmai.serving.requests import Reply
     from cpmai.serving.resources import ResourceLog
-
-    Reply = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
-    """How an answer leaves: status, body, headers (Content-Length is added by the sender)."""
 
 
 class ShortWay(Protocol):
@@ -49,102 +57,26 @@ class ShortWay(Protocol):
     def short_way(self, path: str) -> tuple[InferenceApp, str] | None: ...
 
 
-CONFIG_ENV = "CPMAI_SERVE_CONFIG"
 _JSON = [(b"content-type", b"application/json")]
-_MODEL_ERRORS = (ValueError,)  # what scikit-learn raises for input it cannot score
-
-
-@dataclass
-class ServeConfig:
-    """Everything a server process needs; passed to uvicorn workers as JSON in the environment."""
-
-    home: str
-    name: str
-    version: str
-    env: str = "default"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    token: str | None = None
-    token_sha256: str | None = None
-    """Without `token`: the SHA-256 (hex) of the token to require (a restarted environment's,
-    recorded by the local target: the token itself is kept nowhere)."""
-    runtime: str | None = None
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_batch_rows: int = 64
-    max_latency_ms: float = 0.0
-    log_sample_rate: float = 1.0
-    prediction_log: bool = True
-    sample_interval_s: float = 5.0
-    """How often the server samples its own CPU and memory (`monitoring.sample_interval_s`)."""
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    """Stalled clients are cut off (`serving.header_timeout_s`, `serving.body_timeout_s`)."""
-    threads: int | None = None
-    """OpenMP/BLAS threads the model may use in this process (`cpmai.runtime.threads`)."""
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    def for_artifact(self, artifact: Artifact) -> ServeConfig:
-        """This config for `artifact`: its version, and batching, logging and body limits from
-        the `serving:` section of the manifest packaged with it."""
-        manifest = artifact.manifest()
-        settings = manifest.serving
-        return replace(
-            self,
-            version=artifact.version,
-            max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
-            max_batch_rows=settings.max_batch_size,
-            max_latency_ms=settings.max_latency_ms,
-            log_sample_rate=settings.log_sample_rate,
-            sample_interval_s=manifest.monitoring.sample_interval_s,
-            header_timeout_s=settings.header_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-            threads=settings.threads or self._cpu_share(manifest),
-        )
-
-    def _cpu_share(self, manifest: Any) -> int:
-        from cpmai.runtime import threads
-
-        environment = manifest.environments.get(self.env)
-        if environment is not None:
-            return threads.share(environment.resources.cpu)
-        return threads.share(None, self.workers)
-
-    @classmethod
-    def from_env(cls) -> ServeConfig:
-        return cls(**json.loads(os.environ[CONFIG_ENV]))
-
-
-def resource_log(config: ServeConfig, version: Callable[[], str | None]) -> ResourceLog | None:
-    """The process's resource sampler (started), unless the prediction log is off."""
-    if not config.prediction_log:
-        return None
-    from cpmai.serving.resources import ResourceLog
-
-    log = ResourceLog(
-        Path(config.home) / "logs" / config.name / config.env, config.sample_interval_s, version
-    )
-    log.start()
-    return log
+MODEL_ERRORS = (ValueError,)  # what scikit-learn raises for input it cannot score
 
 
 def create_app_from_env() -> InferenceApp:
-    """uvicorn's factory: verify and load the artifact named in $CPMAI_SERVE_CONFIG."""
-    return build_app(ServeConfig.from_env())
+    """uvicorn's factory, in each worker process: verify and load the artifact named in
+    $CPMAI_SERVE_CONFIG, then tune the process for serving (`cpmai.serving.server`)."""
+    from cpmai.serving.server import tune_process
+
+    app = build_app(ServeConfig.from_env())
+    tune_process()
+    return app
 
 
 def build_app(config: ServeConfig, artifact: Artifact | None = None) -> InferenceApp:
     """Verify and load the artifact (unless `artifact`, already verified, is given); build the
-    app.
-
-    Also shortens the interpreter's thread switch interval (5 ms by default) to 0.5 ms, so the
-    prediction-log thread can never hold the request path for milliseconds."""
+    app. The process that serves it is tuned where it starts (`cpmai.serving.server`)."""
     from cpmai.artifacts import open_artifact
     from cpmai.runtime.predictor import Predictor
 
-    sys.setswitchinterval(0.0005)
     if config.threads is not None:
         from cpmai.runtime import threads
 
@@ -166,9 +98,10 @@ class InferenceApp:
         self.metrics = ServerMetrics(self.name, self.version, predictor.flavor)
         self.log = (
             PredictionLog(
-                Path(config.home) / "logs" / self.name / config.env,
+                Home(Path(config.home)).env(self.name, config.env).logs,
                 model=self.name,
                 version=self.version,
+                mode="loop",  # started on the event loop that serves (`start`)
                 sample_rate=config.log_sample_rate,
                 signature=predictor.signature,
             )
@@ -184,9 +117,8 @@ class InferenceApp:
             max_latency_s=config.max_latency_ms / 1000,
             inline=predictor.flavor == "onnx",
             on_batch=self.metrics.observe_batch,
-            on_delivered=None if self.log is None else self._log_batch,
+            log=None if self.log is None else self.log.served,
         )
-        self._entries: list[tuple[Any, ...]] = []  # the log entries of the batch being answered
         models = f"/v2/models/{self.name}"
         infer = (f"{models}/infer", f"{models}/versions/{self.version}/infer")
         self._infer_paths = frozenset(infer)
@@ -198,9 +130,11 @@ class InferenceApp:
         self.ready = False
         self.inflight = 0
         """Requests taken and not yet answered (an environment drains a retired version)."""
-        self.label_datatype = _label_datatype(predictor.signature)
+        self.label_datatype = label_datatype_of(predictor.signature)
         self.no_probabilities = f"probabilities were asked for, but {predictor.no_proba_reason}"
-        self.metadata = orjson.dumps(self._metadata())
+        self.metadata = orjson.dumps(
+            protocols.model_metadata(self.name, self.version, predictor, self.label_datatype)
+        )
         self.server_doc = orjson.dumps(
             {"name": "cpmai", "version": __version__, "extensions": ["binary_tensor_data"]}
         )
@@ -229,10 +163,10 @@ class InferenceApp:
                 return
 
     def start(self) -> None:
-        """Start the prediction log's writer and mark the model ready."""
+        """Start the prediction log's writer (on the running event loop) and mark the model
+        ready."""
         if self.log is not None:
             self.log.start()
-        gc.freeze()  # the model and libraries are long-lived: keep them out of GC scans
         self.ready = True
 
     def close(self) -> None:
@@ -263,7 +197,7 @@ class InferenceApp:
                 )
                 return
             await self._simple(simple, send, start)
-        except _ClientGone:
+        except ClientGone:
             return
 
     async def _simple(self, endpoint: str, send: Any, start: float) -> None:
@@ -370,14 +304,14 @@ class InferenceApp:
 
         The one request path of both ways in: the ASGI app below, and uvicorn's HTTP protocol
         taking the short way (`cpmai.serving.fastpath`)."""
-        call = _Call(endpoint, start, reply, self._request_id(headers))
+        call = Call(endpoint, start, reply, self._request_id(headers))
         try:
             self._authorize(headers)
-            call.origin = _origin(headers)
+            call.origin = origin_of(headers)
             columns = self._parse(call, scope, headers, body)
         except RequestError as exc:
             if call.origin is None and origin.HEADER_KEY in headers:
-                call.origin = _origin_or_none(headers)  # refused before it was read (or bad)
+                call.origin = origin_or_none(headers)  # refused before it was read (or bad)
             self._refuse(call, exc)
             return
         except Exception as exc:
@@ -388,10 +322,10 @@ class InferenceApp:
         )
 
     def _request_id(self, headers: dict[bytes, bytes]) -> Any:
-        return _client_id(headers.get(b"x-request-id")) or f"{self._id_prefix}{next(self._ids)}"
+        return client_id(headers.get(b"x-request-id")) or f"{self._id_prefix}{next(self._ids)}"
 
     def _parse(
-        self, call: _Call, scope: dict[str, Any], headers: dict[bytes, bytes], body: bytes
+        self, call: Call, scope: dict[str, Any], headers: dict[bytes, bytes], body: bytes
     ) -> dict[str, list[Any]]:
         if call.oip:
             doc, call.raw = protocols.oip_request(
@@ -403,21 +337,22 @@ class InferenceApp:
             call.body_id = doc.get("id")
             if call.body_id is not None:
                 call.request_id = call.body_id
-            call.want_proba = _wants_probabilities_oip(doc)
+            call.want_proba = wants_probabilities_oip(doc)
         else:
             content_type = headers.get(b"content-type", b"application/json").decode()
             call.raw, params = protocols.mlflow_request(body, content_type, self.names, self.kinds)
-            call.want_proba = params.get("probabilities") is True or _query_flag(scope)
+            call.want_proba = params.get("probabilities") is True or query_flag(scope)
         if call.want_proba and not self.predictor.has_proba:
             raise RequestError(400, self.no_probabilities)
         columns, call.rows, call.warnings = self.validator.columns(call.raw)
         return columns
 
-    def _scored(self, call: _Call, scored: Scored | None, exc: BaseException | None) -> None:
-        """The batcher's answer for one request: reply, count, log."""
+    def _scored(self, call: Call, scored: Scored | None, exc: BaseException | None) -> Entry | None:
+        """The batcher's answer for one request: reply, count; returns its log entry (the
+        batcher hands it to the log with the batch), or None: refused, or no log."""
         try:
             if exc is not None or scored is None:
-                raise _as_request_error(exc or RuntimeError("no outcome"))
+                raise as_request_error(exc or RuntimeError("no outcome"))
             batch, start = scored
             _, label_array, probabilities = batch
             if not call.want_proba:
@@ -441,11 +376,11 @@ class InferenceApp:
                 payload = orjson.dumps(doc_out)
         except RequestError as error:
             self._refuse(call, error)
-            return
+            return None
         except Exception as error:
             self._crash(call, error)
-            return
-        call.reply(200, payload, [*_JSON, (b"x-request-id", _id_header(call.request_id))])
+            return None
+        call.reply(200, payload, [*_JSON, (b"x-request-id", id_header(call.request_id))])
         elapsed = time.perf_counter() - call.start
         synthetic = call.origin
         self.metrics.observe(
@@ -454,18 +389,14 @@ class InferenceApp:
         if call.warnings:
             for warning in call.warnings:
                 self.metrics.out_of_range_value(warning.split(":", 1)[0])
-        if self.log is not None:  # the log takes the entries with the batch (_log_batch)
-            self._entries.append((None, call.start, elapsed, call.endpoint, 200, call.rows,
-                                  call.request_id, call.warnings, None, probabilities is not None,
-                                  start, synthetic))  # fmt: skip
+        if self.log is None:
+            return None
+        return new_entry(  # positional: once a request (the fields of `Entry`, in order)
+            None, call.start, elapsed, call.endpoint, 200, call.rows, call.request_id,
+            call.warnings, None, probabilities is not None, start, synthetic,
+        )  # fmt: skip
 
-    def _log_batch(self, batch: Batch) -> None:
-        """The batcher's word that all of `batch`'s requests were answered."""
-        entries, self._entries = self._entries, []
-        if entries and self.log is not None:
-            self.log.served(batch, entries)
-
-    def _refuse(self, call: _Call, exc: RequestError) -> None:
+    def _refuse(self, call: Call, exc: RequestError) -> None:
         self._error_reply(
             call.reply,
             call.endpoint,
@@ -479,7 +410,7 @@ class InferenceApp:
             source=call.origin,
         )
 
-    def _crash(self, call: _Call, exc: Exception) -> None:
+    def _crash(self, call: Call, exc: Exception) -> None:
         """A bug in cpmai: answer 500, say why on stderr, keep serving."""
         traceback.print_exception(exc, file=sys.stderr)
         self._error_reply(
@@ -503,10 +434,10 @@ class InferenceApp:
                 send, endpoint, 405, f"{scope['path']} answers POST", start, oip=oip, allow=b"POST"
             )
             return
-        headers = _headers(scope)
+        headers = headers_of(scope)
         try:
             self._authorize(headers)  # before reading the body: no buffering for strangers
-            body = await self._body(headers, receive)
+            body = await read_body(headers, receive, self.config.max_body_bytes)
         except RequestError as exc:
             await self._error(
                 send,
@@ -517,7 +448,7 @@ class InferenceApp:
                 oip=oip,
                 request_id=self._request_id(headers),
                 extra=[(b"www-authenticate", b"Bearer")] if exc.status == 401 else None,
-                source=_origin_or_none(headers),
+                source=origin_or_none(headers),
             )
             return
         answer: asyncio.Future[tuple[int, bytes, list[tuple[bytes, bytes]]]] = (
@@ -532,37 +463,8 @@ class InferenceApp:
         await _respond(send, *(await answer))
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
-        if self.token is None and self.token_sha256 is None:
-            return
-        given = headers.get(b"authorization", b"")
-        if given.startswith(b"Bearer "):
-            if self.token is not None:
-                if hmac.compare_digest(given[7:], self.token):
-                    return
-            elif self.token_sha256 is not None and hmac.compare_digest(
-                hashlib.sha256(given[7:]).hexdigest().encode(), self.token_sha256
-            ):
-                return
-        raise RequestError(401, "missing or invalid bearer token")
-
-    async def _body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
-        limit = self.config.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"body of {int(declared):,} bytes; the limit is {limit:,}")
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise RequestError(413, f"body larger than the limit of {limit:,} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.token is not None or self.token_sha256 is not None:
+            authorize(headers, self.token, self.token_sha256)
 
     async def _error(
         self,
@@ -604,7 +506,7 @@ class InferenceApp:
         if allow is not None:
             headers.append((b"allow", allow))
         if request_id is not None:
-            headers.append((b"x-request-id", _id_header(request_id)))
+            headers.append((b"x-request-id", id_header(request_id)))
         reply(status, body, headers)
         elapsed = time.perf_counter() - start
         self.metrics.observe(endpoint, status, elapsed, origin.label(source))
@@ -614,84 +516,12 @@ class InferenceApp:
                 status,
                 elapsed,
                 0,
-                raw if _small(raw) else None,
+                raw if small_enough(raw) else None,
                 None,
                 error=message,
                 request_id=request_id,
                 origin=source,
             )
-
-    def _metadata(self) -> dict[str, Any]:
-        inputs = [
-            {
-                "name": spec["name"],
-                "datatype": protocols.OIP_DATATYPES[spec["type"]],
-                "shape": [-1, 1],
-            }
-            for spec in self.predictor.inputs
-        ]
-        outputs = [{"name": "prediction", "datatype": self.label_datatype, "shape": [-1]}]
-        if self.predictor.has_proba and self.predictor.classes:
-            outputs.append(
-                {
-                    "name": "probabilities",
-                    "datatype": "FP64",
-                    "shape": [-1, len(self.predictor.classes)],
-                }
-            )
-        platform = "onnxruntime_onnx" if self.predictor.flavor == "onnx" else "sklearn"
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": platform,
-            "inputs": inputs,
-            "outputs": outputs,
-            "parameters": {"classes": self.predictor.classes} if self.predictor.classes else {},
-        }
-
-
-class _ClientGone(Exception):
-    """The client disconnected before sending its whole body."""
-
-
-class _Call:
-    """One prediction request, from its body to its answer."""
-
-    __slots__ = (
-        "body_id",
-        "endpoint",
-        "oip",
-        "origin",
-        "raw",
-        "reply",
-        "request_id",
-        "rows",
-        "start",
-        "want_proba",
-        "warnings",
-    )
-
-    def __init__(self, endpoint: str, start: float, reply: Reply, request_id: Any) -> None:
-        self.endpoint = endpoint
-        self.oip = endpoint == "infer"
-        self.start = start
-        self.reply = reply
-        self.request_id = request_id
-        self.raw: dict[str, list[Any]] | None = None
-        self.rows = 0
-        self.warnings: list[str] | None = None
-        self.body_id: Any = None
-        self.want_proba = False
-        self.origin: str | None = None
-        """None for real traffic; the source of synthetic traffic (`cpmai.serving.origin`)."""
-
-
-def _as_request_error(exc: BaseException) -> BaseException:
-    """The model refusing its input (scikit-learn's ValueError, ONNX Runtime's errors) is the
-    client's 422; anything else stays what it is (a bug: 500)."""
-    if isinstance(exc, _MODEL_ERRORS) or type(exc).__module__.startswith("onnxruntime"):
-        return RequestError(422, f"the model could not score this input: {exc}")
-    return exc
 
 
 _SIMPLE = {
@@ -716,74 +546,3 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def _headers(scope: dict[str, Any]) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
-
-
-def _query_flag(scope: dict[str, Any]) -> bool:
-    query = scope.get("query_string") or b""
-    if not query:
-        return False
-    values = parse_qs(query.decode("latin-1")).get("probabilities", [])
-    return any(v.lower() in ("1", "true", "yes") for v in values)
-
-
-def _wants_probabilities_oip(doc: dict[str, Any]) -> bool:
-    params = doc.get("parameters")
-    if isinstance(params, dict) and params.get("probabilities") is True:
-        return True
-    outputs = doc.get("outputs")
-    return isinstance(outputs, list) and any(
-        isinstance(o, dict) and o.get("name") == "probabilities" for o in outputs
-    )
-
-
-def _label_datatype(signature: dict[str, Any]) -> str:
-    first = signature["outputs"][0]
-    categories = first.get("categories")
-    if not categories:
-        return "FP64"
-    if all(type(c) is int for c in categories):
-        return "INT64"
-    if all(type(c) is bool for c in categories):
-        return "BOOL"
-    if all(isinstance(c, int | float) for c in categories):
-        return "FP64"
-    return "BYTES"
-
-
-def _origin(headers: dict[bytes, bytes]) -> str | None:
-    value = headers.get(origin.HEADER_KEY)
-    if value is None:  # the usual case: one dict lookup
-        return None
-    try:
-        return origin.parse(value)
-    except ValueError as exc:
-        raise RequestError(400, str(exc)) from None
-
-
-def _origin_or_none(headers: dict[bytes, bytes]) -> str | None:
-    """The mark, for a request refused before it was read (one not understood: no source)."""
-    try:
-        return _origin(headers)
-    except RequestError:
-        return ""
-
-
-def _client_id(value: bytes | None) -> str | None:
-    """A client's X-Request-Id, if it is a sane one (printable ASCII, at most 200 bytes)."""
-    if not value or len(value) > 200 or not value.isascii():
-        return None
-    text = value.decode()
-    return text if text.isprintable() else None
-
-
-def _id_header(request_id: Any) -> bytes:
-    text = request_id if isinstance(request_id, str) else orjson.dumps(request_id).decode()
-    return text.encode("ascii", "replace")[:200] if text.isprintable() else b"-"
-
-
-def _small(raw: dict[str, list[Any]] | None) -> bool:
-    return raw is not None and sum(len(v) for v in raw.values()) <= 10_000

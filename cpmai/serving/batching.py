@@ -17,7 +17,10 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpmai.predlog.entry import Entry
 
 Columns = dict[str, Any]
 Outcome = tuple[Any, Any]
@@ -28,8 +31,11 @@ Scored = tuple[Batch, int]
 """What a request's `done` gets: its batch, and where its rows start in it (they are `rows`
 long). The whole batch rather than a slice: the prediction log keeps a reference to the batch
 instead of copying each request's values."""
-Done = Callable[[Scored | None, BaseException | None], None]
-"""Called once per request, with its batch (`Scored`) or with the exception."""
+Done = Callable[[Scored | None, BaseException | None], "Entry | None"]
+"""Called once per request, with its batch (`Scored`) or with the exception; returns the
+request's prediction-log entry when it was answered from the batch and is to be logged."""
+Log = Callable[[Batch, list["Entry"]], None]
+"""What takes a batch and its requests' log entries (`PredictionLog.served`, `cpmai.predlog`)."""
 
 
 class _Item:
@@ -51,16 +57,17 @@ class Batcher:
         max_latency_s: float,
         inline: bool,
         on_batch: Callable[[int], None] | None = None,
-        on_delivered: Callable[[Batch], None] | None = None,
+        log: Log | None = None,
     ) -> None:
-        """`on_batch(rows)` before each model call; `on_delivered(batch)` once all the call's
-        requests have had their `done` (the prediction log takes the batch then)."""
+        """`on_batch(rows)` before each model call; `log(batch, entries)` once all the call's
+        requests have had their `done`, with the entries their `done` returned (none: not
+        called)."""
         self.run = run
         self.max_rows = max_rows
         self.max_latency_s = max_latency_s
         self.inline = inline
         self.on_batch = on_batch
-        self.on_delivered = on_delivered
+        self.log = log
         self._pending: deque[_Item] = deque()
         self._busy = False
         self._executor = None if inline else ThreadPoolExecutor(1, "cpmai-model")
@@ -151,13 +158,16 @@ class Batcher:
     def _deliver(self, items: list[_Item], merged: Columns, outcome: Outcome) -> None:
         batch = (merged, *outcome)
         start = 0
+        entries: list[Entry] = []
         try:
             for item in items:
-                item.done((batch, start), None)
+                entry = item.done((batch, start), None)
+                if entry is not None:
+                    entries.append(entry)
                 start += item.rows
         finally:  # whatever happened, what was answered is this batch's
-            if self.on_delivered is not None:
-                self.on_delivered(batch)
+            if entries and self.log is not None:
+                self.log(batch, entries)
 
     def _failed(self, items: list[_Item], exc: BaseException) -> None:
         """One bad request must not fail its batch-mates: retry each alone."""

@@ -374,3 +374,33 @@ def _csv_number(text: str, name: str) -> Any:
     except ValueError:
         raise RequestError(422, f"input {name!r}: expected a number, got {text[:40]!r}") from None
     return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def model_metadata(name: str, version: str, predictor: Any, label_datatype: str) -> dict[str, Any]:
+    """The Open Inference Protocol's model metadata (`GET /v2/models/{name}`)."""
+    inputs = [
+        {
+            "name": spec["name"],
+            "datatype": OIP_DATATYPES[spec["type"]],
+            "shape": [-1, 1],
+        }
+        for spec in predictor.inputs
+    ]
+    outputs = [{"name": "prediction", "datatype": label_datatype, "shape": [-1]}]
+    if predictor.has_proba and predictor.classes:
+        outputs.append(
+            {
+                "name": "probabilities",
+                "datatype": "FP64",
+                "shape": [-1, len(predictor.classes)],
+            }
+        )
+    platform = "onnxruntime_onnx" if predictor.flavor == "onnx" else "sklearn"
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": platform,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {"classes": predictor.classes} if predictor.classes else {},
+    }

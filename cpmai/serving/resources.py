@@ -3,8 +3,8 @@
 A thread wakes every `monitoring.sample_interval_s` (5 s by default) and appends one JSON line
 to `logs/NAME/ENV/resources-YYYY-MM-DD-PID.jsonl`: time, pid, live version, CPU % since the last
 sample (100 = one core), cumulative CPU seconds, RSS bytes, threads. One psutil read per sample
-(tens of microseconds): well under 1% of a core at the default interval (see
-benchmarks/sampler.py). They are what `cpmai monitor` and `cpmai cost` read.
+(what that costs: docs/performance.md, benchmarks/sampler.py). They are what `cpmai monitor`
+and `cpmai cost` read (`cpmai.predlog.reader.read_resources`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from cpmai.clock import iso
+from cpmai.predlog.format import RESOURCES, today_file
+
 
 class ResourceLog:
+    """The sampler of one server process, writing beside its prediction log."""
+
     def __init__(self, folder: Path, interval_s: float, version: Callable[[], str | None]) -> None:
         import psutil
 
@@ -50,7 +54,7 @@ class ResourceLog:
             rss = self.process.memory_info().rss
             threads = self.process.num_threads()
         return {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": iso(timespec="milliseconds"),
             "pid": os.getpid(),
             "version": self.version(),
             "cpu_percent": round(100 * (cpu - last_cpu) / elapsed, 2) if elapsed > 0 else 0.0,
@@ -61,8 +65,7 @@ class ResourceLog:
 
     def write(self) -> None:
         line = orjson.dumps(self.sample()) + b"\n"
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        path = self.folder / f"resources-{day}-{os.getpid()}.jsonl"
+        path = today_file(self.folder, RESOURCES)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line)

@@ -1,12 +1,12 @@
 """One environment's server: the versions of a model it holds, behind one port, switched in place.
 
 The local target runs one of these per environment (`python -m cpmai.serving.router`). What it
-serves is a route table, `runs/NAME/ENV/routes.json`, that `cpmai deploy / promote / rollback`
-rewrite atomically:
+serves is a route table (`cpmai.serving.runstate.RouteTable`, `runs/NAME/ENV/routes.json`) that
+`cpmai deploy / promote / rollback` rewrite atomically:
 
     {"seq": 7, "live": "1.1.0", "canary": "1.2.0", "weight": 0.1, "keep": ["1.0.0"]}
 
-Every worker polls the file (every 0.05 s: one stat call). A version it does not hold yet is
+Every worker polls the file (every POLL_SECONDS: one stat call). A version it does not hold yet is
 verified against the ledger and loaded in a thread while the current ones keep answering; only
 when every version the table names is loaded does the worker switch. A version that fails to
 load leaves the routing as it was and is reported. So a switch never drops a request or a
@@ -18,9 +18,9 @@ Routing: infer without a version and /invocations go to the canary with probabil
 else to the live version; `/v2/models/NAME/versions/V/...` goes to version V if held;
 everything else to the live version; /metrics merges every held version (label `version`).
 
-Each worker writes `runs/NAME/ENV/workers/PID.json` once a second and after each switch: the
-route seq applied, load errors, and per-version request, error and latency-histogram counters,
-which the canary compares and `cpmai status` reads.
+Each worker writes its `WorkerStatus` (`runs/NAME/ENV/workers/PID.json`) every REPORT_SECONDS
+and after each switch: the route seq applied, load errors, and per-version request, error and
+latency-histogram counters, which the canary compares and `cpmai status` reads.
 """
 
 from __future__ import annotations
@@ -28,73 +28,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from cpmai.fsutil import write_atomic
-from cpmai.serving.app import InferenceApp, ServeConfig, resource_log
+from cpmai.serving.app import InferenceApp
+from cpmai.serving.config import ServeConfig, resource_log
 from cpmai.serving.metrics import LATENCY_BUCKETS, merged_registry
+from cpmai.serving.runstate import (
+    POLL_SECONDS,
+    REPORT_SECONDS,
+    Counters,
+    RouteTable,
+    RunFiles,
+    ServerRecord,
+    WorkerStatus,
+)
 
 if TYPE_CHECKING:
     from cpmai.serving.resources import ResourceLog
 
-POLL_SECONDS = 0.05
-REPORT_SECONDS = 1.0
 DRAIN_SECONDS = 30.0
 PREDICT_ENDPOINTS = ("infer", "invocations")
 
 
-def run_dir(home: Path, name: str, env: str) -> Path:
-    return home / "runs" / name / env
-
-
-AUTH_FILE = "auth.json"
-"""The environment's bearer token as its SHA-256 (owner-only): what a restart without
-$CPMAI_TOKEN keeps requiring."""
-
-
-SERVER_FILE = "server.json"
-"""Written by the server process itself as it starts: what runs, even if the command that
-started it died before it could write `run.json` (a SIGKILL right after the start)."""
-
-
-def announce(folder: Path, host: str, port: int, workers: int) -> None:
+def announce(files: RunFiles, host: str, port: int, workers: int) -> None:
+    """Write `server.json`: what runs, even if the command that started this process dies
+    before it writes `run.json` (a SIGKILL right after the start)."""
     import psutil
 
-    from cpmai.fsutil import write_atomic
-
     me = psutil.Process()
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {"pid": me.pid, "created": me.create_time(), "host": host, "port": port,
-           "workers": workers}  # fmt: skip
-    write_atomic(folder / SERVER_FILE, orjson.dumps(doc))
+    files.write_server(files.server, ServerRecord(me.pid, me.create_time(), host, port, workers))
 
 
-def recorded_token(folder: Path) -> str | None:
-    """The SHA-256 of the environment's recorded bearer token, if it has one."""
-    from cpmai.fsutil import read_json_object
-
-    doc = read_json_object(folder / AUTH_FILE)
-    value = doc.get("sha256") if doc else None
-    return value if isinstance(value, str) and len(value) == 64 else None
-
-
-def read_routes(path: Path) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def counters(app: InferenceApp) -> dict[str, Any]:
+def counters(app: InferenceApp) -> Counters:
     """Requests, errors (any non-2xx) and the latency histogram of the predict endpoints."""
     metrics = app.metrics
     requests = errors = 0
@@ -107,7 +78,7 @@ def counters(app: InferenceApp) -> dict[str, Any]:
     for (endpoint, _), histogram in metrics.latency.items():
         if endpoint in PREDICT_ENDPOINTS:
             buckets = [a + b for a, b in zip(buckets, histogram.counts, strict=True)]
-    return {"requests": requests, "errors": errors, "buckets": buckets}
+    return Counters(requests, errors, buckets)
 
 
 class EnvironmentApp:
@@ -115,9 +86,7 @@ class EnvironmentApp:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.folder = run_dir(Path(config.home), config.name, config.env)
-        self.routes_path = self.folder / "routes.json"
-        self.status_path = self.folder / "workers" / f"{os.getpid()}.json"
+        self.files = RunFiles.of(Path(config.home), config.name, config.env)
         self.slots: dict[str, InferenceApp] = {}
         self.live: InferenceApp | None = None
         self.canary: InferenceApp | None = None
@@ -188,7 +157,7 @@ class EnvironmentApp:
                     if self.live is None:
                         raise RuntimeError(
                             "; ".join(f"{v}: {e}" for v, e in self.load_errors.items())
-                            or f"no route table at {self.routes_path}"
+                            or f"no route table at {self.files.routes}"
                         )
                 except Exception as exc:
                     self._report()
@@ -206,7 +175,7 @@ class EnvironmentApp:
                     slot.close()
                 if self.resources is not None:
                     self.resources.close()
-                self.status_path.unlink(missing_ok=True)
+                self.files.worker(os.getpid()).unlink(missing_ok=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -230,7 +199,7 @@ class EnvironmentApp:
 
     async def _apply_if_changed(self) -> bool:
         try:
-            info = self.routes_path.stat()
+            info = self.files.routes.stat()
         except FileNotFoundError:
             return False
         # every write is a new file (written aside, renamed): the inode changes even when a
@@ -238,8 +207,8 @@ class EnvironmentApp:
         stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         if stamp == self.routes_stamp:
             return False
-        routes = read_routes(self.routes_path)
-        if routes is None or int(routes.get("seq", 0)) <= max(self.seq, self.failed_seq):
+        routes = self.files.read_routes()
+        if routes is None or routes.seq <= max(self.seq, self.failed_seq):
             self.routes_stamp = stamp
             return False
         await self._apply(routes)
@@ -247,11 +216,13 @@ class EnvironmentApp:
         self._report()
         return True
 
-    async def _apply(self, routes: dict[str, Any]) -> None:
-        seq = int(routes["seq"])
-        live = str(routes["live"])
-        canary = routes.get("canary")
-        wanted = [live, *([str(canary)] if canary else []), *map(str, routes.get("keep", []))]
+    async def _apply(self, routes: RouteTable) -> None:
+        seq, live, canary = routes.seq, routes.live, routes.canary
+        if live is None:
+            self.failed_seq = seq
+            self.load_errors["(routes)"] = "the route table names no live version"
+            return
+        wanted = [live, *([canary] if canary else []), *routes.keep]
         loop = asyncio.get_running_loop()
         for version in wanted:
             if version in self.slots:
@@ -262,14 +233,15 @@ class EnvironmentApp:
                 self.load_errors[version] = f"{type(exc).__name__}: {exc}"
                 continue
             slot.start()
+            gc.freeze()  # loaded after the process was tuned: keep this model out of GC scans too
             self.slots[version] = slot
             self.load_errors.pop(version, None)
         if any(v not in self.slots for v in wanted[: 2 if canary else 1]):
             self.failed_seq = seq
             return
         self.live = self.slots[live]
-        self.canary = self.slots[str(canary)] if canary else None
-        self.weight = float(routes.get("weight", 0.0)) if canary else 0.0
+        self.canary = self.slots[canary] if canary else None
+        self.weight = routes.weight if canary else 0.0
         self.seq = seq
         for version in [v for v in self.slots if v not in wanted]:
             self._spawn(self._drain(self.slots.pop(version)))
@@ -294,21 +266,21 @@ class EnvironmentApp:
         task.add_done_callback(self._tasks.discard)
 
     def _report(self) -> None:
-        status = {
-            "pid": os.getpid(),
-            "time": time.time(),
-            "started": self.started,
-            "seq": self.seq,
-            "failed_seq": self.failed_seq,
-            "live": self.live.version if self.live else None,
-            "canary": self.canary.version if self.canary else None,
-            "weight": self.weight,
-            "loaded": sorted(self.slots),
-            "errors": self.load_errors,
-            "counters": {v: counters(s) for v, s in self.slots.items()},
-        }
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.status_path, orjson.dumps(status))
+        self.files.write_status(
+            WorkerStatus(
+                pid=os.getpid(),
+                time=time.time(),
+                started=self.started,
+                seq=self.seq,
+                failed_seq=self.failed_seq,
+                live=self.live.version if self.live else None,
+                canary=self.canary.version if self.canary else None,
+                weight=self.weight,
+                loaded=sorted(self.slots),
+                errors=dict(self.load_errors),
+                counters={v: counters(s) for v, s in self.slots.items()},
+            )
+        )
 
 
 async def _send(send: Any, status: int, body: bytes, content_type: bytes) -> None:
@@ -327,7 +299,9 @@ async def _send(send: Any, status: int, body: bytes, content_type: bytes) -> Non
 
 def create_router_from_env() -> EnvironmentApp:
     """uvicorn's factory for each worker: the config is in $CPMAI_SERVE_CONFIG."""
-    sys.setswitchinterval(0.0005)
+    from cpmai.serving.server import tune_process
+
+    tune_process()
     return EnvironmentApp(ServeConfig.from_env())
 
 
@@ -345,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--header-timeout", type=float, default=10.0)
     parser.add_argument("--body-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    announce(run_dir(Path(args.home), args.name, args.env), args.host, args.port, args.workers)
+    files = RunFiles.of(Path(args.home), args.name, args.env)
+    announce(files, args.host, args.port, args.workers)
     config = ServeConfig(
         home=args.home,
         name=args.name,
@@ -355,13 +330,12 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         token=os.environ.get("CPMAI_TOKEN") or None,
-        token_sha256=recorded_token(run_dir(Path(args.home), args.name, args.env)),
+        token_sha256=files.recorded_token(),
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
     )
     if config.workers == 1:
-        sys.setswitchinterval(0.0005)
-        serve(config, EnvironmentApp(config))
+        serve(config, EnvironmentApp(config))  # `serve` tunes the process
     else:  # each worker builds its own app from $CPMAI_SERVE_CONFIG
         serve(config, factory="cpmai.serving.router:create_router_from_env")
 

@@ -1,8 +1,9 @@
 """The local target: one supervised server process per environment, versions switched in place.
 
 `runs/NAME/ENV/` holds `run.json` (pid, host, port, workers, start time), `routes.json` (what
-the server should serve: see `cpmai.serving.router`), `workers/PID.json` (what each worker
-serves and has counted) and `server.log` (the process's output).
+the server should serve), `workers/PID.json` (what each worker serves and has counted) and
+`server.log` (the process's output): typed records shared with the server, in
+`cpmai.serving.runstate`.
 
 The server runs detached in its own session (it outlives the `cpmai deploy` that started it) with
 `replicas` uvicorn workers on one listening socket. A new version is loaded beside the live one
@@ -14,7 +15,6 @@ two versions' error rates and p99 from the workers' counters.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -22,43 +22,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpmai.clock import iso
 from cpmai.errors import TargetError
-from cpmai.fsutil import write_atomic
-from cpmai.serving.metrics import LATENCY_BUCKETS
-from cpmai.serving.router import AUTH_FILE, SERVER_FILE, read_routes, recorded_token, run_dir
+from cpmai.serving.runstate import (
+    Counters,
+    RouteTable,
+    RunFiles,
+    ServerRecord,
+    WorkerStatus,
+)
 from cpmai.steps import Step
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
+from cpmai.targets.canary import describe, judge, window
 
 START_TIMEOUT = 60.0
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Health checks go straight to the server, whatever http_proxy says."""
 SWITCH_TIMEOUT = 60.0
 STOP_TIMEOUT = 35.0
-
-
-@dataclass
-class Window:
-    """What one version served between two snapshots of the workers' counters."""
-
-    requests: int
-    errors: int
-    p99_ms: float | None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": round(self.error_rate, 6),
-            "p99_ms": None if self.p99_ms is None else round(self.p99_ms, 3),
-        }
 
 
 class LocalTarget:
@@ -68,63 +52,45 @@ class LocalTarget:
         self.home = home
         self.name = name
         self.env = env
-        self.folder = run_dir(home, name, env)
-        self.run_path = self.folder / "run.json"
-        self.routes_path = self.folder / "routes.json"
-        self.log_path = self.folder / "server.log"
+        self.files = RunFiles.of(home, name, env)
+        self.folder = self.files.folder
+        self.log_path = self.files.log
 
     # --- reading what runs -------------------------------------------------------------------
 
-    def _run(self) -> dict[str, Any] | None:
+    def _run(self) -> ServerRecord | None:
         """What runs here: `run.json` (written by the command that started it) or, when that
         command died first, the `server.json` the server wrote itself."""
-        for path in (self.run_path, self.folder / SERVER_FILE):
-            try:
-                data: dict[str, Any] = json.loads(path.read_text())
-            except (FileNotFoundError, ValueError):
-                continue
-            if path == self.run_path or self._alive(data):
-                return data
-        return None
+        recorded = self.files.read_server(self.files.run)
+        if recorded is not None:
+            return recorded
+        announced = self.files.read_server(self.files.server)
+        return announced if self._alive(announced) else None
 
-    def _alive(self, run: dict[str, Any] | None) -> bool:
+    def _alive(self, run: ServerRecord | None) -> bool:
         if run is None:
             return False
         import psutil
 
         try:
-            process = psutil.Process(int(run["pid"]))
+            process = psutil.Process(run.pid)
             return bool(
                 process.status() != psutil.STATUS_ZOMBIE
-                and abs(process.create_time() - float(run["created"])) < 1.0
+                and abs(process.create_time() - run.created) < 1.0
             )
-        except (psutil.Error, KeyError, ValueError):
+        except psutil.Error:
             return False
 
-    def _workers(self) -> list[dict[str, Any]]:
+    def _workers(self) -> list[WorkerStatus]:
         """The status of every worker process that is alive."""
-        import psutil
+        return self.files.statuses()
 
-        out = []
-        for path in sorted((self.folder / "workers").glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if psutil.pid_exists(int(data.get("pid", 0))):
-                out.append(data)
-            else:
-                path.unlink(missing_ok=True)
-        return out
-
-    def _url(self, run: dict[str, Any]) -> str:
-        host = run["host"]
+    def _url(self, run: ServerRecord) -> str:
+        host = run.host
         shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-        return (
-            f"http://[{shown}]:{run['port']}" if ":" in shown else f"http://{shown}:{run['port']}"
-        )
+        return f"http://[{shown}]:{run.port}" if ":" in shown else f"http://{shown}:{run.port}"
 
-    def _healthy(self, run: dict[str, Any], timeout: float = 0.5) -> bool:
+    def _healthy(self, run: ServerRecord, timeout: float = 0.5) -> bool:
         try:
             with _DIRECT.open(f"{self._url(run)}/v2/health/ready", timeout=timeout) as reply:
                 return int(reply.status) == 200
@@ -140,13 +106,13 @@ class LocalTarget:
             return TargetStatus(
                 state="down",
                 url=url,
-                pid=int(run["pid"]),
-                detail=f"server process {run['pid']} is not running (see {self.log_path})",
+                pid=run.pid,
+                detail=f"server process {run.pid} is not running (see {self.log_path})",
             )
         workers = self._workers()
-        routes = read_routes(self.routes_path) or {}
+        routes = self.files.read_routes() or RouteTable(0, None)
         healthy = self._healthy(run)
-        expected = int(run.get("workers", 1))
+        expected = run.workers
         state = "running" if healthy and len(workers) >= expected else "degraded"
         detail = "" if state == "running" else f"{len(workers)}/{expected} workers reporting"
         if not healthy:
@@ -154,12 +120,12 @@ class LocalTarget:
         return TargetStatus(
             state=state,
             url=url,
-            pid=int(run["pid"]),
-            uptime_s=round(time.time() - float(run["created"]), 1),
+            pid=run.pid,
+            uptime_s=round(time.time() - run.created, 1),
             healthy=healthy,
-            live=routes.get("live"),
-            canary=routes.get("canary"),
-            weight=float(routes.get("weight", 0.0)) if routes.get("canary") else 0.0,
+            live=routes.live,
+            canary=routes.canary,
+            weight=routes.weight,
             workers=len(workers),
             detail=detail,
         )
@@ -171,27 +137,27 @@ class LocalTarget:
         if not self._alive(run):
             return self._start(plan, run, progress)
         given = os.environ.get("CPMAI_TOKEN") or None
-        if given is not None and _sha256(given) != recorded_token(self.folder):
+        if given is not None and _sha256(given) != self.files.recorded_token():
             progress(
                 f"$CPMAI_TOKEN differs from the token {self.env}'s running server requires: it "
                 f"keeps its own until restarted (`cpmai stop`, then deploy)"
             )
         assert run is not None
-        routes = read_routes(self.routes_path) or {}
-        old = routes.get("live")
-        result = RolloutResult(url=self._url(run), previous=old, pid=int(run["pid"]))
+        routes = self.files.read_routes() or RouteTable(0, None)
+        old = routes.live
+        result = RolloutResult(url=self._url(run), previous=old, pid=run.pid)
         if old == plan.version:
-            self._route(live=old, keep=[v for v in routes.get("keep", []) if v != old])
+            self._route(live=old, keep=[v for v in routes.keep if v != old])
             result.steps.append({"step": "unchanged", "seconds": 0.0, "note": "already live"})
             return result
         changed = [
-            f"{key} {run.get(key)} → {value}"
+            f"{key} {getattr(run, key)} → {value}"
             for key, value in (
                 ("host", plan.spec.host),
                 ("port", plan.spec.port),
                 ("workers", plan.spec.replicas),
             )
-            if value is not None and run.get(key) != value
+            if value is not None and getattr(run, key) != value
         ]
         if changed:
             progress(
@@ -233,13 +199,12 @@ class LocalTarget:
         return result
 
     def _start(
-        self, plan: RolloutPlan, previous_run: dict[str, Any] | None, progress: Progress
+        self, plan: RolloutPlan, previous_run: ServerRecord | None, progress: Progress
     ) -> RolloutResult:
         spec = plan.spec
-        port = spec.port or (previous_run or {}).get("port") or _free_port(spec.host)
+        port = spec.port or (previous_run.port if previous_run else None) or _free_port(spec.host)
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in (self.folder / "workers").glob("*.json"):
-            stale.unlink(missing_ok=True)
+        self.files.clear_statuses()
         _check_port_free(spec.host, port)
         self._record_token(progress)
         seq = self._route(live=plan.version, keep=[])
@@ -279,14 +244,9 @@ class LocalTarget:
             )
         import psutil
 
-        run = {
-            "pid": process.pid,
-            "created": psutil.Process(process.pid).create_time(),
-            "host": spec.host,
-            "port": port,
-            "workers": spec.replicas,
-        }
-        write_atomic(self.run_path, json.dumps(run).encode())
+        created = psutil.Process(process.pid).create_time()
+        run = ServerRecord(process.pid, created, spec.host, port, spec.replicas)
+        self.files.write_server(self.files.run, run)
         try:
             self._wait_started(process, run, seq, plan)
         except KeyboardInterrupt:
@@ -303,7 +263,7 @@ class LocalTarget:
         restart from a shell without $CPMAI_TOKEN (a rollback, say) still requires it; say when
         it is kept or changes."""
         given = os.environ.get("CPMAI_TOKEN") or None
-        recorded = recorded_token(self.folder)
+        recorded = self.files.recorded_token()
         if given is None:
             if recorded is not None:
                 progress(f"{self.env} keeps requiring its recorded bearer token")
@@ -313,16 +273,10 @@ class LocalTarget:
             return
         if recorded is not None:
             progress(f"{self.env}'s bearer token changes (from $CPMAI_TOKEN)")
-        path = self.folder / AUTH_FILE
-        temporary = path.with_name(f".{AUTH_FILE}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"sha256": digest, "set": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                            time.gmtime())}, handle)  # fmt: skip
-        temporary.replace(path)
+        self.files.record_token(digest, iso())
 
     def _wait_started(
-        self, process: subprocess.Popen[bytes], run: dict[str, Any], seq: int, plan: RolloutPlan
+        self, process: subprocess.Popen[bytes], run: ServerRecord, seq: int, plan: RolloutPlan
     ) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -332,11 +286,12 @@ class LocalTarget:
                     f"{process.returncode} before it was ready:\n{self.log_tail()}",
                     hint=f"the whole log: {self.log_path}",
                 )
-            failed = [w for w in self._workers() if int(w.get("failed_seq", 0)) >= seq]
+            failed = [w for w in self._workers() if w.failed_seq >= seq]
             if failed:
                 self._kill(run)
-                errors = "; ".join(f"{v}: {e}" for v, e in failed[0].get("errors", {}).items())
-                raise TargetError(f"the server could not load {plan.version}: {errors}")
+                raise TargetError(
+                    f"the server could not load {plan.version}: {failed[0].load_errors()}"
+                )
             if self._applied(seq, plan.version, plan.spec.replicas) and self._healthy(run):
                 return
             if time.monotonic() > deadline:
@@ -356,11 +311,9 @@ class LocalTarget:
         keep: list[str],
     ) -> int:
         """Write the next route table; returns its seq."""
-        current = read_routes(self.routes_path) or {}
-        seq = int(current.get("seq", 0)) + 1
-        table = {"seq": seq, "live": live, "canary": canary, "weight": weight, "keep": keep}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.routes_path, json.dumps(table).encode())
+        current = self.files.read_routes()
+        seq = (current.seq if current else 0) + 1
+        self.files.write_routes(RouteTable(seq, live, canary, weight, keep))
         return seq
 
     def _switch(
@@ -375,21 +328,21 @@ class LocalTarget:
     ) -> None:
         """Write the table and wait until every worker applied it. When a worker cannot (a
         version failed to load), route everything back to `fallback` and raise TargetError."""
-        run = self._run() or {}
-        expected = int(run.get("workers", 1))
+        run = self._run()
+        expected = run.workers if run else 1
         seq = self._route(live=live, canary=canary, weight=weight, keep=keep)
         deadline = time.monotonic() + SWITCH_TIMEOUT
         while True:
             workers = self._workers()
-            failed = [w for w in workers if int(w.get("failed_seq", 0)) >= seq]
+            failed = [w for w in workers if w.failed_seq >= seq]
             if failed:
-                errors = "; ".join(f"{v}: {e}" for v, e in failed[0].get("errors", {}).items())
                 self._route(live=fallback, keep=[])
                 raise TargetError(
-                    f"{what}: the server could not load {canary or live}: {errors}; "
+                    f"{what}: the server could not load {canary or live}: "
+                    f"{failed[0].load_errors()}; "
                     f"{fallback} keeps serving"
                 )
-            if sum(1 for w in workers if int(w.get("seq", 0)) >= seq) >= expected:
+            if sum(1 for w in workers if w.seq >= seq) >= expected:
                 return
             if not self._alive(run):
                 raise TargetError(f"{what}: the server process died:\n{self.log_tail()}")
@@ -400,8 +353,8 @@ class LocalTarget:
             time.sleep(0.02)
 
     def _applied(self, seq: int, version: str, expected: int) -> bool:
-        workers = [w for w in self._workers() if int(w.get("seq", 0)) >= seq]
-        return len(workers) >= expected and all(w.get("live") == version for w in workers)
+        workers = [w for w in self._workers() if w.seq >= seq]
+        return len(workers) >= expected and all(w.live == version for w in workers)
 
     def _canary_step(
         self, plan: RolloutPlan, old: str, percent: int, progress: Progress
@@ -427,15 +380,15 @@ class LocalTarget:
                 progress(
                     "  "
                     + "  ".join(
-                        f"{label} {_describe(window(before, now, v))}"
+                        f"{label} {describe(window(before, now, v))}"
                         for label, v in (("live", old), ("canary", plan.version))
                     )
                 )
-        time.sleep(1.1)  # workers report once a second: take in the window's last second
+        self.files.reports_after(time.time())  # counters up to the window's end
         after = self._snapshot()
         live_w, new_w = window(before, after, old), window(before, after, plan.version)
         verdict = judge(live_w, new_w, settings, plan.slo.p99_ms)
-        progress(f"  {percent}%: live {_describe(live_w)}; canary {_describe(new_w)} → {verdict}")
+        progress(f"  {percent}%: live {describe(live_w)}; canary {describe(new_w)} → {verdict}")
         return {
             "percent": percent,
             "live": live_w.to_dict(),
@@ -444,8 +397,8 @@ class LocalTarget:
             "breach": verdict.startswith("breach"),
         }
 
-    def _snapshot(self) -> dict[int, dict[str, Any]]:
-        return {int(w["pid"]): w.get("counters", {}) for w in self._workers()}
+    def _snapshot(self) -> dict[int, dict[str, Counters]]:
+        return {w.pid: w.counters for w in self._workers()}
 
     # --- stopping ------------------------------------------------------------------------------
 
@@ -453,16 +406,14 @@ class LocalTarget:
         run = self._run()
         if run is not None and self._alive(run):
             self._kill(run)
-        self.run_path.unlink(missing_ok=True)
-        (self.folder / SERVER_FILE).unlink(missing_ok=True)
-        self.routes_path.unlink(missing_ok=True)
-        for path in (self.folder / "workers").glob("*.json"):
+        for path in (self.files.run, self.files.server, self.files.routes):
             path.unlink(missing_ok=True)
+        self.files.clear_statuses()
 
-    def _kill(self, run: dict[str, Any]) -> None:
+    def _kill(self, run: ServerRecord) -> None:
         """SIGTERM the server's process group (in-flight requests finish), SIGKILL after
         STOP_TIMEOUT."""
-        pid = int(run["pid"])
+        pid = run.pid
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -494,65 +445,6 @@ class CanaryBreach(TargetError):
             f"{window['verdict']}; all traffic is back on the live version"
         )
         self.window = window
-
-
-def window(
-    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], version: str
-) -> Window:
-    """Requests, errors and p99 of `version` between two snapshots, summed over workers."""
-    requests = errors = 0
-    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    for pid, now in after.items():
-        current = now.get(version)
-        if current is None:
-            continue
-        earlier = before.get(pid, {}).get(version) or {
-            "requests": 0,
-            "errors": 0,
-            "buckets": [0] * len(buckets),
-        }
-        requests += current["requests"] - earlier["requests"]
-        errors += current["errors"] - earlier["errors"]
-        buckets = [
-            b + c - e
-            for b, c, e in zip(buckets, current["buckets"], earlier["buckets"], strict=True)
-        ]
-    return Window(requests, errors, quantile(buckets, 0.99))
-
-
-def quantile(counts: list[int], q: float) -> float | None:
-    """The q-quantile in milliseconds of a server's latency histogram (per-bucket counts)."""
-    from cpmai.stats import histogram_quantile
-
-    value = histogram_quantile(counts, LATENCY_BUCKETS, q)
-    return None if value is None else value * 1000
-
-
-def judge(live: Window, new: Window, settings: Any, slo_p99_ms: float | None) -> str:
-    """The canary verdict for one window: "ok", "no verdict: ..." or "breach: ..."."""
-    if new.requests < settings.min_requests or live.requests < settings.min_requests:
-        return (
-            f"no verdict: {live.requests} live / {new.requests} canary requests "
-            f"(fewer than min_requests {settings.min_requests})"
-        )
-    if new.error_rate > live.error_rate + settings.max_error_rate_increase:
-        return (
-            f"breach: error rate {new.error_rate:.2%} vs {live.error_rate:.2%} "
-            f"(allowed +{settings.max_error_rate_increase:.2%})"
-        )
-    if new.p99_ms is not None and live.p99_ms is not None:
-        floor = slo_p99_ms if slo_p99_ms is not None else live.p99_ms + 1.0
-        if new.p99_ms > live.p99_ms * settings.max_p99_ratio and new.p99_ms > floor:
-            return (
-                f"breach: p99 {new.p99_ms:.2f} ms vs {live.p99_ms:.2f} ms "
-                f"(allowed ×{settings.max_p99_ratio:g} and over {floor:.2f} ms)"
-            )
-    return "ok"
-
-
-def _describe(w: Window) -> str:
-    p99 = "-" if w.p99_ms is None else f"{w.p99_ms:.2f} ms"
-    return f"{w.requests} req, {w.error_rate:.2%} errors, p99 {p99}"
 
 
 def _step(

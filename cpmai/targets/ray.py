@@ -35,6 +35,7 @@ from typing import Any
 
 from cpmai.errors import TargetError, UsageError
 from cpmai.fsutil import read_json_object, write_atomic
+from cpmai.home import Home
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -95,12 +96,15 @@ def build_deployment(home: str, name: str, version: str, env: str, spec: Any) ->
 
         def __serve_build_asgi_app__(self) -> Any:
             from cpmai.artifacts import open_artifact
-            from cpmai.serving.app import ServeConfig, build_app
+            from cpmai.serving.app import build_app
+            from cpmai.serving.config import ServeConfig
+            from cpmai.serving.server import tune_process
 
             artifact = open_artifact(Path(self.home), self.name, self.version)
             config = ServeConfig(home=self.home, name=self.name, version=self.version,
                                  env=self.env).for_artifact(artifact)  # fmt: skip
             self.cpmai_app = build_app(config, artifact)
+            tune_process()  # a replica is a server process too
             return _strip_prefix(self.cpmai_app)
 
         def check_health(self) -> None:
@@ -128,7 +132,7 @@ class RayTarget:
 
     def __init__(self, home: Path, name: str, env: str) -> None:
         self.home, self.name, self.env = home, name, env
-        self.folder = home / "runs" / name / env
+        self.folder = Home(home).env(name, env).run
         self.record_path = self.folder / "ray.json"
         self.app_name = f"{name}-{env}"
 

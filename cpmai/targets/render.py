@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.fsutil import read_json_object, write_atomic
+from cpmai.home import Home
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def files_written(
 
 
 def render_folder(home: Path, name: str, env: str) -> Path:
-    return home / "renders" / name / env
+    return Home(home).renders(name, env)
 
 
 def image_for(spec: Environment, name: str, version: str) -> str:
@@ -319,12 +320,14 @@ class RenderTarget:
             source, folder / "lib" / "cpmai", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
         state = folder / "state"
+        shipped, here = Home(state), Home(self.home)
         shutil.copytree(
-            artifact.path, state / "artifacts" / artifact.name / artifact.version, symlinks=False
+            artifact.path, shipped.artifact(artifact.name, artifact.version), symlinks=False
         )
-        for ledger_file in ("ledger.jsonl", "ledger.head"):
-            if (self.home / ledger_file).exists():
-                shutil.copy2(self.home / ledger_file, state / ledger_file)
+        for ledger_file, copy in ((here.ledger, shipped.ledger),
+                                  (here.ledger_head, shipped.ledger_head)):  # fmt: skip
+            if ledger_file.exists():
+                shutil.copy2(ledger_file, copy)
         return ["Dockerfile", "requirements.txt", ".dockerignore", "lib/cpmai/", "state/"]
 
     def _swap(self, scratch: Path) -> None:

@@ -132,7 +132,7 @@ def _wait(child: subprocess.Popen[bytes]) -> None:
 
 def _port(manifest: Path) -> int:
     """The staging server's port (the manifest is valid: the validate step passed)."""
-    from cpmai.manifest import load_manifest
+    from cpmai.manifest_file import load_manifest
 
     environment = load_manifest(manifest).environments.get(ENV)
     if environment is None or environment.port is None:

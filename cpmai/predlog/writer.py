@@ -1,47 +1,29 @@
-"""The prediction log: every served request (or a sample of the successful ones) under
-`logs/NAME/ENV/`, written off the request path, in columns.
+"""The prediction log's writer: every served request (or a sample of the successful ones) under
+`logs/NAME/ENV/`, written off the request path, in columns (`cpmai.predlog.format`).
 
-On the request path a request costs the log one tuple of scalars (`ENTRY`: the server builds
-it and appends it to a list; the garbage collector soon stops tracking it), and a batch one
-call: when the model has scored a batch and all its requests were answered, the server hands
-the log the batch (the model call's columns, labels and probabilities) with its requests'
-entries, and the log extends the open block's columns with the batch's lists whole, a few
-C-level extends while the values are still in the core's caches (request by request only when
-some were refused after the model call, not sampled, or asked for probabilities). Every
-`BLOCK_ROWS` rows, and at least once a second, the block is closed and appended to
-`predictions-YYYY-MM-DD-PID.jsonl` as one JSON line, so `cpmai monitor` sees what was served a
-second ago; one file per process and day, so workers never interleave. In the server, the
-event loop itself turns a closed block into its line and index arrays, in steps between
-requests, and a thread only writes them to disk; without a loop (`cpmai predict`) the thread
-does all of it. Request times are taken on the `perf_counter` clock the server already reads,
-and made epoch seconds once a block.
+On the request path a request costs the log one `Entry` (`cpmai.predlog.entry`: a tuple of
+scalars the server builds), and a batch one call: when the model has scored a batch and all its
+requests were answered, the batcher hands the log the batch (the model call's columns, labels
+and probabilities) with its requests' entries (`PredictionLog.served`), and the log extends the
+open block's columns with the batch's lists whole, a few C-level extends while the values are
+still in the core's caches (request by request only when some were refused after the model
+call, not sampled, or asked for probabilities). Every `BLOCK_ROWS` rows, and at least once a
+second, the block is closed and appended to `predictions-YYYY-MM-DD-PID.jsonl` as one JSON
+line, so `cpmai monitor` sees what was served a second ago; one file per process and day, so
+workers never interleave. Request times are taken on the `perf_counter` clock the server
+already reads, and made epoch seconds once a block.
+
+Who does the CPU work is the log's `mode`, chosen by whoever makes it: "loop" (the server) has
+the event loop turn a closed block into its line and index arrays, in steps between requests,
+and leaves only the disk to a thread; "thread" (`cpmai predict`, batch scoring) has the thread
+do all of it.
 
 Why columns: reading is what costs. A JSON line per request made the reader build a dict and a
-list per input per request (about 29 µs a request of 30 inputs on the 2-core machine); a block
-of columns loads as flat lists that numpy takes in one call (9–13 µs a request, the same day).
-The file is still JSON lines (`jq '.inputs.tenure_months'` works).
-
-A line (format "cpmai-predlog/2"):
-
-    {"format": "cpmai-predlog/2", "model": ..., "version": ..., "pid": ..., "sample_rate": ...,
-     "requests": {"t": [epoch seconds], "endpoint": [...], "status": [...],
-                  "latency_ms": [...], "rows": [...], "id": [...],
-                  "warnings": [null | [...]], "error": [null | "..."],
-                  "origin": [null | "source"]},
-     "inputs": {name: [one value per served row]}, "outputs": [one per served row],
-     "probabilities": null | [null | [p, ...] per served row],
-     "refused": [{"request": i, "inputs": {name: [...]}}]}
-
-`origin`, present only in a block that holds synthetic traffic (`cpmai.serving.origin`): null
-for a real request, the source named for a synthetic one ("" when none was named).
-
-Served rows are those of successful requests (status < 400), in the order of `requests` (a
-batch's requests together, once all were answered: a refusal meanwhile may come first); `rows`
-says how many each request carried (0 for a refused one). `refused` keeps the inputs of refused
-requests that had parseable, small inputs (what unseen categories are counted from).
+list per input per request; a block of columns loads as flat lists that numpy takes in one call
+(the figures: docs/performance.md, "What the log costs").
 
 Given the artifact's signature, the writer also indexes the blocks it wrote in columns
-(`cpmai.serving.logindex`): what `cpmai monitor` reads instead of parsing JSON.
+(`cpmai.predlog.index`): what `cpmai monitor` reads instead of parsing JSON.
 """
 
 from __future__ import annotations
@@ -49,35 +31,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import os
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from itertools import chain
-from operator import itemgetter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-_chain = chain.from_iterable
+from cpmai.predlog.block import Batch, ClosedBlock, OpenBlock
+from cpmai.predlog.collector import collector_paused
+from cpmai.predlog.entry import Entry, log_id, new_entry
+from cpmai.predlog.format import FORMAT, LOST, PREDICTIONS, feature_kind, index_file, today_file
+
+Mode = Literal["loop", "thread"]
+"""Where the log's CPU work runs: on the event loop, between requests ("loop", the server's), or
+on the writer thread ("thread", without an event loop)."""
 _APPENDING = threading.Lock()
-_ID_TYPES = (str, int, float, type(None))
-_ID_TYPE_SET = frozenset(_ID_TYPES)
-FORMAT = "cpmai-predlog/2"
-LOST = "lost"
-"""A line `{"format", "model", "version", "pid", "lost": {"requests", "since", "until",
-"reason"}}`: requests that were answered but could not be logged (a full disk, a log that fell
-behind), written with the next block that could be."""
 FLUSH_SECONDS = 1.0
 BLOCK_ROWS = 1_000
-"""Rows a block holds before it is closed and written, not at the end of the second. The server's
-event loop prepares it in three steps, and a request that arrives meanwhile waits for one: for
-1,000 rows of the churn example, 0.5–0.7 ms each in a busy server here."""
+"""Rows a block holds before it is closed and written, not at the end of the second. In "loop"
+mode the event loop prepares it in three steps, and a request that arrives meanwhile waits for
+one (how long: docs/performance.md, "What the log costs")."""
 MAX_BUFFER = 200_000
 """Requests a block may hold before the disk is considered to be falling behind (then new ones
 are dropped, and counted)."""
@@ -85,231 +62,26 @@ MAX_LINES = MAX_BUFFER // BLOCK_ROWS
 """Lines the event loop prepared that may wait for the writer thread's disk."""
 
 
-ENTRY = (
-    "t", "start", "elapsed", "endpoint", "status", "rows", "id", "warnings", "error",
-    "want_proba", "row_start", "origin",
-)  # fmt: skip
-"""A request's log entry, a tuple of scalars in this order: `t` its time in epoch seconds, or
-None for `start` + `elapsed` on the `time.perf_counter` clock (the server's); `elapsed` seconds
-to its answer; `id` its id (the writer makes it a JSON scalar with `log_id`); `warnings` a
-list or None; `error` a message or None; `want_proba` whether it asked for probabilities (and
-the batch has them); `row_start` where its rows start in its batch; `origin` None for real
-traffic, the source of synthetic traffic (`cpmai.serving.origin`)."""
-_ELAPSED, _ROWS, _WANT, _ROW_START = 2, 5, 9, 10
-_GET_ROWS, _GET_WANT = itemgetter(_ROWS), itemgetter(_WANT)
-
-
-class _Open:
-    """The block being filled. Each batch's lists are extended into the block's columns when the
-    batch is handed over (`PredictionLog.served`), on the thread that serves, while they are
-    still in its caches: a handful of C-level extends a batch, request by request only for a
-    batch some of whose requests are not logged (sampled out, refused after the model call) or
-    asked for probabilities."""
-
-    __slots__ = (
-        "_discover",
-        "_getter",
-        "_lists",
-        "_sample_rate",
-        "columns",
-        "entries",
-        "labels",
-        "probabilities",
-        "refused",
-        "rows",
-        "served",
-    )
-
-    def __init__(self, names: tuple[str, ...] | None, sample_rate: float) -> None:
-        """`names`: the signature's inputs; None: every name seen, in order of appearance."""
-        self.columns: dict[str, list[Any]] = {name: [] for name in names or ()}
-        self._lists = list(self.columns.values())
-        self._getter = _columns_getter(names)
-        self.entries: list[tuple[Any, ...]] = []
-        self.labels: list[Any] = []  # the outputs, a run of rows at a time (arrays or lists)
-        self.probabilities: list[Any] | None = None
-        self.refused: list[dict[str, Any]] = []
-        self.rows = 0  # rows of the batches handed over (what `BLOCK_ROWS` counts)
-        self.served = 0  # rows logged
-        self._discover = names is None
-        self._sample_rate = sample_rate
-
-    def add(self, batch: tuple[dict[str, list[Any]], Any, Any], entries: list[Any]) -> None:
-        source, labels, probabilities = batch
-        size = len(labels)
-        self.rows += size
-        if len(entries) == 1:  # at concurrency 1, every batch: this runs once a request
-            only = entries[0]
-            every = only[_ROWS] == size and not only[_WANT]
-        else:
-            every = (probabilities is None or not any(map(_GET_WANT, entries))) and sum(
-                map(_GET_ROWS, entries)
-            ) == size
-        if every and self._sample_rate >= 1.0:  # the usual case: every row, no probabilities
-            self.entries += entries
-            try:
-                parts = self._getter(source)  # the signature's columns, in C
-            except KeyError:  # a column missing, or no signature: column by column
-                self._run(source, labels, probabilities, 0, size, False)
-                return
-            for column, values in zip(self._lists, parts, strict=True):
-                column += values
-            self.labels.append(labels)
-            if self.probabilities is not None:
-                self.probabilities += [None] * size
-            self.served += size
-            return
-        sampled, rate, chance = self._sample_rate < 1.0, self._sample_rate, random.random
-        low, high, proba = 0, 0, False  # a run of consecutive rows, one wish for probabilities
-        for request in entries:
-            if sampled and chance() >= rate:
-                continue
-            self.entries.append(request)
-            start, rows, want = request[_ROW_START], request[_ROWS], request[_WANT]
-            if start == high and want is proba and high:
-                high += rows
-                continue
-            if high:
-                self._run(source, labels, probabilities, low, high, proba)
-            low, high, proba = start, start + rows, want
-        if high:
-            self._run(source, labels, probabilities, low, high, proba)
-
-    def refusal(self, entry: tuple[Any, ...], inputs: dict[str, list[Any]] | None) -> None:
-        if inputs is not None:
-            self.refused.append({"request": len(self.entries), "inputs": inputs})
-        self.entries.append(entry)
-
-    def _run(
-        self, source: dict[str, list[Any]], labels: Any, probabilities: Any,
-        start: int, end: int, want_proba: bool,
-    ) -> None:  # fmt: skip
-        rows = end - start
-        if self._discover:
-            for name in source:
-                if name not in self.columns:
-                    self.columns[name] = [None] * self.served
-        for name, column in self.columns.items():
-            values = source.get(name)
-            if values is None:
-                column += [None] * rows
-            elif start == 0 and end == len(values):
-                column += values
-            else:
-                column += values[start:end]
-        whole = start == 0 and end == len(labels)  # usually: numpy slices cost thousands
-        self.labels.append(labels if whole else labels[start:end])
-        if want_proba and probabilities is not None and self.probabilities is None:
-            self.probabilities = [None] * self.served
-        if self.probabilities is not None:
-            if not want_proba or probabilities is None:
-                self.probabilities += [None] * rows
-            else:
-                self.probabilities += _listed(probabilities if whole else probabilities[start:end])
-        self.served += rows
-
-
-def _columns_getter(names: tuple[str, ...] | None) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function of a batch's columns that returns the signature's, in order (KeyError for one
-    missing, or always without a signature)."""
-    if not names:
-        return _missing
-    if len(names) == 1:
-        (name,) = names
-        return lambda source: (source[name],)
-    return itemgetter(*names)
-
-
-def _missing(source: dict[str, Any]) -> tuple[Any, ...]:
-    raise KeyError("no signature")
-
-
-class _Block:
-    """A block taken from the log, ready to write: one JSON line (and its index arrays)."""
-
-    __slots__ = (
-        "endpoint",
-        "error",
-        "ids",
-        "inputs",
-        "latency",
-        "origin",
-        "output_array",
-        "outputs",
-        "probabilities",
-        "refused",
-        "rows",
-        "status",
-        "times",
-        "warnings",
-    )
-
-    def __init__(self, filled: _Open) -> None:
-        import numpy as np
-
-        fields = list(zip(*filled.entries, strict=True)) or [()] * len(ENTRY)
-        (t, starts, elapsed, self.endpoint, self.status, self.rows, ids, self.warnings,
-         self.error, _, _, origins) = fields  # fmt: skip
-        self.origin = None if origins.count(None) == len(origins) else origins
-        from cpmai.serving.logindex import packed
-
-        seconds = packed(elapsed, "d")  # once, for the times and the latencies
-        self.times = _times(t, starts, seconds)
-        self.latency = np.round(seconds * 1000, 4)  # to 0.1 µs (`round` a request: 2,000 instr.)
-        self.ids = ids if _ID_TYPE_SET.issuperset(map(type, ids)) else list(map(log_id, ids))
-        self.inputs = filled.columns
-        labels = filled.labels
-        self.output_array: Any = None  # the outputs as one array: the index codes them in numpy
-        if labels and set(map(type, labels)) == {np.ndarray}:
-            self.output_array = np.concatenate(labels)
-            self.outputs = self.output_array.tolist()
-        else:
-            self.outputs = list(chain.from_iterable(map(_listed, labels)))
-        self.probabilities = filled.probabilities
-        self.refused = filled.refused
-
-
-def _times(t: tuple[Any, ...], starts: tuple[Any, ...], elapsed: Any) -> Any:
-    """Epoch seconds: given, or when answered on the perf_counter clock (`elapsed`: an array;
-    one clock reading a block, not one a request)."""
-    from cpmai.serving.logindex import packed
-
-    if None not in t:
-        return list(t)
-    offset = time.time() - time.perf_counter()
-    answered = packed(starts, "d") + elapsed + offset
-    if t.count(None) == len(t):
-        return answered
-    computed = answered.tolist()
-    return [given if given is not None else at for given, at in zip(t, computed, strict=True)]
-
-
-def _listed(values: Any) -> list[Any]:
-    if isinstance(values, list):
-        return values
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def log_id(request_id: Any) -> Any:
-    """A request id the log can hold: a JSON scalar as it is, anything else as its repr."""
-    return request_id if isinstance(request_id, _ID_TYPES) else repr(request_id)
-
-
 class PredictionLog:
+    """One process's prediction log of one model version in one folder (`Home.env().logs`)."""
+
     def __init__(
         self,
         folder: Path,
         *,
         model: str,
         version: str,
+        mode: Mode = "thread",
         sample_rate: float = 1.0,
         flush_seconds: float = FLUSH_SECONDS,
         signature: dict[str, Any] | None = None,
     ) -> None:
-        """With `signature` (the artifact's), blocks are also indexed in columns
-        (`cpmai.serving.logindex`) for fast reading."""
-        from cpmai.serving.logindex import feature_kind
-
+        """`mode`: "loop" when `start` is called on the event loop that serves (the server),
+        "thread" otherwise (see `Mode`). With `signature` (the artifact's), blocks are also
+        indexed in columns (`cpmai.predlog.index`) for fast reading."""
+        if mode not in ("loop", "thread"):
+            raise ValueError(f"mode {mode!r}: expected 'loop' or 'thread'")
+        self.mode = mode
         self._kinds: dict[str, str] | None = None
         self._names: tuple[str, ...] | None = None
         self._output_kind = "categorical"
@@ -333,7 +105,7 @@ class PredictionLog:
         self.version = version
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
-        self._open = _Open(self._names, sample_rate)
+        self._open = OpenBlock(self._names, sample_rate)
         # `cpmai predict` hands over on its thread and the writer takes on its own
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -343,7 +115,6 @@ class PredictionLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._on_loop = False
         self._closed = False
         self._scheduled = False  # a `_prepare` is waiting for its turn on the loop
         self._steps: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
@@ -358,23 +129,22 @@ class PredictionLog:
         self._clock = time.time
 
     def start(self) -> None:
-        """Start the writer. Called on a running event loop (the server's), the log does its CPU
-        work there, between requests, and leaves only the disk to the thread (see `_prepare`);
-        otherwise (`cpmai predict`) the thread does all of it."""
+        """Start the writer. In "loop" mode, called on the running event loop that serves: the
+        log does its CPU work there, between requests, and leaves only the disk to the thread
+        (see `_prepare`); in "thread" mode the thread does all of it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        else:
-            self._on_loop = True
+        if self.mode == "loop":
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError("a 'loop' log starts on a running event loop") from None
             self._loop_thread = threading.get_ident()
             self._timer = self._loop.call_later(self.flush_seconds, self._tick)
         self._thread = threading.Thread(target=self._run, name="cpmai-predlog", daemon=True)
         self._thread.start()
 
-    def served(self, batch: tuple[dict[str, list[Any]], Any, Any], entries: list[Any]) -> None:
-        """A batch the model scored and the entries (`ENTRY`) of the requests it answered, on
+    def served(self, batch: Batch, entries: list[Entry]) -> None:
+        """A batch the model scored and the entries (`Entry`) of the requests it answered, on
         the server's request path, once a batch. `batch` is the model call's (columns, labels,
         probabilities): its columns' values are added to the block's lists here, its labels kept
         by reference (they must not change afterwards)."""
@@ -409,8 +179,19 @@ class PredictionLog:
         (`cpmai.serving.origin`), None for real traffic."""
         served = status < 400 and inputs is not None and outputs is not None
         rows = len(outputs) if served and outputs is not None else 0
-        entry = (self._clock(), 0.0, latency_s, endpoint, status, rows, log_id(request_id),
-                 warnings or None, error, probabilities is not None, 0, origin)  # fmt: skip
+        entry = new_entry(
+            t=self._clock(),
+            start=0.0,
+            elapsed=latency_s,
+            endpoint=endpoint,
+            status=status,
+            rows=rows,
+            request_id=log_id(request_id),
+            warnings=warnings or None,
+            error=error,
+            want_proba=probabilities is not None,
+            origin=origin,
+        )
         if served and inputs is not None:
             self.served((inputs, outputs, probabilities), [entry])
             return
@@ -485,24 +266,24 @@ class PredictionLog:
 
     def _prepare(self) -> None:
         """On the loop, in three steps, each on a later turn of the loop (requests that came
-        meanwhile go first; none waits for more than one step, well under a millisecond for a
-        1,000-row block here): the block, its JSON line, its index arrays; the thread writes
-        them. On the loop, not in the thread, because there the values are still in this core's
-        caches and no interpreter lock passes back and forth between threads: about half the
-        CPU time the thread took for the same work, measured (docs/performance.md)."""
+        meanwhile go first; none waits for more than one step): the block, its JSON line, its
+        index arrays; the thread writes them. On the loop, not in the thread, because there the
+        values are still in this core's caches and no interpreter lock passes back and forth
+        between threads: less CPU time than the thread took for the same work, measured
+        (docs/performance.md, "What the log costs")."""
         self._scheduled = False
-        with _collector_paused():
+        with collector_paused():
             block = self._take()
         if block is not None and block.rows:
             self._then(self._serialize, block)
 
-    def _serialize(self, block: _Block) -> None:
-        with _collector_paused():
+    def _serialize(self, block: ClosedBlock) -> None:
+        with collector_paused():
             line = self._line(block)
         self._then(self._index_then_write, block, line)
 
-    def _index_then_write(self, block: _Block, line: bytes) -> None:
-        with _collector_paused():
+    def _index_then_write(self, block: ClosedBlock, line: bytes) -> None:
+        with collector_paused():
             arrays = self._arrays(block)
         self._lines.append((line, len(block.times), arrays))
         self._wake.set()
@@ -521,13 +302,13 @@ class PredictionLog:
             step, args = self._steps.popleft()
             step(*args)
 
-    def _take(self) -> _Block | None:
+    def _take(self) -> ClosedBlock | None:
         """The open block, closed (and a new one opened), or None if it holds nothing."""
         with self._lock:
-            filled, self._open = self._open, _Open(self._names, self.sample_rate)
-        return _Block(filled) if filled.entries else None
+            filled, self._open = self._open, OpenBlock(self._names, self.sample_rate)
+        return ClosedBlock(filled) if filled.entries else None
 
-    def _line(self, block: _Block) -> bytes:
+    def _line(self, block: ClosedBlock) -> bytes:
         requests = {
             "t": block.times,
             "endpoint": block.endpoint,
@@ -556,16 +337,16 @@ class PredictionLog:
             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
         )
 
-    def _arrays(self, block: _Block) -> dict[str, Any] | None:
-        """The block's index arrays (`logindex.block_arrays`), or None: no signature, or values
+    def _arrays(self, block: ClosedBlock) -> dict[str, Any] | None:
+        """The block's index arrays (`index.block_arrays`), or None: no signature, or values
         that do not fit it (the JSON line stays; readers parse it)."""
         if self._kinds is None:
             return None
-        from cpmai.serving import logindex
+        from cpmai.predlog import index
 
         try:
-            return logindex.block_arrays(block, self._kinds, self._output_kind, self._vocab)
-        except logindex.Unindexable:
+            return index.block_arrays(block, self._kinds, self._output_kind, self._vocab)
+        except index.Unindexable:
             return None
 
     def flush(self) -> int:
@@ -574,7 +355,7 @@ class PredictionLog:
         while self._steps:  # blocks on their way through the loop's steps, in order
             self._step()
         written = self._write_lines()
-        with _collector_paused():
+        with collector_paused():
             block = self._take()
             if block is None or not block.rows:  # nothing, or nothing sampled
                 return written
@@ -584,8 +365,7 @@ class PredictionLog:
 
     def _path(self) -> Path:
         """Today's file of this process."""
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        return self.folder / f"predictions-{day}-{os.getpid()}.jsonl"
+        return today_file(self.folder, PREDICTIONS)
 
     def _write(self, line: bytes, requests: int, arrays: dict[str, Any] | None) -> int:
         path = self._path()
@@ -610,7 +390,7 @@ class PredictionLog:
                 self._note_lost(requests, exc.strerror or str(exc))  # on /metrics and later
                 raise
             if arrays is not None:
-                with _collector_paused():
+                with collector_paused():
                     self._index_block(path, offset, len(line), requests, arrays)
         self.written += requests
         return requests
@@ -626,24 +406,24 @@ class PredictionLog:
         self._pending.append((offset, length, arrays))
         self._pending_path = path
         self._pending_requests += requests
-        from cpmai.serving import logindex
+        from cpmai.predlog import index
 
         if (
-            self._pending_requests >= logindex.INDEX_MAX_REQUESTS
-            or self._clock() - self._pending_since >= logindex.INDEX_SECONDS
+            self._pending_requests >= index.INDEX_MAX_REQUESTS
+            or self._clock() - self._pending_since >= index.INDEX_SECONDS
             or self._stop.is_set()
         ):
             self._write_index()
 
     def _write_index(self) -> None:
-        from cpmai.serving import logindex
+        from cpmai.predlog import index
 
         pending, self._pending, self._pending_requests = self._pending, [], 0
         if not pending or self._pending_path is None or self._kinds is None:
             return
-        target = self._pending_path.with_name(f"{self._pending_path.name}.{self.version}.idx")
+        target = index_file(self._pending_path, self.version)
         with contextlib.suppress(OSError):  # the index only saves readers time
-            logindex.write_record(
+            index.write_record(
                 target, pending, version=self.version, sample_rate=self.sample_rate,
                 kinds=self._kinds, pause=_let_requests_run,
             )  # fmt: skip
@@ -653,7 +433,7 @@ class PredictionLog:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
-                if self._on_loop:
+                if self.mode == "loop":
                     self._write_lines()
                 else:
                     self.flush()
@@ -706,21 +486,6 @@ class PredictionLog:
                     os.close(fd)
         except OSError:  # still nowhere to write: /metrics counted them (`dropped`)
             pass
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No garbage collection meanwhile (process-wide): a block is thousands of short-lived
-    lists and tuples that die by reference count, and a collection would only walk them (about
-    a tenth of the log's cost, counted with callgrind). Around CPU work only, not the line's
-    write: the event loop goes on allocating meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _let_requests_run() -> None:

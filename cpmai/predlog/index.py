@@ -1,11 +1,11 @@
 """The prediction log's columnar index: the same blocks as numpy arrays, written by the server.
 
-Reading JSON costs about 10 µs a request of 30 inputs on the 2-core machine, so a day of
-traffic takes seconds to parse. The server already holds each block's values in lists when it
-writes the JSON line, so it also turns them into numpy arrays there (tens of nanoseconds a
-value, on the server's event loop) and, every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends
-one *record* of the blocks gathered (10,000 requests at most, so that writing one never holds
-the interpreter long) to `predictions-DAY-PID.jsonl.VERSION.idx`. The JSON log stays
+Reading JSON is what costs (docs/performance.md, "What the log costs"), so a day of traffic
+takes seconds to parse. The server already holds each block's values in lists when it writes
+the JSON line, so it also turns them into numpy arrays there (on the server's event loop) and,
+every `INDEX_SECONDS` or `INDEX_MAX_REQUESTS`, appends one *record* of the blocks gathered
+(10,000 requests at most, so that writing one never holds the interpreter long) to
+`predictions-DAY-PID.jsonl.VERSION.idx` (`cpmai.predlog.format.index_file`). The JSON log stays
 the record of truth: each index record names the byte ranges of the JSON lines it covers, and a
 reader parses from JSON whatever no intact record covers (blocks not indexed yet, a record torn
 by a crash, blocks whose values could not be put in arrays).
@@ -30,20 +30,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-MAGIC = b"CPMI"
-FORMAT = 1
+from cpmai.predlog.format import INDEX_FORMAT, INDEX_MAGIC
+
 INDEX_SECONDS = 60.0
 INDEX_MAX_REQUESTS = 10_000
 MAX_VOCABULARY = 10_000
 """Values a writer's vocabulary holds (kept from block to block) before it starts over."""
-
-KINDS = {"number": "numeric", "integer": "numeric", "category": "categorical"}
-KINDS["boolean"] = "categorical"
-
-
-def feature_kind(signature_type: str) -> str:
-    """How the monitor compares an input of this signature type ("text" is not compared)."""
-    return KINDS.get(signature_type, "text")
 
 
 class Unindexable(Exception):
@@ -231,7 +223,7 @@ def write_record(
             size += -size % 8
     header = json.dumps(
         {
-            "format": FORMAT,
+            "format": INDEX_FORMAT,
             "version": version,
             "sample_rate": sample_rate,
             "blocks": [[offset, length] for offset, length, _ in blocks],
@@ -246,7 +238,7 @@ def write_record(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         # one writev: the server's event loop waits for no copy of the arrays
-        os.writev(fd, [MAGIC + struct.pack("<I", len(header)) + header, *buffers])
+        os.writev(fd, [INDEX_MAGIC + struct.pack("<I", len(header)) + header, *buffers])
     finally:
         os.close(fd)
 
@@ -270,14 +262,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     records = []
     position = 0
     while position + 8 <= len(data):
-        if data[position : position + 4] != MAGIC:
+        if data[position : position + 4] != INDEX_MAGIC:
             break
         (size,) = struct.unpack_from("<I", data, position + 4)
         start = position + 8 + size
         try:
             header = orjson.loads(data[position + 8 : start])
             end = start + int(header["body"])
-            if header.get("format") != FORMAT or end > len(data):
+            if header.get("format") != INDEX_FORMAT or end > len(data):
                 break  # another format, or a record still being written (or torn)
             arrays: dict[str, Any] = {}
             for name, dtype, count, where in header["arrays"]:

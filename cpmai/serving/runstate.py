@@ -1,0 +1,267 @@
+"""What the local target and an environment's server processes tell each other: the files under
+`runs/NAME/ENV/` and their typed records.
+
+    run.json          ServerRecord, written by the command that started the server
+    server.json       ServerRecord, written by the server itself as it starts (what runs, even
+                      when the starting command died before writing run.json)
+    routes.json       RouteTable: what the server should serve, rewritten by deploy, promote,
+                      rollback and canary steps (atomically; every write a new file)
+    workers/PID.json  WorkerStatus: what each worker process serves and has counted, written
+                      every REPORT_SECONDS and after each switch
+    auth.json         the SHA-256 of the bearer token the server requires (owner-only)
+    server.log        the server process's output
+    rollout.lock      held by one rollout at a time
+
+Both sides read and write these through this module only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cpmai.fsutil import read_json_object, write_atomic
+from cpmai.home import EnvFolders
+
+POLL_SECONDS = 0.05
+"""How often a worker looks at routes.json (one stat call)."""
+REPORT_SECONDS = 1.0
+"""How often a worker writes its status; a reader that needs counters up to a moment waits for
+reports written after it (`RunFiles.reports_after`)."""
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """The server process of an environment: `run.json` / `server.json`."""
+
+    pid: int
+    created: float
+    """The process's start time (psutil): tells it from a later process given the same pid."""
+    host: str
+    port: int
+    workers: int = 1
+
+    @classmethod
+    def of(cls, data: dict[str, Any] | None) -> ServerRecord | None:
+        if data is None:
+            return None
+        try:
+            return cls(
+                pid=int(data["pid"]),
+                created=float(data["created"]),
+                host=str(data["host"]),
+                port=int(data["port"]),
+                workers=int(data.get("workers", 1)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """What an environment's server serves: the live version, maybe a canary taking `weight` of
+    the unversioned predictions, and versions kept loaded for a quick rollback. `seq` grows
+    with every table written; a worker applies only a newer one."""
+
+    seq: int
+    live: str | None
+    canary: str | None = None
+    weight: float = 0.0
+    keep: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, data: dict[str, Any] | None) -> RouteTable | None:
+        if data is None:
+            return None
+        try:
+            canary = data.get("canary")
+            return cls(
+                seq=int(data.get("seq", 0)),
+                live=None if data.get("live") is None else str(data["live"]),
+                canary=str(canary) if canary else None,
+                weight=float(data.get("weight", 0.0)) if canary else 0.0,
+                keep=[str(v) for v in data.get("keep", [])],
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def versions(self) -> list[str]:
+        """Every version the table names: live, canary, kept."""
+        named = [self.live, self.canary, *self.keep]
+        return [v for v in named if v]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One version's prediction requests, errors (any non-2xx) and latency histogram (the
+    server's LATENCY_BUCKETS, per-bucket counts) since the worker started."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker process's report: `workers/PID.json`."""
+
+    pid: int
+    time: float
+    started: float
+    seq: int
+    """The route table applied."""
+    failed_seq: int
+    """The last table the worker could not apply (a version failed to load)."""
+    live: str | None
+    canary: str | None
+    weight: float
+    loaded: list[str]
+    errors: dict[str, str]
+    """Load errors per version."""
+    counters: dict[str, Counters]
+
+    @classmethod
+    def of(cls, data: dict[str, Any] | None) -> WorkerStatus | None:
+        if data is None:
+            return None
+        try:
+            return cls(
+                pid=int(data["pid"]),
+                time=float(data.get("time", 0.0)),
+                started=float(data.get("started", 0.0)),
+                seq=int(data.get("seq", 0)),
+                failed_seq=int(data.get("failed_seq", 0)),
+                live=data.get("live"),
+                canary=data.get("canary"),
+                weight=float(data.get("weight", 0.0)),
+                loaded=[str(v) for v in data.get("loaded", [])],
+                errors={str(k): str(v) for k, v in (data.get("errors") or {}).items()},
+                counters={
+                    str(v): Counters(int(c["requests"]), int(c["errors"]), list(c["buckets"]))
+                    for v, c in (data.get("counters") or {}).items()
+                },
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    def load_errors(self) -> str:
+        return "; ".join(f"{version}: {error}" for version, error in self.errors.items())
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one environment's run folder."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, home: Path, name: str, env: str) -> RunFiles:
+        return cls(EnvFolders(home, name, env).run)
+
+    @property
+    def run(self) -> Path:
+        return self.folder / "run.json"
+
+    @property
+    def server(self) -> Path:
+        return self.folder / "server.json"
+
+    @property
+    def routes(self) -> Path:
+        return self.folder / "routes.json"
+
+    @property
+    def auth(self) -> Path:
+        return self.folder / "auth.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / "rollout.lock"
+
+    @property
+    def workers(self) -> Path:
+        return self.folder / "workers"
+
+    def worker(self, pid: int) -> Path:
+        return self.workers / f"{pid}.json"
+
+    # --- reading and writing -------------------------------------------------------------------
+
+    def read_routes(self) -> RouteTable | None:
+        return RouteTable.of(read_json_object(self.routes))
+
+    def write_routes(self, table: RouteTable) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.routes, table.to_json())
+
+    def read_server(self, path: Path) -> ServerRecord | None:
+        return ServerRecord.of(read_json_object(path))
+
+    def write_server(self, path: Path, record: ServerRecord) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, record.to_json())
+
+    def write_status(self, status: WorkerStatus) -> None:
+        self.workers.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.worker(status.pid), status.to_json())
+
+    def statuses(self) -> list[WorkerStatus]:
+        """The reports of worker processes that are alive (a dead one's file is removed)."""
+        import psutil
+
+        out = []
+        for path in sorted(self.workers.glob("*.json")):
+            status = WorkerStatus.of(read_json_object(path))
+            if status is None:
+                continue
+            if psutil.pid_exists(status.pid):
+                out.append(status)
+            else:
+                path.unlink(missing_ok=True)
+        return out
+
+    def clear_statuses(self) -> None:
+        for path in self.workers.glob("*.json"):
+            path.unlink(missing_ok=True)
+
+    def reports_after(self, moment: float, timeout: float = 3 * REPORT_SECONDS) -> None:
+        """Wait until every live worker has reported after `moment` (epoch seconds), so its
+        counters include everything served before it; gives up after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(status.time > moment for status in self.statuses()):
+                return
+            time.sleep(POLL_SECONDS)
+
+    def recorded_token(self) -> str | None:
+        """The SHA-256 of the environment's recorded bearer token, if it has one."""
+        doc = read_json_object(self.auth)
+        value = doc.get("sha256") if doc else None
+        return value if isinstance(value, str) and len(value) == 64 else None
+
+    def record_token(self, digest: str, at: str) -> None:
+        """Keep the token's SHA-256, readable by the owner only."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.auth.with_name(f".{self.auth.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps({"sha256": digest, "set": at}))
+        temporary.replace(self.auth)
