@@ -19,6 +19,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from cpmai.manifest import Manifest
 from cpmai.replay import State, VersionRecord, replay
 from cpmai.runtime import inspection
 from cpmai.runtime.formats import LoadedModel
+from cpmai.runtime.signature import SIGNATURE_FILE, Signature
 from cpmai.steps import Step, StepLog
 from cpmai.versioning import next_version, version_key
 
@@ -83,10 +85,10 @@ class Artifact:
     path: Path
     meta: dict[str, Any]
 
-    @property
-    def signature(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / "signature.json").read_text())
-        return data
+    @cached_property
+    def signature(self) -> Signature:
+        """The model's inputs and outputs (`signature.json`), read once."""
+        return Signature.load(self.path)
 
     @property
     def model_path(self) -> Path:
@@ -156,10 +158,9 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             step.note = f"{fmt}, {type(loaded.obj).__name__}"
         with log.step("signature") as step:
             data = _read_data(manifest, build)
-            signature = inspection.signature_of(manifest, loaded, data, fmt)
-            call = signature.pop("call")
-            probes = signature.pop("probes")
-            step.note = f"{len(signature['inputs'])} inputs, {signature['origin']}"
+            inspected = inspection.signature_of(manifest, loaded, data, fmt)
+            signature, call, probes = inspected.signature, inspected.call, inspected.probes
+            step.note = f"{len(signature.inputs)} inputs, {signature.origin}"
         with log.step("runtime") as step:
             timings: dict[str, float | None] = {}
             checked = {**data, "probes": probes} if probes is not None else data
@@ -174,7 +175,7 @@ def package(manifest: Manifest, home: Path, *, actor: str) -> PackageResult:
             resolved = _resolved_manifest(manifest, model_rel, files)
             generated = {
                 "manifest.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
-                "signature.json": _json(signature),
+                SIGNATURE_FILE: signature.dumps(),
                 "runtime.json": _json(runtime),
                 "environment.json": _json(environment),
                 "MODEL_CARD.md": modelcard.render(manifest, signature, environment),

@@ -12,9 +12,8 @@ duties: the deployer's own approval does not count).
 from __future__ import annotations
 
 import fnmatch
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cpmai.home import home_of_artifact
@@ -39,13 +38,7 @@ class GateResult:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "gate": self.gate,
-            "passed": self.passed,
-            "measured": self.measured,
-            "threshold": self.threshold,
-            "note": self.note,
-        }
+        return asdict(self)
 
     def describe(self) -> str:
         mark = "✓" if self.passed else "✗"
@@ -130,7 +123,7 @@ def _presence(artifact: Artifact) -> list[GateResult]:
     ):
         present = rel in artifact.meta.get("files", {})
         out.append(GateResult(gate, present, "present" if present else "missing", "present"))
-    if out[0].passed and not json.loads((artifact.path / "signature.json").read_text())["inputs"]:
+    if out[0].passed and not artifact.signature.inputs:
         out[0] = GateResult("signature", False, "no inputs", "present")
     return out
 
@@ -171,7 +164,7 @@ def evaluate(
     if target not in frame.columns:
         raise UsageError(f"the holdout data has no column {target!r} (data.target)")
     truth = frame[target].to_numpy()
-    columns = {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
+    columns = {name: frame[name].tolist() for name in predictor.signature.names}
     want_proba = any(m in ("roc_auc", "log_loss") for m in metrics)
     labels, probabilities = predictor.run(columns, want_proba)
     values = {m: score(m, truth, labels, probabilities, predictor.classes) for m in metrics}
@@ -188,7 +181,7 @@ def latency_gates(artifact: Artifact, gate: LatencyGate, predictor: Predictor) -
     from cpmai.bench.inprocess import make_batches, run_inprocess
     from cpmai.bench.subjects import artifact_rows
 
-    names = [spec["name"] for spec in predictor.inputs]
+    names = predictor.signature.names
     result = run_inprocess(
         predictor.run,
         make_batches(artifact_rows(artifact, names), 1),

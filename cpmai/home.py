@@ -26,29 +26,17 @@ UNVERSIONED = "unversioned"
 class EnvFolders:
     """One environment's share of the home: where its server runs and what it logs."""
 
-    home: Path
-    name: str
-    env: str
-
-    @property
-    def run(self) -> Path:
-        """`runs/NAME/ENV/`: the target's files (run.json, routes.json, server.log, workers/)."""
-        return self.home / "runs" / self.name / self.env
+    run: Path
+    """`runs/NAME/ENV/`: the target's files (`cpmai.serving.runstate.RunFiles`)."""
+    logs: Path
+    """`logs/NAME/ENV/`: the prediction log and resource samples."""
+    log_cache: Path
+    """`cache/monitor/logs/NAME/ENV/`: what the monitor parsed of the log."""
 
     @property
     def workers(self) -> Path:
         """`runs/NAME/ENV/workers/`: one status file per server process (`PID.json`)."""
         return self.run / "workers"
-
-    @property
-    def logs(self) -> Path:
-        """`logs/NAME/ENV/`: the prediction log and resource samples."""
-        return self.home / "logs" / self.name / self.env
-
-    @property
-    def log_cache(self) -> Path:
-        """Where the monitor keeps what it parsed of this environment's log."""
-        return self.home / "cache" / "monitor" / "logs" / self.name / self.env
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,11 @@ class Home:
     root: Path
 
     def env(self, name: str, env: str) -> EnvFolders:
-        return EnvFolders(self.root, name, env)
+        return EnvFolders(
+            run=self.root / "runs" / name / env,
+            logs=self.root / "logs" / name / env,
+            log_cache=self.cache("monitor", "logs", name, env),
+        )
 
     @property
     def ledger(self) -> Path:

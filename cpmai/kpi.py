@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,8 @@ class Kpi:
         return parse_time(self.at).timestamp()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "value": self.value,
-            "at": self.at,
-            "actor": self.actor,
-            "note": self.note,
-            "seq": self.seq,
-        }
+        """Every field but the model's name (the document around it names the model)."""
+        return {key: value for key, value in asdict(self).items() if key != "name"}
 
 
 def record(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpmai.manifest import Manifest
 
+if TYPE_CHECKING:
+    from cpmai.runtime.signature import Signature
 
-def render(manifest: Manifest, signature: dict[str, Any], environment: dict[str, Any]) -> str:
+
+def render(manifest: Manifest, signature: Signature, environment: dict[str, Any]) -> str:
     """A model card from what the artifact holds. No version or time: they are not content."""
     lines = [f"# Model card: {manifest.name}", ""]
     if manifest.description:
@@ -19,7 +22,7 @@ def render(manifest: Manifest, signature: dict[str, Any], environment: dict[str,
         "| --- | --- |",
         f"| Task | {manifest.model.task} |",
         f"| Usage | {manifest.usage.mode} |",
-        f"| Format | {signature.get('format', '?')} |",
+        f"| Format | {signature.format or '?'} |",
         f"| Owners | {', '.join(manifest.owners) or '—'} |",
         "",
         "## Inputs",
@@ -27,21 +30,21 @@ def render(manifest: Manifest, signature: dict[str, Any], environment: dict[str,
         "| name | type | range / categories | nullable |",
         "| --- | --- | --- | --- |",
     ]
-    for spec in signature["inputs"]:
-        if spec.get("categories"):
-            values = ", ".join(str(c) for c in spec["categories"][:12])
-            more = len(spec["categories"]) - 12
+    for spec in signature.inputs:
+        if spec.categories:
+            values = ", ".join(str(c) for c in spec.categories[:12])
+            more = len(spec.categories) - 12
             domain = values + (f" (+{more} more)" if more > 0 else "")
-        elif spec.get("min") is not None:
-            domain = f"{spec['min']:g} … {spec['max']:g}"
+        elif spec.min is not None:
+            domain = f"{spec.min:g} … {spec.max:g}"
         else:
             domain = "—"
-        nullable = "yes" if spec["nullable"] else "no"
-        lines.append(f"| {spec['name']} | {spec['type']} | {domain} | {nullable} |")
+        nullable = "yes" if spec.nullable else "no"
+        lines.append(f"| {spec.name} | {spec.type} | {domain} | {nullable} |")
     lines += ["", "## Outputs", ""]
-    for out in signature["outputs"]:
-        extra = f": {', '.join(str(c) for c in out['categories'])}" if out.get("categories") else ""
-        lines.append(f"- `{out['name']}` ({out['type']}){extra}")
+    for out in signature.outputs:
+        extra = f": {', '.join(str(c) for c in out.categories)}" if out.categories else ""
+        lines.append(f"- `{out.name}` ({out.type}){extra}")
     lines += ["", "## Data", ""]
     data = manifest.data
     lines.append(f"- Reference: {data.reference or '—'}" + _rows(signature, "reference"))
@@ -69,6 +72,6 @@ def render(manifest: Manifest, signature: dict[str, Any], environment: dict[str,
     return "\n".join(lines)
 
 
-def _rows(signature: dict[str, Any], key: str) -> str:
-    rows = signature.get("data_rows", {}).get(key)
+def _rows(signature: Signature, key: str) -> str:
+    rows = signature.data_rows.get(key)
     return f" ({rows:,} rows)" if rows is not None else ""

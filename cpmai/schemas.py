@@ -26,6 +26,11 @@ class Document:
 
 
 DOCUMENTS: dict[str, Document] = {
+    "bench.schema.json": Document(
+        "cpmai.bench.result:BenchResult",
+        "https://cpmai.dev/schema/bench.json",
+        "cpmai bench result (cpmai-bench/1)",
+    ),
     "cost.schema.json": Document(
         "cpmai.costs.document:CostDocument",
         "https://cpmai.dev/schema/cost.json",

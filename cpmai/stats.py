@@ -77,8 +77,8 @@ def score(
     metric: str, truth: Any, predicted: Any, probabilities: Any, classes: list[Any] | None
 ) -> float:
     """One metric of the task, computed as scikit-learn does (the tests check they agree to
-    1e-9). Written with numpy because importing sklearn.metrics takes 1.5-2 s here, on every
-    deploy."""
+    1e-9). Written with numpy because importing sklearn.metrics costs seconds, on every deploy
+    (docs/performance.md)."""
     import numpy as np
 
     if metric in ("mae", "rmse", "r2", "mape"):

@@ -22,6 +22,7 @@ from cpmai.fsutil import sha256_file
 from cpmai.integrity import verify as verify_home
 from cpmai.ledger import Ledger
 from cpmai.manifest_file import load_manifest
+from cpmai.runtime.signature import Signature
 from cpmai.versioning import next_version, version_key
 from cpmai.yamlsource import parse_yaml
 
@@ -80,6 +81,11 @@ def test_package_builds_a_complete_hashed_artifact(churn: Path, home: Path) -> N
     }
     assert signature["outputs"][0]["categories"] == [0, 1]
     assert signature["outputs"][1] == {"name": "probabilities", "type": "number", "shape": [-1, 2]}
+    typed = artifacts.open_artifact(home, "churn-classifier").signature
+    assert typed.dumps() == (folder / "signature.json").read_text()  # the one writer's bytes
+    assert typed.names == list(inputs) and typed.classes == [0, 1] and typed.target == "churned"
+    plan = next(spec for spec in typed.inputs if spec.name == "plan")
+    assert plan.type == "category" and plan.open and not plan.nullable
 
     environment = json.loads((folder / "environment.json").read_text())
     assert {"scikit-learn", "numpy", "joblib"} <= set(environment["packages"])
@@ -249,9 +255,8 @@ def test_an_intact_artifact_opens_and_predicts(churn: Path, home: Path) -> None:
     frame = pd.read_csv(artifact.path / "data" / "holdout.csv").head(50)
     for runtime in ("sklearn", "onnx"):
         predictor = Predictor.from_artifact(artifact, runtime=runtime)
-        labels, _ = predictor.run(
-            {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
-        )
+        columns = {name: frame[name].tolist() for name in predictor.signature.names}
+        labels, _ = predictor.run(columns)
         assert len(labels) == 50 and set(np.unique(labels)) <= {0, 1}
 
 
@@ -361,6 +366,8 @@ def test_onnx_format_declares_its_own_inputs(tmp_path: Path, home: Path) -> None
     signature = json.loads((result.path / "signature.json").read_text())
     assert signature["origin"] == "declared by the onnx file"
     assert signature["inputs"] == [{"name": "X", "type": "number", "nullable": False}]
+    typed = Signature.load(result.path)
+    assert typed.dumps() == (result.path / "signature.json").read_text()
 
 
 def test_mlflow_model_folder_without_mlflow(tmp_path: Path, home: Path) -> None:

@@ -354,25 +354,127 @@ def test_worker_processes_merge_their_histograms(delay20: DelayServer) -> None:
 
 def test_a_ratio_past_the_threshold_that_cannot_be_tested_is_marked_untested() -> None:
     from cpmai.bench.reports import markdown
+    from cpmai.bench.result import BenchResult
     from cpmai.bench.verdicts import compare
 
-    def run(p99: float, windows: int) -> dict[str, Any]:
+    def run(p99: float, windows: int) -> BenchResult:
         level = {
             "key": "c=1",
             "label": "c=1",
+            "mode": "inprocess",
+            "requests": 100,
+            "ok": 100,
+            "error_rate": 0.0,
             "throughput_rps": 1000.0 / p99,
+            "rows_per_s": 1000.0 / p99,
             "latency_ms": {"p99_ms": p99},
-            "windows": [{"p99_ms": p99, "throughput_rps": 1000.0 / p99}] * windows,
-        }
-        return {"machine": {"fingerprint": "here"}, "levels": [level]}  # fmt: skip
+            "windows": [{"index": i, "requests": 10, "errors": 0, "p50_ms": p99,
+                         "p99_ms": p99, "throughput_rps": 1000.0 / p99} for i in range(windows)],
+        }  # fmt: skip
+        return BenchResult.model_validate(
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "target": {"kind": "inprocess", "name": "m", "version": "1"},
+                "machine": {"cpu": "c", "cores": 2, "python": "3", "fingerprint": "here"},
+                "levels": [level],
+            }
+        )
 
-    short = compare(run(30.0, 3), run(1.0, 3), threshold=1.1, force=False)
-    (check, _) = short["comparisons"][0]["checks"]
-    assert check["p_value"] is None and check["untested"] and not check["regressed"]
-    assert "at least 5 s" in check["note"]
-    doc = {"target": {"name": "m", "version": "1", "kind": "inprocess"}, "exit_code": 0,
-           "time": "t", "machine": {"cpu": "c", "cores": 2, "python": "3"}, "levels": [],
-           "baseline": {**short, "file": "f"}}  # fmt: skip
-    assert "❔ untested" in markdown(doc)
-    tested = compare(run(30.0, 5), run(1.0, 5), threshold=1.1, force=False)
-    assert tested["regressed"] and not tested["comparisons"][0]["checks"][0]["untested"]
+    short = compare(run(30.0, 3), run(1.0, 3), threshold=1.1, force=False, file="f")
+    (check, _) = short.comparisons[0].checks
+    assert check.p_value is None and check.untested and not check.regressed
+    assert "at least 5 s" in check.note
+    doc = run(30.0, 3)
+    doc.baseline = short
+    assert "❔ untested" in markdown(doc) and "✅ passed" in markdown(doc)
+    tested = compare(run(30.0, 5), run(1.0, 5), threshold=1.1, force=False, file="f")
+    assert tested.regressed and not tested.comparisons[0].checks[0].untested
+    doc.baseline = tested
+    assert doc.breached and "❌ threshold breached" in markdown(doc)
+    assert doc.judge() == 4 and doc.to_json()["exit_code"] == 4
+
+
+# --- the result document ----------------------------------------------------------------------
+
+
+def test_the_schema_is_generated_from_the_model() -> None:
+    from cpmai.schemas import render
+
+    committed = (ROOT / "docs" / "bench.schema.json").read_text()
+    assert committed == render("bench.schema.json"), "run `python -m cpmai.schemas`"
+
+
+def _saved(**changes: Any) -> dict[str, Any]:
+    """A result as `cpmai bench` saves it (one closed-loop level, an SLO, no baseline)."""
+    latency = {"p50_ms": 1.0, "p90_ms": 1.5, "p95_ms": 1.8, "p99_ms": 2.0, "p999_ms": 2.5,
+               "max_ms": 3.0, "mean_ms": 1.1}  # fmt: skip
+    level = {
+        "key": "closed:c=1:r=None:b=1", "label": "c=1", "mode": "closed", "concurrency": 1,
+        "rate": None, "batch_size": 1, "requests": 500, "ok": 500, "not_sent": 0, "errors": {},
+        "error_rate": 0.0, "measured_s": 5.0, "throughput_rps": 100.0, "rows_per_s": 100.0,
+        "latency_ms": latency, "uncorrected_ms": None, "lag_ms": None, "min_requests_met": True,
+        "stable": True, "stability": "stable", "histogram": {"sub_bits": 11, "buckets": [3],
+        "counts": [500], "count": 500, "sum_ns": 5, "min_ns": 1, "max_ns": 3},
+        "windows": [{"index": i, "requests": 100, "errors": 0, "throughput_rps": 100.0,
+                     "p50_ms": 1.0, "p99_ms": 2.0} for i in range(5)],
+    }  # fmt: skip
+    doc = {
+        "schema": "cpmai-bench/1", "time": "2026-01-01T00:00:00Z", "seconds": 7.5,
+        "target": {"kind": "http", "name": None, "version": None, "url": "http://127.0.0.1:1",
+                   "path": "/invocations", "protocol": "mlflow", "pid": None},
+        "machine": {"cpu": "c", "cores": 2, "memory_gib": 4.0, "frequency_governor": None,
+                    "frequency_mhz": 2400, "python": "3.12.1", "platform": "Linux",
+                    "packages": {"cpmai": "0.1"}, "fingerprint": "f"},
+        "settings": {"warmup_s": 1.0, "duration_s": 5.0, "min_requests": 100,
+                     "max_duration_s": 60.0, "workers": 1, "arrival": "constant", "seed": 0},
+        "levels": [level], "resources": {"samples": 0},
+        "slo": {"source": "--slo", "thresholds": {"p99_ms": 5.0}, "checks": [{"level": "c=1",
+                "metric": "p99_ms", "threshold": 5.0, "op": "<=", "measured": 2.0,
+                "passed": True}], "passed": True},
+        "capacity": None, "baseline": None, "warnings": [], "exit_code": 0,
+    }  # fmt: skip
+    return {**doc, **changes}
+
+
+def test_a_saved_result_loads_and_prints_as_it_was_written(tmp_path: Path) -> None:
+    import jsonschema
+
+    from cpmai.bench.result import load_result
+    from cpmai.errors import UsageError
+
+    schema = json.loads((ROOT / "docs" / "bench.schema.json").read_text())
+    doc = _saved()
+    jsonschema.validate(doc, schema)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    result = load_result(path)
+    assert result.to_json() == doc and list(result.to_json()) == list(doc)
+    assert not result.breached and result.levels[0].latency_ms.p99_ms == 2.0
+    assert result.saved_to is None and "saved_to" not in result.to_json()
+    result.saved_to = "x.json"  # printed once set, last
+    assert list(result.to_json())[-1] == "saved_to"
+    # a run from before `not_sent` (levels) and `untested` (comparisons) still loads
+    old = _saved()
+    del old["levels"][0]["not_sent"]
+    old["baseline"] = {"file": "b.json", "threshold": 1.1, "alpha": 0.05,
+                       "fingerprints_match": True, "regressed": False, "comparisons": [
+                           {"level": "c=1", "regressed": False, "checks": [
+                               {"metric": "p99_ms", "baseline": 2.0, "current": 2.0,
+                                "ratio": 1.0, "p_value": 0.5, "regressed": False}]}]}  # fmt: skip
+    path.write_text(json.dumps(old))
+    loaded = load_result(path)
+    assert loaded.levels[0].not_sent == 0
+    assert (
+        loaded.baseline is not None and loaded.baseline.comparisons[0].checks[0].untested is False
+    )
+    for broken, message in (
+        ({"schema": "cpmai-bench/1", "levels": [{"label": "c=1"}]}, "not a complete"),
+        (_saved(schema="cpmai-bench/0"), "not a cpmai benchmark result"),
+        (_saved(time="yesterday"), "time"),
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(UsageError, match=message):
+            load_result(path)
+    path.write_text("{")
+    with pytest.raises(UsageError, match="not a readable"):
+        load_result(path)

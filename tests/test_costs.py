@@ -74,7 +74,7 @@ def history(churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) 
 def test_costs_of_a_known_history(history: Path, home: Path) -> None:
     from cpmai.costs.estimate import estimate
 
-    doc = estimate(home, NAME, now=NOW).doc
+    doc = estimate(home, NAME, now=NOW).document.to_json()
     validate(doc)
     assert doc["manifest"] == f"artifact {NAME} 1.1.0"
     assert [e["env"] for e in doc["environments"]] == ["staging"]  # production never ran
@@ -142,7 +142,7 @@ def test_half_an_hour_of_traffic_is_not_projected_to_a_month(history: Path, home
 
     from cpmai.costs.estimate import estimate
 
-    doc = estimate(home, NAME, now=T0 + 1800).doc
+    doc = estimate(home, NAME, now=T0 + 1800).document.to_json()
     validate(doc)
     traffic = doc["environments"][0]["traffic"]
     assert traffic["predictions"] == 1800  # real requests during the bench run count too
@@ -158,17 +158,17 @@ def test_cli_budget_increase_what_if_and_explain(history: Path, home: Path, cli:
     from cpmai.costs.estimate import estimate
     from cpmai.manifest_file import load_manifest
 
-    over = estimate(home, NAME, now=NOW, max_increase=0.15).doc
+    over = estimate(home, NAME, now=NOW, max_increase=0.15).document.to_json()
     assert over["exit_code"] == 4
     assert [a["kind"] for a in over["alerts"]] == ["increase"]
     assert "cost per 1000 at capacity rose 100.0%" in over["alerts"][0]["message"]
 
     edit(history, lambda doc: doc["costs"].update(budget_per_month=50))
-    tight = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).doc
+    tight = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).document.to_json()
     assert tight["budget"]["over"] and tight["exit_code"] == 4
     assert tight["manifest"].startswith("file ")
 
-    planned_doc = estimate(home, NAME, now=NOW, replicas=3, traffic=2500.0).doc
+    planned_doc = estimate(home, NAME, now=NOW, replicas=3, traffic=2500.0).document.to_json()
     validate(planned_doc)
     plan = planned_doc["what_if"]
     alloc_hour = PRICE_CPU + PRICE_MEM
@@ -219,7 +219,7 @@ def test_kpis_are_ledger_events_and_can_be_the_value(history: Path, home: Path, 
     assert Ledger(home).verify().ok
 
     edit(history, lambda doc: doc["business"].update(value_kpi="retained_revenue"))
-    roi = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).doc["roi"]
+    roi = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).document.to_json()["roi"]
     assert roi["value_per_month"]["value"] == approx(1500.0)  # the period is one month
     assert roi["to_date"]["value"] == approx(1500.0)
     assert math.isfinite(roi["roi_percent"]["value"])
@@ -254,7 +254,7 @@ def test_states_that_must_not_crash(
     ]
 
     # --env shows one environment; the budget still counts every live one
-    planned = estimate(home, NAME, now=NOW, env="production").doc
+    planned = estimate(home, NAME, now=NOW, env="production").document.to_json()
     assert [e["env"] for e in planned["environments"]] == ["production"]
     assert planned["environments"][0]["planned"] and planned["counted"] == ["staging"]
     staging_month = (PRICE_CPU + PRICE_MEM) * MONTH
@@ -265,7 +265,7 @@ def test_states_that_must_not_crash(
     with ledger.Ledger(home).transaction() as tx:
         tx.append("stop", actor="t", name=NAME, version="1.1.0", env="staging")
     real_clock(monkeypatch)
-    later = estimate(home, NAME, now=NOW + 86400).doc
+    later = estimate(home, NAME, now=NOW + 86400).document.to_json()
     assert all(e["planned"] for e in later["environments"])
     to_date = later["roi"]["to_date"]
     assert to_date["predictions"] == 10_800 and to_date["environments"] == ["staging"]
@@ -274,7 +274,7 @@ def test_states_that_must_not_crash(
 
     # no price sheet and a zero budget: figures say so, renderers do not fail
     edit(history, lambda doc: doc.update(costs={"budget_per_month": 0}))
-    free = estimate(home, NAME, manifest=load_manifest(history), now=NOW).doc
+    free = estimate(home, NAME, manifest=load_manifest(history), now=NOW).document.to_json()
     assert not free["prices"]["configured"] and "no price sheet" in free["prices"]["note"]
     assert free["budget"] == {"per_month": 0.0, "used_share": None, "over": False}
     for args in (("cost", history), ("report", history, "--markdown", history.parent / "r.md")):
@@ -284,7 +284,7 @@ def test_states_that_must_not_crash(
 
     # a value KPI with no record: no value, not a zero
     edit(history, lambda doc: doc["business"].update(value_kpi="retained_revenue"))
-    roi = estimate(home, NAME, manifest=load_manifest(history), now=NOW).doc["roi"]
+    roi = estimate(home, NAME, manifest=load_manifest(history), now=NOW).document.to_json()["roi"]
     assert (
         roi["value_per_month"]["value"] is None and "no retained_revenue" in roi["projection_note"]
     )

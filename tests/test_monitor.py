@@ -569,15 +569,16 @@ def test_the_servers_index_reads_like_the_json_log(tmp_path: Path) -> None:
     torn by a crash and a tail not indexed yet."""
     from cpmai.predlog import reader as logs
     from cpmai.predlog.writer import PredictionLog
+    from cpmai.runtime.signature import Signature
 
-    signature = {
+    signature = Signature.model_validate({
         "inputs": [
             {"name": "a", "type": "number"},
             {"name": "c", "type": "category", "categories": ["x", "y", "z"]},
             {"name": "s", "type": "string"},
         ],
         "outputs": [{"name": "prediction", "type": "category", "categories": [0, 1]}],
-    }
+    })  # fmt: skip
     folder = tmp_path / "logs"
     folder.mkdir()
     one = PredictionLog(folder, model=NAME, version="1.0.0", signature=signature)
@@ -659,3 +660,27 @@ def test_the_schema_is_generated_from_the_model() -> None:
 
     committed = (ROOT / "docs" / "monitor.schema.json").read_text()
     assert committed == render("monitor.schema.json"), "run `python -m cpmai.schemas`"
+
+
+def test_the_watch_view_is_a_typed_snapshot(
+    churn: Path, home: Path, monkeypatch: pytest.MonkeyPatch, cli: Any
+) -> None:
+    """`cpmai monitor --watch` polls the log into a `Snapshot` and draws it by attribute."""
+    from cost_fixture import NAME as HISTORY
+    from cost_fixture import NOW, build
+    from rich.console import Console
+
+    from cpmai.cli.monitor import _dashboard
+    from cpmai.monitor.live import LiveMonitor
+
+    build(churn, home, monkeypatch, cli)
+    snap = LiveMonitor(home, HISTORY, "staging").poll(now=NOW)
+    assert (snap.live_version, snap.version) == ("1.1.0", "1.1.0")
+    assert snap.minute.requests == 60 and snap.minute.error_rate == 0
+    assert snap.resources is not None and snap.resources.processes == 2
+    assert snap.synthetic == {"cpmai-bench": 500}
+    assert {f.feature for f in snap.drift} >= {"tenure_months", "plan"}
+    console = Console(width=140, record=True)
+    console.print(_dashboard(snap))
+    text = console.export_text()
+    assert "last minute: 60 requests (1.0/s)" in text and "CPU 25%  RSS 256 MiB (2 proc)" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,21 @@ import numpy as np
 import orjson
 import pytest
 
+from cpmai.predlog import entry as log_entry
 from cpmai.predlog import writer
-from cpmai.predlog.entry import Entry, new_entry
+from cpmai.predlog.entry import ID, ROW_START, ROWS
 from cpmai.predlog.index import read_records
 from cpmai.predlog.writer import PredictionLog
+from cpmai.runtime.signature import Signature
 from cpmai.serving.batching import Batcher
 
-SIGNATURE = {
+SIGNATURE = Signature.model_validate({
     "inputs": [
         {"name": "x", "type": "number"},
         {"name": "c", "type": "category", "categories": ["a", "b"]},
     ],
     "outputs": [{"name": "label", "type": "integer", "categories": [0, 1]}],
-}
+})  # fmt: skip
 
 
 def entry(
@@ -36,14 +39,12 @@ def entry(
     want: bool = False,
     start: float | None = None,
     origin: str | None = None,
-) -> Entry:
-    """A served request's log entry as the server makes it (`cpmai.predlog.entry.new_entry`)."""
+) -> log_entry.Entry:
+    """A served request's log entry as the server makes it (`cpmai.serving.app`)."""
     start = time.perf_counter() if start is None else start
     elapsed = time.perf_counter() - start
-    return new_entry(
-        t=None, start=start, elapsed=elapsed, endpoint="invocations", status=200, rows=rows,
-        request_id=request_id, want_proba=want, row_start=row_start, origin=origin,
-    )  # fmt: skip
+    return (None, start, elapsed, "invocations", 200, rows, request_id, None, None, want,
+            row_start, origin)  # fmt: skip
 
 
 def _lines(folder: Path) -> list[dict[str, Any]]:
@@ -291,7 +292,7 @@ def test_the_batcher_hands_the_log_each_batch_once_all_of_it_was_answered() -> N
         return np.array(columns["x"]), None
 
     def submit(batcher: Batcher, name: str, rows: int) -> None:
-        def done(scored: Any, exc: BaseException | None) -> Entry | None:
+        def done(scored: Any, exc: BaseException | None) -> log_entry.Entry | None:
             events.append(name if exc is None else f"{name}: refused")
             if exc is not None or name == "quiet":
                 return None
@@ -303,7 +304,7 @@ def test_the_batcher_hands_the_log_each_batch_once_all_of_it_was_answered() -> N
         batcher = Batcher(
             run, max_rows=64, max_latency_s=0, inline=True,
             log=lambda batch, entries: events.append(
-                (batch[0]["x"], [(e.id, e.rows, e.row_start) for e in entries])
+                (batch[0]["x"], [(e[ID], e[ROWS], e[ROW_START]) for e in entries])
             ),
         )  # fmt: skip
         for name, rows in (("a", 1), ("b", 2), ("c", 1)):
@@ -323,13 +324,15 @@ def test_the_batcher_hands_the_log_each_batch_once_all_of_it_was_answered() -> N
     ]  # fmt: skip
 
 
-def test_an_entry_is_a_tuple_read_by_name() -> None:
-    """The entry the server builds a request is a plain tuple underneath (cheap), whose fields
-    are named; `record` builds its entries with the same factory."""
-    made = new_entry(t=1.0, start=0.0, elapsed=0.5, endpoint="infer", status=422, error="bad")
-    assert isinstance(made, tuple) and type(made) is Entry
-    assert made == (1.0, 0.0, 0.5, "infer", 422, 0, None, None, "bad", False, 0, None)
-    assert (made.status, made.error, made.rows) == (422, "bad", 0)
+def test_the_entry_shape_is_named_once() -> None:
+    """An entry is a plain tuple (cheap on the request path) whose shape is one typed alias;
+    its named positions agree with that shape and with the field names."""
+    e = log_entry
+    assert len(e.FIELDS) == len(typing.get_args(e.Entry)) == 12
+    positions = (e.T, e.START, e.STATUS, e.ROWS, e.WANT_PROBA, e.ROW_START, e.ORIGIN)
+    assert [e.FIELDS[i] for i in positions] == [
+        "t", "start", "status", "rows", "want_proba", "row_start", "origin"
+    ]  # fmt: skip
 
 
 def test_the_writer_mode_is_chosen_not_guessed(tmp_path: Path) -> None:

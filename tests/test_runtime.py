@@ -17,6 +17,7 @@ import pytest
 from conftest import FEATURES, run_cpmai
 from cpmai.artifacts import open_artifact, package
 from cpmai.errors import ModelLoadError
+from cpmai.manifest import InputSpec
 from cpmai.manifest_file import load_manifest
 from cpmai.runtime.predictor import Predictor, read_runtime
 from cpmai.serving.batching import Batcher
@@ -150,9 +151,9 @@ def test_runtime_onnx_refuses_a_model_that_does_not_convert(churn: Path, home: P
 
 
 SIGNATURE = [
-    {"name": "a", "type": "number", "min": 0.0, "max": 10.0, "nullable": False},
-    {"name": "b", "type": "category", "categories": ["x", "y"], "nullable": True},
-    {"name": "c", "type": "boolean", "nullable": False},
+    InputSpec(name="a", type="number", min=0.0, max=10.0, nullable=False),
+    InputSpec(name="b", type="category", categories=["x", "y"], nullable=True),
+    InputSpec(name="c", type="boolean", nullable=False),
 ]
 
 

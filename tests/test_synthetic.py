@@ -22,15 +22,16 @@ from test_deploy import NAME, load, port_of, write_manifest
 from test_monitor import _iso_now, _send
 
 from conftest import EXAMPLE, FEATURES, run_cpmai
+from cpmai.runtime.signature import Signature
 from serving_helpers import free_port
 
-SIGNATURE = {
+SIGNATURE = Signature.model_validate({
     "inputs": [
         {"name": "a", "type": "number"},
         {"name": "c", "type": "category", "categories": ["x", "y", "z"]},
     ],
     "outputs": [{"name": "prediction", "type": "category", "categories": [0, 1]}],
-}
+})  # fmt: skip
 
 
 def test_the_header_is_read_strictly() -> None:

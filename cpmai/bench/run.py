@@ -15,15 +15,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
 from cpmai.bench.recorder import LoadResult
+from cpmai.bench.result import (
+    SCHEMA,
+    BenchResult,
+    BenchTarget,
+    Capacity,
+    HistogramData,
+    LevelResult,
+    Percentiles,
+    Settings,
+    SloResult,
+    Window,
+    load_result,
+)
 from cpmai.clock import iso
-from cpmai.errors import UsageError, breach_code
+from cpmai.errors import UsageError
 from cpmai.home import Home
 
-SCHEMA = "cpmai-bench/1"
+if TYPE_CHECKING:
+    from cpmai.bench.histogram import Histogram
+
+__all__ = ["SCHEMA", "Level", "Request", "Settings", "Subject", "benchmark", "load_result"]
 STABLE_WINDOWS = 3
 STABLE_SPREAD = 1.10
 Progress = Callable[[str], None]
@@ -50,17 +66,6 @@ class Level:
 
 
 @dataclass
-class Settings:
-    warmup_s: float = 1.0
-    duration_s: float = 5.0
-    min_requests: int = 100
-    max_duration_s: float = 60.0
-    workers: int = 1
-    arrival: str = "constant"
-    seed: int = 0
-
-
-@dataclass
 class Subject:
     """What is measured: an in-process call, or an HTTP endpoint."""
 
@@ -74,20 +79,16 @@ class Subject:
     pid: int | None = None
     run_level: Callable[[Level, Settings], LoadResult] | None = field(default=None, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "version": self.version,
-            "url": self.url,
-            "path": self.path,
-            "protocol": self.protocol,
-            "pid": self.pid,
-        }
+    def to_target(self) -> BenchTarget:
+        """The subject as the result names it."""
+        return BenchTarget.model_validate(
+            {"kind": self.kind, "name": self.name, "version": self.version, "url": self.url,
+             "path": self.path, "protocol": self.protocol, "pid": self.pid}
+        )  # fmt: skip
 
 
-def summarise(level: Level, result: LoadResult, settings: Settings) -> dict[str, Any]:
-    """A level's figures as plain data (the JSON schema's `levels[]`)."""
+def summarise(level: Level, result: LoadResult, settings: Settings) -> LevelResult:
+    """A level's figures (the result's `levels[]`)."""
     requests = result.requests
     seconds = result.measured_s or settings.duration_s
     full = [i for i in sorted(result.windows) if i + 1 <= seconds]  # drop the partial last one
@@ -97,50 +98,55 @@ def summarise(level: Level, result: LoadResult, settings: Settings) -> dict[str,
         latency = window["latency"]
         p50, p99 = latency.percentile(50), latency.percentile(99)
         windows.append(
-            {
-                "index": index,
-                "requests": window["count"],
-                "errors": window["errors"],
-                "throughput_rps": float(window["count"]),
-                "p50_ms": None if p50 is None else round(p50 / 1e6, 6),
-                "p99_ms": None if p99 is None else round(p99 / 1e6, 6),
-            }
+            Window(
+                index=index,
+                requests=window["count"],
+                errors=window["errors"],
+                throughput_rps=float(window["count"]),
+                p50_ms=None if p50 is None else round(p50 / 1e6, 6),
+                p99_ms=None if p99 is None else round(p99 / 1e6, 6),
+            )
         )
     stable, note = _stability(windows)
-    summary: dict[str, Any] = {
-        "key": level.key,
-        "label": level.label,
-        "mode": level.mode,
-        "concurrency": level.concurrency,
-        "rate": level.rate,
-        "batch_size": level.batch_size,
-        "requests": requests,
-        "ok": result.ok,
-        "not_sent": result.not_sent,
-        "errors": dict(result.errors),
-        "error_rate": round(sum(result.errors.values()) / requests, 6) if requests else 0.0,
-        "measured_s": round(seconds, 3),
-        "throughput_rps": round(requests / seconds, 2) if seconds else 0.0,
-        "rows_per_s": round(requests * level.batch_size / seconds, 2) if seconds else 0.0,
-        "latency_ms": result.latency.summary_ms(),
-        "uncorrected_ms": result.uncorrected.summary_ms() if result.uncorrected else None,
-        "lag_ms": result.lag.summary_ms() if result.lag else None,
-        "min_requests_met": requests >= settings.min_requests,
-        "stable": stable,
-        "stability": note,
-        "windows": windows,
-        "histogram": result.latency.to_dict(),
-    }
-    return summary
+    return LevelResult(
+        key=level.key,
+        label=level.label,
+        mode=level.mode,
+        concurrency=level.concurrency,
+        rate=level.rate,
+        batch_size=level.batch_size,
+        requests=requests,
+        ok=result.ok,
+        not_sent=result.not_sent,
+        errors=dict(result.errors),
+        error_rate=round(sum(result.errors.values()) / requests, 6) if requests else 0.0,
+        measured_s=round(seconds, 3),
+        throughput_rps=round(requests / seconds, 2) if seconds else 0.0,
+        rows_per_s=round(requests * level.batch_size / seconds, 2) if seconds else 0.0,
+        latency_ms=Percentiles(**result.latency.summary_ms()),
+        uncorrected_ms=Percentiles(**result.uncorrected.summary_ms())
+        if result.uncorrected
+        else None,
+        lag_ms=Percentiles(**result.lag.summary_ms()) if result.lag else None,
+        min_requests_met=requests >= settings.min_requests,
+        stable=stable,
+        stability=note,
+        windows=windows,
+        histogram=HistogramData(**result.latency.to_dict()),
+    )
 
 
-def _stability(windows: list[dict[str, Any]]) -> tuple[bool, str]:
+def _percentiles(histogram: Histogram | None) -> Percentiles | None:
+    return Percentiles(**histogram.summary_ms()) if histogram is not None else None
+
+
+def _stability(windows: list[Window]) -> tuple[bool, str]:
     last = windows[-STABLE_WINDOWS:]
     if len(last) < STABLE_WINDOWS:
         return False, f"unstable: fewer than {STABLE_WINDOWS} full one-second windows"
     spreads = {}
     for metric in ("throughput_rps", "p99_ms"):
-        values = [w[metric] for w in last if w[metric]]
+        values = [v for w in last if (v := getattr(w, metric))]
         if len(values) < STABLE_WINDOWS:
             return False, f"unstable: {metric} missing in the last windows"
         spreads[metric] = max(values) / min(values)
@@ -152,24 +158,26 @@ def _stability(windows: list[dict[str, Any]]) -> tuple[bool, str]:
     return True, "stable: throughput and p99 within 10% over the last 3 windows"
 
 
-def warnings_for(level: dict[str, Any]) -> list[str]:
+def warnings_for(level: LevelResult) -> list[str]:
+    """What a reader of the level's figures should know: too few requests, unstable, arrivals
+    left unsent, a queue the uncorrected figure hides."""
     out = []
-    if not level["min_requests_met"]:
-        out.append(f"{level['label']}: fewer requests than --min-requests before --max-duration")
-    if not level["stable"]:
-        out.append(f"{level['label']}: {level['stability']}")
-    if level["not_sent"]:
+    if not level.min_requests_met:
+        out.append(f"{level.label}: fewer requests than --min-requests before --max-duration")
+    if not level.stable:
+        out.append(f"{level.label}: {level.stability}")
+    if level.not_sent:
         out.append(
-            f"{level['label']}: {level['not_sent']} arrivals were still waiting for a free "
+            f"{level.label}: {level.not_sent} arrivals were still waiting for a free "
             "connection when the level ended (the server did not keep up, or add --concurrency)"
         )
-    corrected, raw, lag = level["latency_ms"], level["uncorrected_ms"], level["lag_ms"]
-    if raw and corrected["p99_ms"] and raw["p99_ms"]:
-        slack = (lag or {}).get("p99_ms") or 0.0
-        if corrected["p99_ms"] > 1.5 * raw["p99_ms"] + slack:
+    corrected, raw = level.latency_ms.p99_ms, level.uncorrected_ms
+    if raw and corrected and raw.p99_ms:
+        slack = (level.lag_ms.p99_ms if level.lag_ms else None) or 0.0
+        if corrected > 1.5 * raw.p99_ms + slack:
             out.append(
-                f"{level['label']}: p99 from the intended send time is "
-                f"{corrected['p99_ms']:.2f} ms but {raw['p99_ms']:.2f} ms from the actual send: "
+                f"{level.label}: p99 from the intended send time is "
+                f"{corrected:.2f} ms but {raw.p99_ms:.2f} ms from the actual send: "
                 "requests queued behind slow ones (the server stalled or is saturated at this rate)"
             )
     return out
@@ -181,8 +189,8 @@ def run_levels(
     settings: Settings,
     progress: Progress,
     *,
-    until: Callable[[dict[str, Any]], bool] | None = None,
-) -> list[dict[str, Any]]:
+    until: Callable[[LevelResult], bool] | None = None,
+) -> list[LevelResult]:
     """Measure each level in turn; `until(summary)` true stops the sweep early."""
     assert subject.run_level is not None
     out = []
@@ -195,10 +203,11 @@ def run_levels(
     return out
 
 
-def meets(level: dict[str, Any], slo: dict[str, float]) -> bool:
+def meets(level: LevelResult, slo: dict[str, float]) -> bool:
+    """Whether the level met every bound of the SLO."""
     from cpmai.bench.verdicts import check_slo
 
-    return all(c["passed"] for c in check_slo([level], slo))
+    return all(c.passed for c in check_slo([level], slo))
 
 
 def find_capacity(
@@ -212,13 +221,13 @@ def find_capacity(
     batch_size: int = 1,
     connections: int = 64,
     limit: float | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[LevelResult], Capacity]:
     """The highest concurrency (closed loop, doubling) or rate (open loop: doubling, then three
     bisections) that meets the SLO."""
     assert subject.run_level is not None
-    measured: list[dict[str, Any]] = []
+    measured: list[LevelResult] = []
 
-    def probe(value: float) -> dict[str, Any]:
+    def probe(value: float) -> LevelResult:
         level = (
             Level("open", connections, rate=round(value, 1), batch_size=batch_size)
             if mode == "open"
@@ -227,12 +236,12 @@ def find_capacity(
         progress(f"capacity: trying {level.label}")
         assert subject.run_level is not None
         summary = summarise(level, subject.run_level(level, settings), settings)
-        summary["meets_slo"] = meets(summary, slo)
+        summary.meets_slo = meets(summary, slo)
         measured.append(summary)
         return summary
 
-    good: dict[str, Any] | None = None
-    bad: dict[str, Any] | None = None
+    good: LevelResult | None = None
+    bad: LevelResult | None = None
     if limit is None:
         limit = MAX_RATE if mode == "open" else MAX_CONCURRENCY
     if start > limit:
@@ -240,40 +249,40 @@ def find_capacity(
     value = start
     while value <= limit:
         summary = probe(value)
-        if not summary["meets_slo"]:
+        if not summary.meets_slo:
             bad = summary
             break
         if good is not None and mode != "open":
-            gain = summary["throughput_rps"] / max(good["throughput_rps"], 1e-9)
+            gain = summary.throughput_rps / max(good.throughput_rps, 1e-9)
             if gain < 1.05:  # more in flight adds only queueing from here
                 good = summary
                 break
         good = summary
         value *= 2
     if mode == "open" and good is not None and bad is not None:
-        low, high = float(good["rate"]), float(bad["rate"])
+        low, high = float(good.rate or 0.0), float(bad.rate or 0.0)
         for _ in range(3):
             middle = (low + high) / 2
             summary = probe(middle)
-            if summary["meets_slo"]:
+            if summary.meets_slo:
                 good, low = summary, middle
             else:
                 high = middle
-    capacity = {
-        "mode": mode,
-        "slo": slo,
-        "found": good is not None,
-        "level": good["label"] if good else None,
-        "concurrency": good["concurrency"] if good else None,
-        "rate": good["rate"] if good else None,
-        "throughput_rps": good["throughput_rps"] if good else None,
-        "first_breach": bad["label"] if bad else None,
-        "note": ""
+    capacity = Capacity(
+        mode=mode,
+        slo=slo,
+        found=good is not None,
+        level=good.label if good else None,
+        concurrency=good.concurrency if good else None,
+        rate=good.rate if good else None,
+        throughput_rps=good.throughput_rps if good else None,
+        first_breach=bad.label if bad else None,
+        note=""
         if good
-        else f"even {measured[0]['label']} breaches the SLO"
+        else f"even {measured[0].label} breaches the SLO"
         if measured
         else "nothing measured",
-    }
+    )
     return measured, capacity
 
 
@@ -281,6 +290,7 @@ def find_capacity(
 
 
 def bench_dir(home: Path, subject: Subject) -> Path:
+    """Where runs of `subject` are saved (and found as baselines)."""
     if subject.name:
         return Home(home).bench(subject.name, subject.version or "")
     from urllib.parse import urlsplit
@@ -289,18 +299,19 @@ def bench_dir(home: Path, subject: Subject) -> Path:
     return Home(home).bench_url(str(parts.hostname), parts.port)
 
 
-def save(home: Path, subject: Subject, result: dict[str, Any]) -> Path:
+def save(home: Path, subject: Subject, result: BenchResult) -> Path:
+    """Keep `result` as a file under the subject's folder (a baseline for later runs)."""
     from cpmai.fsutil import write_atomic
 
     folder = bench_dir(home, subject)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = result["time"].replace(":", "").replace("-", "")
+    stamp = result.time.replace(":", "").replace("-", "")
     path = folder / f"{stamp}-{os.getpid()}.json"
-    write_atomic(path, json.dumps(result, indent=1).encode())
+    write_atomic(path, json.dumps(result.to_json(), indent=1).encode())
     return path
 
 
-def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, dict[str, Any]]:
+def load_baseline(home: Path, subject: Subject, which: str) -> tuple[Path, BenchResult]:
     """`latest` (the newest saved run of this model, any version), an ENV (the newest run of
     the version live there: what a regression check in CI compares with), a VERSION, or a
     FILE."""
@@ -348,14 +359,11 @@ def _live_in(home: Path, name: str, env: str) -> str | None:
     return live.version
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def _read_run(path: Path) -> BenchResult:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--baseline {path}: not a readable benchmark result: {exc}") from None
-    if data.get("schema") != SCHEMA:
-        raise UsageError(f"--baseline {path}: not a cpmai benchmark result ({SCHEMA})")
-    return data
+        return load_result(path)
+    except UsageError as exc:
+        raise UsageError(f"--baseline {exc.message}", hint=exc.hint) from None
 
 
 @dataclass
@@ -374,10 +382,11 @@ class Request:
     save: bool = True
 
 
-def benchmark(home: Path, subject: Subject, request: Request, progress: Progress) -> dict[str, Any]:
+def benchmark(home: Path, subject: Subject, request: Request, progress: Progress) -> BenchResult:
     """Measure, check, compare and save; returns the result document (docs/bench.schema.json).
-    `exit_code` in it is what the CLI exits with: 4 on an SLO breach or a regression."""
+    `breached` on it (and its `exit_code`, 4) says an SLO was breached or a regression found."""
     from cpmai.bench.resources import Sampler, machine
+    from cpmai.bench.result import Machine, Resources
     from cpmai.bench.verdicts import check_slo, compare
 
     baseline = None
@@ -407,51 +416,45 @@ def benchmark(home: Path, subject: Subject, request: Request, progress: Progress
     finally:
         if sampler is not None:
             sampler.__exit__()
-    dead = [level for level in levels if level["requests"] and not level["ok"]]
+    dead = [level for level in levels if level.requests and not level.ok]
     if dead:
         from cpmai.errors import TargetError
 
-        kinds = ", ".join(f"{k} ×{n}" for k, n in dead[0]["errors"].items())
+        kinds = ", ".join(f"{k} ×{n}" for k, n in dead[0].errors.items())
         where = subject.url or f"{subject.name} {subject.version}"
         raise TargetError(
-            f"no request to {where} succeeded at {dead[0]['label']} ({kinds}): nothing to measure",
+            f"no request to {where} succeeded at {dead[0].label} ({kinds}): nothing to measure",
             hint="is the server running and is this its protocol (--protocol mlflow|oip)?",
         )
-    result: dict[str, Any] = {
-        "schema": SCHEMA,
-        "time": iso(),
-        "seconds": round(time.perf_counter() - started, 3),
-        "target": subject.to_dict(),
-        "machine": machine(),
-        "settings": dict(request.settings.__dict__),
-        "levels": levels,
-        "resources": sampler.summary() if sampler else None,
-        "slo": None,
-        "capacity": capacity,
-        "baseline": None,
-        "warnings": [w for level in levels for w in warnings_for(level)],
-    }
-    breached = False
+    result = BenchResult(
+        time=iso(),
+        seconds=round(time.perf_counter() - started, 3),
+        target=subject.to_target(),
+        machine=Machine(**machine()),
+        settings=request.settings,
+        levels=levels,
+        resources=Resources(**sampler.summary()) if sampler else None,
+        capacity=capacity,
+        warnings=[w for level in levels for w in warnings_for(level)],
+    )
     if request.slo:
         checked = levels
         if capacity is not None:  # the verdict is on the level found (or the first tried)
-            chosen = [lv for lv in levels if lv["label"] == capacity["level"]] or levels[:1]
+            chosen = [lv for lv in levels if lv.label == capacity.level] or levels[:1]
             checked = chosen
         checks = check_slo(checked, request.slo)
-        passed = all(c["passed"] for c in checks)
-        result["slo"] = {"source": request.slo_source, "thresholds": request.slo,
-                         "checks": checks, "passed": passed}  # fmt: skip
-        breached = not passed
+        result.slo = SloResult(source=request.slo_source, thresholds=request.slo, checks=checks,
+                               passed=all(c.passed for c in checks))  # fmt: skip
     if subject.pid is None and subject.kind == "http":
-        result["warnings"].append(
+        result.warnings.append(
             "no resource figures: the server's process was not found (pass --pid)"
         )
     if baseline is not None:
         path, data = baseline
-        comparison = compare(result, data, threshold=request.threshold, force=request.force)
-        result["baseline"] = {"file": str(path), **comparison}
-        breached = breached or comparison["regressed"]
-    result["exit_code"] = int(breach_code(breached))
+        result.baseline = compare(
+            result, data, threshold=request.threshold, force=request.force, file=str(path)
+        )
+    result.judge()
     if request.save:
-        result["saved_to"] = str(save(home, subject, result))
+        result.saved_to = str(save(home, subject, result))
     return result

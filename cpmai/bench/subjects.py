@@ -63,7 +63,7 @@ def inprocess(home: Path, ref: str, input_file: Path | None) -> Subject:
     found = resolve(home, ref)
     artifact = open_artifact(home, found.name, found.version)
     predictor = Predictor.from_artifact(artifact)
-    names = [spec["name"] for spec in predictor.inputs]
+    names = predictor.signature.names
     rows = read_rows(input_file, names) if input_file else artifact_rows(artifact, names)
 
     def run_level(level: Level, settings: Settings) -> LoadResult:
@@ -117,9 +117,9 @@ def http(
         found = resolve(home, ref)
         name, version = found.name, found.version
         artifact = open_artifact(home, name, version)
-        inputs = artifact.signature["inputs"]
-        names = [spec["name"] for spec in inputs]
-        types = {spec["name"]: spec["type"] for spec in inputs}
+        inputs = artifact.signature.inputs
+        names = [spec.name for spec in inputs]
+        types = {spec.name: spec.type for spec in inputs}
     if input_file is not None:
         rows = read_rows(input_file, names)
     elif artifact is not None:

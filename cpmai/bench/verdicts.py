@@ -9,8 +9,14 @@ compared unless forced.
 
 from __future__ import annotations
 
-from typing import Any
-
+from cpmai.bench.result import (
+    BenchResult,
+    Comparison,
+    LevelComparison,
+    LevelResult,
+    MetricComparison,
+    SloCheck,
+)
 from cpmai.errors import UsageError
 from cpmai.stats import SLO_LOWER_BOUNDS, SLO_UPPER_BOUNDS, slo_measures
 from cpmai.stats import check_slo as verdicts_of
@@ -43,63 +49,65 @@ def parse_slo(text: str) -> dict[str, float]:
     return out
 
 
-def check_slo(levels: list[dict[str, Any]], slo: dict[str, float]) -> list[dict[str, Any]]:
+def check_slo(levels: list[LevelResult], slo: dict[str, float]) -> list[SloCheck]:
     """One check per level and metric (the verdicts are `cpmai.stats.check_slo`'s)."""
     checks = []
     for level in levels:
-        values = slo_measures(level["latency_ms"], level["error_rate"], level["throughput_rps"])
+        values = slo_measures(level.latency_ms.model_dump(), level.error_rate, level.throughput_rps)
         for verdict in verdicts_of(values, slo):
             checks.append(
-                {
-                    "level": level["label"],
-                    "metric": verdict.metric,
-                    "threshold": verdict.threshold,
-                    "op": verdict.op,
-                    "measured": verdict.measured,
-                    "passed": verdict.passed,
-                }
+                SloCheck(
+                    level=level.label,
+                    metric=verdict.metric,
+                    threshold=verdict.threshold,
+                    op=">=" if verdict.op == ">=" else "<=",
+                    measured=verdict.measured,
+                    passed=verdict.passed,
+                )
             )
     return checks
 
 
 def compare(
-    current: dict[str, Any], baseline: dict[str, Any], *, threshold: float, force: bool
-) -> dict[str, Any]:
-    """Compare matching load levels of two runs: p99 and throughput."""
-    mine = current["machine"]["fingerprint"]
-    theirs = (baseline.get("machine") or {}).get("fingerprint")
+    current: BenchResult, baseline: BenchResult, *, threshold: float, force: bool, file: str
+) -> Comparison:
+    """Compare matching load levels of two runs (`file`: where the baseline was read from):
+    p99 and throughput."""
+    mine = current.machine.fingerprint
+    theirs = baseline.machine.fingerprint
     if mine != theirs and not force:
         raise UsageError(
             f"the baseline was measured on another machine (fingerprint {theirs}: "
-            f"{(baseline.get('machine') or {}).get('cpu')}) than this run ({mine}); figures "
+            f"{baseline.machine.cpu}) than this run ({mine}); figures "
             "from different machines do not compare",
             hint="rerun the baseline here, or pass --force to compare anyway",
         )
-    try:
-        by_key = {level["key"]: level for level in baseline["levels"]}
-        rows = [
-            _compare_level(level, by_key[level["key"]], threshold)
-            for level in current["levels"]
-            if level["key"] in by_key
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"the baseline is not a complete benchmark result: {exc!r}") from None
-    return {
-        "threshold": threshold,
-        "alpha": ALPHA,
-        "fingerprints_match": mine == theirs,
-        "comparisons": rows,
-        "regressed": any(r["regressed"] for r in rows),
-    }
+    by_key = {level.key: level for level in baseline.levels}
+    rows = [
+        _compare_level(level, by_key[level.key], threshold)
+        for level in current.levels
+        if level.key in by_key
+    ]
+    return Comparison(
+        file=file,
+        threshold=threshold,
+        alpha=ALPHA,
+        fingerprints_match=mine == theirs,
+        comparisons=rows,
+        regressed=any(r.regressed for r in rows),
+    )
 
 
-def _compare_level(level: dict[str, Any], base: dict[str, Any], threshold: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"level": level["label"], "checks": []}
+def _figure(level: LevelResult, metric: str) -> float | None:
+    return level.latency_ms.p99_ms if metric == "p99_ms" else level.throughput_rps
+
+
+def _compare_level(level: LevelResult, base: LevelResult, threshold: float) -> LevelComparison:
+    checks: list[MetricComparison] = []
     for metric, higher_is_worse in (("p99_ms", True), ("throughput_rps", False)):
-        now_values = [w[metric] for w in level["windows"] if w.get(metric) is not None]
-        then_values = [w[metric] for w in base["windows"] if w.get(metric) is not None]
-        now = level["latency_ms"]["p99_ms"] if metric == "p99_ms" else level["throughput_rps"]
-        then = base["latency_ms"]["p99_ms"] if metric == "p99_ms" else base["throughput_rps"]
+        now_values = [v for w in level.windows if (v := getattr(w, metric)) is not None]
+        then_values = [v for w in base.windows if (v := getattr(w, metric)) is not None]
+        now, then = _figure(level, metric), _figure(base, metric)
         if not now or not then:
             continue
         ratio = now / then if higher_is_worse else then / now
@@ -115,17 +123,18 @@ def _compare_level(level: dict[str, Any], base: dict[str, Any], threshold: float
             note = f"fewer than {MIN_WINDOWS} one-second windows: no test"
             if ratio > threshold:  # never a silent pass: the run was too short to tell
                 note += f" (measure for at least {MIN_WINDOWS + 1} s to test this ratio)"
-        out["checks"].append(
-            {
-                "metric": metric,
-                "baseline": then,
-                "current": now,
-                "ratio": round(ratio, 4),
-                "p_value": p_value,
-                "regressed": ratio > threshold and significant,
-                "untested": p_value is None and ratio > threshold,
-                "note": note,
-            }
+        checks.append(
+            MetricComparison(
+                metric="p99_ms" if metric == "p99_ms" else "throughput_rps",
+                baseline=then,
+                current=now,
+                ratio=round(ratio, 4),
+                p_value=p_value,
+                regressed=ratio > threshold and significant,
+                untested=p_value is None and ratio > threshold,
+                note=note,
+            )
         )
-    out["regressed"] = any(c["regressed"] for c in out["checks"])
-    return out
+    return LevelComparison(
+        level=level.label, checks=checks, regressed=any(c.regressed for c in checks)
+    )

@@ -2,13 +2,16 @@
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
 from cpmai.cli.output import OPTIONS, emit_json, progress, show, shown_path, wants_json, warn
 from cpmai.cli.project import JsonFlag
+
+if TYPE_CHECKING:
+    from cpmai.bench.result import BenchResult, LevelResult
 
 
 def _numbers(text: str | None, kind: type, option: str) -> list[Any]:
@@ -165,7 +168,7 @@ def bench(
     from cpmai.bench import subjects
     from cpmai.bench.run import Level, Request, Settings, benchmark
     from cpmai.bench.verdicts import parse_slo
-    from cpmai.errors import ExitCode, UsageError, breach_code
+    from cpmai.errors import UsageError, breach_code
     from cpmai.settings import resolve_home
 
     home = resolve_home(OPTIONS.home)
@@ -215,7 +218,15 @@ def bench(
         capacity = (mode, start, batches[0], levels_c[0] if (rates and levels_c) else 64)
     request = Request(
         levels=levels,
-        settings=Settings(warmup, duration, min_requests, max_duration, workers, arrival, seed),
+        settings=Settings(
+            warmup_s=warmup,
+            duration_s=duration,
+            min_requests=min_requests,
+            max_duration_s=max_duration,
+            workers=workers,
+            arrival=arrival,
+            seed=seed,
+        ),
         slo=thresholds or None,
         slo_source=source if thresholds else "",
         capacity=capacity,
@@ -231,13 +242,13 @@ def bench(
     for path, text in ((junit, reports.junit), (markdown, reports.markdown), (csv, reports.to_csv)):
         if path is not None:
             path.write_text(text(result))
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         warn(warning)
     if wants_json(json_):
-        emit_json(result)
+        emit_json(result.to_json())
     else:
         _render(result)
-    return int(breach_code(result["exit_code"] != ExitCode.OK))
+    return int(breach_code(result.breached))
 
 
 def _manifest_slo(home: Path, name: str, version: str) -> dict[str, float] | None:
@@ -256,75 +267,75 @@ def _manifest_slo(home: Path, name: str, version: str) -> dict[str, float] | Non
     return out or None
 
 
-def _render(result: dict[str, Any]) -> None:
+def _render(result: "BenchResult") -> None:
     from rich.table import Table
 
-    target = result["target"]
-    what = f"{target['name']} {target['version']}" if target["name"] else target["url"]
-    table = Table(title=f"{what} ({target['kind']})", title_justify="left")
+    target = result.target
+    what = f"{target.name} {target.version}" if target.name else target.url
+    table = Table(title=f"{what} ({target.kind})", title_justify="left")
     for column in ("level", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
                    "max ms", "errors", "stable"):  # fmt: skip
         table.add_column(column, justify="left" if column == "level" else "right")
-    for level in result["levels"]:
-        lat = level["latency_ms"]
+    for level in result.levels:
+        lat = level.latency_ms
         table.add_row(
-            level["label"],
-            f"{level['requests']:,}",
-            f"{level['throughput_rps']:,.0f}",
-            *(_ms(lat[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")),
-            f"{level['error_rate']:.2%}",
-            "yes" if level["stable"] else "[yellow]no[/yellow]",
+            level.label,
+            f"{level.requests:,}",
+            f"{level.throughput_rps:,.0f}",
+            *(_ms(v) for v in (lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms)),
+            f"{level.error_rate:.2%}",
+            "yes" if level.stable else "[yellow]no[/yellow]",
         )
     show(table)
-    _chart(result["levels"])
-    if result["resources"] and result["resources"].get("samples"):
-        res = result["resources"]
-        cpu, rss = res["cpu_percent"], res["rss_bytes"]
+    _chart(result.levels)
+    res = result.resources
+    if res and res.samples and res.cpu_percent and res.rss_bytes and res.threads:
+        cpu, rss = res.cpu_percent, res.rss_bytes
         show(
-            f"resources (pid {res['pid']}): CPU mean {cpu['mean']:.0f}% peak {cpu['peak']:.0f}% "
-            f"(100% = one core); RSS mean {rss['mean'] / 2**20:.0f} MiB peak "
-            f"{rss['peak'] / 2**20:.0f} MiB; threads {res['threads']['peak']:.0f}"
+            f"resources (pid {res.pid}): CPU mean {cpu.mean:.0f}% peak {cpu.peak:.0f}% "
+            f"(100% = one core); RSS mean {rss.mean / 2**20:.0f} MiB peak "
+            f"{rss.peak / 2**20:.0f} MiB; threads {res.threads.peak:.0f}"
         )
-    if result["capacity"]:
-        cap = result["capacity"]
+    if result.capacity:
+        cap = result.capacity
         show(
-            f"capacity at the SLO: [bold]{cap['level'] or 'none'}[/bold]"
-            + (f" ({cap['throughput_rps']:,.0f} req/s)" if cap["throughput_rps"] else "")
-            + (f"; first breach at {cap['first_breach']}" if cap["first_breach"] else "")
-            + (f" — {cap['note']}" if cap["note"] else "")
+            f"capacity at the SLO: [bold]{cap.level or 'none'}[/bold]"
+            + (f" ({cap.throughput_rps:,.0f} req/s)" if cap.throughput_rps else "")
+            + (f"; first breach at {cap.first_breach}" if cap.first_breach else "")
+            + (f" — {cap.note}" if cap.note else "")
         )
-    if result["slo"]:
-        show(f"SLO ({result['slo']['source']}):")
-        for check in result["slo"]["checks"]:
-            mark = "[green]✓[/green]" if check["passed"] else "[red]✗[/red]"
+    if result.slo:
+        show(f"SLO ({result.slo.source}):")
+        for check in result.slo.checks:
+            mark = "[green]✓[/green]" if check.passed else "[red]✗[/red]"
             show(
-                f"  {mark} {check['level']}: {check['metric']} {check['measured']} "
-                f"(needs {check['op']} {check['threshold']:g})"
+                f"  {mark} {check.level}: {check.metric} {check.measured} "
+                f"(needs {check.op} {check.threshold:g})"
             )
-    if result["baseline"]:
-        base = result["baseline"]
-        show(f"baseline {base['file']}:")
-        for row in base["comparisons"]:
-            for item in row["checks"]:
-                mark = "[red]✗ regression[/red]" if item["regressed"] else "[green]✓[/green]"
-                if item.get("untested"):
+    if result.baseline:
+        base = result.baseline
+        show(f"baseline {base.file}:")
+        for row in base.comparisons:
+            for item in row.checks:
+                mark = "[red]✗ regression[/red]" if item.regressed else "[green]✓[/green]"
+                if item.untested:
                     mark = "[yellow]? untested[/yellow]"
-                p = item["note"] if item["p_value"] is None else f"p = {item['p_value']:.3g}"
+                p = item.note if item.p_value is None else f"p = {item.p_value:.3g}"
                 show(
-                    f"  {mark} {row['level']}: {item['metric']} {item['current']} vs "
-                    f"{item['baseline']} (ratio {item['ratio']}, {p})"
+                    f"  {mark} {row.level}: {item.metric} {item.current} vs "
+                    f"{item.baseline} (ratio {item.ratio}, {p})"
                 )
-    if result.get("saved_to"):
-        show(f"[dim]saved: {shown_path(result['saved_to'])}[/dim]")
+    if result.saved_to:
+        show(f"[dim]saved: {shown_path(result.saved_to)}[/dim]")
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _chart(levels: list[dict[str, Any]]) -> None:
+def _chart(levels: "list[LevelResult]") -> None:
     """p99 per level as bars: how latency grows with load."""
-    values = [lv["latency_ms"]["p99_ms"] or 0.0 for lv in levels]
+    values = [lv.latency_ms.p99_ms or 0.0 for lv in levels]
     if len(levels) < 2 or not max(values):
         return
     width = 40
@@ -332,4 +343,4 @@ def _chart(levels: list[dict[str, Any]]) -> None:
     show("p99 by level:")
     for level, value in zip(levels, values, strict=True):
         bar = "█" * max(1, round(value / top * width))
-        show(f"  {level['label']:>14} {bar} {value:.3f} ms")
+        show(f"  {level.label:>14} {bar} {value:.3f} ms")

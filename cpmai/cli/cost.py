@@ -7,7 +7,7 @@ import typer
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
 from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
 from cpmai.monitor.notes import synthetic_line
-from cpmai.report.text import budget_share, count, money
+from cpmai.report.text import budget_share, count, env_label, idle, money
 
 if TYPE_CHECKING:
     from cpmai.costs.document import CostDocument, Figure, Roi, WhatIf
@@ -137,15 +137,14 @@ def render(doc: "CostDocument", *, explain: bool) -> None:
         table.add_column(column, justify="left" if column in ("env", "version") else "right")
     for e in doc.environments:
         usage = e.usage
-        idle = usage.idle_share.cost.value if usage else None
         table.add_row(
-            e.env + (" (not live)" if e.planned else ""),
+            env_label(e),
             e.version or "-",
             str(e.replicas),
             money(e.allocation.per_month.value),
             f"{usage.cpu_cores_used:.3f}" if usage else "-",
             f"{usage.memory_gib_used:.3f}" if usage else "-",
-            "-" if idle is None else f"{idle:.0%}",
+            idle(e),
             money(e.serving_per_month.value),
             count(e.traffic.predictions_per_month),
             money(e.cost_per_1000.at_capacity.value),
@@ -166,7 +165,7 @@ def render(doc: "CostDocument", *, explain: bool) -> None:
                 f"{e.env}: per-second rates come from {measured:,.0f} s of live traffic "
                 f"({e.traffic.predictions:,} predictions)"
             )
-        synthetic = synthetic_line(e.traffic.synthetic.to_json())
+        synthetic = synthetic_line(e.traffic.synthetic)
         if synthetic:
             show(f"{e.env}: {synthetic}")
         if e.usage_note:
@@ -196,7 +195,7 @@ def render(doc: "CostDocument", *, explain: bool) -> None:
     line = f"[bold]total {money(doc.total_per_month.value, cur)} a month[/bold]"
     if budget.per_month is not None:
         colour = "red" if budget.over else "green"
-        line += f" — [{colour}]{budget_share(budget.to_json(), cur)}[/{colour}]"
+        line += f" — [{colour}]{budget_share(budget, cur)}[/{colour}]"
     show(line)
     _render_roi(doc.roi, cur)
     if doc.what_if:

@@ -13,6 +13,7 @@ from cpmai.monitor.notes import lost_line, synthetic_line
 from cpmai.report.text import ms
 
 if TYPE_CHECKING:
+    from cpmai.monitor.live import Snapshot
     from cpmai.monitor.result import (
         DriftSummary,
         FeatureDrift,
@@ -382,51 +383,46 @@ def _watch(home: Path, name: str, env: str, interval: float) -> int:
     return 0
 
 
-def _dashboard(snap: dict[str, Any]) -> Any:
+def _dashboard(snap: "Snapshot") -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
 
     from cpmai.report.terminal import sparkline
 
-    minute = snap["minute"]
-    slo = snap["slo"]
+    minute = snap.minute
     header = Table.grid(padding=(0, 2))
     header.add_row(
-        f"[bold]{snap['name']}[/bold] @ {snap['env']}",
-        f"live: [bold]{snap['live_version'] or 'none'}[/bold]",
-        time.strftime("%H:%M:%S", time.gmtime(snap["time"])) + " UTC",
+        f"[bold]{snap.name}[/bold] @ {snap.env}",
+        f"live: [bold]{snap.live_version or 'none'}[/bold]",
+        time.strftime("%H:%M:%S", time.gmtime(snap.time)) + " UTC",
     )
     traffic = Table.grid(padding=(0, 2))
-    traffic.add_row(
-        "req/s", sparkline(snap["rps"]), f"{snap['rps'][-1]:.1f}" if snap["rps"] else "-"
-    )
-    traffic.add_row(
-        "p99 ms", sparkline(snap["p99_ms"]), ms(snap["p99_ms"][-1] if snap["p99_ms"] else None)
-    )
-    p99_bound = slo.get("p99_ms")
-    err_bound = slo.get("error_rate")
-    p99_ok = minute["p99_ms"] is None or p99_bound is None or minute["p99_ms"] <= p99_bound
-    err_ok = minute["error_rate"] is None or err_bound is None or minute["error_rate"] <= err_bound
+    traffic.add_row("req/s", sparkline(snap.rps), f"{snap.rps[-1]:.1f}" if snap.rps else "-")
+    traffic.add_row("p99 ms", sparkline(snap.p99_ms), ms(snap.p99_ms[-1] if snap.p99_ms else None))
+    p99_bound = snap.slo.get("p99_ms")
+    err_bound = snap.slo.get("error_rate")
+    p99_ok = minute.p99_ms is None or p99_bound is None or minute.p99_ms <= p99_bound
+    err_ok = minute.error_rate is None or err_bound is None or minute.error_rate <= err_bound
     last = Table.grid(padding=(0, 2))
     last.add_row(
-        f"last minute: {minute['requests']:,} requests ({minute['requests_per_s']:.1f}/s)",
-        f"p50 {ms(minute['p50_ms'])} ms",
+        f"last minute: {minute.requests:,} requests ({minute.requests_per_s:.1f}/s)",
+        f"p50 {ms(minute.p50_ms)} ms",
         ("[green]" if p99_ok else "[red]")
-        + f"p99 {ms(minute['p99_ms'])} ms"
+        + f"p99 {ms(minute.p99_ms)} ms"
         + (f" (SLO {p99_bound:g})" if p99_bound else "")
         + ("[/green]" if p99_ok else "[/red]"),
         ("[green]" if err_ok else "[red]")
-        + f"errors {_rate(minute['error_rate'])}"
+        + f"errors {_rate(minute.error_rate)}"
         + ("[/green]" if err_ok else "[/red]"),
     )
-    res = snap["resources"]
-    synthetic = sum(snap["synthetic"].values())
+    res = snap.resources
+    synthetic = sum(snap.synthetic.values())
     last.add_row(
-        f"CPU {res['cpu_percent']:.0f}%  RSS {res['rss_mb']:.0f} MiB ({res['processes']} proc)"
+        f"CPU {res.cpu_percent:.0f}%  RSS {res.rss_mb:.0f} MiB ({res.processes} proc)"
         if res
         else "CPU/RSS: no recent samples",
-        f"[dim]+ {synthetic:,} synthetic requests in the last {snap['horizon_s'] / 60:g} min, "
+        f"[dim]+ {synthetic:,} synthetic requests in the last {snap.horizon_s / 60:g} min, "
         "not shown[/dim]"
         if synthetic
         else "",
@@ -436,10 +432,10 @@ def _dashboard(snap: dict[str, Any]) -> Any:
     drift = Table(title="drift (last minutes)", title_justify="left", expand=False)
     for column in ("feature", "method", "statistic", "PSI", "rows", "status"):
         drift.add_column(column)
-    for f in snap["drift"]:
-        colour = {"drift": "red", "ok": "green"}.get(f["status"], "dim")
+    for f in snap.drift:
+        colour = {"drift": "red", "ok": "green"}.get(f.status, "dim")
         drift.add_row(
-            f["feature"], f["method"], _g(f["statistic"]), _g(f["psi"]), f"{f['rows']:,}",
-            f"[{colour}]{f['status']}[/{colour}]",
+            f.feature, f.method, _g(f.statistic), _g(f.psi), f"{f.rows:,}",
+            f"[{colour}]{f.status}[/{colour}]",
         )  # fmt: skip
     return Panel(Group(header, traffic, last, drift), title="cpmai monitor --watch", expand=False)

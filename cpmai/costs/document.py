@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from cpmai.documents import Doc
+from cpmai.monitor.result import Synthetic
 
 SCHEMA: Literal["cpmai-cost/1"] = "cpmai-cost/1"
 
@@ -84,15 +85,6 @@ class Usage(Doc):
     )
 
 
-class Synthetic(Doc):
-    """Requests marked synthetic (header X-Cpmai-Traffic: load tests such as cpmai bench) in
-    the period, by source, and whether the other figures count them in (--include-synthetic)."""
-
-    requests: int = Field(ge=0)
-    by_source: dict[str, int]
-    included: bool
-
-
 class Traffic(Doc):
     OMIT_UNSET: ClassVar[frozenset[str]] = frozenset({"note"})
 
@@ -154,7 +146,9 @@ class Previous(Doc):
     note: str | None = None
 
 
-class Resources(Doc):
+class ReplicaResources(Doc):
+    """What one replica reserves."""
+
     cpu: float
     memory_gb: float
 
@@ -172,7 +166,7 @@ class EnvironmentCost(Doc):
     live: bool
     url: str | None
     replicas: int
-    resources: Resources
+    resources: ReplicaResources
     live_hours: float = Field(description="hours live in the period")
     allocation: Allocation
     usage: Usage | None
@@ -280,3 +274,14 @@ class CostDocument(Doc):
     def breached(self) -> bool:
         """A threshold was breached (budget, or a rise past --max-increase): exit 4."""
         return bool(self.alerts)
+
+
+class ValuePoint(Doc):
+    """One window of `cpmai report`'s cost-and-value trend, model-wide: what the environments
+    cost and what was delivered in it, and both added up since the period began."""
+
+    start: str
+    cost: Number
+    value: Number
+    cumulative_cost: Number
+    cumulative_value: Number

@@ -15,7 +15,7 @@ from cpmai.costs.document import (
     Increase,
     PerThousand,
     Previous,
-    Resources,
+    ReplicaResources,
     Traffic,
     Usage,
     VersionSide,
@@ -23,18 +23,19 @@ from cpmai.costs.document import (
 from cpmai.costs.facts import Facts
 from cpmai.costs.model import HOURS_PER_MONTH, figure
 from cpmai.home import Home
+from cpmai.monitor.result import Resources
 
 MIN_PROJECTION_S = 3600.0
 """Live seconds of traffic a month's predictions (and value) are projected from, at least."""
 
 
-def charged(alloc: Allocation, summary: dict[str, Any], prices: Any) -> Usage:
+def charged(alloc: Allocation, summary: Resources, prices: Any) -> Usage:
     """The usage view of an allocation, from `resource_summary`'s means (CPU %, MiB)."""
     return model.charged(
         alloc.cpu_cores,
         alloc.memory_gib,
-        summary["cpu_percent_mean"] / 100,
-        summary["rss_mb_mean"] / 1024,
+        summary.cpu_percent_mean / 100,
+        summary.rss_mb_mean / 1024,
         prices.cpu_hour,
         prices.memory_gb_hour,
     )
@@ -42,11 +43,11 @@ def charged(alloc: Allocation, summary: dict[str, Any], prices: Any) -> Usage:
 
 def usage(
     facts: Facts, env: str, low: float | None, high: float | None, version: str | None = None
-) -> dict[str, Any] | None:
+) -> Resources | None:
     """`resource_summary` of the environment's samples in [low, high), of one version or all,
     without those taken while `cpmai bench` loaded the server (unless synthetic traffic is
     counted in)."""
-    from cpmai.monitor.run import resource_summary, without_spans
+    from cpmai.monitor.summaries import resource_summary, without_spans
     from cpmai.predlog.reader import read_resources
 
     interval = facts.manifest.monitoring.sample_interval_s
@@ -60,8 +61,7 @@ def usage(
     if not facts.include_synthetic and Home(facts.home).env(facts.name, env).logs.is_dir():
         samples = without_spans(samples, facts.log(env).synthetic_spans, interval)
     bounds = (-math.inf if low is None else low, math.inf if high is None else high)
-    summary: dict[str, Any] | None = resource_summary(samples, *bounds, interval)["resources"]
-    return summary
+    return resource_summary(samples, *bounds, interval)
 
 
 def environment(facts: Facts, env: str, planned: bool, start: float, end: float) -> EnvironmentCost:
@@ -80,8 +80,8 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
     usage_note: str | None = None
     if summary:
         used = charged(alloc, summary, prices)
-        used.samples = summary["samples"]
-        used.processes = summary["processes"]
+        used.samples = summary.samples
+        used.processes = summary.processes
         serving = float(used.charged_per_month.value or 0.0)
         serving_figure = figure(
             serving, "charged_per_month (usage view)", charged_per_month=serving
@@ -134,7 +134,7 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
         live=live is not None,
         url=url,
         replicas=spec.replicas if spec else 0,
-        resources=Resources(
+        resources=ReplicaResources(
             cpu=spec.resources.cpu if spec else 0.0,
             memory_gb=spec.resources.memory_gb if spec else 0.0,
         ),

@@ -53,11 +53,6 @@ class CostResult:
     alerts: list[CostAlert] = field(default_factory=list)
 
     @property
-    def doc(self) -> dict[str, object]:
-        """The document as `cpmai cost --json` prints it."""
-        return self.document.to_json()
-
-    @property
     def breached(self) -> bool:
         return self.document.breached
 

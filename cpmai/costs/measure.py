@@ -17,6 +17,7 @@ from cpmai.ledger import Event
 from cpmai.replay import LIVE_ACTIONS
 
 if TYPE_CHECKING:
+    from cpmai.bench.result import BenchResult, LevelResult
     from cpmai.predlog.reader import Traffic
 
 
@@ -83,44 +84,11 @@ def first_live(events: Iterable[Event], name: str) -> float | None:
     return None
 
 
-def bench_runs(home: Path, name: str, version: str) -> list[tuple[Path, dict[str, Any]]]:
+def bench_runs(home: Path, name: str, version: str) -> list[tuple[Path, BenchResult]]:
     """Saved `cpmai bench` results of a version, oldest first (unreadable ones skipped)."""
-    folder = Home(home).bench(name, version)
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _usable(data):
-            out.append((path, data))
-    return out
+    from cpmai.bench.result import saved_runs
 
-
-def _usable(data: Any) -> bool:
-    """A saved `cpmai bench` result with what cost and report read (a file cut short or
-    written by hand is skipped, like one that does not parse)."""
-    if not isinstance(data, dict) or data.get("schema") != "cpmai-bench/1":
-        return False
-    if not isinstance(data.get("time"), str) or not isinstance(data.get("target"), dict):
-        return False
-    try:
-        parse_time(data["time"])
-        float(data.get("seconds", 0))
-    except (TypeError, ValueError):
-        return False
-    levels = data.get("levels")
-    if not isinstance(levels, list):
-        return False
-    for level in levels:
-        if not isinstance(level, dict) or not isinstance(level.get("latency_ms"), dict):
-            return False
-        try:
-            float(level["rows_per_s"]), float(level["throughput_rps"]), float(level["error_rate"])
-            str(level["label"])
-        except (KeyError, TypeError, ValueError):
-            return False
-    return data.get("capacity") is None or isinstance(data["capacity"], dict)
+    return saved_runs(Home(home).bench(name, version))
 
 
 def capacity(
@@ -137,22 +105,22 @@ def capacity(
         return None
     port = urlsplit(url).port if url else None
 
-    def rank(run: tuple[Path, dict[str, Any]]) -> tuple[int, str]:
-        target = run[1].get("target") or {}
-        same = target.get("url") and port and urlsplit(str(target["url"])).port == port
-        return (2 if same else 1 if target.get("kind") == "http" else 0, run[0].name)
+    def rank(run: tuple[Path, BenchResult]) -> tuple[int, str]:
+        target = run[1].target
+        same = target.url and port and urlsplit(target.url).port == port
+        return (2 if same else 1 if target.kind == "http" else 0, run[0].name)
 
     path, data = max(runs, key=rank)
-    target = data.get("target") or {}
+    target = data.target
     kind = "this environment's server" if rank((path, data))[0] == 2 else (
-        "another server" if target.get("kind") == "http" else "in process (the model alone)"
+        "another server" if target.kind == "http" else "in process (the model alone)"
     )  # fmt: skip
-    levels = [lv for lv in data.get("levels", []) if lv.get("ok")]
-    found = data.get("capacity") or {}
-    chosen: dict[str, Any] | None = None
+    levels = [lv for lv in data.levels if lv.ok]
+    found = data.capacity
+    chosen: LevelResult | None = None
     note = ""
-    if found.get("found"):
-        chosen = next((lv for lv in levels if lv["label"] == found.get("level")), None)
+    if found is not None and found.found:
+        chosen = next((lv for lv in levels if lv.label == found.level), None)
         note = "the capacity `cpmai bench --find-capacity` found"
     if chosen is None and levels:
         bounds = {k: v for k, v in slo.items() if k != "throughput_min"}
@@ -162,23 +130,24 @@ def capacity(
             if all(
                 c.passed
                 for c in check_slo(
-                    slo_measures(lv["latency_ms"], lv["error_rate"], lv["throughput_rps"]), bounds
+                    slo_measures(lv.latency_ms.model_dump(), lv.error_rate, lv.throughput_rps),
+                    bounds,
                 )
             )
         ]
         if passing:
-            chosen = max(passing, key=lambda lv: float(lv["rows_per_s"]))
+            chosen = max(passing, key=lambda lv: lv.rows_per_s)
             note = "the busiest level that met the SLO" if bounds else "the busiest level (no SLO)"
         else:
             note = "no benchmarked level met the SLO"
     return Capacity(
         file=str(path),
-        time=data.get("time"),
+        time=data.time,
         source=kind,
-        level=chosen["label"] if chosen else None,
-        predictions_per_s=round(float(chosen["rows_per_s"]), 3) if chosen else None,
-        requests_per_s=round(float(chosen["throughput_rps"]), 3) if chosen else None,
-        p99_ms=chosen["latency_ms"]["p99_ms"] if chosen else None,
+        level=chosen.label if chosen else None,
+        predictions_per_s=round(chosen.rows_per_s, 3) if chosen else None,
+        requests_per_s=round(chosen.throughput_rps, 3) if chosen else None,
+        p99_ms=chosen.latency_ms.p99_ms if chosen else None,
         note=note,
     )
 
@@ -191,11 +160,11 @@ def bench_windows(home: Path, name: str, urls: set[str]) -> list[tuple[float, fl
     folder = Home(home).bench(name)
     for version in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
         for _, data in bench_runs(home, name, version):
-            target = data.get("target") or {}
-            if target.get("kind") != "http" or urlsplit(str(target.get("url"))).port not in ports:
+            target = data.target
+            if target.kind != "http" or urlsplit(str(target.url)).port not in ports:
                 continue
-            end = parse_time(str(data["time"])).timestamp() + 1  # the time is rounded down
-            out.append((end - float(data.get("seconds", 0)) - 1, end))
+            end = parse_time(data.time).timestamp() + 1  # the time is rounded down
+            out.append((end - data.seconds - 1, end))
     return out
 
 
@@ -207,7 +176,7 @@ def served(traffic: Traffic, low: float, high: float, *, include_synthetic: bool
     """Requests and predictions (rows answered 200) in [low, high), weighted by 1/sample rate,
     per version too; synthetic requests (load tests) counted apart, and counted in only if
     `include_synthetic`."""
-    from cpmai.monitor.run import synthetic_summary
+    from cpmai.monitor.summaries import synthetic_summary
     from cpmai.predlog.reader import synthetic_by_source
 
     mask = (traffic.time >= low) & (traffic.time < high)

@@ -7,7 +7,7 @@ from typing import Any
 
 from cpmai.clock import iso
 from cpmai.costs import measure, model
-from cpmai.costs.document import EnvironmentCost, Roi, ToDate
+from cpmai.costs.document import EnvironmentCost, Roi, ToDate, ValuePoint
 from cpmai.costs.facts import DEFAULT_PERIOD_S, Facts
 from cpmai.costs.model import HOURS_PER_MONTH, figure
 
@@ -139,7 +139,7 @@ def union(stretches: list[tuple[float, float]], low: float, high: float) -> floa
     return total
 
 
-def trend(facts: Facts, start: float, end: float, window: float) -> list[dict[str, Any]]:
+def trend(facts: Facts, start: float, end: float, window: float) -> list[ValuePoint]:
     """Per window, model-wide: what the environments cost (live seconds × allocation per hour)
     and what was delivered (predictions of the environments that count × value_per_prediction
     without `cpmai bench`'s, or the value KPI's records), and both added up."""
@@ -163,13 +163,13 @@ def trend(facts: Facts, start: float, end: float, window: float) -> list[dict[st
         total_cost += spent
         total_value += worth
         out.append(
-            {
-                "start": iso(low),
-                "cost": round(spent, 6),
-                "value": round(worth, 6),
-                "cumulative_cost": round(total_cost, 6),
-                "cumulative_value": round(total_value, 6),
-            }
+            ValuePoint(
+                start=iso(low),
+                cost=round(spent, 6),
+                value=round(worth, 6),
+                cumulative_cost=round(total_cost, 6),
+                cumulative_value=round(total_value, 6),
+            )
         )
         low = high
     return out

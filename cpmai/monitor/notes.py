@@ -3,7 +3,7 @@ requests, requests answered but not logged), shared by every renderer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpmai.clock import short_time
 
@@ -11,42 +11,32 @@ if TYPE_CHECKING:
     from cpmai.monitor.result import Lost, Synthetic
 
 
-def _plain(summary: Any) -> dict[str, Any] | None:
-    """A summary given as a document part or as the dict `cpmai cost` keeps it in."""
-    if summary is None or isinstance(summary, dict):
-        return summary
-    plain: dict[str, Any] = summary.to_json()
-    return plain
-
-
-def synthetic_line(summary: Synthetic | dict[str, Any] | None) -> str | None:
+def synthetic_line(summary: Synthetic | None) -> str | None:
     """ "also served: 16,502 synthetic requests (cpmai-bench), not counted" from a
     `synthetic` summary (`cpmai.monitor.summaries.synthetic_summary`), or None when there were
     none."""
-    summary = _plain(summary)
-    if not summary or not summary["requests"]:
+    if not summary or not summary.requests:
         return None
     sources = ", ".join(
-        f"{source or 'no source named'}" + (f" {n:,}" if len(summary["by_source"]) > 1 else "")
-        for source, n in summary["by_source"].items()
+        f"{source or 'no source named'}" + (f" {n:,}" if len(summary.by_source) > 1 else "")
+        for source, n in summary.by_source.items()
     )
-    requests = summary["requests"]
+    requests = summary.requests
     counted = (
         "counted in (--include-synthetic)"
-        if summary["included"]
+        if summary.included
         else "not counted (--include-synthetic counts them in)"
     )
     noun = "request" if requests == 1 else "requests"
     return f"also served: {requests:,} synthetic {noun} ({sources}), {counted}"
 
 
-def lost_line(lost: Lost | dict[str, Any] | None) -> str | None:
+def lost_line(lost: Lost | None) -> str | None:
     """ "4,210 requests answered but not logged (No space left on device), 14:02–14:05 UTC" from
     a `lost` summary (`cpmai.monitor.summaries.lost_summary`), or None."""
-    lost = _plain(lost)
     if not lost:
         return None
     return (
-        f"{lost['requests']:,} requests answered but not logged ({'; '.join(lost['reasons'])}), "
-        f"{short_time(lost['since'])} – {short_time(lost['until'])} UTC: no figure includes them"
+        f"{lost.requests:,} requests answered but not logged ({'; '.join(lost.reasons)}), "
+        f"{short_time(lost.since)} – {short_time(lost.until)} UTC: no figure includes them"
     )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cpmai.errors import UsageError
-from cpmai.manifest import LABEL_METRICS
+from cpmai.manifest import LABEL_METRICS, InputSpec
 from cpmai.monitor.drift import category_key
 from cpmai.monitor.result import DataQuality
 from cpmai.predlog.reader import FeatureSpec, Traffic
@@ -25,11 +25,11 @@ from cpmai.stats import LOWER_IS_BETTER, score
 
 
 def data_quality(
-    traffic: Traffic, specs: list[FeatureSpec], inputs: list[dict[str, Any]]
+    traffic: Traffic, specs: list[FeatureSpec], inputs: list[InputSpec]
 ) -> list[DataQuality]:
     """Per input: missing values, values outside the reference range, unseen categories (refused,
     or served where the input is open: the model encodes them)."""
-    bounds = {spec["name"]: (spec.get("min"), spec.get("max")) for spec in inputs}
+    bounds = {spec.name: (spec.min, spec.max) for spec in inputs}
     rows = int(traffic.row_time.shape[0])
     out = []
     for spec in specs:

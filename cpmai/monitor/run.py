@@ -53,10 +53,8 @@ from cpmai.monitor.summaries import (
     lost_of,
     per_version,
     resource_summary,
-    resources_of,
     slo_checks,
     synthetic_of,
-    synthetic_summary,
     traffic_fields,
     without_spans,
 )
@@ -66,7 +64,7 @@ from cpmai.predlog.reader import Traffic, read_resources, read_traffic
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
 
-__all__ = ["MonitorResult", "monitor", "resource_summary", "synthetic_summary", "without_spans"]
+__all__ = ["MonitorResult", "monitor"]
 
 MAX_WINDOWS = 2000
 
@@ -145,7 +143,7 @@ def monitor(
         fields = traffic_fields(traffic, low, high, last=index == count - 1)
         window = Window(
             **fields,
-            resources=resources_of(resources, low, high, interval),
+            resources=resource_summary(resources, low, high, interval),
             drift=drift_summary(per_window[index], settings.drift.share),
             slo=slo_checks(fields["error_rate"], fields["latency_ms"], slo),
         )
@@ -154,7 +152,7 @@ def monitor(
         windows.append(window)
     period = TrafficSummary(
         **traffic_fields(traffic, start, end, last=True),
-        resources=resources_of(resources, start, end, interval),
+        resources=resource_summary(resources, start, end, interval),
     )
     prediction = None
     if output_profile is not None:

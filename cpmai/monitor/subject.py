@@ -21,7 +21,7 @@ from cpmai.replay import State, replay
 
 if TYPE_CHECKING:
     from cpmai.artifacts import Artifact
-    from cpmai.manifest import Manifest
+    from cpmai.manifest import InputSpec, Manifest
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Subject:
     artifact: Artifact
     manifest: Manifest
     specs: list[FeatureSpec]
-    inputs: list[dict[str, Any]]
+    inputs: list[InputSpec]
     task: str
     output_kind: str
     classes: list[Any] | None
@@ -39,14 +39,14 @@ class Subject:
     live_since: str | None
 
 
-def feature_specs(inputs: list[dict[str, Any]]) -> list[FeatureSpec]:
+def feature_specs(inputs: list[InputSpec]) -> list[FeatureSpec]:
     from cpmai.predlog.format import feature_kind  # the writer's rule: one place for it
 
     return [
         FeatureSpec(
-            spec["name"],
-            feature_kind(spec["type"]),
-            frozenset(spec.get("categories") or []),
+            spec.name,
+            feature_kind(spec.type),
+            frozenset(spec.categories or []),
             keep=True,  # free text too: its drift is judged
         )
         for spec in inputs
@@ -100,8 +100,7 @@ def load_subject(
 
     artifact = open_artifact(home, name, version)
     signature = artifact.signature
-    inputs = list(signature["inputs"])
-    outputs = signature.get("outputs") or [{}]
+    inputs = list(signature.inputs)
     own = artifact.manifest()
     task = own.model.task
     record = (state.versions if state else {}).get(name, {}).get(artifact.version)
@@ -114,7 +113,7 @@ def load_subject(
         inputs=inputs,
         task=task,
         output_kind="numeric" if task == "regression" else "categorical",
-        classes=outputs[0].get("categories"),
+        classes=signature.classes,
         packaged=record.time,
         live_since=live_since,
     )
@@ -177,7 +176,7 @@ def _profiles(subject: Subject) -> tuple[Profiles, drift_mod.Profile | None, int
     from cpmai.runtime.predictor import Predictor
 
     predictor = Predictor.from_artifact(subject.artifact)
-    columns = {spec["name"]: frame[spec["name"]].tolist() for spec in predictor.inputs}
+    columns = {name: frame[name].tolist() for name in predictor.signature.names}
     labels, _ = predictor.run(columns, False)
     if subject.output_kind == "numeric":
         output = drift_mod.profile_numeric("prediction", np.asarray(labels, dtype=float))

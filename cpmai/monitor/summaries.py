@@ -1,6 +1,7 @@
 """Summaries of a span of the prediction log and resource samples: traffic, errors, latency,
-resources, SLO checks, synthetic and lost requests. Shared by `cpmai monitor` and `cpmai cost`
-(which reads `resource_summary`, `without_spans` and `synthetic_summary` as plain dicts)."""
+resources, SLO checks, synthetic and lost requests, as the typed parts of the monitor document
+(`cpmai.monitor.result`). Shared by `cpmai monitor` and `cpmai cost` (which uses
+`resource_summary`, `without_spans` and `synthetic_summary`)."""
 
 from __future__ import annotations
 
@@ -16,37 +17,37 @@ from cpmai.stats import nearest_rank
 PERCENTILES = (50, 95, 99)
 
 
-def lost_summary(lost: list[tuple[float, float, int, str]]) -> dict[str, Any] | None:
-    """Requests the servers answered but could not log in the period (None: there were none)."""
+def lost_summary(lost: list[tuple[float, float, int, str]]) -> Lost | None:
+    """Requests the servers answered but could not log in the period, from the log's records
+    of them (first, last, requests, reasons); None: there were none."""
     if not lost:
         return None
-    return {
-        "requests": sum(item[2] for item in lost),
-        "since": iso(min(item[0] for item in lost)),
-        "until": iso(max(item[1] for item in lost)),
-        "reasons": sorted({reason for item in lost for reason in item[3].split("; ")}),
-    }
+    return Lost(
+        requests=sum(item[2] for item in lost),
+        since=iso(min(item[0] for item in lost)),
+        until=iso(max(item[1] for item in lost)),
+        reasons=sorted({reason for item in lost for reason in item[3].split("; ")}),
+    )
 
 
-def synthetic_summary(by_source: dict[str, int], included: bool) -> dict[str, Any]:
+def synthetic_summary(by_source: dict[str, int], included: bool) -> Synthetic:
     """The synthetic requests of a period (load tests), by source, most first, and whether they
     were counted in."""
-    return {
-        "requests": sum(by_source.values()),
-        "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
-        "included": included,
-    }
+    return Synthetic(
+        requests=sum(by_source.values()),
+        by_source=dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+        included=included,
+    )
 
 
 def lost_of(traffic: Traffic) -> Lost | None:
-    """`lost_summary` of the traffic, typed."""
-    summary = lost_summary(traffic.lost)
-    return None if summary is None else Lost(**summary)
+    """`lost_summary` of the traffic."""
+    return lost_summary(traffic.lost)
 
 
 def synthetic_of(traffic: Traffic) -> Synthetic:
-    """`synthetic_summary` of the traffic, typed."""
-    return Synthetic(**synthetic_summary(traffic.synthetic, traffic.synthetic_included))
+    """`synthetic_summary` of the traffic."""
+    return synthetic_summary(traffic.synthetic, traffic.synthetic_included)
 
 
 def per_version(traffic: Traffic) -> dict[str, int]:
@@ -100,35 +101,25 @@ def without_spans(
 
 def resource_summary(
     samples: list[dict[str, Any]], low: float, high: float, interval: float
-) -> dict[str, Any]:
-    """CPU % and RSS of the serving processes: samples taken at the same moment (one per process)
-    are summed, then averaged and maximised over the window."""
+) -> Resources | None:
+    """CPU % and RSS of the serving processes in [low, high] (None: no sample there): samples
+    taken at the same moment (one per process) are summed, then averaged and maximised."""
     chosen = [s for s in samples if low <= s["t"] <= high]
     if not chosen:
-        return {"resources": None}
+        return None
     moments: dict[int, list[dict[str, Any]]] = {}
     for sample in chosen:
         moments.setdefault(int(sample["t"] // interval), []).append(sample)
     cpu = np.array([sum(float(s["cpu_percent"]) for s in group) for group in moments.values()])
     rss = np.array([sum(float(s["rss_bytes"]) for s in group) for group in moments.values()])
-    return {
-        "resources": {
-            "samples": len(chosen),
-            "processes": len({s.get("pid") for s in chosen}),
-            "cpu_percent_mean": round(float(cpu.mean()), 2),
-            "cpu_percent_peak": round(float(cpu.max()), 2),
-            "rss_mb_mean": round(float(rss.mean()) / 2**20, 1),
-            "rss_mb_peak": round(float(rss.max()) / 2**20, 1),
-        }
-    }
-
-
-def resources_of(
-    samples: list[dict[str, Any]], low: float, high: float, interval: float
-) -> Resources | None:
-    """`resource_summary`, typed."""
-    summary = resource_summary(samples, low, high, interval)["resources"]
-    return None if summary is None else Resources(**summary)
+    return Resources(
+        samples=len(chosen),
+        processes=len({s.get("pid") for s in chosen}),
+        cpu_percent_mean=round(float(cpu.mean()), 2),
+        cpu_percent_peak=round(float(cpu.max()), 2),
+        rss_mb_mean=round(float(rss.mean()) / 2**20, 1),
+        rss_mb_peak=round(float(rss.max()) / 2**20, 1),
+    )
 
 
 def slo_checks(error_rate: float | None, latency: Latency, slo: dict[str, float]) -> list[SloCheck]:

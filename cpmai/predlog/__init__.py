@@ -2,7 +2,7 @@
 format.
 
     format      what a line and a file look like: format versions, file names, the `lost` line
-    entry       the typed log entry the server builds for each request (`new_entry`)
+    entry       the typed log entry the server builds for each request (a tuple)
     block       the block being filled, and a closed block ready to write
     writer      `PredictionLog`: takes batches and entries, writes blocks and index records
     index       the columnar index written beside each log file (numpy arrays)

@@ -10,12 +10,11 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from cpmai.predlog.entry import ID_TYPE_SET, Entry, log_id
+from cpmai.predlog.entry import FIELDS, ID_TYPE_SET, ROW_START, ROWS, WANT_PROBA, Entry, log_id
 
 Batch = tuple[dict[str, list[Any]], Any, Any]
 """A model call's columns, labels and probabilities (None unless asked for)."""
-_FIELDS = Entry._fields
-_GET_ROWS, _GET_WANT = itemgetter(_FIELDS.index("rows")), itemgetter(_FIELDS.index("want_proba"))
+_GET_ROWS, _GET_WANT = itemgetter(ROWS), itemgetter(WANT_PROBA)
 
 
 class OpenBlock:
@@ -59,7 +58,7 @@ class OpenBlock:
         self.rows += size
         if len(entries) == 1:  # at concurrency 1, every batch: this runs once a request
             only = entries[0]
-            every = only.rows == size and not only.want_proba
+            every = only[ROWS] == size and not only[WANT_PROBA]
         else:
             every = (probabilities is None or not any(map(_GET_WANT, entries))) and sum(
                 map(_GET_ROWS, entries)
@@ -84,7 +83,7 @@ class OpenBlock:
             if sampled and chance() >= rate:
                 continue
             self.entries.append(request)
-            start, rows, want = request.row_start, request.rows, request.want_proba
+            start, rows, want = request[ROW_START], request[ROWS], request[WANT_PROBA]
             if start == high and want is proba and high:
                 high += rows
                 continue
@@ -168,7 +167,7 @@ class ClosedBlock:
 
         from cpmai.predlog.index import packed
 
-        fields = list(zip(*filled.entries, strict=True)) or [()] * len(_FIELDS)
+        fields = list(zip(*filled.entries, strict=True)) or [()] * len(FIELDS)
         (t, starts, elapsed, self.endpoint, self.status, self.rows, ids, self.warnings,
          self.error, _, _, origins) = fields  # fmt: skip
         self.origin = None if origins.count(None) == len(origins) else origins

@@ -37,14 +37,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from cpmai.predlog.block import Batch, ClosedBlock, OpenBlock
 from cpmai.predlog.collector import collector_paused
-from cpmai.predlog.entry import Entry, log_id, new_entry
+from cpmai.predlog.entry import Entry, log_id
 from cpmai.predlog.format import FORMAT, LOST, PREDICTIONS, feature_kind, index_file, today_file
+
+if TYPE_CHECKING:
+    from cpmai.runtime.signature import Signature
 
 Mode = Literal["loop", "thread"]
 """Where the log's CPU work runs: on the event loop, between requests ("loop", the server's), or
@@ -74,7 +77,7 @@ class PredictionLog:
         mode: Mode = "thread",
         sample_rate: float = 1.0,
         flush_seconds: float = FLUSH_SECONDS,
-        signature: dict[str, Any] | None = None,
+        signature: Signature | None = None,
     ) -> None:
         """`mode`: "loop" when `start` is called on the event loop that serves (the server),
         "thread" otherwise (see `Mode`). With `signature` (the artifact's), blocks are also
@@ -87,15 +90,16 @@ class PredictionLog:
         self._output_kind = "categorical"
         self._vocab: dict[str, dict[Any, int]] = {"__endpoint__": {}}
         if signature is not None:
-            self._kinds = {s["name"]: feature_kind(s["type"]) for s in signature["inputs"]}
-            self._names = tuple(s["name"] for s in signature["inputs"])
-            outputs = signature.get("outputs") or [{}]
-            self._output_kind = "numeric" if outputs[0].get("type") == "number" else "categorical"
-            for spec in signature["inputs"]:
-                known = sorted(spec.get("categories") or [], key=str)
-                self._vocab[spec["name"]] = {value: code for code, value in enumerate(known)}
-            known = list(outputs[0].get("categories") or [])
-            self._vocab["__output__"] = {value: code for code, value in enumerate(known)}
+            self._kinds = {s.name: feature_kind(s.type) for s in signature.inputs}
+            self._names = tuple(s.name for s in signature.inputs)
+            label = signature.label
+            numeric = label is not None and label.type == "number"
+            self._output_kind = "numeric" if numeric else "categorical"
+            for spec in signature.inputs:
+                known = sorted(spec.categories or [], key=str)
+                self._vocab[spec.name] = {value: code for code, value in enumerate(known)}
+            labels = list(signature.classes or [])
+            self._vocab["__output__"] = {value: code for code, value in enumerate(labels)}
         self._pending: list[tuple[int, int, dict[str, Any]]] = []
         self._pending_path: Path | None = None
         self._pending_requests = 0
@@ -179,19 +183,9 @@ class PredictionLog:
         (`cpmai.serving.origin`), None for real traffic."""
         served = status < 400 and inputs is not None and outputs is not None
         rows = len(outputs) if served and outputs is not None else 0
-        entry = new_entry(
-            t=self._clock(),
-            start=0.0,
-            elapsed=latency_s,
-            endpoint=endpoint,
-            status=status,
-            rows=rows,
-            request_id=log_id(request_id),
-            warnings=warnings or None,
-            error=error,
-            want_proba=probabilities is not None,
-            origin=origin,
-        )
+        entry: Entry = (self._clock(), 0.0, latency_s, endpoint, status, rows,
+                        log_id(request_id), warnings or None, error, probabilities is not None,
+                        0, origin)  # fmt: skip
         if served and inputs is not None:
             self.served((inputs, outputs, probabilities), [entry])
             return

@@ -81,7 +81,7 @@ def build(
     envs = _envs(state, name, env)
     window = window_for(end - start)
     say("costs")
-    cost = estimate(home, name, env=env, since=start, until=end, now=now, facts=facts).doc
+    cost = estimate(home, name, env=env, since=start, until=end, now=now, facts=facts).document
     monitored: dict[str, Monitored | Unmonitored] = {}
     for env_name in envs:
         say(f"monitoring {env_name}")
@@ -204,24 +204,24 @@ def _latency(home: Path, name: str, state: Any) -> list[VersionLatency]:
         runs = measure.bench_runs(home, name, record.version)
         bench = None
         if runs:
-            path, data = max(
-                runs, key=lambda r: ((r[1].get("target") or {}).get("kind") == "http", r[0].name)
-            )
+            path, data = max(runs, key=lambda r: (r[1].target.kind == "http", r[0].name))
             bench = Bench(
                 file=str(path),
-                time=data.get("time"),
-                kind=(data.get("target") or {}).get("kind"),
-                url=(data.get("target") or {}).get("url"),
+                time=data.time,
+                kind=data.target.kind,
+                url=data.target.url,
                 levels=[
                     BenchLevel(
-                        label=lv["label"],
-                        throughput_rps=lv["throughput_rps"],
-                        error_rate=lv["error_rate"],
-                        **{k: lv["latency_ms"].get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+                        label=lv.label,
+                        throughput_rps=lv.throughput_rps,
+                        error_rate=lv.error_rate,
+                        p50_ms=lv.latency_ms.p50_ms,
+                        p95_ms=lv.latency_ms.p95_ms,
+                        p99_ms=lv.latency_ms.p99_ms,
                     )
-                    for lv in data.get("levels", [])
+                    for lv in data.levels
                 ],
-                slo_passed=(data.get("slo") or {}).get("passed"),
+                slo_passed=data.slo.passed if data.slo else None,
             )
         out.append(VersionLatency(version=record.version, bench=bench))
     return out

@@ -2,16 +2,18 @@
 
 `cpmai.report.data.build` fills it; the terminal, Markdown and HTML renderers read its
 attributes; `Report.to_json()` is what `--json` prints and docs/report.schema.json is generated
-from these models (`cpmai.schemas`). The cost part is `cpmai cost`'s document, kept as it comes
-(docs/cost.schema.json).
+from these models (`cpmai.schemas`). The cost part is `cpmai cost`'s typed document
+(`cpmai.costs.document.CostDocument`, docs/cost.schema.json), printed as `cpmai cost --json`
+prints it.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import Field
 
+from cpmai.costs.document import CostDocument, ValuePoint
 from cpmai.documents import Doc
 from cpmai.errors import ExitCode, breach_code
 from cpmai.monitor.result import (
@@ -192,12 +194,12 @@ class Report(Doc):
     versions: list[VersionEntry]
     latency: list[VersionLatency]
     monitoring: dict[str, Monitored | Unmonitored]
-    value_trend: list[dict[str, Any]] = Field(
+    value_trend: list[ValuePoint] = Field(
         description="per window, model-wide: what every environment cost and what was delivered"
     )
     triggers: list[Event]
     kpis: dict[str, list[Kpi]]
-    cost: dict[str, Any] = Field(
+    cost: CostDocument = Field(
         description="the document of `cpmai cost --json` (docs/cost.schema.json)"
     )
     slo: dict[str, float]
@@ -206,7 +208,7 @@ class Report(Doc):
     @property
     def breached(self) -> bool:
         """Whether something is breached: a budget, or an alert in an environment."""
-        return bool(self.cost["alerts"]) or any(
+        return self.cost.breached or any(
             isinstance(mon, Monitored) and mon.alerts for mon in self.monitoring.values()
         )
 

@@ -129,27 +129,24 @@ def _cards(doc: Report, cur: str) -> str:
             )
         )
     cost = doc.cost
-    budget = cost["budget"]
-    total = cost["total_per_month"]["value"]
+    budget = cost.budget
+    total = cost.total_per_month.value
     cards.append(
         _card(
             "cost / month",
             money(total, cur),
-            budget_share(budget, cur) if budget["per_month"] is not None else "no budget set",
-            "bad" if budget["over"] else "ok",
+            budget_share(budget, cur) if budget.per_month is not None else "no budget set",
+            "bad" if budget.over else "ok",
         )
     )
-    roi = cost["roi"]
-    pct = roi["roi_percent"]["value"]
+    roi = cost.roi
+    pct = roi.roi_percent.value
     cards.append(
         _card(
             "ROI / month",
-            "n/a" if pct is None or not roi["configured"] else f"{pct:,.0f}%",
-            (
-                roi.get("projection_note")
-                or f"net {money(roi['net_per_month']['value'], cur)} a month"
-            )
-            if roi["configured"]
+            "n/a" if pct is None or not roi.configured else f"{pct:,.0f}%",
+            (roi.projection_note or f"net {money(roi.net_per_month.value, cur)} a month")
+            if roi.configured
             else "business value not configured",
             "ok" if pct is not None and pct > 0 else "none",
         )
@@ -249,15 +246,15 @@ def _env_charts(doc: Report) -> list[str]:
 
 def _value_chart(doc: Report, cur: str) -> str | None:
     windows = doc.value_trend
-    if not windows or not any(w["cumulative_cost"] or w["cumulative_value"] for w in windows):
+    if not windows or not any(w.cumulative_cost or w.cumulative_value for w in windows):
         return None
     return svg.line_chart(
         "value",
         "Cost vs value",
-        _labels([w["start"] for w in windows], doc.period.window_s),
+        _labels([w.start for w in windows], doc.period.window_s),
         [
-            (f"cost ({cur})", [w["cumulative_cost"] for w in windows]),
-            (f"value ({cur})", [w["cumulative_value"] for w in windows]),
+            (f"cost ({cur})", [w.cumulative_cost for w in windows]),
+            (f"value ({cur})", [w.cumulative_value for w in windows]),
         ],
         unit=cur,
     )
@@ -265,9 +262,9 @@ def _value_chart(doc: Report, cur: str) -> str | None:
 
 def _cost_chart(doc: Report, cur: str) -> str | None:
     cost = doc.cost
-    parts = [(f"{e['env']} serving", e["serving_per_month"]["value"]) for e in cost["environments"]]
-    parts.append(("retraining", cost["retraining"]["per_month"]["value"]))
-    budget = cost["budget"]["per_month"]
+    parts = [(f"{e.env} serving", e.serving_per_month.value) for e in cost.environments]
+    parts.append(("retraining", cost.retraining.per_month.value))
+    budget = cost.budget.per_month
     return svg.bar_chart(
         "cost",
         "Monthly cost",
@@ -332,7 +329,7 @@ def _score(feature: DriftBrief) -> float | None:
 
 def _cost_table(doc: Report, cur: str) -> str:
     rows = []
-    for e in doc.cost["environments"]:
+    for e in doc.cost.environments:
         rows.append(
             "<tr>"
             + "".join(
@@ -340,14 +337,14 @@ def _cost_table(doc: Report, cur: str) -> str:
                 for i, cell in enumerate(
                     (
                         env_label(e),
-                        e["version"] or "-",
-                        e["replicas"],
-                        money(e["allocation"]["per_month"]["value"]),
+                        e.version or "-",
+                        e.replicas,
+                        money(e.allocation.per_month.value),
                         idle(e),
-                        money(e["serving_per_month"]["value"]),
-                        count(e["traffic"]["predictions_per_month"]),
-                        money(e["cost_per_1000"]["at_capacity"]["value"]),
-                        money(e["cost_per_1000"]["at_traffic"]["value"]),
+                        money(e.serving_per_month.value),
+                        count(e.traffic.predictions_per_month),
+                        money(e.cost_per_1000.at_capacity.value),
+                        money(e.cost_per_1000.at_traffic.value),
                     )
                 )
             )

@@ -98,19 +98,19 @@ def render(doc: Report) -> str:
         )
     lines += _table(["version", "level", "req/s", "p50 ms", "p99 ms", "SLO"], rows)
     cost = doc.cost
-    budget = cost["budget"]
+    budget = cost.budget
     lines += ["", "### Cost and ROI", ""]
     rows = [
         [
             env_label(e),
-            e["version"] or "-",
-            money(e["serving_per_month"]["value"], cur),
+            e.version or "-",
+            money(e.serving_per_month.value, cur),
             idle(e),
-            count(e["traffic"]["predictions_per_month"]),
-            money(e["cost_per_1000"]["at_capacity"]["value"], cur),
-            money(e["cost_per_1000"]["at_traffic"]["value"], cur),
+            count(e.traffic.predictions_per_month),
+            money(e.cost_per_1000.at_capacity.value, cur),
+            money(e.cost_per_1000.at_traffic.value, cur),
         ]
-        for e in cost["environments"]
+        for e in cost.environments
     ]
     lines += _table(
         [
@@ -124,25 +124,25 @@ def render(doc: Report) -> str:
         ],
         rows,
     )
-    total = cost["total_per_month"]["value"]
+    total = cost.total_per_month.value
     line = f"**Total {money(total, cur)} a month**"
-    if budget["per_month"] is not None:
-        line += f" — {MARK['bad'] if budget['over'] else MARK['ok']} {budget_share(budget, cur)}"
-    lines += ["", line + f" (retraining {money(cost['retraining']['per_month']['value'], cur)})"]
-    roi = cost["roi"]
-    if roi["configured"]:
-        pct = roi["roi_percent"]["value"]
+    if budget.per_month is not None:
+        line += f" — {MARK['bad'] if budget.over else MARK['ok']} {budget_share(budget, cur)}"
+    lines += ["", line + f" (retraining {money(cost.retraining.per_month.value, cur)})"]
+    roi = cost.roi
+    if roi.configured:
+        pct = roi.roi_percent.value
         lines.append(
-            f"ROI: value {money(roi['value_per_month']['value'], cur)}/month, net "
-            f"{money(roi['net_per_month']['value'], cur)}/month, "
+            f"ROI: value {money(roi.value_per_month.value, cur)}/month, net "
+            f"{money(roi.net_per_month.value, cur)}/month, "
             + ("n/a" if pct is None else f"{pct:,.0f}%")
-            + (f" ({roi['projection_note']})" if roi.get("projection_note") else "")
+            + (f" ({roi.projection_note})" if roi.projection_note else "")
         )
     else:
-        lines.append(f"ROI: {roi['note']}")
+        lines.append(f"ROI: {roi.note}")
     alerts = [
         f"- {env}: **{a.kind}** {a.message}" for env, mon in monitored.items() for a in mon.alerts
-    ] + [f"- **{a['kind']}** {a['message']}" for a in cost["alerts"]]
+    ] + [f"- **{a.kind}** {a.message}" for a in cost.alerts]
     if alerts:
         lines += ["", "### Alerts", "", *alerts]
     if doc.triggers:

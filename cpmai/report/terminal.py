@@ -107,38 +107,38 @@ def render(doc: Report) -> Any:
             or "packaged",
         )
     cost = doc.cost
-    budget = cost["budget"]
+    budget = cost.budget
     money_table = Table(title="cost", title_justify="left")
     for column in ("env", "serving/mo", "idle", "pred/mo", "1k @capacity", "1k @traffic"):
         money_table.add_column(column, justify="left" if column == "env" else "right")
-    for e in cost["environments"]:
+    for e in cost.environments:
         money_table.add_row(
             env_label(e),
-            money(e["serving_per_month"]["value"]),
+            money(e.serving_per_month.value),
             idle(e),
-            count(e["traffic"]["predictions_per_month"]),
-            money(e["cost_per_1000"]["at_capacity"]["value"]),
-            money(e["cost_per_1000"]["at_traffic"]["value"]),
+            count(e.traffic.predictions_per_month),
+            money(e.cost_per_1000.at_capacity.value),
+            money(e.cost_per_1000.at_traffic.value),
         )
-    total = cost["total_per_month"]["value"]
+    total = cost.total_per_month.value
     budget_line = f"total [bold]{money(total, cur)}[/bold] a month"
-    if budget["per_month"] is not None:
-        colour = "red" if budget["over"] else "green"
+    if budget.per_month is not None:
+        colour = "red" if budget.over else "green"
         budget_line += f", [{colour}]{budget_share(budget, cur)}[/]"
-    roi = cost["roi"]
-    pct = roi["roi_percent"]["value"]
+    roi = cost.roi
+    pct = roi.roi_percent.value
     roi_line = (
         f"ROI {('n/a' if pct is None else f'{pct:,.0f}%')}, net "
-        f"{money(roi['net_per_month']['value'], cur)} a month"
-        + (f" [dim]({escape(roi['projection_note'])})[/dim]" if roi.get("projection_note") else "")
-        if roi["configured"]
-        else f"[dim]{escape(roi['note'])}[/dim]"
+        f"{money(roi.net_per_month.value, cur)} a month"
+        + (f" [dim]({escape(roi.projection_note)})[/dim]" if roi.projection_note else "")
+        if roi.configured
+        else f"[dim]{escape(roi.note or '')}[/dim]"
     )
     alerts = [
         f"[red]●[/red] {env}: {a.kind} — {escape(a.message)}"
         for env, mon in monitored.items()
         for a in mon.alerts
-    ] + [f"[red]●[/red] {a['kind']} — {escape(a['message'])}" for a in cost["alerts"]]
+    ] + [f"[red]●[/red] {a.kind} — {escape(a.message)}" for a in cost.alerts]
     fired = sum(t.action == "trigger" for t in doc.triggers)
     parts: list[Any] = [
         Panel(envs, title="environments", title_align="left"),

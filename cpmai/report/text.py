@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpmai.monitor.notes import lost_line, synthetic_line
 
 if TYPE_CHECKING:
+    from cpmai.costs.document import Budget, EnvironmentCost
     from cpmai.report.document import Monitored, Report
 
 
@@ -33,24 +34,23 @@ def count(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
-def idle(entry: dict[str, Any]) -> str:
+def idle(entry: EnvironmentCost) -> str:
     """The idle share of an environment's cost, or "-" (no samples, or nothing priced)."""
-    usage = entry["usage"]
-    value = usage["idle_share"]["cost"]["value"] if usage else None
+    value = entry.usage.idle_share.cost.value if entry.usage else None
     return "-" if value is None else f"{value:.0%}"
 
 
-def budget_share(budget: dict[str, Any], currency: str = "") -> str:
+def budget_share(budget: Budget, currency: str = "") -> str:
     """ "38% of the 300.00 USD budget", or "over the 0.00 USD budget"."""
-    amount = money(budget["per_month"], currency)
-    if budget["used_share"] is None:
-        return f"{'over' if budget['over'] else 'within'} the {amount} budget"
-    return f"{budget['used_share']:.0%} of the {amount} budget"
+    amount = money(budget.per_month, currency)
+    if budget.used_share is None:
+        return f"{'over' if budget.over else 'within'} the {amount} budget"
+    return f"{budget.used_share:.0%} of the {amount} budget"
 
 
-def env_label(entry: dict[str, Any]) -> str:
+def env_label(entry: EnvironmentCost) -> str:
     """An environment of `cpmai cost`'s document: "(not live)" when its cost is a plan."""
-    return str(entry["env"]) + (" (not live)" if entry["planned"] else "")
+    return entry.env + (" (not live)" if entry.planned else "")
 
 
 def status_of(monitored: Monitored) -> tuple[str, str]:

@@ -4,6 +4,7 @@ runtime it is served with (its ONNX twin when that agrees with it, and how fast 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from cpmai.errors import ModelLoadError, UsageError
 from cpmai.fsutil import sha256_file
 from cpmai.manifest import InputSpec, Manifest
 from cpmai.runtime.formats import LoadedModel
+from cpmai.runtime.signature import Signature
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,9 +21,20 @@ SAMPLE_ROWS = 100
 """Reference rows the model is run on to learn its call, outputs and speed."""
 
 
+@dataclass
+class Inspected:
+    """What `signature_of` learns: the signature, and what only packaging uses."""
+
+    signature: Signature
+    call: str | None
+    """How the model takes its input (`predictor.CALLS`); None for an ONNX graph or no data."""
+    probes: pd.DataFrame | None
+    """Rows with an unseen or missing value the model took (the twin must agree on them too)."""
+
+
 def signature_of(
     manifest: Manifest, loaded: LoadedModel, data: dict[str, pd.DataFrame], fmt: str
-) -> dict[str, Any]:
+) -> Inspected:
     """Inputs (declared, or inferred from the reference data) and outputs; checks the model
     predicts on a sample of the reference rows."""
     from cpmai.runtime import signature as sig
@@ -66,20 +79,19 @@ def signature_of(
             inputs, probes = _probe_tolerances(loaded, inputs, reference, call, overridden)
         elif loaded.info.get("probabilities"):
             loaded.info["probabilities"] = _are_probabilities(loaded, inputs, reference)
-    return {
-        "task": manifest.model.task,
-        "format": fmt,
-        "flavor": loaded.flavor,
-        "origin": origin,
-        "target": manifest.data.target,
-        "inputs": [_spec_json(spec) for spec in inputs],
-        "outputs": sig.outputs_for(
+    signature = Signature(
+        task=manifest.model.task,
+        format=fmt,
+        flavor=loaded.flavor,
+        origin=origin,
+        target=manifest.data.target,
+        inputs=inputs,
+        outputs=sig.outputs_for(
             manifest.model.task, loaded.obj, loaded.info if loaded.flavor == "onnx" else None
         ),
-        "data_rows": {role: len(frame) for role, frame in data.items()},
-        "call": call,
-        "probes": probes,
-    }
+        data_rows={role: len(frame) for role, frame in data.items()},
+    )
+    return Inspected(signature, call, probes)
 
 
 def _are_probabilities(loaded: LoadedModel, inputs: list[InputSpec], sample: pd.DataFrame) -> bool:
@@ -90,7 +102,7 @@ def _are_probabilities(loaded: LoadedModel, inputs: list[InputSpec], sample: pd.
     from cpmai.runtime.predictor import OnnxRunner
 
     rows = sample.head(SAMPLE_ROWS)
-    runner = OnnxRunner(loaded.obj, [spec.model_dump() for spec in inputs], "columns")
+    runner = OnnxRunner(loaded.obj, inputs, "columns")
     try:
         _, scores = runner.run({s.name: rows[s.name].tolist() for s in inputs}, want_proba=True)
     except Exception:
@@ -122,8 +134,7 @@ def _probe_tolerances(
 
     from cpmai.runtime.predictor import SklearnRunner
 
-    specs = [spec.model_dump() for spec in inputs]
-    runner = SklearnRunner(loaded.obj, specs, call=call)
+    runner = SklearnRunner(loaded.obj, inputs, call=call)
     base = reference.head(1)
     rows, checked = [], []
     for i, spec in enumerate(inputs):
@@ -164,13 +175,6 @@ def _unseen_value(spec: InputSpec) -> Any:
     return max(numbers) + 1 if numbers and len(numbers) == len(known) else None
 
 
-def _spec_json(spec: InputSpec) -> dict[str, Any]:
-    data = spec.model_dump(exclude_none=True)
-    if not data.get("open"):
-        data.pop("open", None)  # closed is the default: signatures without it read the same
-    return data
-
-
 def _find_call(
     loaded: LoadedModel, inputs: list[InputSpec], sample: pd.DataFrame, manifest: Manifest
 ) -> str | None:
@@ -178,9 +182,8 @@ def _find_call(
     rows, the way the model says it was fitted first. None for ONNX graphs (fed by name)."""
     from cpmai.runtime.predictor import default_call, runner_for
 
-    specs = [spec.model_dump() for spec in inputs]
     columns = {spec.name: sample[spec.name].tolist() for spec in inputs}
-    first = None if loaded.flavor == "onnx" else default_call(loaded.obj, specs)
+    first = None if loaded.flavor == "onnx" else default_call(loaded.obj, inputs)
     calls: list[str | None] = [first]
     if first == "matrix":
         calls.append("frame")  # numbers only, no feature_names_in_: a wrapper may want names
@@ -192,7 +195,7 @@ def _find_call(
             call or "", "its graph inputs"
         )
         try:
-            predictions, _ = runner_for(loaded, specs, call=call).run(columns)
+            predictions, _ = runner_for(loaded, inputs, call=call).run(columns)
         except Exception as exc:
             failures.append(f"given {how}: {type(exc).__name__}: {exc}")
             continue
@@ -218,7 +221,7 @@ def _find_call(
 def choose_runtime(
     manifest: Manifest,
     loaded: LoadedModel,
-    signature: dict[str, Any],
+    signature: Signature,
     model_rel: str,
     data: dict[str, pd.DataFrame],
     build: Path,
@@ -250,7 +253,7 @@ def choose_runtime(
 
     conversion = onnx_twin.convert(
         loaded.obj,
-        signature["inputs"],
+        signature.inputs,
         list(data.values()),
         manifest.model.task,
         call=call or "frame",
@@ -293,7 +296,7 @@ def choose_runtime(
 
 
 def _onnx_ms_per_row(
-    conversion: Any, signature: dict[str, Any], data: dict[str, pd.DataFrame]
+    conversion: Any, signature: Signature, data: dict[str, pd.DataFrame]
 ) -> float | None:
     from cpmai.runtime.predictor import OnnxRunner
 
@@ -301,16 +304,16 @@ def _onnx_ms_per_row(
     if frame is None or conversion.onnx is None:
         return None
     runner = OnnxRunner(
-        conversion.onnx, signature["inputs"], conversion.input_mode, conversion.graph_inputs
+        conversion.onnx, signature.inputs, conversion.input_mode, conversion.graph_inputs
     )
     return _median_ms(runner, signature, frame)
 
 
-def _median_ms(runner: Any, signature: dict[str, Any], frame: pd.DataFrame) -> float:
+def _median_ms(runner: Any, signature: Signature, frame: pd.DataFrame) -> float:
     import statistics
     import time
 
-    row = {spec["name"]: frame[spec["name"]].head(1).tolist() for spec in signature["inputs"]}
+    row = {name: frame[name].head(1).tolist() for name in signature.names}
     times = []
     for _ in range(7):
         start = time.perf_counter()
@@ -321,7 +324,7 @@ def _median_ms(runner: Any, signature: dict[str, Any], frame: pd.DataFrame) -> f
 
 def _ms_per_row(
     loaded: LoadedModel,
-    signature: dict[str, Any],
+    signature: Signature,
     data: dict[str, pd.DataFrame],
     call: str | None,
 ) -> float | None:
@@ -332,7 +335,7 @@ def _ms_per_row(
     frame = data.get("reference")
     if frame is None:
         return None
-    return _median_ms(SklearnRunner(loaded.obj, signature["inputs"], call=call), signature, frame)
+    return _median_ms(SklearnRunner(loaded.obj, signature.inputs, call=call), signature, frame)
 
 
 def _onnx_in_mlflow(loaded: LoadedModel, model_rel: str) -> str:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cpmai.manifest import InputSpec
+
 TOLERANCE = 1e-4
 OPSET = {"": 17, "ai.onnx.ml": 3}
 _TREE_OPS = {"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"}
@@ -51,7 +53,7 @@ class Conversion:
 
 def convert(
     model: Any,
-    inputs: list[dict[str, Any]],
+    inputs: list[InputSpec],
     frames: list[pd.DataFrame],
     task: str,
     *,
@@ -105,8 +107,8 @@ def convert(
     return Conversion(None, error="; ".join(notes) or "no conversion was attempted", attempts=notes)
 
 
-def _candidates(inputs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    numeric = all(s["type"] in ("integer", "number") for s in inputs)
+def _candidates(inputs: list[InputSpec]) -> list[tuple[str, str]]:
+    numeric = all(s.type in ("integer", "number") for s in inputs)
     # all numbers: one matrix input first (one tensor to feed: 0.036 against 0.054 ms a row
     # for 30 features here), one input per column for the converters that need names
     modes = ["matrix", "columns"] if numeric else ["columns"]
@@ -144,7 +146,7 @@ class _Prepared:
     options: dict[Any, Any]
 
 
-def _prepare(model: Any, inputs: list[dict[str, Any]]) -> _Prepared | str:
+def _prepare(model: Any, inputs: list[InputSpec]) -> _Prepared | str:
     """Done once per conversion; a string says why the model cannot be converted at all."""
     try:
         import skl2onnx  # noqa: F401
@@ -157,7 +159,7 @@ def _prepare(model: Any, inputs: list[dict[str, Any]]) -> _Prepared | str:
         options = _options(model)
     except Exception as exc:  # an odd model object, or a converter library that changed
         return f"cannot prepare the conversion: {_first_line(exc)}"
-    if any(s["type"] == "string" for s in inputs):
+    if any(s.type == "string" for s in inputs):
         # ONNX Runtime's StringNormalizer defaults to en_US.UTF-8, absent from many machines
         # (containers especially); C.UTF-8 is always there. Parity checks the result.
         options.update(
@@ -167,7 +169,7 @@ def _prepare(model: Any, inputs: list[dict[str, Any]]) -> _Prepared | str:
 
 
 def _to_onnx(
-    prepared: _Prepared, inputs: list[dict[str, Any]], mode: str, precision: str
+    prepared: _Prepared, inputs: list[InputSpec], mode: str, precision: str
 ) -> tuple[bytes | None, str | None]:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import (
@@ -180,17 +182,17 @@ def _to_onnx(
     model = prepared.model
     number = FloatTensorType if precision == "float" else DoubleTensorType
 
-    def column_type(spec: dict[str, Any]) -> Any:
-        if spec["type"] in ("integer", "number"):
+    def column_type(spec: InputSpec) -> Any:
+        if spec.type in ("integer", "number"):
             return number([None, 1])
-        if spec["type"] == "boolean":
+        if spec.type == "boolean":
             return Int64TensorType([None, 1])
         return StringTensorType([None, 1])
 
     if mode == "matrix":
         initial_types = [("X", number([None, len(inputs)]))]
     else:
-        initial_types = [(s["name"], column_type(s)) for s in inputs]
+        initial_types = [(s.name, column_type(s)) for s in inputs]
     try:
         if hasattr(model, "to_onnx"):  # a native booster file (cpmai.runtime.boosters)
             graph = model.to_onnx(initial_types, OPSET)
@@ -244,7 +246,7 @@ def _nan_string_imputer(part: Any) -> bool:
     return part.statistics_.dtype == object and isinstance(missing, float) and missing != missing
 
 
-def _graph_inputs(onnx_bytes: bytes, inputs: list[dict[str, Any]], mode: str) -> dict[str, str]:
+def _graph_inputs(onnx_bytes: bytes, inputs: list[InputSpec], mode: str) -> dict[str, str]:
     """Column → graph input where skl2onnx renamed it (it makes names identifier-safe); the
     graph keeps the inputs in the order they were declared."""
     if mode != "columns":
@@ -252,7 +254,7 @@ def _graph_inputs(onnx_bytes: bytes, inputs: list[dict[str, Any]], mode: str) ->
     import onnx
 
     names = [i.name for i in onnx.load_from_string(onnx_bytes).graph.input]
-    return {s["name"]: g for s, g in zip(inputs, names, strict=True) if s["name"] != g}
+    return {s.name: g for s, g in zip(inputs, names, strict=True) if s.name != g}
 
 
 _PATCH_LOCK = threading.Lock()
@@ -423,14 +425,14 @@ class _Original:
 
     @classmethod
     def of(
-        cls, model: Any, inputs: list[dict[str, Any]], frames: list[pd.DataFrame], call: str
+        cls, model: Any, inputs: list[InputSpec], frames: list[pd.DataFrame], call: str
     ) -> _Original:
         import pandas as pd
 
         from cpmai.runtime.predictor import SklearnRunner
 
         frame = pd.concat(frames, ignore_index=True)
-        columns = {spec["name"]: frame[spec["name"]].to_numpy() for spec in inputs}
+        columns = {spec.name: frame[spec.name].to_numpy() for spec in inputs}
         labels, probabilities = SklearnRunner(model, inputs, call=call).run(
             columns, want_proba=True
         )
@@ -438,7 +440,7 @@ class _Original:
 
 
 def _parity(
-    original: _Original, result: Conversion, inputs: list[dict[str, Any]], task: str
+    original: _Original, result: Conversion, inputs: list[InputSpec], task: str
 ) -> dict[str, Any]:
     import numpy as np
 

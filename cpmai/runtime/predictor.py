@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from cpmai.artifacts import Artifact
+    from cpmai.manifest import InputSpec
     from cpmai.runtime.formats import LoadedModel
+    from cpmai.runtime.signature import Signature
 
 Columns = dict[str, Any]
 Result = tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any] | None"]
@@ -39,7 +41,7 @@ class OnnxRunner:
     def __init__(
         self,
         model: bytes | Path | Any,
-        inputs: list[dict[str, Any]],
+        inputs: list[InputSpec],
         mode: str,
         graph_inputs: dict[str, str] | None = None,
     ) -> None:
@@ -58,7 +60,7 @@ class OnnxRunner:
             )
         else:
             self.session = model
-        self.names = [spec["name"] for spec in inputs]
+        self.names = [spec.name for spec in inputs]
         graph = self.session.get_inputs()
         self.dtypes = {i.name: _NUMPY_FOR_ONNX.get(i.type, "float32") for i in graph}
         renamed = graph_inputs or {}
@@ -114,10 +116,10 @@ CALLS = ("frame", "column", "matrix")
 as a 1-D sequence (a text pipeline fitted on a Series), or a float matrix (fitted on an array)."""
 
 
-def default_call(model: Any, inputs: list[dict[str, Any]]) -> str:
+def default_call(model: Any, inputs: list[InputSpec]) -> str:
     """The call for artifacts packaged before the call was recorded (and the first guess)."""
     by_name = hasattr(model, "feature_names_in_") or any(
-        spec["type"] in ("category", "string") for spec in inputs
+        spec.type in ("category", "string") for spec in inputs
     )
     return "frame" if by_name else "matrix"
 
@@ -133,16 +135,12 @@ class SklearnRunner:
 
     flavor = "sklearn"
 
-    def __init__(
-        self, model: Any, inputs: list[dict[str, Any]], *, call: str | None = None
-    ) -> None:
+    def __init__(self, model: Any, inputs: list[InputSpec], *, call: str | None = None) -> None:
         self.model = model
-        self.names = [spec["name"] for spec in inputs]
+        self.names = [spec.name for spec in inputs]
         self.call = call or default_call(model, inputs)
         self.text_columns = [
-            spec["name"]
-            for spec in inputs
-            if spec["type"] in ("category", "string") and spec.get("nullable")
+            spec.name for spec in inputs if spec.type in ("category", "string") and spec.nullable
         ]
         self.has_proba = hasattr(model, "predict_proba")
 
@@ -170,15 +168,14 @@ class Predictor:
     """The model of one verified artifact, ready for requests."""
 
     def __init__(
-        self, runner: OnnxRunner | SklearnRunner, signature: dict[str, Any], runtime: dict[str, Any]
+        self, runner: OnnxRunner | SklearnRunner, signature: Signature, runtime: dict[str, Any]
     ) -> None:
         self.runner = runner
         self.signature = signature
         self.runtime = runtime
-        self.inputs: list[dict[str, Any]] = signature["inputs"]
-        outputs = signature["outputs"]
-        self.classes: list[Any] | None = outputs[0].get("categories")
-        self.has_proba = any(o["name"] == "probabilities" for o in outputs) and (
+        self.inputs: list[InputSpec] = signature.inputs
+        self.classes: list[Any] | None = signature.classes
+        self.has_proba = any(o.name == "probabilities" for o in signature.outputs) and (
             runner.flavor == "sklearn" or getattr(runner, "proba_output", None) is not None
         )
 
@@ -189,7 +186,8 @@ class Predictor:
     @property
     def no_proba_reason(self) -> str:
         """Why this model gives no probabilities (for the message that refuses the request)."""
-        if self.signature["outputs"][0].get("type") != "category":
+        label = self.signature.label
+        if label is None or label.type != "category":
             return "the model is a regressor: it gives values, not class probabilities"
         if not self.classes:
             return "the model does not say its classes"
@@ -217,19 +215,19 @@ class Predictor:
                 )
             runner: OnnxRunner | SklearnRunner = OnnxRunner(
                 artifact.path / onnx_rel,
-                signature["inputs"],
+                signature.inputs,
                 info.get("input_mode", "columns"),
                 info.get("graph_inputs"),
             )
         else:
             runner = SklearnRunner(
-                artifact.load_model().obj, signature["inputs"], call=info.get("call")
+                artifact.load_model().obj, signature.inputs, call=info.get("call")
             )
         return cls(runner, signature, {**info, "runtime": choice})
 
 
 def runner_for(
-    loaded: LoadedModel, inputs: list[dict[str, Any]], *, call: str | None = None
+    loaded: LoadedModel, inputs: list[InputSpec], *, call: str | None = None
 ) -> OnnxRunner | SklearnRunner:
     """A runner for a model just loaded from its file (packaging checks it can predict)."""
     if loaded.flavor == "onnx":

@@ -2,19 +2,112 @@
 
 Inferred from the reference data, taken from the manifest, or read from the model file itself
 (ONNX graph inputs, an MLflow signature). Stored as `signature.json` in the artifact and later
-enforced on every request.
+enforced on every request. `Signature` is what that file holds, typed: `Signature.dumps` is the
+one writer of the file's bytes (part of the artifact's digest), `Signature.load` its one reader.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
 
 from cpmai.errors import UsageError
 from cpmai.manifest import InputOverride, InputSpec
 
 if TYPE_CHECKING:
     import pandas as pd
+
+SIGNATURE_FILE = "signature.json"
+"""The signature's file in an artifact (copied as it is into edge bundles)."""
+
+
+class OutputSpec(BaseModel):
+    """One model output: the prediction (a classifier's with its class labels) or the class
+    probabilities (with their shape)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    type: str
+    """`category` for a classifier's prediction, `number` for a value or the probabilities."""
+    categories: list[Any] | None = None
+    """A classifier's class labels, in the model's order (JSON scalars as the model gives them)."""
+    shape: list[int] | None = None
+    """The probabilities' shape: `[-1, number of classes]`."""
+
+
+class Signature(BaseModel):
+    """What `signature.json` holds: the inputs a request must bring, the outputs it gets back,
+    and what packaging learned on the way (task, format, where the inputs came from, rows of
+    data). Read once where a model is loaded; the request path copies what it needs."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task: str | None = None
+    """`classification` or `regression` (the manifest's `model.task`)."""
+    format: str | None = None
+    """The model file's format (joblib, onnx, mlflow...)."""
+    flavor: str | None = None
+    """How it loads: `sklearn` (any predict-able object) or `onnx`."""
+    origin: str | None = None
+    """Where the inputs came from (inferred from the reference data, the manifest, the file)."""
+    target: str | None = None
+    """The data's target column (`data.target`)."""
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec] = []
+    data_rows: dict[str, int] = {}
+    """Rows of each data file packaged (reference, holdout)."""
+
+    @property
+    def names(self) -> list[str]:
+        """The inputs' names, in signature order."""
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def label(self) -> OutputSpec | None:
+        """The first output (the prediction), if the signature has any."""
+        return self.outputs[0] if self.outputs else None
+
+    @property
+    def classes(self) -> list[Any] | None:
+        """A classifier's class labels (the prediction's categories); None otherwise."""
+        return self.outputs[0].categories if self.outputs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's JSON object: keys in field order, each key the signature was made or read
+        with (so a file read back dumps as it was); inputs without what is default-closed."""
+        data: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            if key not in self.model_fields_set:
+                continue
+            if key == "inputs":
+                data[key] = [_spec_json(spec) for spec in self.inputs]
+            elif key == "outputs":
+                data[key] = [out.model_dump(exclude_none=True) for out in self.outputs]
+            else:
+                data[key] = getattr(self, key)
+        return data
+
+    def dumps(self) -> str:
+        """The bytes of `signature.json` (as text): two-space indented, keys in order."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def load(cls, artifact_path: Path) -> Signature:
+        """The signature of the artifact at `artifact_path` (its `signature.json`)."""
+        return cls.model_validate_json((artifact_path / SIGNATURE_FILE).read_bytes())
+
+
+def _spec_json(spec: InputSpec) -> dict[str, Any]:
+    data = spec.model_dump(exclude_none=True)
+    if not data.get("open"):
+        data.pop("open", None)  # closed is the default: signatures without it read the same
+    return data
+
 
 MAX_CATEGORIES = 50
 """A text column with at most this many distinct values is a category; beyond, free text."""
@@ -73,24 +166,23 @@ def check_frame(inputs: list[InputSpec], frame: pd.DataFrame, *, source: str) ->
         raise UsageError(f"{source}: missing input column(s): {', '.join(missing)}")
 
 
-def outputs_for(
-    task: str, model_obj: Any, onnx: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def outputs_for(task: str, model_obj: Any, onnx: dict[str, Any] | None = None) -> list[OutputSpec]:
     """The outputs a request gets back, from the task and the fitted model's attributes (or,
     for an ONNX graph, the class labels and probability output found in it)."""
     if task == "regression":
-        return [{"name": "prediction", "type": "number"}]
+        return [OutputSpec(name="prediction", type="number")]
     if onnx is not None:
         classes = onnx.get("classes")
         has_proba = bool(onnx.get("probabilities"))
     else:
         classes = getattr(model_obj, "classes_", None)
         has_proba = hasattr(model_obj, "predict_proba")
-    outputs: list[dict[str, Any]] = [{"name": "prediction", "type": "category"}]
-    if classes is not None:
-        outputs[0]["categories"] = [_plain(c) for c in list(classes)]
-        if has_proba:
-            outputs.append({"name": "probabilities", "type": "number", "shape": [-1, len(classes)]})
+    if classes is None:
+        return [OutputSpec(name="prediction", type="category")]
+    labels = [_plain(c) for c in list(classes)]
+    outputs = [OutputSpec(name="prediction", type="category", categories=labels)]
+    if has_proba:
+        outputs.append(OutputSpec(name="probabilities", type="number", shape=[-1, len(labels)]))
     return outputs
 
 

@@ -20,7 +20,7 @@ import orjson
 
 from cpmai import __version__
 from cpmai.home import Home
-from cpmai.predlog.entry import Entry, new_entry
+from cpmai.predlog.entry import Entry
 from cpmai.predlog.writer import PredictionLog
 from cpmai.serving import origin, protocols
 from cpmai.serving.batching import Batcher, Scored
@@ -391,10 +391,8 @@ class InferenceApp:
                 self.metrics.out_of_range_value(warning.split(":", 1)[0])
         if self.log is None:
             return None
-        return new_entry(  # positional: once a request (the fields of `Entry`, in order)
-            None, call.start, elapsed, call.endpoint, 200, call.rows, call.request_id,
-            call.warnings, None, probabilities is not None, start, synthetic,
-        )  # fmt: skip
+        return (None, call.start, elapsed, call.endpoint, 200, call.rows, call.request_id,
+                call.warnings, None, probabilities is not None, start, synthetic)  # fmt: skip
 
     def _refuse(self, call: Call, exc: RequestError) -> None:
         self._error_reply(

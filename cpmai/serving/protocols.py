@@ -15,11 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cpmai.serving.validation import RequestError
+
+if TYPE_CHECKING:
+    from cpmai.runtime.predictor import Predictor
 
 Raw = dict[str, list[Any]]
 MAX_DEPTH = 32
@@ -376,12 +379,14 @@ def _csv_number(text: str, name: str) -> Any:
     return int(number) if number.is_integer() and "." not in text and "e" not in text else number
 
 
-def model_metadata(name: str, version: str, predictor: Any, label_datatype: str) -> dict[str, Any]:
+def model_metadata(
+    name: str, version: str, predictor: Predictor, label_datatype: str
+) -> dict[str, Any]:
     """The Open Inference Protocol's model metadata (`GET /v2/models/{name}`)."""
     inputs = [
         {
-            "name": spec["name"],
-            "datatype": OIP_DATATYPES[spec["type"]],
+            "name": spec.name,
+            "datatype": OIP_DATATYPES[spec.type],
             "shape": [-1, 1],
         }
         for spec in predictor.inputs

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
 
 from cpmai.serving import origin
 from cpmai.serving.validation import RequestError
+
+if TYPE_CHECKING:
+    from cpmai.runtime.signature import Signature
 
 Reply = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
 """How an answer leaves: status, body, headers (Content-Length is added by the sender)."""
@@ -86,9 +89,9 @@ def wants_probabilities_oip(doc: dict[str, Any]) -> bool:
     )
 
 
-def label_datatype_of(signature: dict[str, Any]) -> str:
-    first = signature["outputs"][0]
-    categories = first.get("categories")
+def label_datatype_of(signature: Signature) -> str:
+    """The Open Inference Protocol datatype of the prediction: from a classifier's labels."""
+    categories = signature.classes
     if not categories:
         return "FP64"
     if all(type(c) is int for c in categories):

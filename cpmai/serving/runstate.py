@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from cpmai.fsutil import read_json_object, write_atomic
-from cpmai.home import EnvFolders
+from cpmai.home import Home
 
 POLL_SECONDS = 0.05
 """How often a worker looks at routes.json (one stat call)."""
@@ -164,41 +164,26 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files of one environment's run folder."""
+    """The files of one environment's run folder (see the module's docstring)."""
 
     folder: Path
+    run: Path
+    server: Path
+    routes: Path
+    auth: Path
+    log: Path
+    lock: Path
+    workers: Path
 
     @classmethod
     def of(cls, home: Path, name: str, env: str) -> RunFiles:
-        return cls(EnvFolders(home, name, env).run)
+        return cls.at(Home(home).env(name, env).run)
 
-    @property
-    def run(self) -> Path:
-        return self.folder / "run.json"
-
-    @property
-    def server(self) -> Path:
-        return self.folder / "server.json"
-
-    @property
-    def routes(self) -> Path:
-        return self.folder / "routes.json"
-
-    @property
-    def auth(self) -> Path:
-        return self.folder / "auth.json"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "server.log"
-
-    @property
-    def lock(self) -> Path:
-        return self.folder / "rollout.lock"
-
-    @property
-    def workers(self) -> Path:
-        return self.folder / "workers"
+    @classmethod
+    def at(cls, folder: Path) -> RunFiles:
+        names = ("run.json", "server.json", "routes.json", "auth.json", "server.log",
+                 "rollout.lock", "workers")  # fmt: skip
+        return cls(folder, *(folder / name for name in names))
 
     def worker(self, pid: int) -> Path:
         return self.workers / f"{pid}.json"

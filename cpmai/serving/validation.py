@@ -10,7 +10,10 @@ is what drift is made of; `cpmai monitor` counts them).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpmai.manifest import InputSpec
 
 MAX_LISTED = 8
 _SCALARS = (str, int, bool)
@@ -26,16 +29,19 @@ class RequestError(Exception):
 
 
 class _Spec:
+    """One input's rules as plain slots, copied once from its `InputSpec` (the request path
+    reads these, not the pydantic model)."""
+
     __slots__ = ("allowed", "kind", "max", "min", "name", "nullable", "open", "shown")
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.name: str = spec["name"]
-        self.kind: str = spec["type"]
-        self.min: float | None = spec.get("min")
-        self.max: float | None = spec.get("max")
-        self.nullable: bool = bool(spec.get("nullable", False))
-        self.open: bool = bool(spec.get("open", False))
-        categories = spec.get("categories") or []
+    def __init__(self, spec: InputSpec) -> None:
+        self.name: str = spec.name
+        self.kind: str = spec.type
+        self.min: float | None = spec.min
+        self.max: float | None = spec.max
+        self.nullable: bool = spec.nullable
+        self.open: bool = spec.open
+        categories = spec.categories or []
         self.allowed = frozenset(categories)
         self.shown = ", ".join(repr(c) for c in categories[:MAX_LISTED]) + (
             ", ..." if len(categories) > MAX_LISTED else ""
@@ -45,7 +51,7 @@ class _Spec:
 class Validator:
     """Validates column data for one signature. Built once per server; cheap per request."""
 
-    def __init__(self, inputs: list[dict[str, Any]]) -> None:
+    def __init__(self, inputs: list[InputSpec]) -> None:
         self.specs = [_Spec(spec) for spec in inputs]
         self.names = [spec.name for spec in self.specs]
         self.name_set = frozenset(self.names)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import TargetError
 from cpmai.fsutil import read_json_object, sha256_file, write_atomic
+from cpmai.runtime.signature import SIGNATURE_FILE
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
 from cpmai.targets.render import files_written, render_folder, swap_in
 
@@ -85,7 +86,8 @@ class EdgeTarget:
         scratch.mkdir(parents=True)
         try:
             shutil.copy2(artifact.path / twin, scratch / "model.onnx")
-            shutil.copy2(artifact.path / "signature.json", scratch / "signature.json")
+            # as packaged, byte for byte: the standalone runner reads it without cpmai
+            shutil.copy2(artifact.path / SIGNATURE_FILE, scratch / SIGNATURE_FILE)
             shutil.copy2(RUNNER, scratch / "runner.py")
             (scratch / "requirements.txt").write_text(
                 "\n".join(bundle_requirements(artifact)) + "\n"
