@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cpmai.bench import MAX_CONCURRENCY, MAX_RATE
+from cpmai.cli.options import JsonFlag, argument, flag, option
 from cpmai.cli.output import OPTIONS, emit_json, progress, show, shown_path, wants_json, warn
-from cpmai.cli.project import JsonFlag
 
 if TYPE_CHECKING:
     from cpmai.bench.result import BenchResult, LevelResult
@@ -35,48 +35,38 @@ def _numbers(text: str | None, kind: type, option: str) -> list[Any]:
 def bench(
     target: Annotated[
         str | None,
-        typer.Argument(
-            help="NAME[@VERSION|@ENV]: benchmark in process (no HTTP); with --url, the model whose "
-            "reference rows to send.",
-            show_default=False,
+        argument(
+            "NAME[@VERSION|@ENV]: benchmark in process (no HTTP); with --url, the model whose "
+            "reference rows to send."
         ),
     ] = None,
     url: Annotated[
-        str | None,
-        typer.Option(
-            help="Benchmark a running server over HTTP (any MLflow or OIP v2 server).",
-            show_default=False,
-        ),
+        str | None, option("Benchmark a running server over HTTP (any MLflow or OIP v2 server).")
     ] = None,
     protocol: Annotated[
         str, typer.Option(help="With --url: mlflow (/invocations) or oip (/v2/models/M/infer).")
     ] = "mlflow",
-    model: Annotated[
-        str | None, typer.Option(help="With --protocol oip: the model name.", show_default=False)
-    ] = None,
+    model: Annotated[str | None, option("With --protocol oip: the model name.")] = None,
     input_file: Annotated[
         Path | None,
-        typer.Option(
+        option(
+            "Rows to send (CSV/JSON/Parquet; default: the artifact's reference data).",
             "--input",
             "-i",
-            help="Rows to send (CSV/JSON/Parquet; default: the artifact's reference data).",
-            show_default=False,
         ),
     ] = None,
     concurrency: Annotated[
         str | None,
-        typer.Option(
-            help="Closed loop: requests in flight, a list sweeps (e.g. 1,2,4,8,16). "
-            "Open loop: connections (default 64).",
-            show_default=False,
+        option(
+            "Closed loop: requests in flight, a list sweeps (e.g. 1,2,4,8,16). "
+            "Open loop: connections (default 64)."
         ),
     ] = None,
     rate: Annotated[
         str | None,
-        typer.Option(
-            help="Open loop: requests per second, a list sweeps (e.g. 500,1000); latency "
-            "from the intended send time.",
-            show_default=False,
+        option(
+            "Open loop: requests per second, a list sweeps (e.g. 500,1000); latency "
+            "from the intended send time."
         ),
     ] = None,
     arrival: Annotated[str, typer.Option(help="Open loop arrivals: constant or poisson.")] = (
@@ -84,10 +74,7 @@ def bench(
     ),
     seed: Annotated[int, typer.Option(help="Seed of Poisson arrivals.")] = 0,
     batch_size: Annotated[
-        str | None,
-        typer.Option(
-            help="Rows per call/request, a list sweeps (e.g. 1,8,64).", show_default=False
-        ),
+        str | None, option("Rows per call/request, a list sweeps (e.g. 1,8,64).")
     ] = None,
     duration: Annotated[
         float, typer.Option(help="Seconds measured per level, at least.", min=0.1)
@@ -104,58 +91,43 @@ def bench(
     ] = 1,
     find_capacity: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--find-capacity",
-            help="Search the highest concurrency (or rate, with "
+            "Search the highest concurrency (or rate, with "
             "--rate as the start) that meets the SLO.",
         ),
     ] = False,
     slo: Annotated[
         str | None,
-        typer.Option(
-            help="e.g. p99_ms=20,error_rate=0.01,throughput_min=1000 (default: the "
-            "manifest's slo: and gates.latency:).",
-            show_default=False,
+        option(
+            "e.g. p99_ms=20,error_rate=0.01,throughput_min=1000 (default: the "
+            "manifest's slo: and gates.latency:)."
         ),
     ] = None,
     baseline: Annotated[
         str | None,
-        typer.Option(
-            help="Compare with: latest, ENV (the newest run of the version live there), a "
-            "VERSION, or a result FILE (.json).",
-            show_default=False,
+        option(
+            "Compare with: latest, ENV (the newest run of the version live there), a "
+            "VERSION, or a result FILE (.json)."
         ),
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="Regression when the ratio exceeds this (and p < 0.05).", min=1.0)
     ] = 1.10,
     force: Annotated[
-        bool, typer.Option("--force", help="Compare with a baseline from another machine.")
+        bool, flag("--force", "Compare with a baseline from another machine.")
     ] = False,
-    token: Annotated[
-        str | None, typer.Option(help="Bearer token for --url.", show_default=False)
-    ] = None,
+    token: Annotated[str | None, option("Bearer token for --url.")] = None,
     pid: Annotated[
         int | None,
-        typer.Option(
-            help="The server's pid for resource figures (default: who listens on the port).",
-            show_default=False,
-        ),
+        option("The server's pid for resource figures (default: who listens on the port)."),
     ] = None,
-    no_save: Annotated[bool, typer.Option("--no-save", help="Do not keep this run.")] = False,
-    junit: Annotated[
-        Path | None,
-        typer.Option(help="Write JUnit XML (one testcase per check).", show_default=False),
-    ] = None,
+    no_save: Annotated[bool, flag("--no-save", "Do not keep this run.")] = False,
+    junit: Annotated[Path | None, option("Write JUnit XML (one testcase per check).")] = None,
     markdown: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write a Markdown summary (PR comment, step summary).", show_default=False
-        ),
+        Path | None, option("Write a Markdown summary (PR comment, step summary).")
     ] = None,
-    csv: Annotated[
-        Path | None, typer.Option(help="Write one CSV row per level.", show_default=False)
-    ] = None,
+    csv: Annotated[Path | None, option("Write one CSV row per level.")] = None,
     json_: JsonFlag = False,
 ) -> int:
     """Benchmark a model in process or a server over HTTP: latency percentiles (p50 … p99.9,
@@ -174,9 +146,9 @@ def bench(
     home = resolve_home(OPTIONS.home)
     floats = {"--duration": duration, "--warmup": warmup, "--max-duration": max_duration,
               "--threshold": threshold}  # fmt: skip
-    for option, number in floats.items():
+    for name, number in floats.items():
         if not math.isfinite(number):
-            raise UsageError(f"{option} {number}: expected a finite number")
+            raise UsageError(f"{name} {number}: expected a finite number")
     for path in (junit, markdown, csv):  # before minutes of load, not after
         if path is not None and not path.parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")

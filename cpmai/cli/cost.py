@@ -2,10 +2,9 @@
 
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
+from cpmai.cli.options import IncludeSyntheticFlag, JsonFlag, argument, flag, option
 from cpmai.cli.output import OPTIONS, detail, emit_json, progress, show, wants_json, warn
-from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
+from cpmai.cli.project import name_or_manifest
 from cpmai.monitor.notes import synthetic_line
 from cpmai.report.text import budget_share, count, env_label, idle, money
 
@@ -16,46 +15,26 @@ if TYPE_CHECKING:
 def cost(
     target: Annotated[
         str,
-        typer.Argument(
-            help="Model name, or a manifest file (its costs:, business: and environments: then "
-            "apply: the way to try a new price sheet).",
-            show_default=False,
+        argument(
+            "Model name, or a manifest file (its costs:, business: and environments: then "
+            "apply: the way to try a new price sheet)."
         ),
     ],
     env: Annotated[
-        str | None,
-        typer.Option(
-            "--env", "-e", help="One environment (default: every live one).", show_default=False
-        ),
+        str | None, option("One environment (default: every live one).", "--env", "-e")
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(
-            help="Start of the measured period: ISO time or age (default: 730h, a month).",
-            show_default=False,
-        ),
+        option("Start of the measured period: ISO time or age (default: 730h, a month)."),
     ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="End of the period (default: now).", show_default=False)
-    ] = None,
-    replicas: Annotated[
-        int | None,
-        typer.Option(help="What if: this many replicas.", min=1, max=1000, show_default=False),
-    ] = None,
-    traffic: Annotated[
-        float | None,
-        typer.Option(help="What if: this many predictions per second.", show_default=False),
-    ] = None,
+    until: Annotated[str | None, option("End of the period (default: now).")] = None,
+    replicas: Annotated[int | None, option("What if: this many replicas.", min=1, max=1000)] = None,
+    traffic: Annotated[float | None, option("What if: this many predictions per second.")] = None,
     max_increase: Annotated[
         str | None,
-        typer.Option(
-            help="Exit 4 when a cost rose more than this against the previous version (15%).",
-            show_default=False,
-        ),
+        option("Exit 4 when a cost rose more than this against the previous version (15%)."),
     ] = None,
-    explain: Annotated[
-        bool, typer.Option("--explain", help="Show every figure's formula and inputs.")
-    ] = False,
+    explain: Annotated[bool, flag("--explain", "Show every figure's formula and inputs.")] = False,
     include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,
 ) -> int:

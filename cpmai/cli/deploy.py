@@ -4,21 +4,16 @@ from typing import Annotated, Any
 
 import typer
 
+from cpmai.cli.options import JsonFlag, ManifestArg, argument, flag, option
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json
-from cpmai.cli.project import JsonFlag, ManifestArg
 
 EnvOpt = Annotated[
     str, typer.Option("--env", "-e", help="The environment (as named in the manifest).")
 ]
-ReasonOpt = Annotated[
-    str | None,
-    typer.Option("--reason", help="Why, for the ledger.", show_default=False),
-]
-WatchOpt = Annotated[
-    bool, typer.Option("--watch", help="Show a canary's figures every second while it runs.")
-]
-NameArg = Annotated[str, typer.Argument(help="Model name.", show_default=False)]
-VersionArg = Annotated[str, typer.Argument(help="Version (e.g. 1.2.0).", show_default=False)]
+ReasonOpt = Annotated[str | None, option("Why, for the ledger.", "--reason")]
+WatchOpt = Annotated[bool, flag("--watch", "Show a canary's figures every second while it runs.")]
+NameArg = Annotated[str, argument("Model name.")]
+VersionArg = Annotated[str, argument("Version (e.g. 1.2.0).")]
 
 
 def _context() -> tuple[Any, str]:
@@ -62,17 +57,17 @@ def deploy(
     watch: WatchOpt = False,
     dry_run: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--dry-run",
-            help="Package and run every gate ENV would run, record the result, and stop there: "
+            "Package and run every gate ENV would run, record the result, and stop there: "
             "nothing is rolled out (exit 0 or 3). For pull requests.",
         ),
     ] = False,
     without_approvals: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--without-approvals",
-            help="With --dry-run: leave out the approvals gate (a pull request is checked before "
+            "With --dry-run: leave out the approvals gate (a pull request is checked before "
             "anyone approves it).",
         ),
     ] = False,
@@ -145,12 +140,7 @@ def rollback(
     name: NameArg,
     env: EnvOpt,
     to: Annotated[
-        str | None,
-        typer.Option(
-            "--to",
-            help="The version to return to (default: the previous good one).",
-            show_default=False,
-        ),
+        str | None, option("The version to return to (default: the previous good one).", "--to")
     ] = None,
     reason: ReasonOpt = None,
     json_: JsonFlag = False,
@@ -179,9 +169,7 @@ def approve(
     name: NameArg,
     version: VersionArg,
     env: EnvOpt,
-    note: Annotated[
-        str | None, typer.Option("--note", help="What you checked.", show_default=False)
-    ] = None,
+    note: Annotated[str | None, option("What you checked.", "--note")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Approve VERSION for ENV. Only the environment's `approvers:` may (others are refused,

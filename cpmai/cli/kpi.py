@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
+from cpmai.cli.options import JsonFlag, argument, option
 from cpmai.cli.output import OPTIONS, emit_json, info, table, wants_json
-from cpmai.cli.project import JsonFlag
 
 app = typer.Typer(
     help="Business KPIs recorded against a model (kept in the ledger; `business.value_kpi` "
@@ -17,16 +17,11 @@ app = typer.Typer(
 
 @app.command("record")
 def record(
-    name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
-    metric: Annotated[
-        str, typer.Argument(help="KPI name, e.g. retained_revenue.", show_default=False)
-    ],
-    value: Annotated[float, typer.Argument(help="The measured value.", show_default=False)],
+    name: Annotated[str, argument("Model name.")],
+    metric: Annotated[str, argument("KPI name, e.g. retained_revenue.")],
+    value: Annotated[float, argument("The measured value.")],
     at: Annotated[
-        str | None,
-        typer.Option(
-            help="When the value holds: ISO time or age (default: now).", show_default=False
-        ),
+        str | None, option("When the value holds: ISO time or age (default: now).")
     ] = None,
     note: Annotated[str, typer.Option(help="Where the figure comes from.")] = "",
     json_: JsonFlag = False,
@@ -56,8 +51,8 @@ def record(
 
 @app.command("list")
 def list_(
-    name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
-    metric: Annotated[str | None, typer.Option(help="Only this KPI.", show_default=False)] = None,
+    name: Annotated[str, argument("Model name.")],
+    metric: Annotated[str | None, option("Only this KPI.")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """The KPI values recorded for a model, in time order."""

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
+from cpmai.cli.options import JsonFlag, flag, option
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json
-from cpmai.cli.project import JsonFlag
 
 app = typer.Typer(
     help="Check and mend the ledger (ledger.jsonl).",
@@ -18,11 +18,10 @@ app = typer.Typer(
 def verify(
     expect_head: Annotated[
         str | None,
-        typer.Option(
-            "--expect-head",
-            help="A head pinned earlier (`cpmai ledger head`, SEQ:HASH or HASH): fail unless "
+        option(
+            "A head pinned earlier (`cpmai ledger head`, SEQ:HASH or HASH): fail unless "
             "it is still an event of the chain.",
-            show_default=False,
+            "--expect-head",
         ),
     ] = None,
     json_: JsonFlag = False,
@@ -71,7 +70,7 @@ def head(json_: JsonFlag = False) -> None:
 
 @app.command()
 def repair(
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, flag("--yes", "Do not ask for confirmation.")] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Move an incomplete last line (an interrupted write) aside and record that in the ledger.

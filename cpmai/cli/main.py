@@ -10,6 +10,7 @@ import typer
 
 from cpmai import __version__
 from cpmai.cli import output
+from cpmai.cli.options import flag, option
 from cpmai.errors import CpmaiError, ExitCode
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,29 +115,21 @@ def _version(value: bool) -> None:
 
 
 def root(
-    json_: Annotated[
-        bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")
-    ] = False,
+    json_: Annotated[bool, flag("--json", "One JSON document on stdout, nothing else.")] = False,
     home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home", help="State folder (default: $CPMAI_HOME, else ./.cpmai).", show_default=False
-        ),
+        Path | None, option("State folder (default: $CPMAI_HOME, else ./.cpmai).", "--home")
     ] = None,
     actor: Annotated[
         str | None,
-        typer.Option(
+        option(
+            "Who is acting, for the ledger (default: $CPMAI_ACTOR, git user.email, OS user).",
             "--actor",
-            help="Who is acting, for the ledger (default: $CPMAI_ACTOR, git user.email, OS user).",
-            show_default=False,
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only results and errors.")] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More detail.")] = 0,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    no_color: Annotated[
-        bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
-    ] = False,
+    debug: Annotated[bool, flag("--debug", "Show tracebacks.")] = False,
+    no_color: Annotated[bool, flag("--no-color", "No colour (NO_COLOR is honoured too).")] = False,
     version: Annotated[
         bool,
         typer.Option(

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cpmai.cli.options import IncludeSyntheticFlag, JsonFlag, argument, flag, option
 from cpmai.cli.output import OPTIONS, emit_json, info, show, wants_json, warn
-from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
+from cpmai.cli.project import name_or_manifest
 from cpmai.monitor.notes import lost_line, synthetic_line
 from cpmai.report.text import ms
 
@@ -26,65 +27,35 @@ if TYPE_CHECKING:
 def monitor(
     target: Annotated[
         str,
-        typer.Argument(
-            help="Model name, or a manifest file (its monitoring: and slo: bounds then apply).",
-            show_default=False,
-        ),
+        argument("Model name, or a manifest file (its monitoring: and slo: bounds then apply)."),
     ],
-    env: Annotated[
-        str,
-        typer.Option(
-            "--env",
-            "-e",
-            help="Environment (`batch` for `cpmai predict`'s log).",
-            show_default=False,
-        ),
-    ],
+    env: Annotated[str, option("Environment (`batch` for `cpmai predict`'s log).", "--env", "-e")],
     window: Annotated[str, typer.Option(help="Window length: 30s, 5m, 1h, 1d.")] = "1h",
     since: Annotated[
-        str | None,
-        typer.Option(
-            help="Start: an ISO time (UTC) or an age such as 2h or 7d.", show_default=False
-        ),
+        str | None, option("Start: an ISO time (UTC) or an age such as 2h or 7d.")
     ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="End: an ISO time (UTC) or an age; default now.", show_default=False),
-    ] = None,
+    until: Annotated[str | None, option("End: an ISO time (UTC) or an age; default now.")] = None,
     version: Annotated[
         str | None,
-        typer.Option(
-            help="The version whose rows drift and quality judge (default: the live one).",
-            show_default=False,
-        ),
+        option("The version whose rows drift and quality judge (default: the live one)."),
     ] = None,
     labels: Annotated[
         Path | None,
-        typer.Option(
-            help="Ground truth (CSV/JSON/Parquet): `id` [+ `row`] and `label` columns, or labels "
-            "in row order.",
-            show_default=False,
+        option(
+            "Ground truth (CSV/JSON/Parquet): `id` [+ `row`] and `label` columns, or labels "
+            "in row order."
         ),
     ] = None,
     run_triggers: Annotated[
-        bool,
-        typer.Option(
-            "--run-triggers", help="Run monitoring.triggers.command when a trigger fires."
-        ),
+        bool, flag("--run-triggers", "Run monitoring.triggers.command when a trigger fires.")
     ] = False,
-    markdown: Annotated[
-        Path | None,
-        typer.Option(help="Write a Markdown summary (CI step summary).", show_default=False),
-    ] = None,
+    markdown: Annotated[Path | None, option("Write a Markdown summary (CI step summary).")] = None,
     watch: Annotated[
-        bool, typer.Option("--watch", help="A live dashboard in the terminal (Ctrl-C leaves).")
+        bool, flag("--watch", "A live dashboard in the terminal (Ctrl-C leaves).")
     ] = False,
     interval: Annotated[float, typer.Option(help="--watch: seconds between refreshes.")] = 2.0,
     no_cache: Annotated[
-        bool,
-        typer.Option(
-            "--no-cache", help="Parse the whole log again (ignore and do not update the cache)."
-        ),
+        bool, flag("--no-cache", "Parse the whole log again (ignore and do not update the cache).")
     ] = False,
     include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,

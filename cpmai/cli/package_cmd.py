@@ -1,7 +1,7 @@
 """`cpmai package`: build the immutable artifact."""
 
+from cpmai.cli.options import JsonFlag, ManifestArg
 from cpmai.cli.output import OPTIONS, detail, emit_json, show, shown_path, wants_json, warn
-from cpmai.cli.project import JsonFlag, ManifestArg
 
 
 def package(manifest: ManifestArg, json_: JsonFlag = False) -> None:

@@ -8,47 +8,35 @@ from typing import Annotated
 
 import typer
 
+from cpmai.cli.options import JsonFlag, argument, flag, option
 from cpmai.cli.output import OPTIONS, emit_json, info, wants_json
-from cpmai.cli.project import JsonFlag
 
 
 def predict(
     ref: Annotated[
         str,
-        typer.Argument(
-            help="NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest.",
-            show_default=False,
-        ),
+        argument("NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest."),
     ],
     input_file: Annotated[
-        Path,
-        typer.Option(
-            "--input",
-            "-i",
-            help="CSV, JSON, JSON lines or Parquet file to score.",
-            show_default=False,
-        ),
+        Path, option("CSV, JSON, JSON lines or Parquet file to score.", "--input", "-i")
     ],
     output_file: Annotated[
         Path | None,
-        typer.Option(
+        option(
+            "Where to write (.csv, .jsonl, .parquet; default: INPUT.predictions.csv).",
             "--output",
             "-o",
-            help="Where to write (.csv, .jsonl, .parquet; default: INPUT.predictions.csv).",
-            show_default=False,
         ),
     ] = None,
     probabilities: Annotated[
-        bool, typer.Option("--probabilities", help="Add one probability_<class> column per class.")
+        bool, flag("--probabilities", "Add one probability_<class> column per class.")
     ] = False,
     chunk_rows: Annotated[
         int, typer.Option(help="Rows per chunk (memory stays flat).", min=1)
     ] = 50_000,
-    runtime: Annotated[
-        str | None, typer.Option(help="Force sklearn or onnx.", show_default=False)
-    ] = None,
+    runtime: Annotated[str | None, option("Force sklearn or onnx.")] = None,
     no_log: Annotated[
-        bool, typer.Option("--no-log", help="Do not write the prediction log (logs/NAME/batch).")
+        bool, flag("--no-log", "Do not write the prediction log (logs/NAME/batch).")
     ] = False,
     json_: JsonFlag = False,
 ) -> None:

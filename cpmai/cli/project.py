@@ -7,27 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from cpmai.cli import output
+from cpmai.cli.options import JsonFlag, flag, option
 from cpmai.cli.output import emit_json, info, show, wants_json
-
-
-def _json_mode(value: bool) -> bool:
-    """Set at parse time, so an error raised before the command renders is JSON too."""
-    if value:
-        output.OPTIONS.json = True
-    return value
-
-
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="One JSON document on stdout.", callback=_json_mode)
-]
-IncludeSyntheticFlag = Annotated[
-    bool,
-    typer.Option(
-        "--include-synthetic",
-        help="Count requests marked synthetic (header X-Cpmai-Traffic, as `cpmai bench` sends) "
-        "as traffic; by default they are shown apart and left out of every figure.",
-    ),
-]
 
 
 def name_or_manifest(text: str) -> tuple[str, Any]:
@@ -42,24 +23,14 @@ def name_or_manifest(text: str) -> tuple[str, Any]:
     return text, None
 
 
-ManifestArg = Annotated[Path, typer.Argument(help="The manifest (cpmai.yaml).", show_default=False)]
-
-
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to write cpmai.yaml.")] = Path(),
-    name: Annotated[
-        str | None,
-        typer.Option(help="Model name (default: the folder's name).", show_default=False),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite an existing cpmai.yaml.")
-    ] = False,
+    name: Annotated[str | None, option("Model name (default: the folder's name).")] = None,
+    force: Annotated[bool, flag("--force", "Overwrite an existing cpmai.yaml.")] = False,
     example: Annotated[
         str | None,
-        typer.Option(
-            help="Copy a worked example instead (its manifest, train.py, traffic.py and "
-            "ask.py): churn.",
-            show_default=False,
+        option(
+            "Copy a worked example instead (its manifest, train.py, traffic.py and ask.py): churn."
         ),
     ] = None,
     json_: JsonFlag = False,
@@ -94,14 +65,12 @@ def validate(
             metavar="MANIFEST",
         ),
     ] = None,
-    schema: Annotated[
-        bool, typer.Option("--schema", help="Print the manifest's JSON Schema instead.")
-    ] = False,
+    schema: Annotated[bool, flag("--schema", "Print the manifest's JSON Schema instead.")] = False,
     no_files: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--no-files",
-            help="Check the schema only, not that the files named exist (a commit hook, where "
+            "Check the schema only, not that the files named exist (a commit hook, where "
             "models and data are not checked in).",
         ),
     ] = False,
@@ -156,7 +125,7 @@ def schema(
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
     ] = None,
     markdown: Annotated[
-        bool, typer.Option("--markdown", help="The manifest reference in Markdown instead.")
+        bool, flag("--markdown", "The manifest reference in Markdown instead.")
     ] = False,
 ) -> None:
     """Print the manifest's JSON Schema (for editor completion and other tools)."""

@@ -3,46 +3,32 @@
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
+from cpmai.cli.options import IncludeSyntheticFlag, JsonFlag, argument, option
 from cpmai.cli.output import OPTIONS, detail, emit_json, info, progress, show, wants_json
-from cpmai.cli.project import IncludeSyntheticFlag, JsonFlag, name_or_manifest
+from cpmai.cli.project import name_or_manifest
 
 
 def report(
     target: Annotated[
         str,
-        typer.Argument(
-            help="Model name, or a manifest file (its slo:, monitoring:, costs: and business: "
-            "then apply).",
-            show_default=False,
+        argument(
+            "Model name, or a manifest file (its slo:, monitoring:, costs: and business: "
+            "then apply)."
         ),
     ],
     env: Annotated[
-        str | None,
-        typer.Option(
-            "--env", "-e", help="One environment (default: every one).", show_default=False
-        ),
+        str | None, option("One environment (default: every one).", "--env", "-e")
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(
-            help="Start: ISO time or age (default: the first deployment, at most 730h ago).",
-            show_default=False,
-        ),
+        option("Start: ISO time or age (default: the first deployment, at most 730h ago)."),
     ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="End (default: now).", show_default=False)
-    ] = None,
+    until: Annotated[str | None, option("End (default: now).")] = None,
     html: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write the dashboard as one self-contained HTML file.", show_default=False
-        ),
+        Path | None, option("Write the dashboard as one self-contained HTML file.")
     ] = None,
     markdown: Annotated[
-        Path | None,
-        typer.Option(help="Write a Markdown summary (pull-request comment).", show_default=False),
+        Path | None, option("Write a Markdown summary (pull-request comment).")
     ] = None,
     include_synthetic: IncludeSyntheticFlag = False,
     json_: JsonFlag = False,

@@ -5,60 +5,46 @@ from typing import Annotated
 
 import typer
 
+from cpmai.cli.options import argument, flag, option
 from cpmai.cli.output import OPTIONS, info, warn
 
 
 def serve(
     ref: Annotated[
         str,
-        typer.Argument(
-            help="NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest.",
-            show_default=False,
-        ),
+        argument("NAME, NAME@VERSION or NAME@ENV (the version live there); default: the latest."),
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
     workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Server processes (default: serving.workers).", min=1, max=64, show_default=False
-        ),
+        int | None, option("Server processes (default: serving.workers).", min=1, max=64)
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(
-            help="Require `Authorization: Bearer TOKEN` on infer and "
-            "invocations (default: $CPMAI_TOKEN).",
-            show_default=False,
+        option(
+            "Require `Authorization: Bearer TOKEN` on infer and "
+            "invocations (default: $CPMAI_TOKEN)."
         ),
     ] = None,
     runtime: Annotated[
-        str | None,
-        typer.Option(
-            help="Force sklearn or onnx (default: as decided at package time).", show_default=False
-        ),
+        str | None, option("Force sklearn or onnx (default: as decided at package time).")
     ] = None,
     env: Annotated[
         str, typer.Option(help="Environment name for the prediction log folder (logs/NAME/ENV).")
     ] = "default",
-    no_log: Annotated[
-        bool, typer.Option("--no-log", help="Do not write the prediction log.")
-    ] = False,
+    no_log: Annotated[bool, flag("--no-log", "Do not write the prediction log.")] = False,
     max_batch_size: Annotated[
         int | None,
-        typer.Option(
-            help="Most rows per model call (default: serving.max_batch_size; 1 turns "
-            "batching off).",
+        option(
+            "Most rows per model call (default: serving.max_batch_size; 1 turns batching off).",
             min=1,
-            show_default=False,
         ),
     ] = None,
     max_latency_ms: Annotated[
         float | None,
-        typer.Option(
-            help="How long an idle server waits to fill a batch (default: serving.max_latency_ms).",
+        option(
+            "How long an idle server waits to fill a batch (default: serving.max_latency_ms).",
             min=0,
-            show_default=False,
         ),
     ] = None,
 ) -> None:

@@ -2,23 +2,18 @@
 
 from typing import Annotated, Any
 
-import typer
-
+from cpmai.cli.options import JsonFlag, argument, option
 from cpmai.cli.output import OPTIONS, emit_json, show, table, wants_json, warn
-from cpmai.cli.project import JsonFlag
 
 
 def status(
-    name: Annotated[
-        str | None, typer.Argument(help="Model name (omit for every model).", show_default=False)
-    ] = None,
+    name: Annotated[str | None, argument("Model name (omit for every model).")] = None,
     at: Annotated[
         str | None,
-        typer.Option(
-            "--at",
-            help="A past moment (ISO 8601, UTC unless an offset is given, e.g. "
+        option(
+            "A past moment (ISO 8601, UTC unless an offset is given, e.g. "
             "2026-11-01T12:00): replay the ledger to then.",
-            show_default=False,
+            "--at",
         ),
     ] = None,
     json_: JsonFlag = False,

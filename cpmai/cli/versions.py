@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cpmai.cli.options import JsonFlag, argument
 from cpmai.cli.output import OPTIONS, emit_json, show, table, wants_json, warn
-from cpmai.cli.project import JsonFlag
 
 
 def _read() -> Any:
@@ -23,10 +23,7 @@ def _read() -> Any:
 
 
 def versions(
-    name: Annotated[
-        str | None,
-        typer.Argument(help="Model name (omit to list every model).", show_default=False),
-    ] = None,
+    name: Annotated[str | None, argument("Model name (omit to list every model).")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """List the packaged versions of a model: version, digest, when, by whom, format, size."""
@@ -90,7 +87,7 @@ def versions(
 
 
 def history(
-    name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
+    name: Annotated[str, argument("Model name.")],
     limit: Annotated[int, typer.Option(help="Show only the last N events (0: all).", min=0)] = 0,
     json_: JsonFlag = False,
 ) -> None:
