@@ -109,8 +109,8 @@ def convert(
 
 def _candidates(inputs: list[InputSpec]) -> list[tuple[str, str]]:
     numeric = all(s.type in ("integer", "number") for s in inputs)
-    # all numbers: one matrix input first (one tensor to feed: 0.036 against 0.054 ms a row
-    # for 30 features here), one input per column for the converters that need names
+    # all numbers: one matrix input first (one tensor to feed is faster: docs/performance.md),
+    # one input per column for the converters that need names
     modes = ["matrix", "columns"] if numeric else ["columns"]
     precisions = ("double", "double-exact", "float")
     return [(mode, precision) for precision in precisions for mode in modes]
