@@ -33,11 +33,6 @@ class EnvFolders:
     log_cache: Path
     """`cache/monitor/logs/NAME/ENV/`: what the monitor parsed of the log."""
 
-    @property
-    def workers(self) -> Path:
-        """`runs/NAME/ENV/workers/`: one status file per server process (`PID.json`)."""
-        return self.run / "workers"
-
 
 @dataclass(frozen=True)
 class Home:

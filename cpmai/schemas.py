@@ -3,7 +3,7 @@
 One registry of (file under docs/, model) pairs: `python -m cpmai.schemas` writes every file,
 and a test keeps each committed file equal to `document_schema(file)`. Models are named by
 import path so that importing this module stays cheap. (The manifest's schema is
-`cpmai.manifest.json_schema`, written by `cpmai schema`.)
+`cpmai.manifest_file.json_schema`, written by `cpmai schema`.)
 """
 
 from __future__ import annotations

@@ -20,19 +20,19 @@ LEAVES = {
 }
 """A leaf imports nothing of cpmai's but what is listed."""
 
+TOP = ("cpmai.targets", "cpmai.lifecycle", "cpmai.guards", "cpmai.status")
+"""Orchestration: what puts versions live; nothing below it may reach up into it."""
+
 NOT_ABOVE = {
     "cpmai.predlog": ("cpmai.serving", "cpmai.monitor", "cpmai.costs", "cpmai.report",
-                      "cpmai.bench", "cpmai.targets", "cpmai.lifecycle", "cpmai.gates"),
+                      "cpmai.bench", "cpmai.gates", *TOP),
     "cpmai.runtime": ("cpmai.serving", "cpmai.monitor", "cpmai.costs", "cpmai.report",
-                      "cpmai.bench", "cpmai.targets", "cpmai.lifecycle", "cpmai.predlog"),
+                      "cpmai.bench", "cpmai.predlog", *TOP),
     "cpmai.serving": ("cpmai.monitor", "cpmai.costs", "cpmai.report", "cpmai.bench",
-                      "cpmai.targets", "cpmai.lifecycle", "cpmai.gates"),
-    "cpmai.monitor": ("cpmai.serving", "cpmai.costs", "cpmai.report", "cpmai.targets",
-                      "cpmai.lifecycle", "cpmai.gates"),
-    "cpmai.costs": ("cpmai.serving", "cpmai.report", "cpmai.bench", "cpmai.targets",
-                    "cpmai.lifecycle", "cpmai.gates"),
-    "cpmai.bench": ("cpmai.monitor", "cpmai.costs", "cpmai.report", "cpmai.targets",
-                    "cpmai.lifecycle"),
+                      "cpmai.gates", *TOP),
+    "cpmai.monitor": ("cpmai.serving", "cpmai.costs", "cpmai.report", "cpmai.gates", *TOP),
+    "cpmai.costs": ("cpmai.serving", "cpmai.report", "cpmai.bench", "cpmai.gates", *TOP),
+    "cpmai.bench": ("cpmai.monitor", "cpmai.costs", "cpmai.report", *TOP),
 }  # fmt: skip
 """What a package may not import: the packages above it or beside it that it has no business
 with (it may import anything else, leaves included)."""
@@ -49,19 +49,20 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path) -> set[str]:
     """Every cpmai module `path` imports (a `from cpmai.x import y` counts as `cpmai.x` and, when
-    y is a module, `cpmai.x.y`)."""
+    y is a module, `cpmai.x.y`; relative imports are resolved against the module's package)."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("cpmai"))
-        elif (
-            isinstance(node, ast.ImportFrom)
-            and node.level == 0
-            and node.module
-            and node.module.startswith("cpmai")
-        ):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            if module.startswith("cpmai"):
+                found.add(module)
+                found.update(f"{module}.{alias.name}" for alias in node.names)
     return {name for name in found if _exists(name)}
 
 
@@ -130,3 +131,31 @@ def test_no_module_is_too_long() -> None:
         if (count := len(path.read_text().splitlines())) > 560
     }
     assert not long, f"modules over ~500 lines: {long}"
+
+
+STANDALONE = {"cpmai.templates.edge_runner", "cpmai.__main__"}
+"""Scripts that run on their own (the edge bundle's runner) or are the CLI's entry point."""
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(m for m in MODULES if not _within(m, "cpmai.cli") and m not in STANDALONE),
+)
+def test_the_core_never_prints(module: str) -> None:
+    """Results go back to the caller; only the CLI writes to stdout and stderr."""
+    tree = ast.parse(MODULES[module].read_text())
+    printing = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "print")
+            or (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr == "write"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr in ("stdout", "stderr")
+            )
+        )
+    ]
+    assert not printing, f"{module} prints (lines {printing})"

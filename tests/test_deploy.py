@@ -614,6 +614,9 @@ def test_ctrl_c_or_sigterm_during_a_canary_puts_traffic_back_and_is_recorded(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it, even when this suite runs as a background job
+        # (whose shell made it ignore SIGINT, which children would inherit)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     lines = []
@@ -635,3 +638,57 @@ def test_ctrl_c_or_sigterm_during_a_canary_puts_traffic_back_and_is_recorded(
         "interrupted",
     )
     assert infer(port_of(project, "staging")) == (200, "1.0.0")
+
+
+JUNK_RECORDS = [
+    None,
+    {},
+    {"pid": -3, "created": 1.0, "host": "127.0.0.1", "port": 8080},
+    {"pid": 1e999, "created": 1.0, "host": "127.0.0.1", "port": 8080},
+    {"pid": 10**30, "created": 1.0, "host": "127.0.0.1", "port": 8080},
+    {"pid": 12, "created": float("nan"), "host": "127.0.0.1", "port": 8080},
+    {"pid": 12, "created": 1.0, "host": 7, "port": 8080},
+    {"pid": 12, "created": 1.0, "host": "127.0.0.1", "port": 70000},
+    {"pid": True, "created": 1.0, "host": "127.0.0.1", "port": 8080},
+]
+JUNK_ROUTES = [
+    {"seq": 1e999, "live": "1.0.0"},
+    {"seq": -1, "live": "1.0.0"},
+    {"seq": 2, "live": 3},
+    {"seq": 2, "live": "1.0.0", "keep": "1.0.0"},
+    {"seq": 2, "live": "1.0.0", "keep": None},
+    {"seq": 2, "live": "1.0.0", "canary": "1.1.0", "weight": float("nan")},
+    {"seq": 2, "live": "1.0.0", "canary": "1.1.0", "weight": 7},
+]
+
+
+def test_damaged_run_state_reads_as_absent_never_as_a_crash(tmp_path: Path) -> None:
+    """run.json, routes.json and workers/PID.json edited by hand or cut short: each record
+    reads as absent (the caller says so), never as a traceback; and the next route table is
+    numbered past what the workers applied, so they do not ignore it as old."""
+    import os
+
+    from cpmai.serving.metrics import LATENCY_BUCKETS
+    from cpmai.serving.runstate import RouteTable, RunFiles, ServerRecord, WorkerStatus
+    from cpmai.targets.local import LocalTarget
+
+    for junk in JUNK_RECORDS:
+        assert ServerRecord.of(junk) is None, junk
+    for junk in JUNK_ROUTES:
+        assert RouteTable.of(junk) is None, junk
+    good = {"requests": 3, "errors": 0, "buckets": [0] * (len(LATENCY_BUCKETS) + 1)}
+    status = {"pid": os.getpid(), "time": 1.0, "seq": 7, "failed_seq": 0, "live": "1.0.0",
+              "counters": {"1.0.0": good}}  # fmt: skip
+    assert WorkerStatus.of(status) is not None
+    for bad in ({**good, "buckets": "0000"}, {**good, "buckets": [0, 1]}, {**good, "errors": -1}):
+        assert WorkerStatus.of({**status, "counters": {"1.0.0": bad}}) is None, bad
+    assert WorkerStatus.of({**status, "live": 1}) is None
+
+    files = RunFiles.of(tmp_path, NAME, "staging")
+    files.write_status(WorkerStatus.of(status))  # type: ignore[arg-type]
+    files.routes.write_text('{"seq": 7, "live": "1.0.0", "keep": nul')  # cut short
+    target = LocalTarget(tmp_path, NAME, "staging")
+    assert target._route(live="1.1.0", keep=[]) == 8
+    assert RouteTable.of(json.loads(files.routes.read_text())) == RouteTable(8, "1.1.0")
+    files.run.write_text('{"pid": -3, "created": 1, "host": "127.0.0.1", "port": 8080}')
+    assert target.status().state == "stopped"

@@ -477,6 +477,7 @@ def test_live_view_refreshes_and_leaves_on_ctrl_c(churn: Path, home: Path) -> No
     log.flush()
     pid, fd = pty.fork()
     if pid == 0:  # the child: cpmai on a real terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # even if this suite runs in the background
         os.environ.update(COLUMNS="120", LINES="40", CPMAI_HOME=str(home))
         os.execv(sys.executable, [*CPMAI, "monitor", NAME, "--env", "staging", "--watch",
                                   "--interval", "0.3"])  # fmt: skip
@@ -502,7 +503,13 @@ def test_live_view_refreshes_and_leaves_on_ctrl_c(churn: Path, home: Path) -> No
             if not chunk:
                 break
             output += chunk
-        _, status = os.waitpid(pid, 0)
+        status = None
+        while status is None and time.monotonic() < deadline + 10:  # never wait forever
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = code if done else None
+            if status is None:
+                time.sleep(0.1)
+        assert status is not None, "the live view did not leave on Ctrl-C"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

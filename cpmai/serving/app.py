@@ -58,7 +58,6 @@ class ShortWay(Protocol):
 
 
 _JSON = [(b"content-type", b"application/json")]
-MODEL_ERRORS = (ValueError,)  # what scikit-learn raises for input it cannot score
 
 
 def create_app_from_env() -> InferenceApp:

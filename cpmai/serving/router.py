@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from cpmai.serving.resources import ResourceLog
 
 DRAIN_SECONDS = 30.0
+NO_LIVE = "(routes)"
+"""The key of a route table's own error among the load errors, which are keyed by version."""
 PREDICT_ENDPOINTS = ("infer", "invocations")
 
 
@@ -220,7 +222,7 @@ class EnvironmentApp:
         seq, live, canary = routes.seq, routes.live, routes.canary
         if live is None:
             self.failed_seq = seq
-            self.load_errors["(routes)"] = "the route table names no live version"
+            self.load_errors[NO_LIVE] = "the route table names no live version"
             return
         wanted = [live, *([canary] if canary else []), *routes.keep]
         loop = asyncio.get_running_loop()
@@ -243,6 +245,7 @@ class EnvironmentApp:
         self.canary = self.slots[canary] if canary else None
         self.weight = routes.weight if canary else 0.0
         self.seq = seq
+        self.load_errors.pop(NO_LIVE, None)
         for version in [v for v in self.slots if v not in wanted]:
             self._spawn(self._drain(self.slots.pop(version)))
 

@@ -17,6 +17,7 @@ Both sides read and write these through this module only.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,11 @@ import orjson
 
 from cpmai.fsutil import read_json_object, write_atomic
 from cpmai.home import Home
+
+_BAD = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+"""What reading a hand-edited or damaged record may raise: it then reads as absent."""
+MAX_PID = 2**22  # Linux's highest pid_max
+MAX_SEQ = 2**62
 
 POLL_SECONDS = 0.05
 """How often a worker looks at routes.json (one stat call)."""
@@ -52,13 +58,13 @@ class ServerRecord:
             return None
         try:
             return cls(
-                pid=int(data["pid"]),
-                created=float(data["created"]),
-                host=str(data["host"]),
-                port=int(data["port"]),
-                workers=int(data.get("workers", 1)),
+                pid=_whole(data["pid"], 1, MAX_PID),
+                created=_number(data["created"], 0.0, 1e12),
+                host=_text(data["host"]),
+                port=_whole(data["port"], 1, 65535),
+                workers=_whole(data.get("workers", 1), 1, 10_000),
             )
-        except (KeyError, TypeError, ValueError):
+        except _BAD:
             return None
 
     def to_json(self) -> bytes:
@@ -82,15 +88,15 @@ class RouteTable:
         if data is None:
             return None
         try:
-            canary = data.get("canary")
+            canary = _text_or_none(data.get("canary")) or None
             return cls(
-                seq=int(data.get("seq", 0)),
-                live=None if data.get("live") is None else str(data["live"]),
-                canary=str(canary) if canary else None,
-                weight=float(data.get("weight", 0.0)) if canary else 0.0,
-                keep=[str(v) for v in data.get("keep", [])],
+                seq=_whole(data.get("seq", 0), 0, MAX_SEQ),
+                live=_text_or_none(data.get("live")),
+                canary=canary,
+                weight=_number(data.get("weight", 0.0), 0.0, 1.0) if canary else 0.0,
+                keep=_texts(data.get("keep", [])),
             )
-        except (TypeError, ValueError):
+        except _BAD:
             return None
 
     def versions(self) -> list[str]:
@@ -137,22 +143,22 @@ class WorkerStatus:
             return None
         try:
             return cls(
-                pid=int(data["pid"]),
-                time=float(data.get("time", 0.0)),
-                started=float(data.get("started", 0.0)),
-                seq=int(data.get("seq", 0)),
-                failed_seq=int(data.get("failed_seq", 0)),
-                live=data.get("live"),
-                canary=data.get("canary"),
-                weight=float(data.get("weight", 0.0)),
-                loaded=[str(v) for v in data.get("loaded", [])],
-                errors={str(k): str(v) for k, v in (data.get("errors") or {}).items()},
+                pid=_whole(data["pid"], 1, MAX_PID),
+                time=_number(data.get("time", 0.0), 0.0, 1e12),
+                started=_number(data.get("started", 0.0), 0.0, 1e12),
+                seq=_whole(data.get("seq", 0), 0, MAX_SEQ),
+                failed_seq=_whole(data.get("failed_seq", 0), 0, MAX_SEQ),
+                live=_text_or_none(data.get("live")),
+                canary=_text_or_none(data.get("canary")),
+                weight=_number(data.get("weight", 0.0), 0.0, 1.0),
+                loaded=_texts(data.get("loaded", [])),
+                errors={_text(k): _text(v) for k, v in (data.get("errors") or {}).items()},
                 counters={
-                    str(v): Counters(int(c["requests"]), int(c["errors"]), list(c["buckets"]))
-                    for v, c in (data.get("counters") or {}).items()
+                    _text(version): _counters(c)
+                    for version, c in (data.get("counters") or {}).items()
                 },
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except _BAD:
             return None
 
     def to_json(self) -> bytes:
@@ -250,3 +256,49 @@ class RunFiles:
         with os.fdopen(fd, "wb") as handle:
             handle.write(orjson.dumps({"sha256": digest, "set": at}))
         temporary.replace(self.auth)
+
+
+# --- reading what another process wrote ---------------------------------------------------------
+
+
+def _whole(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"expected a whole number in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _number(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"expected a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _texts(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list, got {value!r}")
+    return [_text(v) for v in value]
+
+
+def _counters(data: Any) -> Counters:
+    from cpmai.serving.metrics import LATENCY_BUCKETS
+
+    buckets = data["buckets"]
+    if not isinstance(buckets, list) or len(buckets) != len(LATENCY_BUCKETS) + 1:
+        raise ValueError("expected one count per latency bucket")
+    return Counters(
+        _whole(data["requests"], 0, MAX_SEQ),
+        _whole(data["errors"], 0, MAX_SEQ),
+        [_whole(count, 0, MAX_SEQ) for count in buckets],
+    )

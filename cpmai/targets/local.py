@@ -78,7 +78,7 @@ class LocalTarget:
                 process.status() != psutil.STATUS_ZOMBIE
                 and abs(process.create_time() - run.created) < 1.0
             )
-        except psutil.Error:
+        except (psutil.Error, ValueError, OverflowError):
             return False
 
     def _workers(self) -> list[WorkerStatus]:
@@ -311,8 +311,11 @@ class LocalTarget:
         keep: list[str],
     ) -> int:
         """Write the next route table; returns its seq."""
+        # past every table written or applied: a damaged routes.json must not restart the count
+        # below what the workers applied (they would ignore the new table as old)
         current = self.files.read_routes()
-        seq = (current.seq if current else 0) + 1
+        seen = [max(w.seq, w.failed_seq) for w in self._workers()]
+        seq = max([current.seq if current else 0, *seen]) + 1
         self.files.write_routes(RouteTable(seq, live, canary, weight, keep))
         return seq
 
