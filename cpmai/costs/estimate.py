@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from cpmai.clock import iso
 from cpmai.costs import measure, model
 from cpmai.costs.document import (
-    SCHEMA,
     Budget,
     CostAlert,
     CostDocument,
@@ -33,13 +32,12 @@ from cpmai.costs.document import (
 from cpmai.costs.environment import environment, increases
 from cpmai.costs.facts import DEFAULT_PERIOD_S, Facts, Progress
 from cpmai.costs.model import HOURS_PER_MONTH, figure
-from cpmai.costs.roi import roi, trend
+from cpmai.costs.roi import roi
 from cpmai.errors import UsageError, breach_code
 
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
 
-__all__ = ["DEFAULT_PERIOD_S", "SCHEMA", "CostResult", "Facts", "estimate", "iso", "trend"]
 
 MAX_TRAFFIC = 1e9
 

@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cpmai.clock import iso
 from cpmai.costs import measure
-from cpmai.costs.estimate import DEFAULT_PERIOD_S, Facts, estimate, iso, trend
+from cpmai.costs.estimate import estimate
+from cpmai.costs.facts import DEFAULT_PERIOD_S, Facts
+from cpmai.costs.roi import trend
 from cpmai.errors import UsageError
 from cpmai.ledger import Event as LedgerEvent
 from cpmai.report.document import (
