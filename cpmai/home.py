@@ -85,10 +85,6 @@ class Home:
     def artifact(self, name: str, version: str) -> Path:
         return self.artifacts / name / version
 
-    def artifact_versions(self, name: str) -> Path:
-        """The folder holding every version of `name`."""
-        return self.artifacts / name
-
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
@@ -105,10 +101,6 @@ class Home:
     def bench_url(self, host: str, port: int | None) -> Path:
         """Where results of `cpmai bench --url` against a server cpmai did not start go."""
         return self.root / "bench" / "_url" / f"{host}_{port}"
-
-    def runs(self, name: str) -> Path:
-        """`runs/NAME/`: every environment's run folder of one model."""
-        return self.root / "runs" / name
 
     def logs(self, name: str) -> Path:
         """`logs/NAME/`: every environment's log folder of one model."""
