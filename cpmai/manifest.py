@@ -214,6 +214,30 @@ class Resources(Strict):
     """Memory per replica, GiB."""
 
 
+class Autoscaling(Strict):
+    """Replicas that follow the load: a floor, a ceiling and the load each replica should carry.
+
+    ray: Serve's autoscaler (`min_replicas`, `max_replicas`, `target_ongoing_requests`);
+    kubernetes: the HorizontalPodAutoscaler's bounds; kserve: the predictor's bounds and its
+    concurrency target."""
+
+    min: Annotated[int, Field(ge=1, le=1000)]
+    """Replicas always running (at least 1: cpmai keeps the environment answering)."""
+    max: Annotated[int, Field(ge=1, le=1000)]
+    """Most replicas the autoscaler may start."""
+    target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 2.0
+    """Requests in flight per replica the autoscaler aims for (Serve's default: 2)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+AUTOSCALED_TARGETS = ("ray", "kubernetes", "kserve")
+
+
 class Rollout(Strict):
     """How a new version replaces the live one."""
 
@@ -254,8 +278,9 @@ class Environment(Strict):
     """Interface the server binds (local target)."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Port the server listens on (none: pick a free one)."""
-    replicas: Annotated[int, Field(ge=1, le=1000)] = 1
-    """Server processes / replicas."""
+    replicas: Annotated[int, Field(ge=1, le=1000)] | Autoscaling = 1
+    """Server processes / replicas: a number, or (ray, kubernetes, kserve) a range that follows
+    the load, e.g. {min: 1, max: 4, target_ongoing_requests: 8}."""
     resources: Resources = Resources()
     """CPU and memory per replica."""
     rollout: Rollout = Rollout()
@@ -270,7 +295,43 @@ class Environment(Strict):
     """docker/kubernetes/kserve: the image to build and run (default: NAME:VERSION; a registry
     prefix such as registry.example.com/ml/NAME is kept, with :VERSION added)."""
     max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
-    """kubernetes: the autoscaler's ceiling (default: 3 × replicas)."""
+    """kubernetes/kserve: the autoscaler's ceiling when `replicas` is a number (default:
+    3 × replicas)."""
+
+    @model_validator(mode="after")
+    def _scaling(self) -> Environment:
+        if isinstance(self.replicas, Autoscaling):
+            if self.target not in AUTOSCALED_TARGETS:
+                raise ValueError(
+                    "replicas as a range needs an autoscaler (targets "
+                    f"{', '.join(AUTOSCALED_TARGETS)}); the {self.target} target runs a fixed "
+                    "number: give replicas a number"
+                )
+            if self.max_replicas is not None:
+                raise ValueError(
+                    "max_replicas is for a fixed replicas number: with a range, use replicas.max"
+                )
+        return self
+
+    @property
+    def autoscaling(self) -> Autoscaling | None:
+        """The range, when replicas follow the load."""
+        return self.replicas if isinstance(self.replicas, Autoscaling) else None
+
+    @property
+    def min_replicas(self) -> int:
+        """Replicas always running: the number, or the range's floor."""
+        return self.replicas.min if isinstance(self.replicas, Autoscaling) else self.replicas
+
+    @property
+    def max_replicas_allowed(self) -> int:
+        """The most replicas there may be: the number, the range's ceiling, or (kubernetes,
+        kserve) `max_replicas`, else 3 × replicas."""
+        if isinstance(self.replicas, Autoscaling):
+            return self.replicas.max
+        if self.target in ("kubernetes", "kserve"):
+            return self.max_replicas or 3 * self.replicas
+        return self.replicas
 
 
 class Drift(Strict):

@@ -133,7 +133,7 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
         version=version,
         live=live is not None,
         url=url,
-        replicas=spec.replicas if spec else 0,
+        replicas=spec.min_replicas if spec else 0,
         resources=ReplicaResources(
             cpu=spec.resources.cpu if spec else 0.0,
             memory_gb=spec.resources.memory_gb if spec else 0.0,

@@ -139,7 +139,7 @@ class Facts:
 
     def allocation(self, env: str, replicas: int | None = None) -> Allocation:
         spec, source = self.spec(env)
-        count = replicas if replicas is not None else (spec.replicas if spec else 0)
+        count = replicas if replicas is not None else (spec.min_replicas if spec else 0)
         cpu = spec.resources.cpu if spec else 0.0
         memory = spec.resources.memory_gb if spec else 0.0
         alloc = model.allocation(

@@ -155,7 +155,7 @@ class LocalTarget:
             for key, value in (
                 ("host", plan.spec.host),
                 ("port", plan.spec.port),
-                ("workers", plan.spec.replicas),
+                ("workers", plan.spec.min_replicas),
             )
             if value is not None and getattr(run, key) != value
         ]
@@ -225,7 +225,7 @@ class LocalTarget:
             "--port",
             str(port),
             "--workers",
-            str(spec.replicas),
+            str(spec.min_replicas),
             "--header-timeout",
             str(plan.timeouts[0]),
             "--body-timeout",
@@ -245,7 +245,7 @@ class LocalTarget:
         import psutil
 
         created = psutil.Process(process.pid).create_time()
-        run = ServerRecord(process.pid, created, spec.host, port, spec.replicas)
+        run = ServerRecord(process.pid, created, spec.host, port, spec.min_replicas)
         self.files.write_server(self.files.run, run)
         try:
             self._wait_started(process, run, seq, plan)
@@ -254,7 +254,7 @@ class LocalTarget:
             raise
         result = RolloutResult(url=self._url(run), previous=None, pid=process.pid)
         result.steps.append(
-            _step("start", started, f"pid {process.pid}, {spec.replicas} worker(s)")
+            _step("start", started, f"pid {process.pid}, {spec.min_replicas} worker(s)")
         )
         return result
 
@@ -292,7 +292,7 @@ class LocalTarget:
                 raise TargetError(
                     f"the server could not load {plan.version}: {failed[0].load_errors()}"
                 )
-            if self._applied(seq, plan.version, plan.spec.replicas) and self._healthy(run):
+            if self._applied(seq, plan.version, plan.spec.min_replicas) and self._healthy(run):
                 return
             if time.monotonic() > deadline:
                 self._kill(run)

@@ -180,7 +180,7 @@ def kubernetes_documents(
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.min_replicas,
             "selector": {"matchLabels": select},
             "template": {
                 "metadata": {"labels": _labels(name, env, version)},
@@ -203,8 +203,8 @@ def kubernetes_documents(
         "metadata": meta,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": full},
-            "minReplicas": spec.replicas,
-            "maxReplicas": spec.max_replicas or 3 * spec.replicas,
+            "minReplicas": spec.min_replicas,
+            "maxReplicas": spec.max_replicas_allowed,
             "metrics": [
                 {
                     "type": "Resource",
@@ -228,8 +228,8 @@ def kserve_document(
     container = _container(image, spec)
     container["name"] = "kserve-container"
     predictor: dict[str, Any] = {
-        "minReplicas": spec.replicas,
-        "maxReplicas": spec.max_replicas or 3 * spec.replicas,
+        "minReplicas": spec.min_replicas,
+        "maxReplicas": spec.max_replicas_allowed,
         "containers": [container],
     }
     if canary is not None:
