@@ -55,7 +55,7 @@ def serving_memory(home: Path, env: str) -> float:
     """MiB of RSS of what serves `env`: the local server's tree, or the Ray cluster's processes."""
     import psutil
 
-    from cpmai.targets.ray import cluster_processes
+    from cpmai.targets.ray_cluster import cluster_processes
 
     run = home / "runs" / "churn-classifier" / env
     if (run / "ray.json").exists():

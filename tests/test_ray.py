@@ -49,7 +49,7 @@ def _cluster_processes(port: int) -> list[str]:
     """The cluster's processes still alive (one that exits while it is looked at is gone)."""
     import psutil
 
-    from cpmai.targets.ray import cluster_processes
+    from cpmai.targets.ray_cluster import cluster_processes
 
     alive = []
     for process in cluster_processes(port):
@@ -117,16 +117,16 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
                             ("rollback", "1.0.0", "live"), ("stop", "1.0.0", None)]  # fmt: skip
     finally:
         if record_path.exists():
-            from cpmai.targets.ray import _stop_cluster
+            from cpmai.targets.ray_cluster import stop_cluster
 
-            _stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
+            stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
 
 
 @pytest.mark.slow
 def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> None:
     """`address:` names a running cluster: the application goes there under /NAME-ENV, and
     `stop` removes the application but leaves the cluster alone."""
-    from cpmai.targets.ray import _stop_cluster, ray_binary
+    from cpmai.targets.ray_cluster import ray_binary, stop_cluster
     from serving_helpers import free_port
 
     gcs, http = free_port(), free_port()
@@ -178,5 +178,5 @@ def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> 
             urllib.request.urlopen(gone, timeout=10)
         assert refused.value.code == 404
     finally:
-        _stop_cluster(gcs)
+        stop_cluster(gcs)
     assert _cluster_processes(gcs) == []

@@ -23,13 +23,15 @@ HTTP address and the live version.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-import shutil
 import socket
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +39,17 @@ from cpmai.errors import TargetError, UsageError
 from cpmai.fsutil import read_json_object, write_atomic
 from cpmai.home import Home
 from cpmai.targets import Progress, RolloutPlan, RolloutResult, TargetStatus
+from cpmai.targets.ray_cluster import (
+    Mode,
+    free_port,
+    gcs_alive,
+    probe_mode,
+    start_head,
+    stop_cluster,
+)
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-START_TIMEOUT = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ray_binary() -> str:
-    """The `ray` next to this Python (its workers then run this Python, with cpmai in it)."""
-    local = Path(sys.executable).parent / "ray"
-    found = str(local) if local.exists() else shutil.which("ray")
-    if found is None:
-        raise TargetError(
-            "the ray target needs Ray Serve, which is not installed",
-            hint="pip install 'cpmai[ray]'",
-        )
-    return found
+MAX_ONGOING = 64  # cpmai batches in the replica: let requests reach it
 
 
 def _require_ray() -> Any:
@@ -76,14 +68,32 @@ def build_deployment(home: str, name: str, version: str, env: str, spec: Any) ->
     """The Serve application of one artifact version: cpmai's ASGI app in every replica."""
     from ray import serve
 
+    scaling: dict[str, Any] = {"num_replicas": spec.replicas}
+    if spec.autoscaling is not None:
+        target = spec.autoscaling.target_ongoing_requests
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": spec.autoscaling.min,
+                "initial_replicas": spec.autoscaling.min,
+                "max_replicas": spec.autoscaling.max,
+                "target_ongoing_requests": target,
+            },
+        }
+    max_ongoing = max(
+        MAX_ONGOING,
+        math.ceil(
+            2 * float(scaling.get("autoscaling_config", {}).get("target_ongoing_requests", 0))
+        ),
+    )
+
     @serve.deployment(
         name="model",
-        num_replicas=spec.replicas,
+        **scaling,
         ray_actor_options={
             "num_cpus": spec.resources.cpu,
             "memory": int(spec.resources.memory_gb * 2**30),
         },
-        max_ongoing_requests=64,  # cpmai batches in the replica: let requests reach it
+        max_ongoing_requests=max_ongoing,
         health_check_period_s=5,
         health_check_timeout_s=10,
         graceful_shutdown_timeout_s=30,
@@ -150,26 +160,15 @@ class RayTarget:
         record = self._record() or {}
         if spec.address:
             return {"address": spec.address, "owned": False, "route_prefix": f"/{self.app_name}"}
-        if record.get("owned") and self._gcs_alive(record):
+        if record.get("owned") and _alive(record):
             return record
-        gcs = _free_port()
-        http = spec.port or _free_port()
+        gcs = free_port()
+        http = spec.port or free_port()
         progress(f"starting a local Ray cluster (127.0.0.1:{gcs})")
         started = time.perf_counter()
-        command = [
-            ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-            "--include-dashboard", "false", "--disable-usage-stats",
-            "--num-cpus", str(os.cpu_count() or 1), "--object-store-memory", str(256 * 2**20),
-        ]  # fmt: skip
-        # Ray's fixed default ports (client server 10001, agent 52365, ...) would collide with
-        # another cluster on the machine: give each one a free port of its own
-        for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--metrics-export-port",
-                     "--runtime-env-agent-port"):  # fmt: skip
-            command += [flag, str(_free_port())]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
-        if result.returncode != 0:
-            raise TargetError(f"`ray start` failed: {(result.stderr or result.stdout)[-800:]}")
+        # a short folder of its own: a unix socket path must stay under 108 bytes
+        haproxy = Path(tempfile.mkdtemp(prefix="cpmai-haproxy-"))
+        mode = start_head(gcs, os.cpu_count() or 1, haproxy)
         record = {
             "address": f"127.0.0.1:{gcs}",
             "gcs_port": gcs,
@@ -177,17 +176,11 @@ class RayTarget:
             "http_port": http,
             "route_prefix": "/",
             "started": round(time.perf_counter() - started, 3),
+            "mode": mode.to_dict(),
+            "haproxy_folder": str(haproxy),
         }
         self._save(record)
         return record
-
-    @staticmethod
-    def _gcs_alive(record: dict[str, Any]) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", int(record["gcs_port"])), timeout=0.5):
-                return True
-        except (OSError, KeyError, ValueError):
-            return False
 
     def _connect(self, address: str) -> Any:
         ray = _require_ray()
@@ -201,6 +194,9 @@ class RayTarget:
                 raise TargetError(f"no Ray cluster answers at {address}: {exc}") from None
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        # Serve's driver-side INFO lines ("Started Serve", "Deleting app") are not cpmai's
+        # messages: cpmai says what it does itself
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         return ray
 
     # --- the target interface -------------------------------------------------------------
@@ -217,9 +213,11 @@ class RayTarget:
         steps.append({"step": "cluster", "seconds": round(time.perf_counter() - started, 3),
                       "note": cluster["address"]})  # fmt: skip
         previous = (self._record() or {}).get("version")
-        self._connect(cluster["address"])
+        ray = self._connect(cluster["address"])
         from ray import serve
 
+        mode = _mode(cluster) or probe_mode(ray)
+        progress(f"ray: {mode.describe()}")
         began = time.perf_counter()
         if cluster.get("owned"):
             serve.start(
@@ -239,10 +237,24 @@ class RayTarget:
                 f"Ray Serve could not deploy {plan.version}: {exc} {self._why()}".strip()
             ) from exc
         url = self._url(cluster)
+        scale = plan.spec.autoscaling
+        replicas = (
+            f"{scale.min}–{scale.max} replicas, autoscaled at "
+            f"{scale.target_ongoing_requests:g} requests in flight each"
+            if scale
+            else f"{plan.spec.replicas} replica(s)"
+        )
         steps.append({"step": "serve.run", "seconds": round(time.perf_counter() - began, 3),
-                      "note": f"{plan.spec.replicas} replica(s)"})  # fmt: skip
-        record = {**cluster, "version": plan.version, "url": url, "app": self.app_name,
-                  "replicas": plan.spec.replicas}  # fmt: skip
+                      "note": replicas})  # fmt: skip
+        record = {
+            **cluster,
+            "version": plan.version,
+            "url": url,
+            "app": self.app_name,
+            "replicas": plan.spec.min_replicas,
+            "max_replicas": plan.spec.max_replicas_allowed,
+            "mode": mode.to_dict(),
+        }
         self._save(record)
         if not self._healthy(url, plan.version):
             raise TargetError(f"{self.app_name} is not answering at {url} after the deploy")
@@ -292,23 +304,59 @@ class RayTarget:
                 live = json.loads(reply.read()).get("version")
         except (OSError, ValueError):
             live = None
-        cluster = record["address"] + (" (started by cpmai)" if record.get("owned") else "")
+        cluster = str(record.get("address")) + (
+            " (started by cpmai)" if record.get("owned") else ""
+        )
+        serve_says = self._replicas(record)
+        mode = _mode(record)
+        parts = [f"Serve application {record.get('app')} on Ray cluster {cluster}"]
+        if serve_says is not None:
+            parts.append(serve_says.describe(int(record.get("max_replicas") or 0)))
+        if mode is not None and not mode.fast:
+            parts.append(mode.describe())
+        detail = "; ".join(parts)
         if live is None:
-            return TargetStatus(state="down", url=url, detail=f"Ray cluster {cluster}: no answer")
+            return TargetStatus(state="down", url=url, detail=f"{detail}: no answer")
+        running = serve_says.running if serve_says else int(record.get("replicas") or 0)
+        wanted = serve_says.wanted if serve_says else running
         return TargetStatus(
-            state="running",
+            state="running" if running >= wanted else "degraded",
             url=url,
             healthy=True,
             live=live,
-            workers=int(record.get("replicas", 0)),
-            detail=f"Serve application {record.get('app')} on Ray cluster {cluster}",
+            workers=running,
+            detail=detail,
         )
+
+    def _replicas(self, record: dict[str, Any]) -> Replicas | None:
+        """What Serve says of the application's replicas now (None: the cluster did not say)."""
+        address = str(record.get("address") or "")
+        if record.get("owned") and not _alive(record):
+            return None
+        try:
+            self._connect(address)
+            from ray import serve
+
+            app = serve.status().applications.get(self.app_name)
+        except Exception:  # a cluster that does not answer: status says what HTTP says
+            return None
+        finally:
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+        if app is None or "model" not in app.deployments:
+            return None
+        deployment = app.deployments["model"]
+        states = {getattr(k, "value", str(k)): int(v) for k, v in deployment.replica_states.items()}
+        return Replicas(states, str(getattr(deployment.status, "value", deployment.status)),
+                        str(deployment.message or ""))  # fmt: skip
 
     def stop(self) -> None:
         record = self._record()
         if record is None:
             return
-        if record.get("owned") and not self._gcs_alive(record):
+        if record.get("owned") and not _alive(record):
+            _forget(record)
             self.record_path.unlink(missing_ok=True)
             return
         try:
@@ -326,46 +374,54 @@ class RayTarget:
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
         if record.get("owned"):
-            _stop_cluster(int(record["gcs_port"]))
+            stop_cluster(int(record["gcs_port"]))
+            _forget(record)
         self.record_path.unlink(missing_ok=True)
 
 
-def cluster_processes(gcs_port: int) -> list[Any]:
-    """The processes of the cluster whose GCS listens on `gcs_port` (with their children): its
-    GCS, raylet, agents and workers, and no other cluster's. The GCS address carries the node's
-    IP, which Ray picks itself (not always 127.0.0.1): the port is what identifies it."""
-    import re
-
-    import psutil
-
-    mark = re.compile(rf"[:=]{gcs_port}\b")
-    mine = []
-    for proc in psutil.process_iter(["cmdline"]):
-        command = " ".join(proc.info.get("cmdline") or [])
-        if "ray" in command and mark.search(command):
-            mine.append(proc)
-    for proc in list(mine):
-        try:
-            mine += [child for child in proc.children(recursive=True) if child not in mine]
-        except psutil.Error:
-            continue
-    return mine
+def _alive(record: dict[str, Any]) -> bool:
+    try:
+        return gcs_alive(int(record["gcs_port"]))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
-def _stop_cluster(gcs_port: int, timeout: float = 20.0) -> None:
-    """Stop the processes of the local cluster on `gcs_port` (not every Ray on the machine, as
-    `ray stop` would)."""
-    import psutil
+def _mode(record: dict[str, Any]) -> Mode | None:
+    found = record.get("mode")
+    if not isinstance(found, dict):
+        return None
+    return Mode(found.get("haproxy") is True, found.get("throughput_optimized") is True)
 
-    mine = cluster_processes(gcs_port)
-    for proc in mine:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            continue
-    _, alive = psutil.wait_procs(mine, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
+
+@dataclass(frozen=True)
+class Replicas:
+    """Serve's view of a deployment's replicas: counts by state, its status and message."""
+
+    states: dict[str, int]
+    status: str
+    message: str
+
+    @property
+    def running(self) -> int:
+        return self.states.get("RUNNING", 0)
+
+    @property
+    def wanted(self) -> int:
+        return sum(self.states.values())
+
+    def describe(self, ceiling: int) -> str:
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items()))
+        text = f"replicas now: {counts or 'none'}" + (f" (at most {ceiling})" if ceiling else "")
+        if self.status not in ("HEALTHY", "UPSCALING", "DOWNSCALING") and self.message:
+            text += f"; Serve: {self.status}: {self.message.splitlines()[-1][:300]}"
+        return text
+
+
+def _forget(record: dict[str, Any]) -> None:
+    """Remove the HAProxy folder of a stopped cluster (only one cpmai made: a hand-edited
+    ray.json cannot have it delete anything else)."""
+    import shutil
+
+    folder = Path(str(record.get("haproxy_folder") or ""))
+    if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("cpmai-haproxy-"):
+        shutil.rmtree(folder, ignore_errors=True)

