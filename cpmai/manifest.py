@@ -1,7 +1,8 @@
 """The manifest's schema (pydantic); reading a manifest file is `cpmai.manifest_file`.
 
 Unknown keys are errors, types are strict (a quoted "8080" is not a port) and every problem is
-reported as `FILE:LINE field.path: message`.
+reported as `FILE:LINE field.path: message`. The shared types are in `cpmai.manifest_base`, the
+`environments:` section in `cpmai.manifest_environment`.
 """
 
 from __future__ import annotations
@@ -9,59 +10,56 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from cpmai.manifest_base import (
+    _NAME,
+    _SEMVER,
+    CLASSIFICATION_METRICS,
+    LABEL_METRICS,
+    MODEL_FORMATS,
+    REGRESSION_METRICS,
+    TASK_METRICS,
+    UNIT_METRICS,
+    Comparison,
+    Fraction,
+    Name,
+    NonNegFloat,
+    PositiveFloat,
+    RelPath,
+    Strict,
+)
+from cpmai.manifest_environment import (
+    AUTOSCALED_TARGETS,
+    Autoscaling,
+    Environment,
+    Resources,
+    Rollout,
+)
 from cpmai.stats import parse_comparison
 from cpmai.yamlsource import Path_
 
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
-REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
-TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
-LABEL_METRICS = {
-    "classification": ("accuracy", "precision", "recall", "f1"),
-    "regression": REGRESSION_METRICS,
-}
-"""What `cpmai monitor` computes from served predictions and ground truth: roc_auc and log_loss
-need every request's probabilities, which the prediction log keeps only when asked for."""
-UNIT_METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc"}
-"""Metrics between 0 and 1: a bound outside that range is a typo (">= 90" for 90%)."""
-MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx", "mlflow")
-
-_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-_SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"
-
-
-def _check_comparison(text: str) -> str:
-    parse_comparison(text)
-    return text.strip()
-
-
-Comparison = Annotated[
-    str,
-    AfterValidator(_check_comparison),
-    Field(
-        pattern=r"^\s*(>=|<=|==|>|<)\s*[-+]?[0-9.]+([eE][-+]?[0-9]+)?\s*$",
-        examples=[">= 0.9"],
-    ),
+__all__ = [
+    "AUTOSCALED_TARGETS",
+    "CLASSIFICATION_METRICS",
+    "LABEL_METRICS",
+    "MODEL_FORMATS",
+    "REGRESSION_METRICS",
+    "TASK_METRICS",
+    "UNIT_METRICS",
+    "Autoscaling",
+    "Comparison",
+    "Environment",
+    "Fraction",
+    "Manifest",
+    "Name",
+    "NonNegFloat",
+    "PositiveFloat",
+    "RelPath",
+    "Resources",
+    "Rollout",
+    "Strict",
 ]
-Name = Annotated[str, Field(pattern=_NAME, description="lower-case letters, digits, . _ -")]
-PositiveFloat = Annotated[float, Field(gt=0, le=1e12)]
-NonNegFloat = Annotated[float, Field(ge=0, le=1e12)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-RelPath = Annotated[str, Field(min_length=1, max_length=4096)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, use_attribute_docstrings=True
-    )
 
 
 class Usage(Strict):
@@ -203,135 +201,6 @@ class Slo(Strict):
     """Largest share of failed requests, 0 to 1."""
     throughput_min: PositiveFloat | None = None
     """Requests per second the service must sustain."""
-
-
-class Resources(Strict):
-    """What one replica is given (and charged for)."""
-
-    cpu: PositiveFloat = 1.0
-    """CPU cores per replica."""
-    memory_gb: PositiveFloat = 1.0
-    """Memory per replica, GiB."""
-
-
-class Autoscaling(Strict):
-    """Replicas that follow the load: a floor, a ceiling and the load each replica should carry.
-
-    ray: Serve's autoscaler (`min_replicas`, `max_replicas`, `target_ongoing_requests`);
-    kubernetes: the HorizontalPodAutoscaler's bounds; kserve: the predictor's bounds and its
-    concurrency target."""
-
-    min: Annotated[int, Field(ge=1, le=1000)]
-    """Replicas always running (at least 1: cpmai keeps the environment answering)."""
-    max: Annotated[int, Field(ge=1, le=1000)]
-    """Most replicas the autoscaler may start."""
-    target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 2.0
-    """Requests in flight per replica the autoscaler aims for (Serve's default: 2)."""
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Autoscaling:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        return self
-
-
-AUTOSCALED_TARGETS = ("ray", "kubernetes", "kserve")
-
-
-class Rollout(Strict):
-    """How a new version replaces the live one."""
-
-    strategy: Literal["direct", "canary", "blue-green"] = "direct"
-    """direct: switch at once; canary: shift traffic step by step; blue-green: start beside,
-    then switch."""
-    steps: list[Annotated[int, Field(ge=1, le=100)]] = [100]
-    """Traffic percentages of a canary, ending at 100."""
-    auto_rollback: bool = True
-    """canary: put all traffic back on the live version when a step breaches (off: the rollout
-    goes on). A version that fails to load or become healthy is always routed back."""
-    window_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
-    """canary: how long each step is watched before the two versions are compared, seconds."""
-    max_error_rate_increase: Fraction = 0.01
-    """canary: a breach when the new version's error rate exceeds the live one's by more."""
-    max_p99_ratio: Annotated[float, Field(ge=1, le=1000)] = 2.0
-    """canary: a breach when the new version's p99 exceeds this multiple of the live one's
-    (and is over `slo.p99_ms`, or 1 ms more when no SLO is set)."""
-    min_requests: Annotated[int, Field(ge=1, le=10_000_000)] = 20
-    """canary: fewer requests than this to either version in a window: no verdict (said so)."""
-
-    @model_validator(mode="after")
-    def _steps(self) -> Rollout:
-        if self.steps != sorted(self.steps) or len(set(self.steps)) != len(self.steps):
-            raise ValueError("steps must increase, e.g. [10, 50, 100]")
-        if self.steps[-1] != 100:
-            raise ValueError("the last step must be 100")
-        return self
-
-
-class Environment(Strict):
-    """One place the model runs (staging, production, ...)."""
-
-    target: Literal["local", "ray", "docker", "kubernetes", "kserve", "edge"] = "local"
-    """Where it runs: a local server process, Ray Serve, or rendered Docker/Kubernetes/KServe
-    files, or an edge bundle."""
-    host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
-    """Interface the server binds (local target)."""
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    """Port the server listens on (none: pick a free one)."""
-    replicas: Annotated[int, Field(ge=1, le=1000)] | Autoscaling = 1
-    """Server processes / replicas: a number, or (ray, kubernetes, kserve) a range that follows
-    the load, e.g. {min: 1, max: 4, target_ongoing_requests: 8}."""
-    resources: Resources = Resources()
-    """CPU and memory per replica."""
-    rollout: Rollout = Rollout()
-    """How new versions are rolled out here."""
-    approvers: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
-    """Who may approve for this environment: names or e-mail patterns such as *@example.com."""
-    address: Annotated[str, Field(max_length=1000)] | None = None
-    """ray: the cluster address (default: start a local one)."""
-    namespace: Annotated[str, Field(max_length=253)] | None = None
-    """kubernetes/kserve: the namespace to render into."""
-    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-zA-Z0-9._/:@-]{0,255}$")] | None = None
-    """docker/kubernetes/kserve: the image to build and run (default: NAME:VERSION; a registry
-    prefix such as registry.example.com/ml/NAME is kept, with :VERSION added)."""
-    max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
-    """kubernetes/kserve: the autoscaler's ceiling when `replicas` is a number (default:
-    3 × replicas)."""
-
-    @model_validator(mode="after")
-    def _scaling(self) -> Environment:
-        if isinstance(self.replicas, Autoscaling):
-            if self.target not in AUTOSCALED_TARGETS:
-                raise ValueError(
-                    "replicas as a range needs an autoscaler (targets "
-                    f"{', '.join(AUTOSCALED_TARGETS)}); the {self.target} target runs a fixed "
-                    "number: give replicas a number"
-                )
-            if self.max_replicas is not None:
-                raise ValueError(
-                    "max_replicas is for a fixed replicas number: with a range, use replicas.max"
-                )
-        return self
-
-    @property
-    def autoscaling(self) -> Autoscaling | None:
-        """The range, when replicas follow the load."""
-        return self.replicas if isinstance(self.replicas, Autoscaling) else None
-
-    @property
-    def min_replicas(self) -> int:
-        """Replicas always running: the number, or the range's floor."""
-        return self.replicas.min if isinstance(self.replicas, Autoscaling) else self.replicas
-
-    @property
-    def max_replicas_allowed(self) -> int:
-        """The most replicas there may be: the number, the range's ceiling, or (kubernetes,
-        kserve) `max_replicas`, else 3 × replicas."""
-        if isinstance(self.replicas, Autoscaling):
-            return self.replicas.max
-        if self.target in ("kubernetes", "kserve"):
-            return self.max_replicas or 3 * self.replicas
-        return self.replicas
 
 
 class Drift(Strict):

@@ -95,15 +95,19 @@ def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
     """Turn pydantic's errors into `FILE:LINE path: message` lines, one per problem."""
     out: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    branches = [_data_path(err["loc"], doc.data) for err in errors]
+    for err, data_loc in zip(errors, branches, strict=True):
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _CrossCheckError):
             for loc, message in ctx_error.problems:
                 out.append((doc.line_of(loc), f"{doc.where(loc)} {_dotted(loc)}: {message}"))
             continue
-        data_loc = _data_path(err["loc"], doc.data)
         if data_loc is None:
-            continue  # an error from a union branch that does not match the value's kind
+            where = _data_path(err["loc"], doc.data, every_branch=True) or ()
+            if any(kept is not None and kept[: len(where)] == where for kept in branches):
+                continue  # an error from a union branch that does not match the value's kind
+            data_loc = where  # no branch matches the value's kind: say what each expected
         loc = data_loc
         message = _message(err, loc, doc.data)
         line = f"{doc.where(loc)} {_dotted(loc) or '(top level)'}: {message}"
@@ -114,7 +118,7 @@ def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
     return [text for _, text in out]
 
 
-def _data_path(loc: tuple[str | int, ...], data: Any) -> Path_ | None:
+def _data_path(loc: tuple[str | int, ...], data: Any, every_branch: bool = False) -> Path_ | None:
     """Drop pydantic's union tags (e.g. `list[InputSpec]`) from a location.
 
     Returns None when the tag names a branch that cannot match the value found there, so a
@@ -123,11 +127,25 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path_ | None:
     path: list[str | int] = []
     node = data
     for part in loc:
+        if (
+            every_branch
+            and isinstance(part, str)
+            and ("[" in part or "-" in part or part[:1].isupper())
+        ):
+            continue
         if (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         ):
             path.append(part)
             node = node[part]  # type: ignore[index]
+        elif isinstance(part, str) and part.startswith("constrained-"):
+            kind = part.removeprefix("constrained-")  # a number or text with bounds
+            if kind in ("int", "float") and (isinstance(node, bool | dict | list | str)):
+                return None
+        elif isinstance(part, str) and part.startswith(("function-after[", "function-before[")):
+            branch = part[part.index("[") + 1 : -1].rsplit(",", 1)[-1].strip()
+            if branch[:1].isupper() and not isinstance(node, dict):
+                return None  # a model class's branch with its own validator (Autoscaling)
         elif isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
             kind = part.split("[", 1)[0]
             matches = {

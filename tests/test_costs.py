@@ -306,3 +306,35 @@ def test_the_schema_file_is_generated_from_the_document_model() -> None:
 
     committed = (Path(__file__).parent.parent / "docs" / "cost.schema.json").read_text()
     assert committed == render("cost.schema.json"), "run `python -m cpmai.schemas`"
+
+
+def test_autoscaled_replicas_are_charged_as_sampled(history: Path, home: Path) -> None:
+    """Replicas that follow the load are charged for what ran: the history's samples (every
+    10 s) show one process for two hours, then two for two hours — 1.5 on average, not the
+    range's ceiling of 4 nor its floor of 1."""
+    from cpmai.costs.estimate import estimate
+    from cpmai.manifest_file import load_manifest
+
+    def autoscale(doc: dict[str, Any]) -> None:
+        doc["environments"]["staging"] = {
+            "target": "ray",
+            "replicas": {"min": 1, "max": 4, "target_ongoing_requests": 8},
+        }
+        doc["monitoring"]["sample_interval_s"] = 10
+
+    edit(history, autoscale)
+    doc = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).document.to_json()
+    validate(doc)
+    staging = doc["environments"][0]
+    assert staging["autoscaled"] == {"min": 1, "max": 4, "mean_running": 1.5,
+                                     "peak_running": 2, "samples": 2160}  # fmt: skip
+    assert staging["replicas"] == 1.5
+    alloc = staging["allocation"]
+    assert alloc["cpu_cores"] == approx(1.5) and alloc["memory_gib"] == approx(1.5)
+    assert alloc["per_hour"]["value"] == approx(1.5 * (PRICE_CPU + PRICE_MEM))
+    assert alloc["per_hour"]["inputs"]["replicas"] == 1.5
+
+    edit(history, lambda doc: doc["environments"].update(staging={"target": "ray", "replicas": 2}))
+    fixed = estimate(home, NAME, now=NOW, manifest=load_manifest(history)).document.to_json()
+    assert "autoscaled" not in fixed["environments"][0]
+    assert fixed["environments"][0]["replicas"] == 2  # a number stays what the manifest says

@@ -233,3 +233,32 @@ def test_committed_manifest_reference_is_in_sync() -> None:
     assert committed == render_reference(), "run `cpmai schema --markdown -o docs/manifest.md`"
     for field in ("extends", "trusted_types", "approvers", "max_age_days", "budget_per_month"):
         assert f"| `{field}` |" in committed
+
+
+@pytest.mark.parametrize(
+    ("staging", "expected"),
+    [
+        ("{target: ray, replicas: {min: 1, max: 4, target_ongoing_requests: 8}}", None),
+        ("{target: kserve, replicas: {min: 2, max: 2}}", None),
+        ("{target: local, replicas: {min: 1, max: 4}}", "replicas as a range needs an autoscaler"),
+        ("{target: ray, replicas: {min: 5, max: 2}}", "min (5) is greater than max (2)"),
+        ("{target: ray, replicas: {min: 0, max: 2}}", "replicas.min: input should be greater"),
+        ("{target: ray, replicas: '3', port: 0}", "replicas: input should be a valid integer"),
+        ("{target: ray, replicas: [1]}", "replicas: input should be a valid integer"),
+        ("{target: ray, replicas: {min: 1, max: 2, target_ongoing_requests: 0}}", "greater than 0"),
+        ("{target: ray, replicas: {min: 1, max: 2, target: 3}}", "target"),
+        ("{target: kubernetes, replicas: {min: 1, max: 2}, max_replicas: 3}", "use replicas.max"),
+        ("{target: kubernetes, replicas: 3, max_replicas: 2}", "max_replicas (2) is below"),
+        ("{target: ray, replicas: {min: .nan, max: 2}}", "replicas"),
+    ],
+)
+def test_replica_ranges(tmp_path: Path, staging: str, expected: str | None) -> None:
+    path = write(tmp_path, VALID.replace("staging: {port: 8081}", f"staging: {staging}"))
+    if expected is None:
+        spec = load_manifest(path).environments["staging"]
+        assert spec.autoscaling is not None
+        assert spec.min_replicas == spec.autoscaling.min <= spec.max_replicas_allowed
+        return
+    found = problems(path)
+    assert found and all(":13 environments.staging" in p for p in found), found
+    assert any(expected in p for p in found), found

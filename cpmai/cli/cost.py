@@ -135,6 +135,15 @@ def render(doc: "CostDocument", *, explain: bool) -> None:
     if doc.counted != [e.env for e in doc.environments]:
         show(f"[dim]the total counts every environment live now: {', '.join(doc.counted)}[/dim]")
     for e in doc.environments:
+        if e.autoscaled is not None:
+            a = e.autoscaled
+            ran = (
+                f"{a.mean_running:g} running on average (peak {a.peak_running}, "
+                f"{a.samples:,} resource samples): charged for that"
+                if a.mean_running is not None
+                else "no resource samples in the period: charged at the floor"
+            )
+            show(f"{e.env}: replicas follow the load ({a.min}–{a.max}); {ran}")
         resources_from = e.allocation.resources_from or ""
         if resources_from.startswith("not in any manifest"):
             warn(f"{e.env}: {resources_from}")

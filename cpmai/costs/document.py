@@ -153,10 +153,24 @@ class ReplicaResources(Doc):
     memory_gb: float
 
 
+class Autoscaled(Doc):
+    """An environment whose replicas follow the load: what ran, from the replicas' own resource
+    samples (each replica writes one every `monitoring.sample_interval_s`)."""
+
+    min: int
+    max: int
+    mean_running: float | None = Field(
+        description="replicas running on average while any ran: samples × interval ÷ the "
+        "seconds some replica covered (None: no samples, the allocation is the floor)"
+    )
+    peak_running: int | None
+    samples: int = Field(ge=0)
+
+
 class EnvironmentCost(Doc):
     """What one environment costs: allocation, usage, traffic, capacity, cost per 1,000."""
 
-    OMIT_UNSET: ClassVar[frozenset[str]] = frozenset({"usage_note", "capacity_note"})
+    OMIT_UNSET: ClassVar[frozenset[str]] = frozenset({"usage_note", "capacity_note", "autoscaled"})
 
     env: str
     target: str | None
@@ -165,7 +179,10 @@ class EnvironmentCost(Doc):
     version: str | None
     live: bool
     url: str | None
-    replicas: int
+    replicas: int | float = Field(
+        description="replicas charged: the manifest's number, or (autoscaled) the mean running"
+    )
+    autoscaled: Autoscaled | None = None
     resources: ReplicaResources
     live_hours: float = Field(description="hours live in the period")
     allocation: Allocation

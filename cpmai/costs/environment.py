@@ -10,6 +10,7 @@ from typing import Any
 from cpmai.costs import measure, model
 from cpmai.costs.document import (
     Allocation,
+    Autoscaled,
     CostAlert,
     EnvironmentCost,
     Increase,
@@ -23,6 +24,7 @@ from cpmai.costs.document import (
 from cpmai.costs.facts import Facts
 from cpmai.costs.model import HOURS_PER_MONTH, figure
 from cpmai.home import Home
+from cpmai.manifest import Environment
 from cpmai.monitor.result import Resources
 
 MIN_PROJECTION_S = 3600.0
@@ -64,6 +66,38 @@ def usage(
     return resource_summary(samples, *bounds, interval)
 
 
+def autoscaled(
+    facts: Facts, env: str, spec: Environment | None, low: float, high: float
+) -> Autoscaled | None:
+    """For replicas that follow the load: how many ran, counted as the distinct processes that
+    wrote a resource sample at each sampled moment of [low, high)."""
+    if spec is None or spec.autoscaling is None:
+        return None
+    from cpmai.predlog.reader import read_resources
+
+    interval = facts.manifest.monitoring.sample_interval_s
+    times: dict[Any, list[float]] = {}
+    for sample in read_resources(Home(facts.home).env(facts.name, env).logs, low, high):
+        times.setdefault(sample.get("pid"), []).append(float(sample["t"]))
+    # each sample stands for the interval before it: a replica ran over [first - interval, last]
+    spans = sorted((min(ts) - interval, max(ts)) for ts in times.values())
+    covered, reach = 0.0, -math.inf
+    for begin, end in spans:
+        covered += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    samples = sum(len(ts) for ts in times.values())
+    peak = max(
+        (sum(a < t <= b for a, b in spans) for ts in times.values() for t in ts), default=None
+    )
+    return Autoscaled(
+        min=spec.autoscaling.min,
+        max=spec.autoscaling.max,
+        mean_running=round(samples * interval / covered, 3) if covered > 0 else None,
+        peak_running=peak,
+        samples=samples,
+    )
+
+
 def environment(facts: Facts, env: str, planned: bool, start: float, end: float) -> EnvironmentCost:
     name, prices = facts.name, facts.prices
     spec, _ = facts.spec(env)
@@ -71,7 +105,11 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
     intervals = facts.intervals(env)
     version = facts.version_of(env)
     url = live.details.get("url") if live else (intervals[-1].url if intervals else None)
-    alloc = facts.allocation(env)
+    scaled = autoscaled(facts, env, spec, start, end)
+    charged_replicas: int | float = spec.min_replicas if spec else 0
+    if scaled is not None and scaled.mean_running is not None:
+        charged_replicas = scaled.mean_running
+    alloc = facts.allocation(env, charged_replicas)
     alloc_hour = float(alloc.per_hour.value or 0.0)
     live_hours = round(measure.live_seconds(intervals, start, end) / 3600, 4)
     facts.say(f"reading {env}'s resource samples")
@@ -133,7 +171,7 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
         version=version,
         live=live is not None,
         url=url,
-        replicas=spec.min_replicas if spec else 0,
+        replicas=charged_replicas,
         resources=ReplicaResources(
             cpu=spec.resources.cpu if spec else 0.0,
             memory_gb=spec.resources.memory_gb if spec else 0.0,
@@ -156,6 +194,8 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
         ),
         previous=previous(facts, env, alloc, url),
     )
+    if scaled is not None:
+        entry.autoscaled = scaled
     if usage_note is not None:
         entry.usage_note = usage_note
     if cap is None:

@@ -137,7 +137,7 @@ class Facts:
             return self.manifest.environments[env], self.source
         return None, "not in any manifest: nothing is known of its resources"
 
-    def allocation(self, env: str, replicas: int | None = None) -> Allocation:
+    def allocation(self, env: str, replicas: float | None = None) -> Allocation:
         spec, source = self.spec(env)
         count = replicas if replicas is not None else (spec.min_replicas if spec else 0)
         cpu = spec.resources.cpu if spec else 0.0

@@ -26,7 +26,7 @@ def _round(value: float | None) -> float | None:
 
 
 def allocation(
-    replicas: int, cpu: float, memory_gb: float, cpu_hour: float, memory_gb_hour: float
+    replicas: float, cpu: float, memory_gb: float, cpu_hour: float, memory_gb_hour: float
 ) -> Allocation:
     """What the environment reserves, priced."""
     cores, gib = replicas * cpu, replicas * memory_gb
