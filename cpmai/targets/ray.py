@@ -43,6 +43,7 @@ from cpmai.targets.ray_cluster import (
     Mode,
     free_port,
     gcs_alive,
+    haproxy_folder,
     probe_mode,
     start_head,
     stop_cluster,
@@ -166,8 +167,7 @@ class RayTarget:
         http = spec.port or free_port()
         progress(f"starting a local Ray cluster (127.0.0.1:{gcs})")
         started = time.perf_counter()
-        # a short folder of its own: a unix socket path must stay under 108 bytes
-        haproxy = Path(tempfile.mkdtemp(prefix="cpmai-haproxy-"))
+        haproxy = haproxy_folder()
         mode = start_head(gcs, os.cpu_count() or 1, haproxy)
         record = {
             "address": f"127.0.0.1:{gcs}",
@@ -423,5 +423,6 @@ def _forget(record: dict[str, Any]) -> None:
     import shutil
 
     folder = Path(str(record.get("haproxy_folder") or ""))
-    if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("cpmai-haproxy-"):
+    roots = (Path("/tmp"), Path(tempfile.gettempdir()))
+    if folder.parent in roots and folder.name.startswith("cpmai-hap-"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any
 from cpmai.errors import TargetError
 
 START_TIMEOUT = 120.0
+MAX_HAPROXY_FOLDER = 27  # + "/" + a 56-character node id + "/metrics.sock" = HAProxy's 97
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 # Ray's fixed default ports (client server 10001, agent 52365, ...) would collide with another
@@ -100,24 +101,48 @@ def haproxy_available() -> bool:
     )
 
 
+def haproxy_folder() -> Path:
+    """A new folder for a cluster's HAProxy files, short enough for its sockets' paths."""
+    import tempfile
+
+    root = "/tmp" if os.access("/tmp", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="cpmai-hap-", dir=root))
+
+
 def start_environment(haproxy_folder: Path) -> tuple[dict[str, str], Mode]:
     """The environment of `ray start` for a cluster cpmai owns: high-throughput mode on unless
     the caller's environment says otherwise, HAProxy only where there is one to run. HAProxy's
-    files and its stats and metrics ports are the cluster's own (Serve's defaults, one folder
-    in /tmp and ports 8404 and 9101, would collide with a second cluster on the machine)."""
+    files and every port Ray would otherwise fix are the cluster's own (Serve's defaults, one
+    folder in /tmp and ports 8404, 9101, 8500, 9500, would collide with a second cluster on the
+    machine). Every node of a cluster needs the same switches: a worker node started without
+    them serves nothing through HAProxy."""
     env = dict(os.environ)
+    # the head's autoscaler and dashboard export metrics on fixed ports (44217, 44227) of all
+    # interfaces: a second cluster on the machine would find them taken
+    env.setdefault("AUTOSCALER_METRIC_PORT", str(free_port()))
+    env.setdefault("DASHBOARD_METRIC_PORT", str(free_port()))
     if HA_PROXY not in env and haproxy_available():
         env[HA_PROXY] = "1"
     env.setdefault(THROUGHPUT, "1")
     mode = Mode(env.get(HA_PROXY) == "1", env.get(THROUGHPUT) in ("1", "true", "True"))
     if mode.haproxy:
+        if len(str(haproxy_folder)) > MAX_HAPROXY_FOLDER:
+            raise TargetError(
+                f"HAProxy's folder {haproxy_folder} is too long: Serve adds a 56-character node id "
+                f"and HAProxy refuses socket paths over 97 bytes (at most {MAX_HAPROXY_FOLDER})"
+            )
+        haproxy_folder.mkdir(parents=True, exist_ok=True)
         own = {
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": haproxy_folder / "haproxy.cfg",
             "RAY_SERVE_HAPROXY_SOCKET_PATH": haproxy_folder / "admin.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_folder,
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": haproxy_folder / "server-state",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": haproxy_folder / "metrics.sock",
             "RAY_SERVE_HAPROXY_STATS_PORT": free_port(),
             "RAY_SERVE_HAPROXY_METRICS_PORT": free_port(),
+            # HAProxy's backup: Serve's own proxy on the head, on fixed ports 8500 and 9500
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": free_port(),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": free_port(),
         }
         for key, value in own.items():
             env.setdefault(key, str(value))
