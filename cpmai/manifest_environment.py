@@ -32,6 +32,12 @@ class Autoscaling(Strict):
     """Most replicas the autoscaler may start."""
     target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 2.0
     """Requests in flight per replica the autoscaler aims for (Serve's default: 2)."""
+    upscale_delay_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """ray: how long the load must call for more replicas before one is added (Serve's
+    default: 30 s)."""
+    downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 600.0
+    """ray: how long the load must allow fewer replicas before one is removed (Serve's
+    default: 600 s)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:

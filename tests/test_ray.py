@@ -180,3 +180,73 @@ def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> 
     finally:
         stop_cluster(gcs)
     assert _cluster_processes(gcs) == []
+
+
+@pytest.mark.slow
+def test_replicas_follow_the_load_and_cost_what_ran(churn: Path, home: Path) -> None:
+    """`replicas: {min, max, target_ongoing_requests}` is Serve's autoscaler: load adds a
+    replica, calm removes it, `status` shows the replicas running now and `cost` charges the
+    replicas that ran (from their own resource samples), between the floor and the ceiling."""
+    import threading
+    import time
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}
+        doc["monitoring"]["sample_interval_s"] = 1
+        doc["environments"] = {"cluster": {
+            "target": "ray", "resources": {"cpu": 0.5, "memory_gb": 0.5},
+            "replicas": {"min": 1, "max": 2, "target_ongoing_requests": 1,
+                         "upscale_delay_s": 1, "downscale_delay_s": 2}}}  # fmt: skip
+
+    edit(churn, change)
+    record_path = home / "runs" / NAME / "cluster" / "ray.json"
+    try:
+        deployed = run_cpmai("deploy", churn, "--env", "cluster", timeout=600)
+        assert deployed.code == 0, deployed.err
+        assert "1–2 replicas, autoscaled at 1 requests in flight each" in deployed.err
+        row = _status(home)["server"]
+        assert row["workers"] == 1 and "replicas now: 1 running (at most 2)" in row["detail"]
+        url = row["url"]
+        frame = pd.read_csv(churn.parent / "data" / "holdout.csv").head(1)
+        body = json.dumps(
+            {"dataframe_records": json.loads(frame[FEATURES].to_json(orient="records"))}
+        )
+        stop = threading.Event()
+        answered: list[int] = []
+
+        def load() -> None:
+            while not stop.is_set():
+                answered.append(_get(f"{url}/invocations", json.loads(body))[0])
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 90
+            while (row := _status(home)["server"])["workers"] < 2 and time.monotonic() < deadline:
+                time.sleep(2)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        assert row["workers"] == 2, row["detail"]
+        assert set(answered) == {200}, f"failed answers while scaling up: {set(answered)}"
+        deadline = time.monotonic() + 120
+        while (row := _status(home)["server"])["workers"] > 1 and time.monotonic() < deadline:
+            time.sleep(2)
+        assert row["workers"] == 1 and row["state"] == "running", row["detail"]
+
+        cost = run_cpmai("--json", "cost", NAME, "--env", "cluster")
+        assert cost.code in (0, 4), cost.err
+        [entry] = json.loads(cost.out)["environments"]
+        scaled = entry["autoscaled"]
+        assert scaled["min"] == 1 and scaled["max"] == 2 and scaled["peak_running"] == 2, scaled
+        assert 1 < scaled["mean_running"] < 2, scaled
+        assert entry["replicas"] == scaled["mean_running"]
+        assert entry["allocation"]["cpu_cores"] == pytest.approx(0.5 * scaled["mean_running"])
+        assert run_cpmai("stop", NAME, "--env", "cluster", timeout=300).code == 0
+    finally:
+        if record_path.exists():
+            from cpmai.targets.ray_cluster import stop_cluster
+
+            stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))

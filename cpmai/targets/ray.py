@@ -70,22 +70,21 @@ def build_deployment(home: str, name: str, version: str, env: str, spec: Any) ->
     from ray import serve
 
     scaling: dict[str, Any] = {"num_replicas": spec.replicas}
+    max_ongoing = MAX_ONGOING
     if spec.autoscaling is not None:
-        target = spec.autoscaling.target_ongoing_requests
+        auto = spec.autoscaling
         scaling = {
             "autoscaling_config": {
-                "min_replicas": spec.autoscaling.min,
-                "initial_replicas": spec.autoscaling.min,
-                "max_replicas": spec.autoscaling.max,
-                "target_ongoing_requests": target,
+                "min_replicas": auto.min,
+                "initial_replicas": auto.min,
+                "max_replicas": auto.max,
+                "target_ongoing_requests": auto.target_ongoing_requests,
+                "upscale_delay_s": auto.upscale_delay_s,
+                "downscale_delay_s": auto.downscale_delay_s,
             },
         }
-    max_ongoing = max(
-        MAX_ONGOING,
-        math.ceil(
-            2 * float(scaling.get("autoscaling_config", {}).get("target_ongoing_requests", 0))
-        ),
-    )
+        # a replica must accept more than the target, or the autoscaler never sees it
+        max_ongoing = max(MAX_ONGOING, math.ceil(2 * auto.target_ongoing_requests))
 
     @serve.deployment(
         name="model",
@@ -226,7 +225,14 @@ class RayTarget:
             )
         if plan.canary:
             progress("ray: Serve replaces replicas one by one; the canary steps are not applied")
-        progress(f"deploying {plan.version} as the Serve application {self.app_name}")
+        scale = plan.spec.autoscaling
+        replicas = (
+            f"{scale.min}–{scale.max} replicas, autoscaled at "
+            f"{scale.target_ongoing_requests:g} requests in flight each"
+            if scale
+            else f"{plan.spec.replicas} replica(s)"
+        )
+        progress(f"deploying {plan.version} as the Serve application {self.app_name} ({replicas})")
         application = build_deployment(
             str(self.home.resolve()), plan.name, plan.version, self.env, plan.spec
         )
@@ -237,13 +243,6 @@ class RayTarget:
                 f"Ray Serve could not deploy {plan.version}: {exc} {self._why()}".strip()
             ) from exc
         url = self._url(cluster)
-        scale = plan.spec.autoscaling
-        replicas = (
-            f"{scale.min}–{scale.max} replicas, autoscaled at "
-            f"{scale.target_ongoing_requests:g} requests in flight each"
-            if scale
-            else f"{plan.spec.replicas} replica(s)"
-        )
         steps.append({"step": "serve.run", "seconds": round(time.perf_counter() - began, 3),
                       "note": replicas})  # fmt: skip
         record = {
@@ -317,10 +316,11 @@ class RayTarget:
         detail = "; ".join(parts)
         if live is None:
             return TargetStatus(state="down", url=url, detail=f"{detail}: no answer")
-        running = serve_says.running if serve_says else int(record.get("replicas") or 0)
-        wanted = serve_says.wanted if serve_says else running
+        floor = int(record.get("replicas") or 0)
+        running = serve_says.running if serve_says else floor
+        healthy = serve_says is None or (serve_says.settled and running >= floor)
         return TargetStatus(
-            state="running" if running >= wanted else "degraded",
+            state="running" if healthy else "degraded",
             url=url,
             healthy=True,
             live=live,
@@ -393,6 +393,9 @@ def _mode(record: dict[str, Any]) -> Mode | None:
     return Mode(found.get("haproxy") is True, found.get("throughput_optimized") is True)
 
 
+SETTLED = ("HEALTHY", "UPSCALING", "DOWNSCALING", "UPDATING")
+
+
 @dataclass(frozen=True)
 class Replicas:
     """Serve's view of a deployment's replicas: counts by state, its status and message."""
@@ -406,13 +409,14 @@ class Replicas:
         return self.states.get("RUNNING", 0)
 
     @property
-    def wanted(self) -> int:
-        return sum(self.states.values())
+    def settled(self) -> bool:
+        """Serve has what it wants, or is scaling or updating on purpose."""
+        return self.status in SETTLED
 
     def describe(self, ceiling: int) -> str:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.states.items()))
         text = f"replicas now: {counts or 'none'}" + (f" (at most {ceiling})" if ceiling else "")
-        if self.status not in ("HEALTHY", "UPSCALING", "DOWNSCALING") and self.message:
+        if not self.settled and self.message:
             text += f"; Serve: {self.status}: {self.message.splitlines()[-1][:300]}"
         return text
 
