@@ -91,12 +91,14 @@ def wait_ready(
     raise RuntimeError(f"nothing answered on port {port}{path}")
 
 
-def run_wrk(wrk: str, port: int, script: Path, duration: float, connections: int) -> dict[str, Any]:
-    """wrk against /invocations (2 threads, 1 for one connection): requests/s, requests, p50 and
-    p99 in ms, non-2xx answers and socket errors."""
+def run_wrk(
+    wrk: str, port: int, script: Path, duration: float, connections: int, prefix: str = ""
+) -> dict[str, Any]:
+    """wrk against `prefix`/invocations (2 threads, 1 for one connection): requests/s, requests,
+    p50 and p99 in ms, non-2xx answers and socket errors."""
     argv = [wrk, f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration:g}s",
             "--timeout", "30s", "--latency", "-s", str(script),
-            f"http://127.0.0.1:{port}/invocations"]  # fmt: skip
+            f"http://127.0.0.1:{port}{prefix}/invocations"]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)

@@ -45,6 +45,18 @@ def _replicas(address: str) -> dict[str, Any]:
     return data
 
 
+def _clean_up(record_path: Path) -> None:
+    """Stop a cluster cpmai started that a failed test left running, and remove its files."""
+    import shutil
+
+    from cpmai.targets.ray_cluster import stop_cluster
+
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        stop_cluster(int(record["gcs_port"]))
+        shutil.rmtree(record.get("haproxy_folder") or "/nonexistent", ignore_errors=True)
+
+
 def _cluster_processes(port: int) -> list[str]:
     """The cluster's processes still alive (one that exits while it is looked at is gone)."""
     import psutil
@@ -76,6 +88,10 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         assert deployed.code == 0, deployed.err
         record = json.loads(record_path.read_text())
         assert record["owned"] and record["version"] == "1.0.0"
+        # the cluster cpmai starts runs Serve's high-throughput mode, with HAProxy's own files
+        assert record["mode"] == {"haproxy": True, "throughput_optimized": True}
+        assert "ray: high-throughput mode" in deployed.err
+        assert Path(record["haproxy_folder"]).is_dir()
         row = _status(home)
         assert row["server"]["state"] == "running" and row["server"]["live"] == "1.0.0"
         assert row["target"] == "ray" and row["server"]["workers"] == 2
@@ -107,6 +123,7 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         assert stopped.code == 0, stopped.err
         assert _status(home)["server"]["state"] == "stopped"
         assert _cluster_processes(record["gcs_port"]) == []
+        assert not Path(record["haproxy_folder"]).exists()
         events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
         rollouts = [
             (e["action"], e["version"], e["details"].get("result"))
@@ -116,10 +133,7 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         assert rollouts == [("deploy", "1.0.0", "live"), ("deploy", "1.1.0", "live"),
                             ("rollback", "1.0.0", "live"), ("stop", "1.0.0", None)]  # fmt: skip
     finally:
-        if record_path.exists():
-            from cpmai.targets.ray_cluster import stop_cluster
-
-            stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
+        _clean_up(record_path)
 
 
 @pytest.mark.slow
@@ -163,10 +177,13 @@ def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> 
         edit(churn, change)
         deployed = run_cpmai("deploy", churn, "--env", "shared", timeout=600)
         assert deployed.code == 0, deployed.err
+        # a cluster started without the switches: deploy and status say what that costs
+        assert "Serve's classic data plane (RAY_SERVE_ENABLE_HA_PROXY=1 and " in deployed.err
         row = next(r for r in json.loads(run_cpmai("--json", "status", NAME).out)["environments"]
                    if r["env"] == "shared")  # fmt: skip
         url = row["server"]["url"]
         assert url == f"http://127.0.0.1:{http}/{NAME}-shared"
+        assert "classic data plane" in row["server"]["detail"], row["server"]["detail"]
         frame = pd.read_csv(churn.parent / "data" / "holdout.csv").head(10)
         records = json.loads(frame[FEATURES].to_json(orient="records"))
         status, reply = _get(f"{url}/invocations", {"dataframe_records": records})
@@ -246,7 +263,4 @@ def test_replicas_follow_the_load_and_cost_what_ran(churn: Path, home: Path) -> 
         assert entry["allocation"]["cpu_cores"] == pytest.approx(0.5 * scaled["mean_running"])
         assert run_cpmai("stop", NAME, "--env", "cluster", timeout=300).code == 0
     finally:
-        if record_path.exists():
-            from cpmai.targets.ray_cluster import stop_cluster
-
-            stop_cluster(int(json.loads(record_path.read_text())["gcs_port"]))
+        _clean_up(record_path)

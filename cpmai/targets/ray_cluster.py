@@ -27,13 +27,13 @@ from typing import Any
 from cpmai.errors import TargetError
 
 START_TIMEOUT = 120.0
+DRAIN_S = 3.0
 MAX_HAPROXY_FOLDER = 27  # + "/" + a 56-character node id + "/metrics.sock" = HAProxy's 97
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 # Ray's fixed default ports (client server 10001, agent 52365, ...) would collide with another
 # cluster on the machine: each node gets a free port of its own for each
 OWN_PORTS = (
-    "--ray-client-server-port",
     "--dashboard-agent-listen-port",
     "--dashboard-agent-grpc-port",
     "--metrics-export-port",
@@ -143,25 +143,46 @@ def start_environment(haproxy_folder: Path) -> tuple[dict[str, str], Mode]:
             # HAProxy's backup: Serve's own proxy on the head, on fixed ports 8500 and 9500
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": free_port(),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": free_port(),
+            # a replica on its way out stays open this long so that load balancers in front
+            # can drop it (Serve: 30 s, which every stop and update then waits); HAProxy on the
+            # cluster's own head learns of it within a second and retries refused connections
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": DRAIN_S,
         }
         for key, value in own.items():
             env.setdefault(key, str(value))
     return env, mode
 
 
-def start_head(gcs: int, cpus: int, haproxy_folder: Path) -> Mode:
-    """`ray start --head` on 127.0.0.1:`gcs`, no dashboard, its own ports; returns its mode."""
-    env, mode = start_environment(haproxy_folder)
-    command = [
-        ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-        "--include-dashboard", "false", "--disable-usage-stats",
-        "--num-cpus", str(cpus), "--object-store-memory", str(256 * 2**20),
-    ]  # fmt: skip
+def node_command(gcs: int, cpus: float, head: bool, temp_dir: Path | None = None) -> list[str]:
+    """`ray start` for a node of the cluster whose GCS is on 127.0.0.1:`gcs`: the head, or a
+    worker joining it. Every port a node would otherwise take from Ray's fixed defaults is a
+    free one of its own, so several nodes and clusters can share a machine."""
+    command = [ray_binary(), "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+               "--num-cpus", f"{cpus:g}", "--object-store-memory", str(256 * 2**20)]  # fmt: skip
+    if head:
+        command += ["--head", "--port", str(gcs), "--include-dashboard", "false",
+                    "--ray-client-server-port", str(free_port())]  # fmt: skip
+    else:
+        command += ["--address", f"127.0.0.1:{gcs}", "--node-manager-port", str(free_port()),
+                    "--object-manager-port", str(free_port()),
+                    "--min-worker-port", "0", "--max-worker-port", "0"]  # fmt: skip
     for flag in OWN_PORTS:
         command += [flag, str(free_port())]
+    if temp_dir is not None:
+        command += ["--temp-dir", str(temp_dir)]
+    return command
+
+
+def start_node(command: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT, env=env)
     if result.returncode != 0:
         raise TargetError(f"`ray start` failed: {(result.stderr or result.stdout)[-800:]}")
+
+
+def start_head(gcs: int, cpus: int, haproxy_folder: Path) -> Mode:
+    """`ray start --head` on 127.0.0.1:`gcs`, no dashboard, its own ports; returns its mode."""
+    env, mode = start_environment(haproxy_folder)
+    start_node(node_command(gcs, cpus, head=True), env)
     return mode
 
 
