@@ -147,6 +147,10 @@ def start_environment(haproxy_folder: Path) -> tuple[dict[str, str], Mode]:
             # can drop it (Serve: 30 s, which every stop and update then waits); HAProxy on the
             # cluster's own head learns of it within a second and retries refused connections
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": DRAIN_S,
+            # HAProxy would log every request to a Python actor that parses the line into
+            # Serve's request metrics, a tenth of a core at 3,000 requests/s; without it the
+            # replicas count their requests themselves (docs/scaling.md)
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         }
         for key, value in own.items():
             env.setdefault(key, str(value))
