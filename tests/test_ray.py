@@ -264,3 +264,62 @@ def test_replicas_follow_the_load_and_cost_what_ran(churn: Path, home: Path) -> 
         assert run_cpmai("stop", NAME, "--env", "cluster", timeout=300).code == 0
     finally:
         _clean_up(record_path)
+
+
+def test_a_damaged_ray_record_is_read_as_absent_never_as_a_crash(tmp_path: Path) -> None:
+    """runs/NAME/ENV/ray.json edited by hand or cut short: `status` and `stop` say what they can
+    (a junk value reads as absent), never a traceback; `stop` never kills by a port it was not
+    sure of, nor deletes a folder cpmai did not make."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cpmai.errors import TargetError
+    from cpmai.targets.ray import RayTarget
+
+    class Version(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"version": "1.0.0"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Version)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    good = {"address": "127.0.0.1:1", "owned": False, "url": url, "app": f"{NAME}-cluster",
+            "replicas": 2, "max_replicas": 2}  # fmt: skip
+    target = RayTarget(tmp_path, NAME, "cluster")
+    try:
+        junk: list[dict[str, Any]] = [
+            {"replicas": "two"}, {"replicas": [2]}, {"replicas": "1.5"}, {"replicas": -1},
+            {"replicas": True}, {"max_replicas": "x"}, {"mode": "fast"}, {"mode": [1]},
+            {"url": "file:///etc/passwd"}, {"url": 3}, {"address": 7}, {"app": None},
+            {"gcs_port": "x", "owned": "true"}, {"haproxy_folder": str(keep)},
+        ]  # fmt: skip
+        for change in junk:
+            target.folder.mkdir(parents=True, exist_ok=True)
+            target.record_path.write_text(json.dumps({**good, **change}))
+            said = target.status()
+            assert said.state in ("running", "down", "stopped"), (change, said)
+            if "url" not in change:
+                assert said.live == "1.0.0" and said.state == "running", (change, said)
+        target.record_path.write_text('{"address": "127.0.0.1:1", "url": "' + url)  # cut short
+        assert target.status().state == "stopped"
+        # owned, but no port to find its processes by: nothing is killed, the record goes
+        target.record_path.write_text(json.dumps({**good, "owned": True, "gcs_port": "x",
+                                                  "haproxy_folder": str(keep)}))  # fmt: skip
+        target.stop()
+        assert not target.record_path.exists() and keep.is_dir()
+        # not owned and no address: cpmai cannot tell where to delete the application
+        target.record_path.write_text(json.dumps({**good, "address": None}))
+        with pytest.raises(TargetError, match="names no Ray cluster"):
+            target.stop()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -150,7 +150,8 @@ class RayTarget:
         self.app_name = f"{name}-{env}"
 
     def _record(self) -> dict[str, Any] | None:
-        return read_json_object(self.record_path)
+        found = read_json_object(self.record_path)
+        return None if found is None else _clean(found)
 
     def _save(self, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -165,12 +166,19 @@ class RayTarget:
             return {"address": spec.address, "owned": False, "route_prefix": f"/{self.app_name}"}
         if record.get("owned") and _alive(record):
             return record
+        _forget(record)  # a cluster of ours that died: its HAProxy files go with it
         gcs = free_port()
         http = spec.port or free_port()
         progress(f"starting a local Ray cluster (127.0.0.1:{gcs})")
         started = time.perf_counter()
         haproxy = haproxy_folder()
-        mode = start_head(gcs, os.cpu_count() or 1, haproxy)
+        try:
+            mode = start_head(gcs, os.cpu_count() or 1, haproxy)
+        except BaseException:
+            _forget({"haproxy_folder": str(haproxy)})
+            raise
+        if not mode.haproxy:
+            _forget({"haproxy_folder": str(haproxy)})
         record = {
             "address": f"127.0.0.1:{gcs}",
             "gcs_port": gcs,
@@ -219,7 +227,10 @@ class RayTarget:
         from ray import serve
 
         mode = _mode(cluster) or probe_mode(ray)
-        progress(f"ray: {mode.describe()}")
+        if mode is None:
+            progress("ray: the cluster did not say which data plane Serve runs (docs/targets.md)")
+        else:
+            progress(f"ray: {mode.describe()}")
         began = time.perf_counter()
         if cluster.get("owned"):
             serve.start(
@@ -255,8 +266,9 @@ class RayTarget:
             "app": self.app_name,
             "replicas": plan.spec.min_replicas,
             "max_replicas": plan.spec.max_replicas_allowed,
-            "mode": mode.to_dict(),
         }
+        if mode is not None:
+            record["mode"] = mode.to_dict()
         self._save(record)
         if not self._healthy(url, plan.version):
             raise TargetError(f"{self.app_name} is not answering at {url} after the deploy")
@@ -306,20 +318,23 @@ class RayTarget:
                 live = json.loads(reply.read()).get("version")
         except (OSError, ValueError):
             live = None
-        cluster = str(record.get("address")) + (
+        cluster = str(record.get("address", "(no address recorded)")) + (
             " (started by cpmai)" if record.get("owned") else ""
         )
-        serve_says = self._replicas(record)
+        # Serve's own view; not when the application does not answer on a cluster reached
+        # through Ray Client (`ray://`), where connecting can take minutes to fail
+        owned_up = record.get("owned") and _alive(record)
+        serve_says = self._replicas(record) if live is not None or owned_up else None
         mode = _mode(record)
         parts = [f"Serve application {record.get('app')} on Ray cluster {cluster}"]
         if serve_says is not None:
-            parts.append(serve_says.describe(int(record.get("max_replicas") or 0)))
+            parts.append(serve_says.describe(record.get("max_replicas", 0)))
         if mode is not None and not mode.fast:
             parts.append(mode.describe())
         detail = "; ".join(parts)
         if live is None:
             return TargetStatus(state="down", url=url, detail=f"{detail}: no answer")
-        floor = int(record.get("replicas") or 0)
+        floor = int(record.get("replicas", 0))
         running = serve_says.running if serve_says else floor
         healthy = serve_says is None or (serve_says.settled and running >= floor)
         return TargetStatus(
@@ -333,8 +348,8 @@ class RayTarget:
 
     def _replicas(self, record: dict[str, Any]) -> Replicas | None:
         """What Serve says of the application's replicas now (None: the cluster did not say)."""
-        address = str(record.get("address") or "")
-        if record.get("owned") and not _alive(record):
+        address = record.get("address")
+        if address is None or (record.get("owned") and not _alive(record)):
             return None
         try:
             self._connect(address)
@@ -362,6 +377,12 @@ class RayTarget:
             _forget(record)
             self.record_path.unlink(missing_ok=True)
             return
+        if "address" not in record:
+            raise TargetError(
+                f"{self.record_path} names no Ray cluster: cpmai cannot tell where the Serve "
+                f"application {self.app_name} runs",
+                hint=f"delete it there (serve.delete({self.app_name!r})), then remove that file",
+            )
         try:
             self._connect(str(record["address"]))
             from ray import serve
@@ -380,6 +401,39 @@ class RayTarget:
             stop_cluster(int(record["gcs_port"]))
             _forget(record)
         self.record_path.unlink(missing_ok=True)
+
+
+_PORTS = ("gcs_port", "http_port")
+_COUNTS = ("replicas", "max_replicas")
+_TEXTS = ("address", "app", "version", "route_prefix", "haproxy_folder")
+
+
+def _clean(found: dict[str, Any]) -> dict[str, Any]:
+    """ray.json as cpmai wrote it: a value of the wrong type or range (a hand edit, a torn
+    write) is left out, read as absent, never a crash."""
+
+    def whole(value: Any, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    record: dict[str, Any] = {}
+    for key, value in found.items():
+        if key in _PORTS:
+            keep = whole(value, 1, 65535)
+        elif key in _COUNTS:
+            keep = whole(value, 0, 1000)
+        elif key in _TEXTS:
+            keep = isinstance(value, str) and 0 < len(value) <= 4096
+        elif key == "url":
+            keep = isinstance(value, str) and value.startswith(("http://", "https://"))
+        elif key == "owned":
+            keep, value = True, value is True
+        elif key == "mode":
+            keep = isinstance(value, dict)
+        else:
+            keep = True
+        if keep:
+            record[key] = value
+    return record
 
 
 def _alive(record: dict[str, Any]) -> bool:

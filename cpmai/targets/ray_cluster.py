@@ -124,7 +124,7 @@ def start_environment(haproxy_folder: Path) -> tuple[dict[str, str], Mode]:
     if HA_PROXY not in env and haproxy_available():
         env[HA_PROXY] = "1"
     env.setdefault(THROUGHPUT, "1")
-    mode = Mode(env.get(HA_PROXY) == "1", env.get(THROUGHPUT) in ("1", "true", "True"))
+    mode = Mode(env.get(HA_PROXY) == "1", env.get(THROUGHPUT) == "1")  # Serve reads only "1"
     if mode.haproxy:
         if len(str(haproxy_folder)) > MAX_HAPROXY_FOLDER:
             raise TargetError(
@@ -190,30 +190,28 @@ def start_head(gcs: int, cpus: int, haproxy_folder: Path) -> Mode:
     return mode
 
 
-def probe_mode(ray: Any) -> Mode:
+def probe_mode(ray: Any) -> Mode | None:
     """The mode of the connected cluster's head node, as its processes see their environment
-    (Serve's controller and proxies run there and read the switches when they start)."""
+    (Serve's controller and proxies run there and read the switches when they start); None
+    when the cluster does not answer the question in a minute."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    head = next(
-        (
-            n["NodeID"]
-            for n in ray.nodes()
-            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
-        ),
-        None,
-    )
-    if head is None:
-        raise TargetError("the Ray cluster has no live head node")
 
     def switches() -> tuple[str | None, str | None]:
         return os.environ.get(HA_PROXY), os.environ.get(THROUGHPUT)
 
-    task = ray.remote(num_cpus=0)(switches).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
-    )
-    haproxy, throughput = ray.get(task.remote(), timeout=60)
-    return Mode(haproxy == "1", throughput in ("1", "true", "True"))
+    try:
+        head = next(
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        )
+        task = ray.remote(num_cpus=0)(switches).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+        )
+        haproxy, throughput = ray.get(task.remote(), timeout=60)
+    except Exception:  # no live head, a timeout, a task that failed: the mode is unknown
+        return None
+    return Mode(haproxy == "1", throughput == "1")
 
 
 def gcs_alive(port: int) -> bool:
