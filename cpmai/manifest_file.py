@@ -97,6 +97,7 @@ def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
     seen: set[str] = set()
     errors = exc.errors(include_url=False)
     branches = [_data_path(err["loc"], doc.data) for err in errors]
+    reached = [_data_path(err["loc"], doc.data, every_branch=True) or () for err in errors]
     for err, data_loc in zip(errors, branches, strict=True):
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _CrossCheckError):
@@ -105,8 +106,11 @@ def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
             continue
         if data_loc is None:
             where = _data_path(err["loc"], doc.data, every_branch=True) or ()
-            if any(kept is not None and kept[: len(where)] == where for kept in branches):
-                continue  # an error from a union branch that does not match the value's kind
+            if any(kept is not None and kept[: len(where)] == where for kept in branches) or any(
+                len(deeper) > len(where) and deeper[: len(where)] == where for deeper in reached
+            ):
+                continue  # a union branch that does not match the value's kind, while another
+                # branch did and found what is wrong inside the value
             data_loc = where  # no branch matches the value's kind: say what each expected
         loc = data_loc
         message = _message(err, loc, doc.data)
@@ -118,6 +122,16 @@ def _describe(exc: ValidationError, doc: YamlDocument) -> list[str]:
     return [text for _, text in out]
 
 
+def _is_tag(part: str) -> bool:
+    """A union branch's name in pydantic's error location, not a key of the document."""
+    return (
+        "[" in part
+        or part.startswith("constrained-")
+        or (part[:1].isupper() and part.isidentifier())
+        or part in ("str", "int", "float", "bool")
+    )
+
+
 def _data_path(loc: tuple[str | int, ...], data: Any, every_branch: bool = False) -> Path_ | None:
     """Drop pydantic's union tags (e.g. `list[InputSpec]`) from a location.
 
@@ -127,17 +141,13 @@ def _data_path(loc: tuple[str | int, ...], data: Any, every_branch: bool = False
     path: list[str | int] = []
     node = data
     for part in loc:
-        if (
-            every_branch
-            and isinstance(part, str)
-            and ("[" in part or "-" in part or part[:1].isupper())
-        ):
-            continue
         if (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         ):
             path.append(part)
             node = node[part]  # type: ignore[index]
+        elif every_branch and isinstance(part, str) and _is_tag(part):
+            continue
         elif isinstance(part, str) and part.startswith("constrained-"):
             kind = part.removeprefix("constrained-")  # a number or text with bounds
             if kind in ("int", "float") and (isinstance(node, bool | dict | list | str)):
@@ -182,6 +192,8 @@ def _message(err: Any, loc: Path_, data: Any) -> str:
             return "expected lower-case letters, digits, '.', '_' or '-' (at most 63)"
         if loc == ("version",):
             return 'expected a semantic version such as "1.2.0" (quote it)'
+    if kind == "model_type":  # a model's branch of a union, given something else
+        return "input should be a mapping"
     message = str(err["msg"])
     if kind in ("string_type",) and isinstance(err.get("input"), int | float):
         message += " (quote it)"

@@ -262,3 +262,36 @@ def test_replica_ranges(tmp_path: Path, staging: str, expected: str | None) -> N
     found = problems(path)
     assert found and all(":13 environments.staging" in p for p in found), found
     assert any(expected in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (  # a key with a dash or a capital is a key, not a union's branch name
+            "signature: {infer: true, overrides: {Region-X: {categories: 3}}}\n",
+            [":17 signature.overrides.Region-X.categories: input should be a valid list",
+             ":17 signature.overrides.Region-X.categories: input should be 'open'"],
+        ),
+        (  # no branch of the union fits: each says what it expected, at the field itself
+            "signature: true\n",
+            [":17 signature: input should be 'infer'", ":17 signature: input should be a mapping",
+             ":17 signature: input should be a valid list"],
+        ),
+    ],
+)  # fmt: skip
+def test_union_errors_point_at_the_field(tmp_path: Path, extra: str, expected: list[str]) -> None:
+    found = problems(write(tmp_path, VALID + extra))
+    assert [p.removeprefix(str(tmp_path / "cpmai.yaml")) for p in found] == expected
+
+
+def test_an_environment_name_with_a_dash_keeps_its_path(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "staging: {port: 8081}",
+        "eu: {target: ray, replicas: true}\n"
+        "  prod-eu: {target: ray, replicas: {min: 1, max: 2, foo: 1}}",
+    )
+    found = [p.removeprefix(str(tmp_path / "cpmai.yaml")) for p in problems(write(tmp_path, text))]
+    assert found[:2] == [":13 environments.eu.replicas: input should be a valid integer",
+                         ":13 environments.eu.replicas: input should be a mapping"]  # fmt: skip
+    assert found[2].startswith(":14 environments.prod-eu.replicas.foo: unknown key")
+    assert len(found) == 3
