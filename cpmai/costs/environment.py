@@ -43,13 +43,12 @@ def charged(alloc: Allocation, summary: Resources, prices: Any) -> Usage:
     )
 
 
-def usage(
+def samples_of(
     facts: Facts, env: str, low: float | None, high: float | None, version: str | None = None
-) -> Resources | None:
-    """`resource_summary` of the environment's samples in [low, high), of one version or all,
-    without those taken while `cpmai bench` loaded the server (unless synthetic traffic is
-    counted in)."""
-    from cpmai.monitor.summaries import resource_summary, without_spans
+) -> list[dict[str, Any]]:
+    """The environment's resource samples in [low, high), of one version or all, without those
+    taken while `cpmai bench` loaded the server (unless synthetic traffic is counted in)."""
+    from cpmai.monitor.summaries import without_spans
     from cpmai.predlog.reader import read_resources
 
     interval = facts.manifest.monitoring.sample_interval_s
@@ -62,40 +61,81 @@ def usage(
     ]
     if not facts.include_synthetic and Home(facts.home).env(facts.name, env).logs.is_dir():
         samples = without_spans(samples, facts.log(env).synthetic_spans, interval)
+    return samples
+
+
+def usage(
+    facts: Facts, env: str, low: float | None, high: float | None, version: str | None = None
+) -> Resources | None:
+    """`resource_summary` of `samples_of` the environment."""
+    from cpmai.monitor.summaries import resource_summary
+
+    interval = facts.manifest.monitoring.sample_interval_s
     bounds = (-math.inf if low is None else low, math.inf if high is None else high)
-    return resource_summary(samples, *bounds, interval)
+    return resource_summary(samples_of(facts, env, low, high, version), *bounds, interval)
 
 
 def autoscaled(
     facts: Facts, env: str, spec: Environment | None, low: float, high: float
 ) -> Autoscaled | None:
-    """For replicas that follow the load: how many ran, counted as the distinct processes that
-    wrote a resource sample at each sampled moment of [low, high)."""
+    """For replicas that follow the load: how many ran in [low, high), from the replicas' own
+    resource samples (`running_replicas`)."""
     if spec is None or spec.autoscaling is None:
         return None
-    from cpmai.predlog.reader import read_resources
-
-    interval = facts.manifest.monitoring.sample_interval_s
-    times: dict[Any, list[float]] = {}
-    for sample in read_resources(Home(facts.home).env(facts.name, env).logs, low, high):
-        times.setdefault(sample.get("pid"), []).append(float(sample["t"]))
-    # each sample stands for the interval before it: a replica ran over [first - interval, last]
-    spans = sorted((min(ts) - interval, max(ts)) for ts in times.values())
-    covered, reach = 0.0, -math.inf
-    for begin, end in spans:
-        covered += max(0.0, end - max(begin, reach))
-        reach = max(reach, end)
-    samples = sum(len(ts) for ts in times.values())
-    peak = max(
-        (sum(a < t <= b for a, b in spans) for ts in times.values() for t in ts), default=None
-    )
+    samples = samples_of(facts, env, low, high)
+    mean, peak = running_replicas(samples, facts.manifest.monitoring.sample_interval_s)
     return Autoscaled(
         min=spec.autoscaling.min,
         max=spec.autoscaling.max,
-        mean_running=round(samples * interval / covered, 3) if covered > 0 else None,
+        mean_running=None if mean is None else round(mean, 3),
         peak_running=peak,
-        samples=samples,
+        samples=len(samples),
     )
+
+
+def running_replicas(
+    samples: list[dict[str, Any]], interval: float
+) -> tuple[float | None, int | None]:
+    """The mean and the peak of the replicas running while any ran.
+
+    A replica is a process (pid) for as long as it writes a sample every interval: its own
+    interval is the median gap between its samples (`interval`, the manifest's, when it wrote
+    one), and a gap over 1.5 intervals ends one life (a pid reused by a later process, a gap
+    left by a load test taken out). Each sample stands for the interval before it, so a life
+    covers (first − interval, last]; the mean is the replica-seconds sampled divided by the
+    seconds some replica covered."""
+    import bisect
+    import itertools
+    import statistics
+
+    by_pid: dict[Any, list[float]] = {}
+    for sample in samples:
+        by_pid.setdefault(str(sample.get("pid")), []).append(float(sample["t"]))
+    lives: list[tuple[float, float, float, int]] = []  # begin, end, interval, samples
+    for times in by_pid.values():
+        times.sort()
+        gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+        own = statistics.median(gaps) if gaps else interval
+        first = previous = times[0]
+        count = 1
+        for moment in times[1:]:
+            if moment - previous > 1.5 * own:
+                lives.append((first - own, previous, own, count))
+                first, count = moment, 0
+            previous, count = moment, count + 1
+        lives.append((first - own, previous, own, count))
+    if not lives:
+        return None, None
+    covered, reach = 0.0, -math.inf
+    for begin, end, _, _ in sorted(lives):
+        covered += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    ran = sum(own * count for _, _, own, count in lives)
+    begins = sorted(life[0] for life in lives)
+    ends = sorted(life[1] for life in lives)
+    moments = sorted(float(s["t"]) for s in samples)
+    peak = max(bisect.bisect_left(begins, t) - bisect.bisect_left(ends, t) for t in moments)
+    return (ran / covered if covered > 0 else None), peak
 
 
 def environment(facts: Facts, env: str, planned: bool, start: float, end: float) -> EnvironmentCost:

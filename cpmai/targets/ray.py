@@ -4,20 +4,22 @@ Each replica of the deployment builds cpmai's own ASGI app for the artifact (ver
 the ledger, as everywhere) inside the replica, and Serve runs its lifespan: the same protocols,
 validation, micro-batching (`serving:`), prediction log and resource samples as the local
 target, so `cpmai monitor` and `cpmai cost` read a Ray environment like any other. Replicas
-come from `replicas:`, each reserving `resources.cpu` CPUs and `resources.memory_gb` GiB; a
-replica's health is cpmai's readiness.
+come from `replicas:` (a number, or a range for Serve's autoscaler), each reserving
+`resources.cpu` CPUs and `resources.memory_gb` GiB; a replica's health is cpmai's readiness.
 
 `address:` names an existing cluster (`ray://…` or `HOST:PORT`): the application is
 `NAME-ENV` at route prefix `/NAME-ENV`. Without it cpmai starts a local cluster for the
-environment (`ray start --head`, 127.0.0.1 only, no dashboard) with Serve's HTTP proxy on
-`port:` (else a free port) and the application at `/`; `stop` deletes the application and
+environment (`ray start --head` on 127.0.0.1, no dashboard, in Serve's high-throughput mode:
+`targets/ray_cluster.py`) with its HTTP entry (HAProxy) on 127.0.0.1 at `port:` (else a free
+port) and the application at `/`; `stop` deletes the application and
 stops that cluster — only its own processes, found by the cluster's port. Ray Serve replaces
 replicas one at a time on an update (stop one, start one); it has no
 weighted split between two versions of an application, so a canary `rollout:` is applied as
 that rolling update and the rollout's steps are noted, not used.
 
-`runs/NAME/ENV/ray.json` records the cluster (address, whether cpmai started it, its port), the
-HTTP address and the live version.
+`runs/NAME/ENV/ray.json` records the cluster (address, whether cpmai started it, its port, its
+mode, its HAProxy folder), the HTTP address, the live version and the replicas' floor and
+ceiling; `_clean` reads it, a junk value as absent.
 """
 
 from __future__ import annotations
