@@ -155,12 +155,12 @@ def test_rendered_kubernetes_files_pass_strict_validation(manifest: Path, home: 
 
     deployment, _service, hpa = fixed
     assert "namespace" not in deployment["metadata"]
-    assert deployment["spec"]["replicas"] == 2
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)  # 3 × replicas
 
     deployment, service, hpa = ranged
     assert {d["metadata"]["namespace"] for d in ranged} == {"ml-serving"}
-    assert deployment["spec"]["replicas"] == 2  # the range's floor
+    assert "replicas" not in deployment["spec"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"  # no in-flight metric in a HPA
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -173,7 +173,7 @@ def test_rendered_kubernetes_files_pass_strict_validation(manifest: Path, home: 
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example.com:5000/ml/churn-classifier:stable"
     assert container["resources"]["limits"] == {"cpu": "1500m", "memory": "2Gi"}
-    assert deployment["spec"]["replicas"] == 3
+    assert "replicas" not in deployment["spec"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 5)
 
 

@@ -180,8 +180,9 @@ def kubernetes_documents(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta,
+        # no `replicas`: the HorizontalPodAutoscaler owns the count (from minReplicas), and a
+        # count here would be reset by every `kubectl apply` of this file
         "spec": {
-            "replicas": spec.min_replicas,
             "selector": {"matchLabels": select},
             "template": {
                 "metadata": {"labels": _labels(name, env, version)},
