@@ -3,6 +3,7 @@ own predictions over HTTP, a new version, a rollback, a stop that leaves no proc
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -233,7 +234,11 @@ def test_replicas_follow_the_load_and_cost_what_ran(churn: Path, home: Path) -> 
 
         def load() -> None:
             while not stop.is_set():
-                answered.append(_get(f"{url}/invocations", json.loads(body))[0])
+                try:
+                    answered.append(_get(f"{url}/invocations", json.loads(body))[0])
+                except (OSError, ValueError, http.client.HTTPException) as failure:
+                    answered.append(-1)  # counted, never a thread that dies unseen
+                    print(f"a request failed: {failure!r}")
 
         threads = [threading.Thread(target=load) for _ in range(8)]
         for thread in threads:
