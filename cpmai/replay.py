@@ -50,6 +50,9 @@ class EnvState:
     last_event: Event | None = None
     rolled_back: set[str] = field(default_factory=set)
     """Versions a rollback moved away from: not "good", never a rollback target by default."""
+    last_target: str | None = None
+    """The target the last rollout went to, or set out for (its intent): where a rollout that
+    was killed half-way left what it started."""
 
     def previous_good(self) -> Rollout | None:
         """The last version live before the current one that was not rolled back from."""
@@ -121,6 +124,10 @@ def replay(events: list[Event], *, until: str | None = None) -> State:
             continue
         env_state = state.envs.setdefault((name, env), EnvState())
         env_state.last_event = event
+        if event.action in (*LIVE_ACTIONS, "intent") and isinstance(
+            event.details.get("target"), str
+        ):
+            env_state.last_target = event.details["target"]
         if event.action == "approve" and version:
             state.approvals.setdefault((name, version, env), []).append(event)
         elif event.action == "gate" and version:
@@ -140,6 +147,11 @@ def replay(events: list[Event], *, until: str | None = None) -> State:
 
 
 def target_kind(env_state: Any) -> str:
-    """The target an environment's versions went to: the live one's, else the last one's."""
-    rollout = env_state.live or (env_state.history[-1] if env_state.history else None)
-    return str(rollout.details.get("target", "local")) if rollout else "local"
+    """The target an environment's versions went to: the live one's, else where the last
+    rollout went or set out for (a killed one's intent names it), else the last live one's."""
+    if env_state.live is not None:
+        return str(env_state.live.details.get("target", "local"))
+    rollout = env_state.history[-1] if env_state.history else None
+    return env_state.last_target or (
+        str(rollout.details.get("target", "local")) if rollout else "local"
+    )

@@ -328,3 +328,54 @@ def test_a_damaged_ray_record_is_read_as_absent_never_as_a_crash(tmp_path: Path)
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_a_deploy_killed_while_its_cluster_starts_leaves_nothing_stop_cannot_find(
+    churn: Path, home: Path
+) -> None:
+    """SIGKILL to `cpmai deploy` while `ray start` brings its cluster up: the cluster still comes
+    up (its start is a process of its own), `status` says so, and `cpmai stop` finds it by the
+    port recorded before the start and stops every process of it."""
+    import os
+    import signal
+    import time
+
+    from conftest import CPMAI
+    from cpmai.targets.ray_cluster import gcs_alive
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}
+        doc["environments"] = {
+            "cluster": {"target": "ray", "replicas": 1, "resources": {"cpu": 0.5, "memory_gb": 0.5}}
+        }
+
+    edit(churn, change)
+    record_path = home / "runs" / NAME / "cluster" / "ray.json"
+    deploy = subprocess.Popen([*CPMAI, "deploy", str(churn), "--env", "cluster"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        gcs = None
+        while gcs is None and time.monotonic() < deadline and deploy.poll() is None:
+            if record_path.exists():
+                gcs = json.loads(record_path.read_text()).get("gcs_port")
+            time.sleep(0.05)
+        assert gcs is not None, "the record was not written before `ray start`"
+        while not _cluster_processes(gcs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(deploy.pid, signal.SIGKILL)  # `ray start` is under way
+        deploy.wait(timeout=30)
+        while not gcs_alive(gcs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gcs_alive(gcs), "the cluster never came up"
+        row = _status(home)["server"]
+        assert row["state"] == "stopped" and "`cpmai stop` stops it" in row["detail"], row
+        stopped = run_cpmai("stop", NAME, "--env", "cluster", timeout=300)
+        assert stopped.code == 0, stopped.err
+        assert _cluster_processes(gcs) == [] and not record_path.exists()
+        assert not list(Path("/tmp").glob(f"cpmai-hap-*/{gcs}")), "HAProxy files left"
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+        _clean_up(record_path)

@@ -174,23 +174,28 @@ class RayTarget:
         progress(f"starting a local Ray cluster (127.0.0.1:{gcs})")
         started = time.perf_counter()
         haproxy = haproxy_folder()
-        try:
-            mode = start_head(gcs, os.cpu_count() or 1, haproxy)
-        except BaseException:
-            _forget({"haproxy_folder": str(haproxy)})
-            raise
-        if not mode.haproxy:
-            _forget({"haproxy_folder": str(haproxy)})
         record = {
             "address": f"127.0.0.1:{gcs}",
             "gcs_port": gcs,
             "owned": True,
             "http_port": http,
             "route_prefix": "/",
-            "started": round(time.perf_counter() - started, 3),
-            "mode": mode.to_dict(),
             "haproxy_folder": str(haproxy),
         }
+        # recorded before `ray start`: a deploy killed half-way leaves what `stop` needs to
+        # find the cluster's processes (its port) and its files
+        self._save(record)
+        try:
+            mode = start_head(gcs, os.cpu_count() or 1, haproxy)
+        except BaseException:
+            stop_cluster(gcs)
+            _forget(record)
+            self.record_path.unlink(missing_ok=True)
+            raise
+        if not mode.haproxy:
+            _forget(record)
+            del record["haproxy_folder"]
+        record.update(started=round(time.perf_counter() - started, 3), mode=mode.to_dict())
         self._save(record)
         return record
 
@@ -312,6 +317,12 @@ class RayTarget:
 
     def status(self) -> TargetStatus:
         record = self._record()
+        if record is not None and "url" not in record and record.get("owned") and _alive(record):
+            return TargetStatus(
+                state="stopped",
+                detail=f"no Ray Serve application, but the cluster cpmai started for it runs "
+                f"({record.get('address')}, a deploy that did not finish): `cpmai stop` stops it",
+            )
         if record is None or "url" not in record:
             return TargetStatus(state="stopped", detail="no Ray Serve application")
         url = str(record["url"])
@@ -376,6 +387,8 @@ class RayTarget:
         if record is None:
             return
         if record.get("owned") and not _alive(record):
+            if "gcs_port" in record:  # a cluster still starting, or half dead: its processes
+                stop_cluster(int(record["gcs_port"]))
             _forget(record)
             self.record_path.unlink(missing_ok=True)
             return
