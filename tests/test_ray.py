@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -141,28 +142,13 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
 def test_ray_serve_on_a_cluster_cpmai_did_not_start(churn: Path, home: Path) -> None:
     """`address:` names a running cluster: the application goes there under /NAME-ENV, and
     `stop` removes the application but leaves the cluster alone."""
-    from cpmai.targets.ray_cluster import ray_binary, stop_cluster
+    from cpmai.targets.ray_cluster import node_command, start_node, start_serve, stop_cluster
     from serving_helpers import free_port
 
     gcs, http = free_port(), free_port()
-    flags = (
-        "--ray-client-server-port",
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--metrics-export-port",
-        "--runtime-env-agent-port",
-    )
-    ports = [part for flag in flags for part in (flag, str(free_port()))]
-    command = [ray_binary(), "start", "--head", "--port", str(gcs), "--node-ip-address",
-               "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
-               "--num-cpus", "2", *ports]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=180)
+    start_node(node_command(gcs, 2, head=True), dict(os.environ))  # without Serve's switches
     try:
-        subprocess.run([sys.executable, "-c", (
-            "import ray\nfrom ray import serve\n"
-            f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False, logging_level='ERROR')\n"
-            f"serve.start(http_options={{'host': '127.0.0.1', 'port': {http}}})\n"
-        )], check=True, capture_output=True, timeout=180)  # fmt: skip
+        start_serve(gcs, http)
 
         def change(doc: dict[str, Any]) -> None:
             doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}

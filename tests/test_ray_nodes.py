@@ -12,8 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -79,6 +77,7 @@ def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
         node_command,
         start_environment,
         start_node,
+        start_serve,
         stop_cluster,
     )
 
@@ -92,13 +91,7 @@ def test_two_nodes_one_dies_under_load(churn: Path, home: Path) -> None:
     try:
         start_node(head, env)
         start_node(worker, env)
-        started = subprocess.run([sys.executable, "-c", (
-            "import ray\nfrom ray import serve\n"
-            f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False, logging_level='ERROR')\n"
-            f"serve.start(proxy_location='HeadOnly', http_options={{'host': '127.0.0.1', "
-            f"'port': {http}}})\n"
-        )], check=False, capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
-        assert started.returncode == 0, started.stderr[-3000:]
+        start_serve(gcs, http, env)
 
         def change(doc: dict[str, Any]) -> None:
             doc["gates"] = {"metrics": {"accuracy": ">= 0.7"}}

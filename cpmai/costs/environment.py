@@ -65,24 +65,30 @@ def samples_of(
 
 
 def usage(
-    facts: Facts, env: str, low: float | None, high: float | None, version: str | None = None
+    facts: Facts,
+    env: str,
+    low: float | None,
+    high: float | None,
+    version: str | None = None,
+    samples: list[dict[str, Any]] | None = None,
 ) -> Resources | None:
-    """`resource_summary` of `samples_of` the environment."""
+    """`resource_summary` of `samples_of` the environment (or of `samples`, read already)."""
     from cpmai.monitor.summaries import resource_summary
 
     interval = facts.manifest.monitoring.sample_interval_s
     bounds = (-math.inf if low is None else low, math.inf if high is None else high)
-    return resource_summary(samples_of(facts, env, low, high, version), *bounds, interval)
+    if samples is None:
+        samples = samples_of(facts, env, low, high, version)
+    return resource_summary(samples, *bounds, interval)
 
 
 def autoscaled(
-    facts: Facts, env: str, spec: Environment | None, low: float, high: float
+    facts: Facts, spec: Environment | None, samples: list[dict[str, Any]]
 ) -> Autoscaled | None:
-    """For replicas that follow the load: how many ran in [low, high), from the replicas' own
-    resource samples (`running_replicas`)."""
+    """For replicas that follow the load: how many ran, from the replicas' own resource
+    samples (`running_replicas`)."""
     if spec is None or spec.autoscaling is None:
         return None
-    samples = samples_of(facts, env, low, high)
     mean, peak = running_replicas(samples, facts.manifest.monitoring.sample_interval_s)
     return Autoscaled(
         min=spec.autoscaling.min,
@@ -145,15 +151,16 @@ def environment(facts: Facts, env: str, planned: bool, start: float, end: float)
     intervals = facts.intervals(env)
     version = facts.version_of(env)
     url = live.details.get("url") if live else (intervals[-1].url if intervals else None)
-    scaled = autoscaled(facts, env, spec, start, end)
+    facts.say(f"reading {env}'s resource samples")
+    samples = samples_of(facts, env, start, end)
+    scaled = autoscaled(facts, spec, samples)
     charged_replicas: int | float = spec.min_replicas if spec else 0
     if scaled is not None and scaled.mean_running is not None:
         charged_replicas = scaled.mean_running
     alloc = facts.allocation(env, charged_replicas)
     alloc_hour = float(alloc.per_hour.value or 0.0)
     live_hours = round(measure.live_seconds(intervals, start, end) / 3600, 4)
-    facts.say(f"reading {env}'s resource samples")
-    summary = usage(facts, env, start, end)
+    summary = usage(facts, env, start, end, samples=samples)
     used: Usage | None = None
     usage_note: str | None = None
     if summary:

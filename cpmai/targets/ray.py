@@ -362,7 +362,7 @@ class RayTarget:
     def _replicas(self, record: dict[str, Any]) -> Replicas | None:
         """What Serve says of the application's replicas now (None: the cluster did not say)."""
         address = record.get("address")
-        if address is None or (record.get("owned") and not _alive(record)):
+        if address is None:
             return None
         try:
             self._connect(address)

@@ -186,6 +186,22 @@ def start_node(command: list[str], env: dict[str, str]) -> None:
         raise TargetError(f"`ray start` failed: {(result.stderr or result.stdout)[-800:]}")
 
 
+def start_serve(gcs: int, http: int, env: dict[str, str] | None = None) -> None:
+    """Start Serve on the cluster at 127.0.0.1:`gcs` from a driver process of its own, its HTTP
+    entry on the head at 127.0.0.1:`http` (a cluster one runs oneself, for `address:`)."""
+    code = (
+        "import ray\nfrom ray import serve\n"
+        f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False, logging_level='ERROR')\n"
+        "serve.start(proxy_location='HeadOnly', "
+        f"http_options={{'host': '127.0.0.1', 'port': {http}}})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    if done.returncode != 0:
+        raise TargetError(f"Serve did not start: {done.stderr[-2000:]}")
+
+
 def start_head(gcs: int, cpus: int, haproxy_folder: Path) -> Mode:
     """`ray start --head` on 127.0.0.1:`gcs`, no dashboard, its own ports; returns its mode."""
     env, mode = start_environment(haproxy_folder)
@@ -262,3 +278,4 @@ def stop_cluster(gcs_port: int, timeout: float = 20.0) -> None:
             proc.kill()
         except psutil.Error:
             continue
+    psutil.wait_procs(alive, timeout=5)  # gone when this returns, not still exiting
