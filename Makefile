@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-zoo clean
+.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-zoo clean postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,18 @@ $(SSH_KEYGEN):
 	else echo "ssh-keygen is missing: run 'apt-get install openssh-client' as root" >&2; exit 1; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-client >/dev/null
 
+# Debian's PostgreSQL server (initdb, pg_ctl under /usr/lib/postgresql/*/bin), for the tests that
+# start a throwaway server of their own (tests/_postgres.py); a no-op once it is there. Debian's
+# package also creates and starts its own `main` cluster (port 5432) where it can start services;
+# the tests do not use it.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "PostgreSQL is missing: run 'apt-get install postgresql' as root" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+
 ## test: set up, lint, then the whole suite (slow tests included)
-test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) $(SSH_KEYGEN) lint
+test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) $(SSH_KEYGEN) postgresql lint
 	CPMAI_REQUIRE_BROWSER=1 CPMAI_REQUIRE_TOOLS=1 $(BIN)/python -m pytest -n auto --durations=15
 
 lint: $(STAMP)

@@ -1,0 +1,106 @@
+"""Where batch rows come from and go to: a file path, or a database URL (SQLAlchemy's form).
+
+`sqlite:///scores.db` (embedded, nothing to install) and `postgresql://user@host/db` (psycopg;
+`postgres://` and `postgresql+psycopg://` are the same). `env:NAME` reads the URL from the
+environment variable NAME, so a password never has to be on the command line. A URL without a
+password lets the driver find one: PostgreSQL's `PGPASSWORD` or `~/.pgpass` (`PGPASSFILE`).
+What is shown, logged or recorded is the URL with its password hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cpmai.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_POSTGRES = ("postgresql", "postgres", "postgresql+psycopg")
+SUPPORTED = "sqlite:///FILE or postgresql://USER@HOST[:PORT]/DB"
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    path: Path
+
+    @property
+    def shown(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class SqlLocation:
+    url: str
+    """The URL as given (it may hold a password: never show or record it; use `shown`)."""
+    shown: str
+    """The URL with its password hidden."""
+    dialect: str
+    """`sqlite` or `postgresql`."""
+
+    def engine(self) -> Engine:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        return create_engine(self.url, poolclass=NullPool)
+
+    def sqlite_file(self) -> Path | None:
+        """The database file of a sqlite URL (None for a memory database or another dialect)."""
+        if self.dialect != "sqlite":
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(self.url).database
+        return Path(database) if database and database != ":memory:" else None
+
+
+def is_url(text: str) -> bool:
+    return bool(_URL.match(text)) or text.startswith("env:")
+
+
+def location(text: str, *, option: str) -> FileLocation | SqlLocation:
+    """A path, or a database URL checked for a dialect cpmai writes to."""
+    if not is_url(text):
+        return FileLocation(Path(text))
+    if text.startswith("env:"):
+        variable = text[4:]
+        value = os.environ.get(variable)
+        if not variable or not value:
+            raise UsageError(f"{option} {text}: the environment variable {variable!r} is not set")
+        if not _URL.match(value):
+            raise UsageError(f"{option} {text}: ${variable} is not a database URL ({SUPPORTED})")
+        text = value
+    return _sql(text, option)
+
+
+def _sql(text: str, option: str) -> SqlLocation:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise UsageError(f"{option}: not a database URL ({SUPPORTED})") from None
+    if url.drivername in _POSTGRES:
+        url = url.set(drivername="postgresql+psycopg")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                f"{option}: postgresql:// needs psycopg (pip install 'cpmai[postgres]')"
+            ) from None
+    elif url.drivername not in ("sqlite", "sqlite+pysqlite"):
+        raise UsageError(
+            f"{option} {url.drivername}://…: cpmai reads and writes {SUPPORTED} "
+            "(other databases: export to Parquet or CSV)"
+        )
+    return SqlLocation(
+        url=url.render_as_string(hide_password=False),
+        shown=url.render_as_string(hide_password=True),
+        dialect=url.get_backend_name(),
+    )

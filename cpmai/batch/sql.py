@@ -1,0 +1,309 @@
+"""Reading rows from a database table or query, and writing scored rows to a table.
+
+Reads go in key order, a chunk a query (`WHERE key > last ORDER BY key LIMIT n`): no
+transaction stays open between chunks (SQLite's writer is never blocked by its own reader), and
+a resumed run starts after the last key written. Writes go through SQLAlchemy, except
+PostgreSQL's, which use COPY through psycopg (the fast path the server offers for bulk loads).
+Each chunk is written in one transaction with its run's progress (`cpmai.batch.runs`): after a
+crash the output holds whole chunks only, and the progress says which.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cpmai.batch.chunks import PREDICTION, PROBABILITY, REFUSED
+from cpmai.batch.locations import SqlLocation
+from cpmai.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sqlalchemy import Connection, Table
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.sql.elements import ColumnElement
+
+VERSION = "version"
+RUN_ID = "run_id"
+SCORED_AT = "scored_at"
+BOOKKEEPING = (VERSION, RUN_ID, SCORED_AT, REFUSED)
+"""Columns every output table has besides the key, the prediction and the probabilities."""
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """`schema.table` or `table`."""
+    schema, _, table = name.rpartition(".")
+    if not table:
+        raise UsageError(f"{name!r}: not a table name")
+    return schema or None, table
+
+
+def reflect(engine: Engine, name: str) -> Table | None:
+    from sqlalchemy import MetaData, Table
+    from sqlalchemy.exc import NoSuchTableError
+
+    schema, table = split_name(name)
+    try:
+        return Table(table, MetaData(), schema=schema, autoload_with=engine)
+    except NoSuchTableError:
+        return None
+
+
+def connect_error(where: SqlLocation, exc: Exception) -> UsageError:
+    """A database that cannot be reached or refused a statement, said in one line."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return UsageError(f"{where.shown}: {text[0] if text else type(exc).__name__}")
+
+
+@dataclass
+class Chunk:
+    frame: pd.DataFrame
+    first_row: int
+    """0-based number of its first row in the whole input (this run's reading order)."""
+    last_key: list[Any] | None
+
+
+class SqlSource:
+    """A table (`--table`) or a query (`--query`), read in chunks in key order."""
+
+    def __init__(
+        self, where: SqlLocation, *, table: str | None, query: str | None, key: list[str]
+    ) -> None:
+        if (table is None) == (query is None):
+            raise UsageError(f"--input {where.shown}: give --table T or --query 'SELECT …'")
+        if where.sqlite_file() is not None and not where.sqlite_file().is_file():  # type: ignore[union-attr]
+            raise UsageError(f"--input {where.shown}: no such database file")
+        self.where = where
+        self.engine = where.engine()
+        self.table_name = table
+        self.query = query.strip().rstrip(";").strip() if query else None
+        if self.query == "":
+            raise UsageError("--query: empty")
+        self.table: Table | None = None
+        if table is not None:
+            try:
+                self.table = reflect(self.engine, table)
+            except Exception as exc:  # the driver's own errors: unreachable, refused, …
+                raise connect_error(where, exc) from None
+            if self.table is None:
+                raise UsageError(f"--input {where.shown}: no table {table!r}")
+            key = key or [c.name for c in self.table.primary_key.columns]
+            if not key:
+                raise UsageError(
+                    f"--table {table}: the table has no primary key; name the column(s) that "
+                    "identify a row with --key (the output must say which row each prediction "
+                    "is for, and a resumed run where to go on)"
+                )
+            unknown = [k for k in key if k not in self.table.columns]
+            if unknown:
+                raise UsageError(f"--key: table {table!r} has no column {', '.join(unknown)}")
+        elif not key:
+            raise UsageError(
+                "--query: name the column(s) that identify a row with --key (the output must "
+                "say which row each prediction is for, and a resumed run where to go on)"
+            )
+        self.key = key
+
+    @property
+    def shown(self) -> str:
+        what = f"table {self.table_name}" if self.table_name else f"query {self.query}"
+        return f"{self.where.shown} ({what})"
+
+    def _selectable(self) -> tuple[Any, list[ColumnElement[Any]]]:
+        from sqlalchemy import literal_column, text
+
+        if self.table is not None:
+            return self.table, [self.table.c[k] for k in self.key]
+        quote = self.engine.dialect.identifier_preparer.quote
+        source = text(f"({self.query}) AS cpmai_source")
+        return source, [literal_column(f"cpmai_source.{quote(k)}") for k in self.key]
+
+    def chunks(self, chunk_rows: int, after: list[Any] | None, first_row: int) -> Iterator[Chunk]:
+        import pandas as pd
+        from sqlalchemy import literal_column, select, tuple_
+
+        source, keys = self._selectable()
+        statement = (
+            select(literal_column("*")).select_from(source)
+            if self.table is None
+            else select(self.table)
+        )
+        statement = statement.order_by(*keys).limit(chunk_rows)
+        last = after
+        while True:
+            query = statement
+            if last is not None:
+                query = query.where(
+                    keys[0] > last[0] if len(keys) == 1 else tuple_(*keys) > tuple_(*last)
+                )
+            try:
+                with self.engine.connect() as conn:
+                    result = conn.execute(query)
+                    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            except Exception as exc:
+                raise connect_error(self.where, exc) from None
+            if frame.empty:
+                return
+            missing = [k for k in self.key if k not in frame.columns]
+            if missing:
+                raise UsageError(f"--key: the query gives no column {', '.join(missing)}")
+            _check_key(frame, self.key, first_row)
+            last = [_plain(v) for v in frame[self.key].iloc[-1].tolist()]
+            yield Chunk(frame, first_row, last)
+            first_row += len(frame)
+            if len(frame) < chunk_rows:
+                return
+
+
+def _check_key(frame: pd.DataFrame, key: list[str], first_row: int) -> None:
+    nulls = frame[key].isna().any(axis=1)
+    if nulls.any():
+        row = int(nulls.to_numpy().argmax())
+        raise UsageError(
+            f"--key {','.join(key)}: row {first_row + row + 1} has no key (NULL); every row "
+            "needs one"
+        )
+    repeated = frame.duplicated(subset=key)
+    if repeated.any():
+        row = int(repeated.to_numpy().argmax())
+        value = frame[key].iloc[row].tolist()
+        raise UsageError(
+            f"--key {','.join(key)}: {value} appears more than once; the key must be unique"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A key value JSON can hold and a driver can bind."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def key_json(values: list[Any] | None) -> str | None:
+    return None if values is None else json.dumps([_plain(v) for v in values])
+
+
+class SqlSink:
+    """The output table: created when absent (key columns, prediction, probabilities, version,
+    run id, scored-at time, refusal reason), checked when present."""
+
+    def __init__(self, where: SqlLocation, table: str) -> None:
+        self.where = where
+        self.engine = where.engine()
+        self.name = table
+        self.schema, self.table_name = split_name(table)
+        self.table: Table | None = None
+
+    @property
+    def shown(self) -> str:
+        return f"{self.where.shown} (table {self.name})"
+
+    def prepare(self, key_types: dict[str, Any], outputs: dict[str, Any]) -> Table:
+        """Create the table if absent, or check it has every column this run writes."""
+        from sqlalchemy import Column, DateTime, MetaData, Table, Text
+
+        try:
+            existing = reflect(self.engine, self.name)
+        except Exception as exc:
+            raise connect_error(self.where, exc) from None
+        wanted = [*key_types, *outputs, *BOOKKEEPING]
+        if existing is not None:
+            missing = [c for c in wanted if c not in existing.columns]
+            if missing:
+                raise UsageError(
+                    f"--output-table {self.name}: the table exists without column(s) "
+                    f"{', '.join(missing)} (it needs {', '.join(wanted)}); name a new table"
+                )
+            self.table = existing
+            return existing
+        columns = [Column(name, kind) for name, kind in {**key_types, **outputs}.items()]
+        columns += [
+            Column(VERSION, Text, nullable=False),
+            Column(RUN_ID, Text, nullable=False),
+            Column(SCORED_AT, DateTime(timezone=True), nullable=False),
+            Column(REFUSED, Text),
+        ]
+        table = Table(self.table_name, MetaData(), *columns, schema=self.schema)
+        try:
+            with self.engine.begin() as conn:
+                table.create(conn, checkfirst=True)
+        except Exception as exc:
+            raise connect_error(self.where, exc) from None
+        self.table = table
+        return table
+
+    def write(self, conn: Connection, rows: dict[str, list[Any]]) -> None:
+        """Append `rows` (column → values, all the same length) inside the caller's
+        transaction."""
+        assert self.table is not None
+        names = list(rows)
+        count = len(rows[names[0]]) if names else 0
+        if not count:
+            return
+        if self.where.dialect == "postgresql":
+            self._copy(conn, names, rows)
+            return
+        records = [
+            dict(zip(names, values, strict=True)) for values in zip(*rows.values(), strict=True)
+        ]
+        conn.execute(self.table.insert(), records)
+
+    def _copy(self, conn: Connection, names: list[str], rows: dict[str, list[Any]]) -> None:
+        from psycopg import sql
+
+        raw: Any = conn.connection.dbapi_connection
+        target = (
+            sql.Identifier(self.schema, self.table_name)
+            if self.schema
+            else sql.Identifier(self.table_name)
+        )
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            target, sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        )
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for values in zip(*rows.values(), strict=True):
+                copy.write_row(values)
+
+
+def column_type(values: pd.Series) -> Any:
+    """The SQL type for a column of this dtype (keys passed through, predictions)."""
+    from sqlalchemy import BigInteger, Boolean, DateTime, Float, Text
+
+    kind = values.dtype.kind
+    if kind in "iu":
+        return BigInteger
+    if kind == "f":
+        return Float
+    if kind == "b":
+        return Boolean
+    if kind == "M":
+        return DateTime(timezone=getattr(values.dtype, "tz", None) is not None)
+    return Text
+
+
+def prediction_type(classes: list[Any] | None, task: str) -> Any:
+    from sqlalchemy import BigInteger, Boolean, Float, Text
+
+    if task == "regression" or not classes:
+        return Float if task == "regression" else Text
+    if all(isinstance(c, bool) for c in classes):
+        return Boolean
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return BigInteger
+    if all(isinstance(c, int | float) for c in classes):
+        return Float
+    return Text
+
+
+def output_types(names: list[str], classes: list[Any] | None, task: str) -> dict[str, Any]:
+    from sqlalchemy import Float
+
+    return {
+        name: prediction_type(classes, task) if name == PREDICTION else Float
+        for name in names
+        if name == PREDICTION or name.startswith(PROBABILITY)
+    }

@@ -1,0 +1,212 @@
+"""`cpmai predict` from and to databases: SQLite (embedded) and a real PostgreSQL server.
+
+Real subprocesses, real databases, a real SIGKILL in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from _postgres import pg_db, postgres_url  # noqa: F401
+from conftest import CPMAI, FEATURES, run_cpmai
+
+from cpmai.artifacts import package
+from cpmai.manifest_file import load_manifest
+
+NAME = "churn-classifier"
+
+
+def _rows(churn: Path, count: int) -> pd.DataFrame:
+    """`count` rows drawn from the example's holdout, with a unique `customer_id`."""
+    holdout = pd.read_csv(churn.parent / "data" / "holdout.csv")
+    frame = holdout.sample(count, replace=count > len(holdout), random_state=7)
+    frame = frame.reset_index(drop=True)
+    frame.insert(0, "customer_id", np.arange(1, count + 1) * 3)  # keys are not row numbers
+    return frame
+
+
+def _url(kind: str, tmp_path: Path, pg: str) -> tuple[str, str]:
+    """(the URL a user gives cpmai, the URL SQLAlchemy uses in the test)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'scores.db'}"
+        return url, url
+    return pg.replace("postgresql+psycopg://", "postgresql://"), pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    if request.param == "sqlite":
+        return _url("sqlite", tmp_path, "")
+    return _url("postgresql", tmp_path, request.getfixturevalue("pg_db"))
+
+
+def _load(url: str, frame: pd.DataFrame, table: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        frame.to_sql(table, conn, index=False, chunksize=20_000)
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD PRIMARY KEY (customer_id)")) if (
+            engine.dialect.name == "postgresql"
+        ) else None
+    engine.dispose()
+
+
+def _read(url: str, sql: str) -> pd.DataFrame:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.text(sql), conn)
+    engine.dispose()
+    return frame
+
+
+@pytest.mark.slow
+def test_table_to_table_round_trip(
+    churn: Path, home: Path, tmp_path: Path, database: tuple[str, str]
+) -> None:
+    given, url = database
+    package(load_manifest(churn), home, actor="t")
+    frame = _rows(churn, 100_000)
+    frame["support_calls"] = frame["support_calls"].astype(object)
+    frame.loc[[10, 70_000], "support_calls"] = "many"  # refused, reported, not lost
+    _load(url, frame, "customers")
+    result = run_cpmai(
+        "predict", NAME, "--input", given, "--table", "customers", "--key", "customer_id",
+        "--output-table", "scored", "--probabilities", "--json", timeout=300,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["rows"] == 100_000 and summary["scored"] == 99_998
+    assert summary["refused"] == 2 and summary["status"] == "done"
+    (reason,) = summary["refused_reasons"]
+    assert "support_calls" in reason and "many" in reason
+    scored = _read(url, "SELECT * FROM scored ORDER BY customer_id")
+    assert len(scored) == 100_000
+    assert scored["customer_id"].tolist() == sorted(frame["customer_id"].tolist())
+    assert set(scored["run_id"]) == {summary["run_id"]} and set(scored["version"]) == {"1.0.0"}
+    refused = scored[scored["refused"].notna()]
+    assert sorted(refused["customer_id"]) == sorted(frame.loc[[10, 70_000], "customer_id"])
+    assert refused["prediction"].isna().all()
+    good = frame.drop(index=[10, 70_000]).sort_values("customer_id")
+    kept = scored[scored["refused"].isna()]
+    model = joblib.load(churn.parent / "model.joblib")
+    clean = good[FEATURES].astype({"support_calls": float})
+    assert kept["prediction"].astype(int).tolist() == model.predict(clean).tolist()
+    assert np.allclose(kept["probability_1"], model.predict_proba(clean)[:, 1], atol=1e-5)
+    runs = _read(url, "SELECT * FROM cpmai_batch_runs")
+    assert runs["status"].tolist() == ["done"] and runs["rows_read"].tolist() == [100_000]
+    assert "password" not in runs["source"][0]
+    ledger = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
+    (event,) = [e for e in ledger if e["action"] == "batch"]
+    assert event["details"]["run_id"] == summary["run_id"] and event["env"] == "batch"
+    assert event["details"]["rows"] == 100_000 and event["details"]["refused"] == 2
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_resumes_with_every_row_once(
+    churn: Path, home: Path, tmp_path: Path, database: tuple[str, str]
+) -> None:
+    given, url = database
+    package(load_manifest(churn), home, actor="t")
+    frame = _rows(churn, 60_000)
+    _load(url, frame, "customers")
+    command = [*CPMAI, "predict", NAME, "--input", given, "--table", "customers",
+               "--output-table", "scored", "--key", "customer_id", "--chunk-rows", "500",
+               "--json"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + 90
+    written = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with engine.connect() as conn:
+                    written = conn.execute(sa.text("SELECT chunks FROM cpmai_batch_runs")).scalar()
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+                written = 0  # not created yet
+            if written and written >= 5:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed: make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        engine.dispose()
+    partial = _read(url, "SELECT count(*) AS n FROM scored")["n"][0]
+    assert 0 < partial < 60_000 and partial % 500 == 0  # whole chunks only
+    again = run_cpmai(*command[3:], timeout=300)
+    assert again.code == 0, again.err
+    summary = json.loads(again.out)
+    assert summary["resumed_after"] == partial and summary["rows"] == 60_000 - partial
+    scored = _read(url, "SELECT customer_id, run_id FROM scored")
+    assert len(scored) == 60_000 and scored["customer_id"].is_unique
+    assert set(scored["customer_id"]) == set(frame["customer_id"])
+    assert set(scored["run_id"]) == {summary["run_id"]}
+    runs = _read(url, "SELECT status, rows_read FROM cpmai_batch_runs")
+    assert runs.to_dict("records") == [{"status": "done", "rows_read": 60_000}]
+    # the same command once more is a new run (tonight's scoring), not a resumed one
+    third = run_cpmai(*command[3:], timeout=300)
+    assert third.code == 0 and json.loads(third.out)["resumed_after"] == 0
+
+
+def test_query_input_file_output_and_bad_requests(
+    churn: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package(load_manifest(churn), home, actor="t")
+    url = f"sqlite:///{tmp_path / 'in.db'}"
+    frame = _rows(churn, 300)
+    _load(url, frame, "customers")
+    out = tmp_path / "out.csv"
+    monkeypatch.setenv("SCORES_DB", url)
+    ok = run_cpmai(
+        "predict", NAME, "--input", "env:SCORES_DB",
+        "--query", "SELECT * FROM customers WHERE plan = 'basic';", "--key", "customer_id",
+        "--output", out, "--json",
+    )  # fmt: skip
+    assert ok.code == 0, ok.err
+    basic = frame[frame["plan"] == "basic"]
+    scored = pd.read_csv(out)
+    assert scored["customer_id"].tolist() == sorted(basic["customer_id"])
+    assert scored.columns.tolist() == [*frame.columns, "prediction"]
+
+    def refused(*args: Any) -> str:
+        result = run_cpmai("predict", NAME, *map(str, args))
+        assert result.code == 2, (args, result.code, result.err)
+        assert "Traceback" not in result.err
+        return result.err
+
+    assert "no table 'nope'" in refused("--input", url, "--table", "nope")
+    assert "--key" in refused("--input", url, "--query", "SELECT * FROM customers", "-o", out)
+    assert "give --table T or --query" in refused("--input", url, "-o", out)
+    assert "mysql" in refused("--input", "mysql://u@h/db", "--table", "t")
+    assert "not set" in refused("--input", "env:NO_SUCH_VARIABLE_HERE", "--table", "t")
+    missing = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert "no such database file" in refused("--input", missing, "--table", "t")
+    assert not (tmp_path / "absent.db").exists()
+    assert "syntax error" in refused("--input", url, "--query", "SELEC nothing", "--key", "a",
+                                     "-o", out)  # fmt: skip
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text("CREATE TABLE twice (customer_id INTEGER, plan TEXT)"))
+        conn.execute(sa.text("CREATE TABLE other (customer_id INTEGER, prediction TEXT)"))
+    frame.assign(customer_id=1).to_sql("dupes", sa.create_engine(url), index=False)
+    assert "appears more than once" in refused(
+        "--input", url, "--table", "dupes", "--key", "customer_id"
+    )
+    assert "without column(s)" in refused(
+        "--input", url, "--table", "customers", "--key", "customer_id", "--output-table", "other"
+    )
+    assert "--run-id" in refused("--input", url, "--table", "customers", "-o", out,
+                                 "--key", "customer_id", "--run-id", "x")  # fmt: skip
+    pg_ok = run_cpmai("predict", NAME, "--input", "postgresql://nobody@127.0.0.1:1/none",
+                      "--table", "t")  # fmt: skip
+    assert pg_ok.code == 2 and "127.0.0.1" in pg_ok.err and "Traceback" not in pg_ok.err
