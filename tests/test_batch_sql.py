@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from _postgres import pg_db, postgres_url  # noqa: F401
-from conftest import CPMAI, FEATURES, run_cpmai
 
+from conftest import CPMAI, FEATURES, run_cpmai
 from cpmai.artifacts import package
 from cpmai.manifest_file import load_manifest
 
