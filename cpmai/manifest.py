@@ -226,6 +226,23 @@ class Quality(Strict):
     """Alert below this value (for error metrics — mae, rmse, mape — above it)."""
 
 
+class LabelsQuery(Strict):
+    """Where ground truth is kept: a database query whose rows name a prediction (by the key a
+    batch run was given, or the request id the server returned) and its true label."""
+
+    url: Annotated[str, Field(min_length=1)]
+    """A database URL (`sqlite:///FILE`, `postgresql://USER@HOST/DB`), or `env:VAR` to read it
+    from $VAR: a password belongs in the environment or `~/.pgpass`, not in the manifest."""
+    query: Annotated[str, Field(min_length=1)]
+    """The query that returns the labels (for example `SELECT customer_id, churned FROM
+    outcomes`)."""
+    key: Annotated[list[str], Field(min_length=1)] | str = "id"
+    """The column(s) that match a prediction: the batch run's `--key` columns, in the same
+    order, or the request id (`id`, with `row` for a multi-row request)."""
+    label: str | None = None
+    """The label column (default: `label`, or `data.target`, or the one column left)."""
+
+
 class Triggers(Strict):
     """When to call for an improvement (retraining)."""
 
@@ -275,6 +292,9 @@ class Monitoring(Strict):
     """Quality floor (none: no quality alert)."""
     triggers: Triggers = Triggers()
     """Improvement triggers."""
+    labels: LabelsQuery | None = None
+    """Ground truth from a database, read by every `cpmai monitor` (labels that arrive late are
+    matched when they arrive)."""
     sample_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """How often the local server samples its CPU and memory."""
 

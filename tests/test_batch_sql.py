@@ -50,12 +50,11 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
 
 
 def _load(url: str, frame: pd.DataFrame, table: str) -> None:
+    """`frame` into a new table whose primary key is `customer_id`."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        frame.to_sql(table, conn, index=False, chunksize=20_000)
-        conn.execute(sa.text(f"ALTER TABLE {table} ADD PRIMARY KEY (customer_id)")) if (
-            engine.dialect.name == "postgresql"
-        ) else None
+        conn.execute(sa.text(pd.io.sql.get_schema(frame, table, keys="customer_id", con=conn)))
+        frame.to_sql(table, conn, index=False, if_exists="append", chunksize=20_000)
     engine.dispose()
 
 
@@ -210,3 +209,63 @@ def test_query_input_file_output_and_bad_requests(
     pg_ok = run_cpmai("predict", NAME, "--input", "postgresql://nobody@127.0.0.1:1/none",
                       "--table", "t")  # fmt: skip
     assert pg_ok.code == 2 and "127.0.0.1" in pg_ok.err and "Traceback" not in pg_ok.err
+
+
+@pytest.mark.slow
+def test_labels_from_a_table_arrive_late_and_are_matched(
+    churn: Path, home: Path, tmp_path: Path, database: tuple[str, str]
+) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    given, url = database
+    package(load_manifest(churn), home, actor="t")
+    frame = _rows(churn, 4_000)
+    _load(url, frame, "customers")
+    scored = run_cpmai("predict", NAME, "--input", given, "--table", "customers",
+                       "--output-table", "scored", "--chunk-rows", "1000")  # fmt: skip
+    # (the key: the table's primary key, customer_id)
+    assert scored.code == 0, scored.err
+    outcomes = frame[["customer_id", "churned"]].rename(columns={"churned": "outcome"})
+    engine = sa.create_engine(url)
+    outcomes.head(2_500).to_sql("outcomes", engine, index=False)  # the rest arrive later
+    engine.dispose()
+
+    def quality(*how: str) -> dict[str, Any]:
+        result = run_cpmai("monitor", *how, "--env", "batch", "--json")
+        assert result.code in (0, 4), result.err
+        doc: dict[str, Any] = json.loads(result.out)["model_quality"]
+        return doc
+
+    def expected(labelled: pd.DataFrame) -> tuple[float, float]:
+        said = _read(url, "SELECT customer_id, prediction FROM scored")
+        joined = labelled.merge(said, on="customer_id")
+        return (
+            accuracy_score(joined["outcome"], joined["prediction"]),
+            f1_score(joined["outcome"], joined["prediction"]),
+        )
+
+    flags = ("--labels", given, "--labels-query", "SELECT customer_id, outcome FROM outcomes",
+             "--labels-key", "customer_id")  # fmt: skip
+    early = quality(NAME, *flags)
+    assert early["join"] == "key" and early["labelled_rows"] == 2_500
+    accuracy, f1 = expected(outcomes.head(2_500))
+    assert early["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert early["metrics"]["f1"] == pytest.approx(f1, abs=1e-6)
+
+    engine = sa.create_engine(url)
+    outcomes.iloc[2_500:].to_sql("outcomes", engine, index=False, if_exists="append")
+    engine.dispose()
+    labels = (
+        "\nmonitoring:\n  labels:\n"
+        f"    url: {given}\n"
+        "    query: SELECT customer_id, outcome FROM outcomes\n"
+        "    key: [customer_id]\n"
+        "    label: outcome\n"
+    )
+    text = churn.read_text()
+    assert "\nmonitoring:\n" in text
+    churn.write_text(text.replace("\nmonitoring:\n", labels, 1))
+    late = quality(str(churn))  # the manifest's monitoring.labels, no flags
+    assert late["join"] == "key" and late["labelled_rows"] == 4_000
+    accuracy, _f1 = expected(outcomes)
+    assert late["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)

@@ -57,6 +57,24 @@ def connect_error(where: SqlLocation, exc: Exception) -> UsageError:
     return UsageError(f"{where.shown}: {text[0] if text else type(exc).__name__}")
 
 
+def read_query(where: SqlLocation, query: str) -> pd.DataFrame:
+    """A whole query's rows (a labels query: small next to what is scored)."""
+    import pandas as pd
+    from sqlalchemy import text
+
+    if where.sqlite_file() is not None and not where.sqlite_file().is_file():  # type: ignore[union-attr]
+        raise UsageError(f"{where.shown}: no such database file")
+    engine = where.engine()
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(query.strip().rstrip(";")))
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except Exception as exc:
+        raise connect_error(where, exc) from None
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Chunk:
     frame: pd.DataFrame

@@ -14,6 +14,7 @@ from cpmai.monitor.notes import lost_line, synthetic_line
 from cpmai.report.text import ms
 
 if TYPE_CHECKING:
+    from cpmai.manifest import LabelsQuery
     from cpmai.monitor.live import Snapshot
     from cpmai.monitor.result import (
         DriftSummary,
@@ -40,11 +41,25 @@ def monitor(
         option("The version whose rows drift and quality judge (default: the live one)."),
     ] = None,
     labels: Annotated[
-        Path | None,
+        str | None,
         option(
-            "Ground truth (CSV/JSON/Parquet): `id` [+ `row`] and `label` columns, or labels "
-            "in row order."
+            "Ground truth: a file (CSV/JSON/Parquet: `id` [+ `row`] and `label` columns, or "
+            "labels in row order) or a database URL with --labels-query (default: the "
+            "manifest's monitoring.labels)."
         ),
+    ] = None,
+    labels_query: Annotated[
+        str | None, option("--labels URL: the query that returns the labels.")
+    ] = None,
+    labels_key: Annotated[
+        str | None,
+        option(
+            "--labels URL: the column(s) matching a prediction (comma-separated: the batch "
+            "run's --key; default: id)."
+        ),
+    ] = None,
+    labels_column: Annotated[
+        str | None, option("--labels URL: the label column (default: label or data.target).")
     ] = None,
     run_triggers: Annotated[
         bool, flag("--run-triggers", "Run monitoring.triggers.command when a trigger fires.")
@@ -84,6 +99,7 @@ def monitor(
         raise UsageError(f"--interval {interval}: expected at least 0.1 seconds")
     if watch:
         given = [flag for flag, value in (("--json", wants_json(json_)), ("--labels", labels),
+                 ("--labels-query", labels_query),
                  ("--markdown", markdown), ("--run-triggers", run_triggers), ("--since", since),
                  ("--until", until), ("--version", version),
                  ("--include-synthetic", include_synthetic)) if value]  # fmt: skip
@@ -96,8 +112,7 @@ def monitor(
     end = parse_moment(until, now=now) if until else None
     if markdown is not None and not markdown.parent.is_dir():
         raise UsageError(f"{markdown}: the folder {markdown.parent} does not exist")
-    if labels is not None and not labels.is_file():
-        raise UsageError(f"--labels {labels}: file not found")
+    truth = _labels(labels, labels_query, labels_key, labels_column)
     from cpmai.errors import IntegrityError
     from cpmai.monitor.run import monitor as run
     from cpmai.monitor.run import unreadable_error
@@ -112,7 +127,7 @@ def monitor(
         until=end,
         version=version,
         manifest=manifest,
-        labels_file=labels,
+        labels=truth,
         now=now,
         use_cache=not no_cache,
         include_synthetic=include_synthetic,
@@ -137,6 +152,33 @@ def monitor(
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+def _labels(
+    given: str | None, query: str | None, key: str | None, column: str | None
+) -> "Path | LabelsQuery | None":
+    """--labels as a file, or as a database query (with --labels-query)."""
+    from cpmai.batch.locations import is_url
+    from cpmai.errors import UsageError
+    from cpmai.manifest import LabelsQuery
+
+    if given is None:
+        extra = [n for n, v in (("--labels-query", query), ("--labels-key", key),
+                                ("--labels-column", column)) if v is not None]  # fmt: skip
+        if extra:
+            raise UsageError(f"{extra[0]} goes with --labels URL")
+        return None
+    if not is_url(given):
+        if query is not None or key is not None:
+            raise UsageError("--labels-query and --labels-key are for a database (--labels URL)")
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--labels {given}: file not found")
+        return path
+    if query is None:
+        raise UsageError("--labels URL: give the query that returns the labels (--labels-query)")
+    keys = [k.strip() for k in (key or "id").split(",") if k.strip()]
+    return LabelsQuery(url=given, query=query, key=keys, label=column)
 
 
 def _render(result: "MonitorResult") -> None:

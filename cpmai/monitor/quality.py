@@ -1,10 +1,11 @@
 """Data quality of what was served, and model quality once ground truth arrives.
 
-Ground truth comes as a file (`--labels labels.csv`): with an `id` column it is joined on the
-request id the server returned (`X-Request-Id`, or the OIP body's `id`), and an optional `row`
-column (0-based) picks a row of a multi-row request; without one, labels follow the scored rows
-in time order (batch scoring). The label column is `label`, or the manifest's `data.target`, or
-the one column left.
+Ground truth comes as a file (`--labels labels.csv`) or from a database query
+(`monitoring.labels`): with an `id` column it is joined on the request id the server returned
+(`X-Request-Id`, or the OIP body's `id`), and an optional `row` column (0-based) picks a row of
+a multi-row request; a query's key columns are joined on the key a batch run logged its rows
+under (`cpmai predict --key`); a file without an id follows the scored rows in time order.
+The label column is `label`, or the manifest's `data.target`, or the one column left.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cpmai.errors import UsageError
-from cpmai.manifest import LABEL_METRICS, InputSpec
+from cpmai.manifest import LABEL_METRICS, InputSpec, LabelsQuery
 from cpmai.monitor.drift import category_key
 from cpmai.monitor.result import DataQuality
 from cpmai.predlog.reader import FeatureSpec, Traffic
 from cpmai.stats import LOWER_IS_BETTER, score
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def data_quality(
@@ -81,11 +85,56 @@ class Labels:
     join: str
 
 
-def read_labels(path: Path, traffic: Traffic, *, target: str | None) -> Labels:
-    from cpmai.runtime.data import read_table
+def read_labels(source: Path | LabelsQuery, traffic: Traffic, *, target: str | None) -> Labels:
+    """Ground truth from a file (`--labels FILE`) or a database query (`monitoring.labels`,
+    `--labels URL --labels-query …`), matched to the period's rows."""
+    if isinstance(source, Path):
+        from cpmai.runtime.data import read_table
 
-    frame = read_table(path)
-    column = _label_column(frame.columns.tolist(), target, path)
+        return _match(read_table(source), traffic, target=target, label=None, where=source.name)
+    frame = query_labels(source)
+    labels = _match(frame, traffic, target=target, label=source.label, where="the labels query")
+    if source.key not in ("id", ["id"], ["id", "row"]):
+        labels.join = "key"
+    return labels
+
+
+def query_labels(source: LabelsQuery) -> pd.DataFrame:
+    """The labels query's rows, with the key column(s) made the `id` a batch row is logged
+    under (`cpmai.batch.run.row_ids`: the value, or several joined by `|`)."""
+    from cpmai.batch.locations import SqlLocation, location
+    from cpmai.batch.sql import read_query
+
+    where = location(source.url, option="monitoring.labels.url")
+    if not isinstance(where, SqlLocation):
+        raise UsageError(f"monitoring.labels.url {source.url!r}: not a database URL")
+    frame = read_query(where, source.query)
+    keys = [source.key] if isinstance(source.key, str) else list(source.key)
+    missing = [k for k in keys if k not in frame.columns]
+    if missing:
+        raise UsageError(
+            f"the labels query gives no column {', '.join(missing)} (its columns: "
+            f"{', '.join(map(str, frame.columns))}; monitoring.labels.key names the key)"
+        )
+    if keys == ["id"] or keys == ["id", "row"]:
+        return frame
+    if len(keys) == 1:
+        ids = frame[keys[0]].map(_key_text)
+    else:
+        ids = frame[keys].apply(lambda row: "|".join(_key_text(v) for v in row), axis=1)
+    return frame.drop(columns=keys).assign(id=ids.to_numpy())
+
+
+def _key_text(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _match(
+    frame: pd.DataFrame, traffic: Traffic, *, target: str | None, label: str | None, where: str
+) -> Labels:
+    if label is not None and label not in frame.columns:
+        raise UsageError(f"{where}: no column {label!r} (columns: {list(frame.columns)})")
+    column = label or _label_column(frame.columns.tolist(), target, where)
     rows = int(traffic.row_time.shape[0])
     truth = np.full(rows, None, dtype=object)
     values = frame[column].tolist()
@@ -93,20 +142,20 @@ def read_labels(path: Path, traffic: Traffic, *, target: str | None) -> Labels:
     if "id" in frame.columns:
         if traffic.ids is None:
             raise UsageError("internal: request ids were not read")
-        where: dict[tuple[str, int], int] = {}
+        where_rows: dict[tuple[str, int], list[int]] = {}
         for position, (rid, row) in enumerate(traffic.ids):
-            where[(str(rid), row)] = position
+            where_rows.setdefault((_key_text(rid), row), []).append(position)
         row_numbers = frame["row"].tolist() if "row" in frame.columns else [0] * len(frame)
         matched = 0
         for rid, row, value in zip(frame["id"].tolist(), row_numbers, values, strict=True):
-            found = where.get((str(rid), int(row)))
-            if found is not None and _present(value):
-                truth[found] = value
+            found = where_rows.get((_key_text(rid), int(row)))
+            if found and _present(value):
+                truth[found] = value  # a row scored in several runs: each prediction is judged
                 matched += 1
         return Labels(truth, matched, len(frame), "id")
     if len(frame) != rows:
         raise UsageError(
-            f"{path.name}: {len(frame)} labels but {rows} scored rows in the period; with no "
+            f"{where}: {len(frame)} labels but {rows} scored rows in the period; with no "
             "`id` column labels follow the rows in order, so the counts must match "
             "(add an id column, or choose the period with --since/--until)"
         )
@@ -120,7 +169,7 @@ def _present(value: Any) -> bool:
     return value is not None and value == value
 
 
-def _label_column(columns: list[str], target: str | None, path: Path) -> str:
+def _label_column(columns: list[str], target: str | None, where: str) -> str:
     if "label" in columns:
         return "label"
     if target and target in columns:
@@ -129,7 +178,7 @@ def _label_column(columns: list[str], target: str | None, path: Path) -> str:
     if len(rest) == 1:
         return rest[0]
     wanted = "`label`" + (f" or `{target}`" if target else "")
-    raise UsageError(f"{path.name}: no label column (expected {wanted}; columns: {columns})")
+    raise UsageError(f"{where}: no label column (expected {wanted}; columns: {columns})")
 
 
 def model_quality(

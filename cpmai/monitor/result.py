@@ -235,7 +235,7 @@ class WindowQuality(Doc):
 class ModelQuality(WindowQuality):
     """Model quality over the period, and how the labels were matched to the rows."""
 
-    join: Literal["id", "row order"]
+    join: Literal["id", "key", "row order"]
     labels_given: int
 
 

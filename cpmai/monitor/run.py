@@ -23,6 +23,7 @@ import numpy as np
 from cpmai.clock import epoch, iso
 from cpmai.errors import ExitCode, UsageError
 from cpmai.home import Home
+from cpmai.manifest import LabelsQuery
 from cpmai.monitor import drift as drift_mod
 from cpmai.monitor.quality import Labels, below_bound, data_quality, model_quality, read_labels
 from cpmai.monitor.result import (
@@ -79,7 +80,7 @@ def monitor(
     until: float | None = None,
     version: str | None = None,
     manifest: Manifest | None = None,
-    labels_file: Path | None = None,
+    labels: Path | LabelsQuery | None = None,
     now: float | None = None,
     use_cache: bool = True,
     include_synthetic: bool = False,
@@ -105,6 +106,8 @@ def monitor(
         home, name, focus, manifest, live_since if focus == live_version else None, state
     )
     settings = subject.manifest.monitoring
+    if labels is None:
+        labels = settings.labels
     traffic = read_traffic(
         folder,
         focus=subject.artifact.version,
@@ -112,7 +115,7 @@ def monitor(
         output_kind=subject.output_kind,
         since=since,
         until=until,
-        with_ids=labels_file is not None,
+        with_ids=labels is not None,
         output_categories=subject.classes,
         cache=Home(home).env(name, env).log_cache if use_cache else None,
         include_synthetic=include_synthetic,
@@ -126,9 +129,9 @@ def monitor(
             f"(at most {MAX_WINDOWS:,} windows)"
         )
     profiles, output_profile, reference_rows = reference_profiles(subject)
-    labels: Labels | None = None
-    if labels_file is not None:
-        labels = read_labels(labels_file, traffic, target=subject.artifact.manifest().data.target)
+    truth: Labels | None = None
+    if labels is not None:
+        truth = read_labels(labels, traffic, target=subject.artifact.manifest().data.target)
     resources = read_resources(folder, since, until)
     if not include_synthetic:  # CPU and memory under a load test are not what customers use
         resources = without_spans(resources, traffic.synthetic_spans, settings.sample_interval_s)
@@ -147,8 +150,8 @@ def monitor(
             drift=drift_summary(per_window[index], settings.drift.share),
             slo=slo_checks(fields["error_rate"], fields["latency_ms"], slo),
         )
-        if labels is not None:
-            window.quality = _quality(subject, traffic, labels, low, high)
+        if truth is not None:
+            window.quality = _quality(subject, traffic, truth, low, high)
         windows.append(window)
     period = TrafficSummary(
         **traffic_fields(traffic, start, end, last=True),
@@ -166,10 +169,10 @@ def monitor(
             vocab=None if subject.output_kind == "numeric" else traffic.vocab.get("__output__", []),
         ).document()
     model_doc = None
-    if labels is not None:
-        quality = _quality(subject, traffic, labels, start, end)
+    if truth is not None:
+        quality = _quality(subject, traffic, truth, start, end)
         model_doc = ModelQuality(
-            **quality.model_dump(exclude_unset=True), join=labels.join, labels_given=labels.given
+            **quality.model_dump(exclude_unset=True), join=truth.join, labels_given=truth.given
         )
     age_days = (now - epoch(subject.packaged)) / 86400
     result = MonitorResult(

@@ -78,13 +78,19 @@ def newest_logged_version(folder: Path) -> str | None:
     for path in reversed(files):
         with path.open("rb") as handle:
             size = handle.seek(0, 2)
-            handle.seek(max(0, size - 65536))
-            lines = handle.read().split(b"\n")
-        for line in reversed(lines[1:-1] if len(lines) > 2 else lines):
-            try:
-                return str(orjson.loads(line)["version"])
-            except (ValueError, KeyError, TypeError):
-                continue
+            tail = 65536
+            while True:  # a block line can be longer than the tail read first
+                handle.seek(max(0, size - tail))
+                lines = handle.read(tail).split(b"\n")
+                whole = lines[1:-1] if size > tail else lines
+                for line in reversed(whole):
+                    try:
+                        return str(orjson.loads(line)["version"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                if tail >= size:
+                    break
+                tail *= 4
     return None
 
 
