@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-zoo clean postgresql
+.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-batch bench-zoo clean postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ bench-monitor: $(STAMP)
 ## bench-ray: the ray target against the local one (1 and 2 replicas, concurrency 8 and 64)
 bench-ray: $(STAMP)
 	$(BIN)/python benchmarks/ray.py
+
+## bench-batch: cpmai predict PostgreSQL → PostgreSQL beside bare pandas scripts (1,000,000 rows), peak memory at 10,000,000 (needs postgresql)
+bench-batch: $(STAMP) postgresql
+	$(BIN)/python benchmarks/batch_sql.py
 
 ## bench-report: cpmai report and cpmai cost over a 1,000,000-row prediction log
 bench-report: $(STAMP)

@@ -86,6 +86,7 @@ def _sql(text: str, option: str) -> SqlLocation:
         url = make_url(text)
     except ArgumentError:
         raise UsageError(f"{option}: not a database URL ({SUPPORTED})") from None
+    shown = url.render_as_string(hide_password=True)
     if url.drivername in _POSTGRES:
         url = url.set(drivername="postgresql+psycopg")
         try:
@@ -101,6 +102,6 @@ def _sql(text: str, option: str) -> SqlLocation:
         )
     return SqlLocation(
         url=url.render_as_string(hide_password=False),
-        shown=url.render_as_string(hide_password=True),
+        shown=shown,
         dialect=url.get_backend_name(),
     )
