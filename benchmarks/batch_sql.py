@@ -195,8 +195,9 @@ def main() -> int:
                 _load(url, args.big_rows, work / "churn")
                 seconds, big_peak = _run(contenders["cpmai --no-log"]("out_big"), env)
                 assert _count(url, "out_big") == args.big_rows
+                rate_big = args.big_rows / seconds
                 print(f"cpmai --no-log on {args.big_rows:,} rows: {seconds:.1f} s "
-                      f"({args.big_rows / seconds:,.0f} rows/s), peak {big_peak:.0f} MiB")  # fmt: skip
+                      f"({rate_big:,.0f} rows/s), peak {big_peak:.0f} MiB")  # fmt: skip
                 print()
         ratio = rate["cpmai"] / rate["pandas"]
         rows = [
