@@ -202,7 +202,7 @@ def _plain(value: Any) -> Any:
 
 
 def key_json(values: list[Any] | None) -> str | None:
-    return None if values is None else json.dumps([_plain(v) for v in values])
+    return None if values is None else json.dumps([_plain(v) for v in values], default=str)
 
 
 class SqlSink:

@@ -141,8 +141,9 @@ def predict(
     ledger = Ledger(home)
 
     def record(result: BatchResult) -> None:
+        details = {k: v for k, v in result.to_dict().items() if k not in ("name", "version")}
         ledger.append(ACTION, actor=actor, name=target.name, version=target.version, env=env,
-                      details=result.to_dict())  # fmt: skip
+                      details=details)  # fmt: skip
 
     log = None
     if not no_log:
