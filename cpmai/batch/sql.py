@@ -159,7 +159,9 @@ class SqlSource:
             try:
                 with self.engine.connect() as conn:
                     result = conn.execute(query)
-                    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+                    # plain tuples: pandas probes a Row's attributes, which costs more than this
+                    rows = list(map(tuple, result.fetchall()))
+                    frame = pd.DataFrame.from_records(rows, columns=list(result.keys()))
             except Exception as exc:
                 raise connect_error(self.where, exc) from None
             if frame.empty:
@@ -257,6 +259,8 @@ class SqlSink:
     def write(self, conn: Connection, rows: dict[str, list[Any]]) -> None:
         """Append `rows` (column → values, all the same length) inside the caller's
         transaction."""
+        from sqlalchemy import bindparam
+
         assert self.table is not None
         names = list(rows)
         count = len(rows[names[0]]) if names else 0
@@ -265,10 +269,28 @@ class SqlSink:
         if self.where.dialect == "postgresql":
             self._copy(conn, names, rows)
             return
-        records = [
-            dict(zip(names, values, strict=True)) for values in zip(*rows.values(), strict=True)
-        ]
-        conn.execute(self.table.insert(), records)
+        # the driver's own executemany: SQLAlchemy's per-row parameter handling costs more
+        # than the insert; each column's bind processor (SQLite's dates as text) still applies
+        dialect = self.engine.dialect
+        columns = [self.table.c[n] for n in names]
+        values = []
+        for column, given in zip(columns, rows.values(), strict=True):
+            process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is None:
+                values.append(given)
+            elif all(v is given[0] for v in given):  # a run's constant: version, time
+                values.append([process(given[0])] * len(given))
+            else:
+                values.append([process(v) for v in given])
+        insert = self.table.insert().values({c.name: bindparam(c.name) for c in columns})
+        compiled = insert.compile(dialect=dialect)
+        order = compiled.positiontup or names
+        by_name = dict(zip(names, values, strict=True))
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(str(compiled), list(zip(*(by_name[n] for n in order), strict=True)))
+        finally:
+            cursor.close()
 
     def _copy(self, conn: Connection, names: list[str], rows: dict[str, list[Any]]) -> None:
         from psycopg import sql
