@@ -179,6 +179,29 @@ def test_every_kind_of_model_goes_the_whole_way(name: str, tmp_path: Path, home:
                                 "--output", scored, "--probabilities")  # fmt: skip
             assert refused.code == 2 and "probabilities" in refused.err
 
+        # a database table into another (SQLite), keyed: the same predictions, typed columns
+        import sqlalchemy as sa
+
+        database = f"sqlite:///{tmp_path / 'batch.db'}"
+        keyed = pd.read_csv(source)
+        keyed.insert(0, "item_key", np.arange(len(keyed)) * 7)
+        engine = sa.create_engine(database)
+        keyed.to_sql("items", engine, index=False)
+        tabled = run_cpmai("predict", f"zoo-{name}@staging", "--input", database,
+                           "--table", "items", "--key", "item_key", "--output-table", "scored",
+                           *extra)  # fmt: skip
+        assert tabled.code == 0, tabled.err
+        out = pd.read_sql("SELECT * FROM scored ORDER BY item_key", engine)
+        engine.dispose()
+        assert out["item_key"].tolist() == keyed["item_key"].tolist()
+        assert out["refused"].isna().all()
+        _same(kind, out["prediction"], kind.predict(keyed.drop(columns=["item_key"])))
+        if extra and kind.task == "classification":
+            assert kind.predict_proba is not None
+            expected_proba = np.asarray(kind.predict_proba(keyed.drop(columns=["item_key"])))
+            got = out[[c for c in out.columns if c.startswith("probability_")]].to_numpy()
+            assert np.allclose(got, expected_proba, atol=1e-4)
+
         bench = _json("bench", f"zoo-{name}@staging", "--url", url, "--concurrency", "2",
                       "--duration", "1", "--warmup", "0.2", codes=(0, 4))  # fmt: skip
         (level,) = bench["levels"]
