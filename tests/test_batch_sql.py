@@ -269,3 +269,31 @@ def test_labels_from_a_table_arrive_late_and_are_matched(
     assert late["join"] == "key" and late["labelled_rows"] == 4_000
     accuracy, _f1 = expected(outcomes)
     assert late["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_a_damaged_run_record_is_refused_not_trusted(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    package(load_manifest(churn), home, actor="t")
+    url = f"sqlite:///{tmp_path / 'scores.db'}"
+    _load(url, _rows(churn, 1_000), "customers")
+    command = ("predict", NAME, "--input", url, "--table", "customers", "--chunk-rows", "100")
+    assert run_cpmai(*command).code == 0
+    engine = sa.create_engine(url)
+
+    def edit(sql: str) -> str:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+        result = run_cpmai(*command)
+        assert result.code == 2 and "Traceback" not in result.err, result.err
+        return result.err
+
+    # an unfinished run whose record no longer matches its rows: neither skipped nor repeated
+    said = edit("UPDATE cpmai_batch_runs SET status = 'running', rows_read = 500, "
+                "rows_scored = 500, last_key = '[1500]'")  # fmt: skip
+    assert "says 500 rows were written" in said and "holds 1,000" in said
+    assert "is damaged" in edit("UPDATE cpmai_batch_runs SET last_key = '{oops'")
+    assert "is damaged" in edit("UPDATE cpmai_batch_runs SET last_key = '[3]', rows_read = -1")
+    fresh = run_cpmai(*command, "--new-run", "--json")
+    assert fresh.code == 0 and json.loads(fresh.out)["rows"] == 1_000
+    engine.dispose()

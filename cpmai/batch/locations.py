@@ -49,6 +49,22 @@ class SqlLocation:
 
         return create_engine(self.url, poolclass=NullPool)
 
+    def check_file(self, option: str, *, must_exist: bool) -> None:
+        """A SQLite database file must be a regular file (a FIFO would block, a folder is no
+        database), and exist when it is read."""
+        from cpmai.fsutil import not_regular
+
+        path = self.sqlite_file()
+        if path is None:
+            return
+        why = not_regular(path)
+        if why is not None:
+            raise UsageError(f"{option} {self.shown}: {path} {why}")
+        if must_exist and not path.is_file():
+            raise UsageError(f"{option} {self.shown}: no such database file")
+        if not must_exist and not path.parent.is_dir():
+            raise UsageError(f"{option} {self.shown}: the folder {path.parent} does not exist")
+
     def sqlite_file(self) -> Path | None:
         """The database file of a sqlite URL (None for a memory database or another dialect)."""
         if self.dialect != "sqlite":

@@ -343,10 +343,19 @@ class _TableSink:
         self.prepared = False
 
     def begin(self) -> Progress:
-        return self.runs.begin(
+        progress = self.runs.begin(
             self.print, model=self.job.name, version=self.job.version, source=self.source_shown,
             run_id=self.job.run_id, new_run=self.job.new_run,
         )  # fmt: skip
+        if progress.resumed:
+            held = self.sink.count_run(progress.run_id)
+            if held != progress.rows_read:
+                raise UsageError(
+                    f"run {progress.run_id}: cpmai_batch_runs says {progress.rows_read:,} rows "
+                    f"were written, {self.sink.name} holds {held:,} under that run id; going on "
+                    "would skip or repeat rows: start a new run with --new-run"
+                )
+        return progress
 
     def _prepare(self, frame: pd.DataFrame) -> None:
         from cpmai.batch.sql import column_type, output_types

@@ -187,13 +187,27 @@ class Runs:
 
 
 def _progress(row: Any) -> Progress:
-    last = row["last_key"]
+    """A run's progress as the table holds it; a row edited into nonsense is refused, not
+    trusted (going on from a wrong place would skip or repeat rows)."""
+    try:
+        last = row["last_key"]
+        key = None if last is None else json.loads(last)
+        counts = [int(row[c]) for c in ("rows_read", "rows_scored", "rows_refused", "chunks")]
+        if key is not None and not isinstance(key, list):
+            raise ValueError("last_key is not a list")
+        if min(counts) < 0 or counts[1] + counts[2] != counts[0]:
+            raise ValueError("the row counts do not add up")
+    except (ValueError, TypeError) as exc:
+        raise UsageError(
+            f"run {row['run_id']} in {TABLE} is damaged ({exc}); cpmai cannot tell where it "
+            "stopped: start a new run with --new-run (its rows stay under the old run id)"
+        ) from None
     return Progress(
         run_id=row["run_id"],
-        rows_read=int(row["rows_read"]),
-        rows_scored=int(row["rows_scored"]),
-        rows_refused=int(row["rows_refused"]),
-        chunks=int(row["chunks"]),
-        last_key=None if last is None else json.loads(last),
+        rows_read=counts[0],
+        rows_scored=counts[1],
+        rows_refused=counts[2],
+        chunks=counts[3],
+        last_key=key,
         resumed=True,
     )

@@ -62,8 +62,7 @@ def read_query(where: SqlLocation, query: str) -> pd.DataFrame:
     import pandas as pd
     from sqlalchemy import text
 
-    if where.sqlite_file() is not None and not where.sqlite_file().is_file():  # type: ignore[union-attr]
-        raise UsageError(f"{where.shown}: no such database file")
+    where.check_file("monitoring.labels.url", must_exist=True)
     engine = where.engine()
     try:
         with engine.connect() as conn:
@@ -91,8 +90,7 @@ class SqlSource:
     ) -> None:
         if (table is None) == (query is None):
             raise UsageError(f"--input {where.shown}: give --table T or --query 'SELECT …'")
-        if where.sqlite_file() is not None and not where.sqlite_file().is_file():  # type: ignore[union-attr]
-            raise UsageError(f"--input {where.shown}: no such database file")
+        where.check_file("--input", must_exist=True)
         self.where = where
         self.engine = where.engine()
         self.table_name = table
@@ -212,6 +210,7 @@ class SqlSink:
     run id, scored-at time, refusal reason), checked when present."""
 
     def __init__(self, where: SqlLocation, table: str) -> None:
+        where.check_file("--output", must_exist=False)
         self.where = where
         self.engine = where.engine()
         self.name = table
@@ -255,6 +254,20 @@ class SqlSink:
             raise connect_error(self.where, exc) from None
         self.table = table
         return table
+
+    def count_run(self, run_id: str) -> int:
+        """Rows the table holds under `run_id` (0 when the table does not exist yet)."""
+        from sqlalchemy import func, select
+
+        try:
+            table = reflect(self.engine, self.name)
+            if table is None or RUN_ID not in table.columns:
+                return 0
+            with self.engine.connect() as conn:
+                query = select(func.count()).select_from(table).where(table.c[RUN_ID] == run_id)
+                return int(conn.execute(query).scalar_one())
+        except Exception as exc:
+            raise connect_error(self.where, exc) from None
 
     def write(self, conn: Connection, rows: dict[str, list[Any]]) -> None:
         """Append `rows` (column → values, all the same length) inside the caller's
