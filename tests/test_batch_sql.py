@@ -297,3 +297,79 @@ def test_a_damaged_run_record_is_refused_not_trusted(
     fresh = run_cpmai(*command, "--new-run", "--json")
     assert fresh.code == 0 and json.loads(fresh.out)["rows"] == 1_000
     engine.dispose()
+
+
+def test_kept_refusals_in_files_keep_one_header_and_integer_labels(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    package(load_manifest(churn), home, actor="t")
+    frame = _rows(churn, 300)
+    frame.loc[250, "monthly_charges"] = np.inf  # refused, in the third chunk
+    source = tmp_path / "in.parquet"
+    frame.to_parquet(source)
+    for suffix in (".csv", ".parquet", ".jsonl"):
+        out = tmp_path / f"out{suffix}"
+        result = run_cpmai("predict", NAME, "-i", source, "-o", out, "--on-refused", "keep",
+                           "--chunk-rows", "100", "--json")  # fmt: skip
+        assert result.code == 0, result.err
+        assert json.loads(result.out)["refused"] == 1
+        read = {".csv": pd.read_csv, ".parquet": pd.read_parquet}.get(suffix)
+        got = read(out) if read else pd.read_json(out, lines=True)
+        assert got.columns.tolist() == [*frame.columns, "prediction", "refused"]
+        assert got["refused"].notna().tolist() == [i == 250 for i in range(300)]
+        assert "monthly_charges" in got.loc[250, "refused"]
+        labels = got["prediction"].drop(index=250)
+        assert set(labels.astype(int)) <= {0, 1} and (labels == labels.astype(int)).all()
+    text = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(text) == 301 and all(line.count(",") >= 10 for line in text[1:])
+    assert text[252].split(",")[-2] in ("0", "1") and "." not in text[252].split(",")[-2]
+
+
+def test_keys_of_other_types_page_and_resume_exactly(
+    churn: Path,
+    home: Path,
+    tmp_path: Path,
+    pg_db: str,  # noqa: F811
+) -> None:
+    """A timestamp key and a text key on PostgreSQL (typed comparisons), the next chunk bound
+    from the last row read and a resumed run from the JSON kept in cpmai_batch_runs; on SQLite a
+    date key is refused (it compares as text there), a text key pages."""
+    package(load_manifest(churn), home, actor="t")
+    frame = _rows(churn, 1_000).drop(columns=["customer_id"])
+    frame.insert(0, "seen_at", pd.date_range("2026-01-01", periods=1_000, freq="37min", tz="UTC"))
+    frame.insert(1, "code", [f"c-{i:05d}" for i in range(1_000)])
+    engine = sa.create_engine(pg_db)
+    frame.to_sql("events", engine, index=False)
+    given = pg_db.replace("postgresql+psycopg://", "postgresql://")
+    for key in ("seen_at", "code"):
+        command = ("predict", NAME, "--input", given, "--table", "events", "--key", key,
+                   "--output-table", f"by_{key}", "--chunk-rows", "64", "--json")  # fmt: skip
+        first = run_cpmai(*command)
+        assert first.code == 0, first.err
+        assert json.loads(first.out)["rows"] == 1_000
+        # as if the run had been killed after 8 chunks: its record and rows cut back to them
+        with engine.begin() as conn:
+            keys = conn.execute(sa.text(f"SELECT {key} FROM by_{key} ORDER BY {key}")).scalars()
+            kept = list(keys)[:512]
+            conn.execute(sa.text(f"DELETE FROM by_{key} WHERE {key} > :last"), {"last": kept[-1]})
+            last = json.dumps([kept[-1].isoformat() if key == "seen_at" else kept[-1]])
+            conn.execute(
+                sa.text("UPDATE cpmai_batch_runs SET status = 'running', rows_read = 512, "
+                        "rows_scored = 512, chunks = 8, last_key = :last WHERE output = :out"),
+                {"last": last, "out": f"by_{key}"},
+            )  # fmt: skip
+        again = run_cpmai(*command)
+        assert again.code == 0, again.err
+        assert json.loads(again.out)["resumed_after"] == 512
+        got = _read(pg_db, f"SELECT {key} FROM by_{key}")[key]
+        assert len(got) == 1_000 and got.is_unique
+    engine.dispose()
+
+    lite = f"sqlite:///{tmp_path / 'events.db'}"
+    frame.to_sql("events", sa.create_engine(lite), index=False)
+    refused = run_cpmai("predict", NAME, "--input", lite, "--table", "events", "--key", "seen_at")
+    assert refused.code == 2 and "compares dates as text" in refused.err
+    paged = run_cpmai("predict", NAME, "--input", lite, "--table", "events", "--key", "code",
+                      "--chunk-rows", "64", "--json")  # fmt: skip
+    assert paged.code == 0 and json.loads(paged.out)["rows"] == 1_000
+    assert _read(lite, "SELECT count(DISTINCT code) AS n FROM events_predictions")["n"][0] == 1_000

@@ -54,6 +54,7 @@ class FileWriter:
         self.tmp = output.with_name(f".{output.name}.partial")
         self.first = True
         self.parquet: Any = None
+        self.schema: Any = None
 
     def write(self, frame: pd.DataFrame) -> None:
         suffix = self.output.suffix.lower()
@@ -71,9 +72,39 @@ class FileWriter:
                 raise UsageError("writing Parquet needs pyarrow (pip install pyarrow)") from None
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self.parquet is None:
-                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+                # a column with no value yet (all missing) is typed by the chunks after it
+                self.schema = pa.schema(
+                    [f.with_type(pa.string()) if pa.types.is_null(f.type) else f
+                     for f in table.schema]
+                )  # fmt: skip
+                self.parquet = pq.ParquetWriter(self.tmp, self.schema)
+            elif table.schema != self.schema:
+                # a chunk with a refused row has a NULL among integer predictions: pandas
+                # made them floats; the file keeps the first chunk's types
+                try:
+                    table = table.cast(self.schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                    raise UsageError(self._mismatch(table)) from None
             self.parquet.write_table(table)
         self.first = False
+
+    def _mismatch(self, table: Any) -> str:
+        """Which column of a later chunk does not fit the type the first chunk gave it."""
+        import pyarrow as pa
+
+        for field in self.schema:
+            column = table.column(field.name) if field.name in table.column_names else None
+            if column is None:
+                return f"{self.output.name}: a chunk has no column {field.name!r}"
+            try:
+                column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                return (
+                    f"{self.output.name}: column {field.name!r} is {field.type} in the first "
+                    f"chunk, and a later chunk has a value that is not ({exc}); a Parquet file "
+                    "has one type a column: write CSV or JSON lines, or clean the input"
+                )
+        return f"{self.output.name}: a chunk's columns differ from the first chunk's"
 
     def close(self) -> None:
         if self.parquet is not None:

@@ -287,6 +287,9 @@ class _FileSink:
             raise UsageError("--run-id is for table outputs (a file output is never resumed)")
         self.writer = FileWriter(output)
         self.shown = str(output)
+        self.keep = job.on_refused == "keep"
+        """Kept refusals have a `refused` column from the first chunk on (one header, one
+        schema), whether or not that chunk had one."""
 
     def begin(self) -> Progress:
         from cpmai.batch.runs import Progress, new_run_id
@@ -294,11 +297,16 @@ class _FileSink:
         return Progress(new_run_id())
 
     def write(self, chunk: Chunk, scored: Scored, progress: Progress) -> None:
+        import pandas as pd
+
         out = chunk.frame.copy()
         for name, values in scored.columns().items():
-            out[name] = values
-        if scored.refused:
-            out[REFUSED] = [scored.refused.get(i) for i in range(len(out))]
+            # with a refused row's None among them, integer labels stay integers (Int64)
+            out[name] = pd.array(values) if scored.refused else values
+        if self.keep:
+
+            refused = [scored.refused.get(i) for i in range(len(out))]
+            out[REFUSED] = pd.Series(refused, index=out.index, dtype="string")
         self.writer.write(out)
 
     def close(self, progress: Progress) -> None:
@@ -373,7 +381,7 @@ class _TableSink:
             self._prepare(chunk.frame)
         frame = chunk.frame
         count = len(frame)
-        rows: dict[str, list[Any]] = {k: [_scalar(v) for v in frame[k].tolist()] for k in self.key}
+        rows: dict[str, list[Any]] = {k: frame[k].tolist() for k in self.key}
         rows.update(scored.columns())
         rows[VERSION] = [self.job.version] * count
         rows[RUN_ID] = [progress.run_id] * count

@@ -148,6 +148,19 @@ class SqlSource:
         )
         statement = statement.order_by(*keys).limit(chunk_rows)
         last = after
+        if last is not None:  # from JSON: dates, decimals, uuids are text until typed again
+            if len(last) != len(keys):
+                raise UsageError(
+                    f"the run's last key {last} does not fit --key {','.join(self.key)}: start "
+                    "a new run with --new-run"
+                )
+            try:
+                with self.engine.connect() as conn:
+                    sample = conn.execute(select(*keys).select_from(source).limit(1)).first()
+            except Exception as exc:
+                raise connect_error(self.where, exc) from None
+            if sample is not None:
+                last = [_typed_like(v, like) for v, like in zip(last, sample, strict=True)]
         while True:
             query = statement
             if last is not None:
@@ -168,7 +181,9 @@ class SqlSource:
             if missing:
                 raise UsageError(f"--key: the query gives no column {', '.join(missing)}")
             _check_key(frame, self.key, first_row)
-            last = [_plain(v) for v in frame[self.key].iloc[-1].tolist()]
+            if self.where.dialect == "sqlite":
+                _comparable_in_sqlite(frame, self.key)
+            last = [_native(v) for v in frame[self.key].iloc[-1].tolist()]
             yield Chunk(frame, first_row, last)
             first_row += len(frame)
             if len(frame) < chunk_rows:
@@ -190,6 +205,60 @@ def _check_key(frame: pd.DataFrame, key: list[str], first_row: int) -> None:
         raise UsageError(
             f"--key {','.join(key)}: {value} appears more than once; the key must be unique"
         )
+
+
+def _comparable_in_sqlite(frame: pd.DataFrame, key: list[str]) -> None:
+    """SQLite keeps a date as text in whatever format its writer chose, so a date bound from
+    Python compares as text against it: the next chunk would skip or repeat rows. Numbers and
+    text compare as they are."""
+    for name in key:
+        column = frame[name]
+        if column.dtype.kind in "iuf":
+            continue
+        text = column.dtype.kind == "O" or str(column.dtype) in ("str", "string")
+        if text and all(isinstance(v, str) for v in column.tolist()):
+            continue
+        raise UsageError(
+            f"--key {name}: a {column.dtype} key cannot page a SQLite table safely (SQLite "
+            "compares dates as text, in the format whoever wrote them chose); name an integer "
+            "or text key"
+        )
+
+
+def _typed_like(value: Any, like: Any) -> Any:
+    """A key value read back from JSON, as the type the database gives that key."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    if not isinstance(value, str) or isinstance(like, str):
+        return value
+    try:
+        if isinstance(like, dt.datetime):
+            return dt.datetime.fromisoformat(value)
+        if isinstance(like, dt.date):
+            return dt.date.fromisoformat(value)
+        if isinstance(like, dt.time):
+            return dt.time.fromisoformat(value)
+        if isinstance(like, decimal.Decimal):
+            return decimal.Decimal(value)
+        if isinstance(like, uuid.UUID):
+            return uuid.UUID(value)
+    except (ValueError, decimal.InvalidOperation):
+        raise UsageError(
+            f"the run's last key {value!r} is not a {type(like).__name__}: start a new run "
+            "with --new-run"
+        ) from None
+    return value
+
+
+def _native(value: Any) -> Any:
+    """A key value as the driver binds it for the next chunk: a plain Python scalar."""
+    if hasattr(value, "to_pydatetime"):
+        return value.to_pydatetime()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def _plain(value: Any) -> Any:
