@@ -69,7 +69,8 @@ def predict(
         str | None,
         option(
             "A row the signature refuses: stop (exit 2, naming the row; the default for a file "
-            "output) or keep (written with its reason in `refused`; the default for a table)."
+            "output) or keep (written with its reason in `refused`; the default for a table, "
+            "and the only way of the Ray engine)."
         ),
     ] = None,
     env: Annotated[
@@ -80,7 +81,11 @@ def predict(
         typer.Option(help="Share of rows kept in the prediction log (0–1).", min=0.0, max=1.0),
     ] = 1.0,
     engine: Annotated[
-        str, option("local (this process) or ray (Ray Data tasks on a Ray cluster).")
+        str,
+        option(
+            "local (this process) or ray (Ray Data tasks on a Ray cluster; it writes no "
+            "prediction log and does not resume)."
+        ),
     ] = "local",
     address: Annotated[
         str | None, option("--engine ray: the cluster's address (default: a local one).")
@@ -119,8 +124,9 @@ def predict(
         output = location(output_, option="--output")
     elif isinstance(source, SqlLocation):
         output = source
-    else:
-        output = FileLocation(source.path.with_name(f"{source.path.stem}.predictions.csv"))
+    else:  # the Ray engine writes a Parquet folder
+        suffix = ".parquet" if engine == "ray" else ".csv"
+        output = FileLocation(source.path.with_name(f"{source.path.stem}.predictions{suffix}"))
     if isinstance(output, SqlLocation) and output_table is None:
         if table is None:
             raise UsageError("--output-table: name the table to write the predictions to")
@@ -146,7 +152,7 @@ def predict(
                       details=details)  # fmt: skip
 
     log = None
-    if not no_log:
+    if not no_log and engine == "local":  # Ray's tasks write no prediction log
         log = PredictionLog(
             Home(home).env(target.name, env).logs,
             model=target.name,
