@@ -304,7 +304,6 @@ class _FileSink:
             # with a refused row's None among them, integer labels stay integers (Int64)
             out[name] = pd.array(values) if scored.refused else values
         if self.keep:
-
             refused = [scored.refused.get(i) for i in range(len(out))]
             out[REFUSED] = pd.Series(refused, index=out.index, dtype="string")
         self.writer.write(out)
