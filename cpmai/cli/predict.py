@@ -120,6 +120,14 @@ def predict(
     if address is not None and engine != "ray":
         raise UsageError("--address is for --engine ray")
     source = location(input_, option="--input")
+    if isinstance(source, FileLocation):  # before the model is opened: a FIFO would block
+        from cpmai.fsutil import not_regular
+
+        why = not_regular(source.path)
+        if why is not None and not (engine == "ray" and source.path.is_dir()):
+            raise UsageError(f"{source.path}: {why}")
+        if not source.path.exists():
+            raise UsageError(f"{source.path}: no such file")
     if output_ is not None:
         output = location(output_, option="--output")
     elif isinstance(source, SqlLocation):
