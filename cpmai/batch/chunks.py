@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from cpmai.errors import UsageError
@@ -174,6 +175,7 @@ def python_values(column: pd.Series, kind: str = "string") -> list[Any]:
     pandas read as text in this chunk (one bad value makes the whole chunk text) gets its
     numbers back, so only the bad value is refused, by its row."""
     if kind in ("number", "integer") and column.dtype.kind == "O":
+        # Decimal: a database's NUMERIC (money) column, a number like any other
         numbers = [_number(v) for v in column.tolist()]
         return [None if isinstance(v, float) and math.isnan(v) else v for v in numbers]
     values: list[Any] = column.tolist()
@@ -185,6 +187,9 @@ def python_values(column: pd.Series, kind: str = "string") -> list[Any]:
 def _number(value: Any) -> Any:
     """A numeric string as the number pandas would have read ('12', '1e3', ' 3 '); anything else
     as it is, for the validator to refuse by its row."""
+    if isinstance(value, Decimal):  # inf and NaN as floats: refused, and missing
+        integral = value.is_finite() and value == value.to_integral_value()
+        return int(value) if integral else float(value)
     if not isinstance(value, str) or "_" in value:
         return value  # Python's '1_000' is no number in a CSV
     text = value.strip()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _POSTGRES = ("postgresql", "postgres", "postgresql+psycopg")
 SUPPORTED = "sqlite:///FILE or postgresql://USER@HOST[:PORT]/DB"
+_SECRET_ARGUMENTS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
+"""libpq arguments of a URL's query string that are, or lead to, a secret: hidden when shown."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class FileLocation:
 
 @dataclass(frozen=True)
 class SqlLocation:
-    url: str
+    url: str = field(repr=False)
     """The URL as given (it may hold a password: never show or record it; use `shown`)."""
     shown: str
     """The URL with its password hidden."""
@@ -44,10 +46,17 @@ class SqlLocation:
     """`sqlite` or `postgresql`."""
 
     def engine(self) -> Engine:
+        import warnings
+
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        return create_engine(self.url, poolclass=NullPool)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # an argument the driver ignores is a mistake
+                return create_engine(self.url, poolclass=NullPool)
+        except Exception as exc:  # ?timeout=abc, an unknown driver argument
+            raise UsageError(f"{self.shown}: {str(exc).splitlines()[0]}") from None
 
     def check_file(self, option: str, *, must_exist: bool) -> None:
         """A SQLite database file must be a regular file (a FIFO would block, a folder is no
@@ -100,9 +109,12 @@ def _sql(text: str, option: str) -> SqlLocation:
 
     try:
         url = make_url(text)
-    except ArgumentError:
+        url.port  # noqa: B018 - a port that is no number is found here, not at connect time
+    except (ArgumentError, ValueError):
         raise UsageError(f"{option}: not a database URL ({SUPPORTED})") from None
-    shown = url.render_as_string(hide_password=True)
+    secret = {k: "***" for k in url.query if k.lower() in _SECRET_ARGUMENTS}
+    shown = url.update_query_dict(secret).render_as_string(hide_password=True)
+    shown = shown.replace("%2A%2A%2A", "***")
     if url.drivername in _POSTGRES:
         url = url.set(drivername="postgresql+psycopg")
         try:
@@ -115,6 +127,11 @@ def _sql(text: str, option: str) -> SqlLocation:
         raise UsageError(
             f"{option} {url.drivername}://…: cpmai reads and writes {SUPPORTED} "
             "(other databases: export to Parquet or CSV)"
+        )
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise UsageError(
+            f"{option} {shown}: an in-memory database ends with the run; name a file "
+            "(sqlite:///scores.db)"
         )
     return SqlLocation(
         url=url.render_as_string(hide_password=False),

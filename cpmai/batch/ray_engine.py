@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
     from cpmai.artifacts import Artifact
 
+MARK = ".cpmai-batch"
+"""The file that marks a Parquet folder as this engine's output (one it may replace)."""
 MAX_RANGES = 256
 """Read tasks for one table at most (ranges widen past this many blocks' worth of rows)."""
 SQLITE_TIMEOUT_S = 300.0
@@ -234,13 +236,19 @@ class _Source:
             raise UsageError(f"--key {column.name}: {rows - keyed:,} row(s) have no key (NULL)")
         if not rows:
             return [self._sql(select(table))]
-        low, high = int(low), int(high)
+        if not (isinstance(low, int) and isinstance(high, int)):  # SQLite stores what it is given
+            return [self._sql(select(table))]
         ranges = max(1, min(MAX_RANGES, math.ceil(rows / chunk_rows), high - low + 1))
         width = math.ceil((high - low + 1) / ranges)
         statements = []
-        for start in range(low, high + 1, width):
-            end = column < start + width if start + width <= high else column <= high
-            statements.append(self._sql(select(table).where(column >= start, end)))
+        starts = list(range(low, high + 1, width))
+        for i, start in enumerate(starts):
+            # the first and last ranges are open: a value between the integers (SQLite keeps
+            # 9.5 in an INTEGER column) still falls in one of them
+            where = [] if i == 0 else [column >= start]
+            if i < len(starts) - 1:
+                where.append(column < start + width)
+            statements.append(self._sql(select(table).where(*where)))
         return statements
 
     def _sql(self, statement: Any) -> str:
@@ -323,11 +331,16 @@ class _Output:
                 f"{path.name}: the Ray engine writes a Parquet folder (OUT or OUT.parquet), one "
                 "file per block, or a database table"
             )
-        if source.kind != "sql" and folder.is_relative_to(source.path):
-            raise UsageError("--output must not be the input, nor inside its folder")
-        others = [p for p in folder.iterdir() if p.suffix != ".parquet"] if folder.is_dir() else []
-        if others or (folder.is_file() and folder.suffix != ".parquet"):
-            raise UsageError(f"--output {path}: exists and is not a Parquet output to replace")
+        if source.kind != "sql" and (
+            folder.is_relative_to(source.path) or source.path.is_relative_to(folder)
+        ):
+            raise UsageError("--output must not be the input, inside it, nor hold it")
+        if folder.exists() and not (folder / MARK).is_file():
+            # only a folder this engine wrote is replaced: anything else may be the user's
+            raise UsageError(
+                f"--output {path}: exists and is not an output of `cpmai predict --engine ray` "
+                "(remove it, or name another)"
+            )
         self.folder, self.shown = folder, str(path)
 
     def _init_table(self, job: BatchJob, where: SqlLocation, scorer: ChunkScorer) -> None:
@@ -363,7 +376,8 @@ class _Output:
             check_key=bool(self.key) and (source.kind == "sql" or table), run_id=run_id,
             folder=str(self.partial) if self.partial else None,
             sql=self.location if table else None, table=job.output_table if table else None,
-            key_types={k: column_type(peek[k]) if len(peek) else Text for k in self.key},
+            key_types={k: column_type(peek[k]) if len(peek) or source.kind != "sql" else Text
+                       for k in self.key},
             outputs=outputs, prediction_type=arrow,
         )  # fmt: skip
 
@@ -393,6 +407,7 @@ class _Output:
         old = self.folder.with_name(f".{self.folder.name}.old-{result.run_id}")
         if self.folder.exists():  # an earlier output, replaced (as the local engine does)
             self.folder.rename(old)
+        (self.partial / MARK).write_text(json.dumps({"run_id": result.run_id}) + "\n")
         self.partial.rename(self.folder)
         if old.is_dir():
             shutil.rmtree(old)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpmai.batch.chunks import PROBABILITY, REFUSED, ChunkScorer, Scored
 from cpmai.batch.locations import SqlLocation
-from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, SqlSink, connect_error
+from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, SqlSink, check_key_values, connect_error
 from cpmai.errors import CpmaiError, IntegrityError, UsageError
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ class BlockScorer:
                 self.sink.prepare(spec.key_types, spec.outputs)
         except CpmaiError as exc:
             self.failed = exc
+        except Exception as exc:  # a worker without the model's runtime, say: said, not raised
+            self.failed = UsageError(f"a Ray worker could not load the model: {exc}")
         finally:  # loaded into memory: the files are no longer needed
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -122,7 +124,7 @@ class BlockScorer:
     def _score(self, frame: pd.DataFrame) -> dict[str, Any]:
         spec = self.spec
         if spec.check_key:
-            _check_key(frame, list(spec.key))
+            check_key_values(frame, list(spec.key), 0)
         scored = self.scorer.score(frame, on_refused="keep", where=spec.where)
         if self.sink is not None:
             self._write_rows(self.sink, frame, scored)
@@ -181,16 +183,6 @@ def _output_table(frame: pd.DataFrame, scored: Scored, names: list[str], spec: S
 def _key_value(value: Any) -> Any:
     """A key value a driver binds (a pandas Timestamp as a datetime)."""
     return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
-
-
-def _check_key(frame: pd.DataFrame, key: list[str]) -> None:
-    named = ",".join(key)
-    if frame[key].isna().any(axis=None):
-        raise UsageError(f"--key {named}: a row has no key (NULL); every row needs one")
-    repeated = frame.duplicated(subset=key)
-    if repeated.any():
-        value = frame[key].iloc[int(repeated.to_numpy().argmax())].tolist()
-        raise UsageError(f"--key {named}: {value} appears more than once; it must be unique")
 
 
 def error_of(kind: str, message: str) -> CpmaiError:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cpmai.batch.chunks import REFUSED, ChunkScorer, OnRefused, Scored
 from cpmai.batch.files import READABLE, WRITABLE, FileWriter, read_chunks
 from cpmai.batch.locations import FileLocation, SqlLocation
-from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, Chunk, SqlSink, SqlSource
+from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, Chunk, SqlSink, SqlSource, check_key_values
 from cpmai.errors import UsageError
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ def score_batch(
             result.chunks += 1
             if on_chunk is not None:
                 on_chunk(len(chunk.frame))
+        sink.close(progress)
     except BaseException as exc:
         sink.abort()
         result.seconds = time.perf_counter() - start
@@ -151,7 +152,6 @@ def score_batch(
         if record is not None:
             record(result)
         raise
-    sink.close(progress)
     result.seconds = time.perf_counter() - start
     result.refused_reasons = dict(reasons.most_common(5))
     if record is not None:
@@ -196,9 +196,15 @@ def row_ids(frame: pd.DataFrame, key: list[str], rows: list[int]) -> list[Any]:
 
 
 def _scalar(value: Any) -> Any:
+    """A key value as labels name it: dates in ISO form, numbers and text as they are, anything
+    else (UUID, Decimal) as its text (`cpmai.monitor.quality` matches on the same text)."""
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    return value
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return str(value)
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -225,6 +231,10 @@ class _FileReader:
         self.key = job.key
         self.shown = str(path)
         self.where_name = path.name
+        stat = path.stat()
+        self.identity = f"{path.resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
+        """What a resumed run must find again: the same file, unchanged (it resumes by row
+        count, so a file rewritten meanwhile makes a new run, not a skipped head)."""
 
     def chunks(self, chunk_rows: int, progress: Progress) -> Iterator[Chunk]:
         """The file's rows after the `progress.rows_read` an earlier invocation wrote."""
@@ -235,6 +245,8 @@ class _FileReader:
                 missing = [k for k in self.key if k not in frame.columns]
                 if missing:
                     raise UsageError(f"--key: {self.path.name} has no column {', '.join(missing)}")
+            if self.key:
+                check_key_values(frame, self.key, first)
             if skip >= len(frame):
                 skip -= len(frame)
                 first += len(frame)
@@ -253,6 +265,7 @@ class _TableReader:
         self.source = SqlSource(where, table=job.table, query=job.query, key=job.key)
         self.key = self.source.key
         self.shown = self.source.shown
+        self.identity = self.shown
         self.where_name = job.table or "the query"
 
     def chunks(self, chunk_rows: int, progress: Progress) -> Iterator[Chunk]:
@@ -283,8 +296,9 @@ class _FileSink:
             )
         if isinstance(reader, _FileReader) and output.resolve() == reader.path.resolve():
             raise UsageError("--output must not be the input file")
-        if job.run_id is not None:
-            raise UsageError("--run-id is for table outputs (a file output is never resumed)")
+        if job.run_id is not None or job.new_run:
+            option = "--run-id" if job.run_id is not None else "--new-run"
+            raise UsageError(f"{option} is for table outputs (a file output is never resumed)")
         self.writer = FileWriter(output)
         self.shown = str(output)
         self.keep = job.on_refused == "keep"
@@ -342,7 +356,7 @@ class _TableSink:
             raise UsageError(f"--key {','.join(clash)}: the output table has a column of that name")
         self.runs: Runs = Runs(self.sink)
         self.print = fingerprint(
-            model=job.name, version=job.version, source=reader.shown, output=self.sink.shown,
+            model=job.name, version=job.version, source=reader.identity, output=self.sink.shown,
             key=self.key, probabilities=job.probabilities,
         )  # fmt: skip
         self.shown = self.sink.shown

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 TABLE = "cpmai_batch_runs"
 RUNNING = "running"
 DONE = "done"
+ABANDONED = "abandoned"
+"""A run left unfinished and given up by `--new-run`."""
 
 
 def fingerprint(**parts: Any) -> str:
@@ -62,9 +64,9 @@ class Runs:
         self.table = self._table()
 
     def _table(self) -> Table:
-        from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text
+        from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, Table, Text
 
-        return Table(
+        table = Table(
             TABLE,
             MetaData(),
             Column("run_id", Text, primary_key=True),
@@ -84,6 +86,16 @@ class Runs:
             Column("finished_at", DateTime(timezone=True)),
             schema=self.sink.schema,
         )
+        # one unfinished run a command: two processes starting the same command at once do
+        # not both score everything (the second one's insert fails)
+        Index(
+            f"{TABLE}_one_running",
+            table.c.fingerprint,
+            unique=True,
+            sqlite_where=table.c.status == RUNNING,
+            postgresql_where=table.c.status == RUNNING,
+        )
+        return table
 
     def begin(
         self,
@@ -97,12 +109,15 @@ class Runs:
     ) -> Progress:
         """The run this invocation writes: the named one (`--run-id`), else the unfinished run
         with the same fingerprint, else a new one."""
-        from sqlalchemy import select
+        from sqlalchemy import select, update
+        from sqlalchemy.exc import IntegrityError
 
         t = self.table
         try:
             with self.sink.engine.begin() as conn:
                 t.create(conn, checkfirst=True)
+                for index in t.indexes:  # a table from before the index
+                    index.create(conn, checkfirst=True)
                 if run_id is not None:
                     row = conn.execute(select(t).where(t.c.run_id == run_id)).mappings().first()
                     if row is not None:
@@ -130,8 +145,14 @@ class Runs:
                     )
                     if row is not None:
                         return _progress(row)
-                progress = Progress(run_id or new_run_id())
                 now = datetime.now(UTC)
+                if new_run:  # the unfinished run is given up: its rows stay under its id
+                    conn.execute(
+                        update(t)
+                        .where(t.c.fingerprint == print_, t.c.status == RUNNING)
+                        .values(status=ABANDONED, updated_at=now)
+                    )
+                progress = Progress(run_id or new_run_id())
                 conn.execute(
                     t.insert().values(
                         run_id=progress.run_id, fingerprint=print_, model=model,
@@ -143,6 +164,11 @@ class Runs:
                 return progress
         except UsageError:
             raise
+        except IntegrityError:
+            raise UsageError(
+                "another process started this same run meanwhile (same model, version, source, "
+                f"output and key; see {TABLE}); run again once it ends, or use --new-run"
+            ) from None
         except Exception as exc:
             raise connect_error(self.sink.where, exc) from None
 

@@ -52,9 +52,24 @@ def reflect(engine: Engine, name: str) -> Table | None:
 
 
 def connect_error(where: SqlLocation, exc: Exception) -> UsageError:
-    """A database that cannot be reached or refused a statement, said in one line."""
+    """A database that cannot be reached or refused a statement, said in one line (a driver
+    may echo its connection string: the URL's password is taken out of it)."""
+    from sqlalchemy.engine import make_url
+
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return UsageError(f"{where.shown}: {text[0] if text else type(exc).__name__}")
+    line = text[0] if text else type(exc).__name__
+    url = make_url(where.url)
+    secrets = [url.password, *(url.query.get(k) for k in url.query if "pass" in k.lower())]
+    for secret in secrets:
+        if isinstance(secret, str) and secret:
+            line = line.replace(secret, "***")
+    return UsageError(f"{where.shown}: {line}")
+
+
+def as_text(query: str) -> str:
+    """A user's query for `sqlalchemy.text`: its colons are the query's own (`':vip'`,
+    `'10:30'`, PostgreSQL's `::` casts), not bind parameters."""
+    return query.replace(":", "\\:")
 
 
 def read_query(where: SqlLocation, query: str) -> pd.DataFrame:
@@ -66,7 +81,7 @@ def read_query(where: SqlLocation, query: str) -> pd.DataFrame:
     engine = where.engine()
     try:
         with engine.connect() as conn:
-            result = conn.execute(text(query.strip().rstrip(";")))
+            result = conn.execute(text(as_text(query.strip().rstrip(";"))))
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except Exception as exc:
         raise connect_error(where, exc) from None
@@ -98,6 +113,8 @@ class SqlSource:
         if self.query == "":
             raise UsageError("--query: empty")
         self.table: Table | None = None
+        self.unique = False
+        """Whether the key is the table's primary key (unique and never NULL by itself)."""
         if table is not None:
             try:
                 self.table = reflect(self.engine, table)
@@ -105,7 +122,9 @@ class SqlSource:
                 raise connect_error(where, exc) from None
             if self.table is None:
                 raise UsageError(f"--input {where.shown}: no table {table!r}")
-            key = key or [c.name for c in self.table.primary_key.columns]
+            primary = [c.name for c in self.table.primary_key.columns]
+            key = key or primary
+            self.unique = key == primary
             if not key:
                 raise UsageError(
                     f"--table {table}: the table has no primary key; name the column(s) that "
@@ -121,6 +140,8 @@ class SqlSource:
                 "say which row each prediction is for, and a resumed run where to go on)"
             )
         self.key = key
+        if self.table is None:
+            self.unique = False
 
     @property
     def shown(self) -> str:
@@ -133,13 +154,43 @@ class SqlSource:
         if self.table is not None:
             return self.table, [self.table.c[k] for k in self.key]
         quote = self.engine.dialect.identifier_preparer.quote
-        source = text(f"({self.query}) AS cpmai_source")
+        source = text(f"({as_text(str(self.query))}\n) AS cpmai_source")
         return source, [literal_column(f"cpmai_source.{quote(k)}") for k in self.key]
+
+    def check_key(self) -> None:
+        """A key that is not the primary key, checked whole by the database before paging: a
+        NULL is never `> last` and a repeat across two chunks is skipped, and only the
+        database's own equality sees two values its collation makes equal ('k1', 'K1')."""
+        from sqlalchemy import func, or_, select
+
+        if self.unique:
+            return
+        source, keys = self._selectable()
+        shown = ",".join(self.key)
+        nulls = select(*keys).select_from(source).where(or_(*(k.is_(None) for k in keys)))
+        repeats = select(*keys).select_from(source).group_by(*keys)
+        repeats = repeats.having(func.count() > 1)
+        try:
+            with self.engine.connect() as conn:
+                if conn.execute(nulls.limit(1)).first() is not None:
+                    raise UsageError(
+                        f"--key {shown}: some rows have no key (NULL); every row needs one"
+                    )
+                twice = conn.execute(repeats.limit(1)).first()
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise connect_error(self.where, exc) from None
+        if twice is not None:
+            raise UsageError(
+                f"--key {shown}: {list(twice)} appears more than once; the key must be unique"
+            )
 
     def chunks(self, chunk_rows: int, after: list[Any] | None, first_row: int) -> Iterator[Chunk]:
         import pandas as pd
         from sqlalchemy import literal_column, select, tuple_
 
+        self.check_key()
         source, keys = self._selectable()
         statement = (
             select(literal_column("*")).select_from(source)
@@ -180,17 +231,22 @@ class SqlSource:
             missing = [k for k in self.key if k not in frame.columns]
             if missing:
                 raise UsageError(f"--key: the query gives no column {', '.join(missing)}")
-            _check_key(frame, self.key, first_row)
-            if self.where.dialect == "sqlite":
-                _comparable_in_sqlite(frame, self.key)
-            last = [_native(v) for v in frame[self.key].iloc[-1].tolist()]
+            if frame.columns.duplicated().any():
+                twice = sorted(set(frame.columns[frame.columns.duplicated()]))
+                raise UsageError(
+                    f"the input has more than one column named {', '.join(map(str, twice))}; "
+                    "give each its own name (AS …)"
+                )
+            check_key_values(frame, self.key, first_row)
+            _pageable(frame, self.key, self.where.dialect)
+            last = [_native(frame[k].iloc[-1]) for k in self.key]
             yield Chunk(frame, first_row, last)
             first_row += len(frame)
             if len(frame) < chunk_rows:
                 return
 
 
-def _check_key(frame: pd.DataFrame, key: list[str], first_row: int) -> None:
+def check_key_values(frame: pd.DataFrame, key: list[str], first_row: int) -> None:
     nulls = frame[key].isna().any(axis=1)
     if nulls.any():
         row = int(nulls.to_numpy().argmax())
@@ -207,20 +263,29 @@ def _check_key(frame: pd.DataFrame, key: list[str], first_row: int) -> None:
         )
 
 
-def _comparable_in_sqlite(frame: pd.DataFrame, key: list[str]) -> None:
-    """SQLite keeps a date as text in whatever format its writer chose, so a date bound from
-    Python compares as text against it: the next chunk would skip or repeat rows. Numbers and
-    text compare as they are."""
+def _pageable(frame: pd.DataFrame, key: list[str], dialect: str) -> None:
+    """A key the next chunk can be bound from exactly. A float read back and bound again may
+    not equal itself (PostgreSQL's `real` is read as a double: `k > 0.3` holds for the row
+    that was 0.3); SQLite keeps a date as text in whatever format its writer chose, so a date
+    bound from Python compares as text against it."""
     for name in key:
         column = frame[name]
-        if column.dtype.kind in "iuf":
+        kind = column.dtype.kind
+        if kind in "iu":
             continue
-        text = column.dtype.kind == "O" or str(column.dtype) in ("str", "string")
+        if kind == "f":
+            raise UsageError(
+                f"--key {name}: a floating-point key cannot page a table exactly (a value read "
+                "and bound again may not equal itself); name an integer or text key"
+            )
+        if dialect != "sqlite":
+            continue
+        text = kind == "O" or str(column.dtype) in ("str", "string")
         if text and all(isinstance(v, str) for v in column.tolist()):
             continue
         raise UsageError(
-            f"--key {name}: a {column.dtype} key cannot page a SQLite table safely (SQLite "
-            "compares dates as text, in the format whoever wrote them chose); name an integer "
+            f"--key {name}: a {column.dtype} key cannot page a SQLite table exactly (SQLite "
+            "compares dates and other values it keeps as text by their text); name an integer "
             "or text key"
         )
 

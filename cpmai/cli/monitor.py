@@ -169,8 +169,10 @@ def _labels(
             raise UsageError(f"{extra[0]} goes with --labels URL")
         return None
     if not is_url(given):
-        if query is not None or key is not None:
-            raise UsageError("--labels-query and --labels-key are for a database (--labels URL)")
+        if query is not None or key is not None or column is not None:
+            raise UsageError(
+                "--labels-query, --labels-key and --labels-column are for a database (--labels URL)"
+            )
         path = Path(given)
         if not path.is_file():
             raise UsageError(f"--labels {given}: file not found")

@@ -107,7 +107,7 @@ def query_labels(source: LabelsQuery) -> pd.DataFrame:
 
     where = location(source.url, option="monitoring.labels.url")
     if not isinstance(where, SqlLocation):
-        raise UsageError(f"monitoring.labels.url {source.url!r}: not a database URL")
+        raise UsageError("monitoring.labels.url: not a database URL (a file goes in --labels)")
     frame = read_query(where, source.query)
     keys = [source.key] if isinstance(source.key, str) else list(source.key)
     missing = [k for k in keys if k not in frame.columns]
@@ -116,6 +116,7 @@ def query_labels(source: LabelsQuery) -> pd.DataFrame:
             f"the labels query gives no column {', '.join(missing)} (its columns: "
             f"{', '.join(map(str, frame.columns))}; monitoring.labels.key names the key)"
         )
+    frame = frame[frame[keys].notna().all(axis=1)]  # a label for no row is none at all
     if keys == ["id"] or keys == ["id", "row"]:
         return frame
     if len(keys) == 1:
