@@ -56,8 +56,9 @@ def test_ray_engine_scores_parquet_as_the_local_engine_does(
     assert summary["chunks"] == math.ceil(len(frame) / chunk)
 
     assert ray_out.is_dir()
-    files = sorted(p.name for p in ray_out.iterdir())
+    files = sorted(p.name for p in ray_out.iterdir() if p.name != ".cpmai-batch")
     assert len(files) == summary["chunks"] and all(n.endswith(".parquet") for n in files)
+    assert (ray_out / ".cpmai-batch").is_file()  # the mark of a folder it may replace
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder
     by_local = pd.read_parquet(local_out)
     by_ray = pd.read_parquet(ray_out)
