@@ -229,3 +229,24 @@ def test_the_ray_engine_never_replaces_a_folder_it_did_not_write(
     assert "is not an output of" in said
     assert sorted(p.name for p in data.iterdir()) == ["customers.parquet", "precious.parquet"]
     assert [p.name for p in other.iterdir()] == ["mine.parquet"]
+
+
+def test_a_labels_database_that_is_down_leaves_the_rest_judged(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    package(load_manifest(churn), home, actor="t")
+    source = tmp_path / "rows.csv"
+    _holdout(churn, 300).to_csv(source, index=False)
+    assert run_cpmai("predict", NAME, "-i", source, "-o", tmp_path / "out.csv").code == 0
+    gone = f"sqlite:///{tmp_path / 'gone.db'}"
+    text = churn.read_text()
+    churn.write_text(text.replace("\nmonitoring:\n", f"\nmonitoring:\n  labels:\n    url: {gone}\n"
+                                  "    query: SELECT id, label FROM outcomes\n", 1))  # fmt: skip
+    watched = run_cpmai("monitor", churn, "--env", "batch", "--json")
+    assert watched.code in (0, 4), watched.err
+    doc = json.loads(watched.out)
+    assert doc["model_quality"] is None and "no such database file" in doc["labels_error"]
+    assert doc["traffic"]["rows"] == 300  # drift, SLO and data quality are still there
+    asked = run_cpmai("monitor", NAME, "--env", "batch", "--labels", gone, "--labels-query",
+                      "SELECT id, label FROM outcomes")  # fmt: skip
+    assert asked.code == 2 and "no such database file" in asked.err

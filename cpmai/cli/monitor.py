@@ -245,6 +245,8 @@ def _render(result: "MonitorResult") -> None:
         )
     _render_drift(result)
     _render_quality(result.model_quality)
+    if result.labels_error:
+        warn(f"{result.labels_error} (model quality not judged)")
     age = result.age
     show(
         f"age: {age.days:.1f} days since packaging"

@@ -325,6 +325,7 @@ class ErrorInfo(Doc):
 class MonitorResult(Doc):
     """The result of `cpmai monitor NAME --env ENV --json` (schema cpmai-monitor/1)."""
 
+    OMIT_UNSET: ClassVar[frozenset[str]] = frozenset({"labels_error"})
     schema_: Literal["cpmai-monitor/1"] = Field(SCHEMA, alias="schema")
     name: str
     env: str
@@ -339,6 +340,11 @@ class MonitorResult(Doc):
     drift: PeriodDrift
     data_quality: list[DataQuality]
     model_quality: ModelQuality | None
+    labels_error: str | None = Field(
+        None,
+        description="Why the manifest's monitoring.labels could not be read (model quality is "
+        "then not judged; the rest is).",
+    )
     settings: Monitoring
     alerts: list[Alert]
     trigger_run: TriggerRun | None

@@ -106,6 +106,7 @@ def monitor(
         home, name, focus, manifest, live_since if focus == live_version else None, state
     )
     settings = subject.manifest.monitoring
+    from_manifest = labels is None and settings.labels is not None
     if labels is None:
         labels = settings.labels
     traffic = read_traffic(
@@ -130,8 +131,15 @@ def monitor(
         )
     profiles, output_profile, reference_rows = reference_profiles(subject)
     truth: Labels | None = None
+    labels_error = None
     if labels is not None:
-        truth = read_labels(labels, traffic, target=subject.artifact.manifest().data.target)
+        try:
+            truth = read_labels(labels, traffic, target=subject.artifact.manifest().data.target)
+        except UsageError as exc:
+            if not from_manifest:  # asked for on the command line: the command fails
+                raise
+            # the manifest's labels database down: drift, SLO and data quality still judged
+            labels_error = f"monitoring.labels: {exc.message}"
     resources = read_resources(folder, since, until)
     if not include_synthetic:  # CPU and memory under a load test are not what customers use
         resources = without_spans(resources, traffic.synthetic_spans, settings.sample_interval_s)
@@ -202,6 +210,7 @@ def monitor(
         ),
         data_quality=data_quality(traffic, subject.specs, subject.inputs),
         model_quality=model_doc,
+        **({"labels_error": labels_error} if labels_error else {}),
         settings=settings,
         alerts=[],
         trigger_run=None,
