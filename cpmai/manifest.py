@@ -7,10 +7,11 @@ reported as `FILE:LINE field.path: message`. The shared types are in `cpmai.mani
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from cpmai.manifest_base import (
     _NAME,
@@ -226,13 +227,30 @@ class Quality(Strict):
     """Alert below this value (for error metrics — mae, rmse, mape — above it)."""
 
 
+_URL_PASSWORD = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*:[^/@?#]*@|[?&](ssl)?password=", re.I
+)
+
+
 class LabelsQuery(Strict):
     """Where ground truth is kept: a database query whose rows name a prediction (by the key a
     batch run was given, or the request id the server returned) and its true label."""
 
     url: Annotated[str, Field(min_length=1)]
     """A database URL (`sqlite:///FILE`, `postgresql://USER@HOST/DB`), or `env:VAR` to read it
-    from $VAR: a password belongs in the environment or `~/.pgpass`, not in the manifest."""
+    from $VAR: a password belongs in the environment or `~/.pgpass`, not in the manifest (a URL
+    with one is refused: the manifest is copied into every artifact)."""
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, url: str) -> str:
+        if _URL_PASSWORD.search(url):
+            raise ValueError(
+                "the URL holds a password, and the manifest is copied into every artifact: "
+                "use env:VAR (the URL in $VAR), PGPASSWORD or ~/.pgpass"
+            )
+        return url
+
     query: Annotated[str, Field(min_length=1)]
     """The query that returns the labels (for example `SELECT customer_id, churned FROM
     outcomes`)."""

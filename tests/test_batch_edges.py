@@ -93,6 +93,8 @@ def test_keys_that_would_skip_or_repeat_rows_are_refused(
                                                 "--chunk-rows", "10")  # fmt: skip
     nothing = _read_count(pg_db, "o1") + _read_count(pg_db, "o2") + _read_count(pg_db, "o3")
     assert nothing == 0  # refused before a row was written
+    # and forgotten: the corrected command is a run of its own, not the failed one resumed
+    assert _read_count(pg_db, "cpmai_batch_runs") == 0
     pg.dispose()
     engine.dispose()
 
@@ -247,6 +249,11 @@ def test_a_labels_database_that_is_down_leaves_the_rest_judged(
     doc = json.loads(watched.out)
     assert doc["model_quality"] is None and "no such database file" in doc["labels_error"]
     assert doc["traffic"]["rows"] == 300  # drift, SLO and data quality are still there
+    secret = churn.read_text().replace(gone, "postgresql://u:Hunter2pw@127.0.0.1:1/db")
+    (churn.parent / "secret.yaml").write_text(secret)
+    refused = run_cpmai("validate", churn.parent / "secret.yaml")
+    assert refused.code == 2 and "holds a password" in refused.err
+    assert "Hunter2pw" not in refused.err
     asked = run_cpmai("monitor", NAME, "--env", "batch", "--labels", gone, "--labels-query",
                       "SELECT id, label FROM outcomes")  # fmt: skip
     assert asked.code == 2 and "no such database file" in asked.err

@@ -9,6 +9,7 @@ where it stopped when the same command runs again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from cpmai.batch.chunks import REFUSED, ChunkScorer, OnRefused, Scored
 from cpmai.batch.files import READABLE, WRITABLE, FileWriter, read_chunks
 from cpmai.batch.locations import FileLocation, SqlLocation
 from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, Chunk, SqlSink, SqlSource, check_key_values
-from cpmai.errors import UsageError
+from cpmai.errors import CpmaiError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -362,6 +363,7 @@ class _TableSink:
         self.shown = self.sink.shown
         self.source_shown = reader.shown
         self.prepared = False
+        self.progress: Progress | None = None
 
     def begin(self) -> Progress:
         progress = self.runs.begin(
@@ -376,6 +378,7 @@ class _TableSink:
                     f"were written, {self.sink.name} holds {held:,} under that run id; going on "
                     "would skip or repeat rows: start a new run with --new-run"
                 )
+        self.progress = progress
         return progress
 
     def _prepare(self, frame: pd.DataFrame) -> None:
@@ -428,4 +431,10 @@ class _TableSink:
         self.runs.finish(progress)
 
     def abort(self) -> None:
-        """Nothing to undo: what was committed is whole chunks, recorded in the progress."""
+        """What was committed is whole chunks, recorded in the progress: kept, for the same
+        command to go on. A new run that wrote nothing (a key or a column refused at the first
+        chunk) is forgotten, so the command, once corrected, is a run of its own."""
+        progress = self.progress
+        if progress is not None and not progress.resumed and progress.chunks == 0:
+            with contextlib.suppress(CpmaiError):  # the database is gone: the error says why
+                self.runs.forget(progress)

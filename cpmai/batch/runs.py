@@ -196,6 +196,17 @@ class Runs:
                 "this one stopped without writing its chunk"
             )
 
+    def forget(self, progress: Progress) -> None:
+        """Remove a run that wrote no row (only while still unwritten: `chunks = 0`)."""
+        from sqlalchemy import delete
+
+        t = self.table
+        try:
+            with self.sink.engine.begin() as conn:
+                conn.execute(delete(t).where(t.c.run_id == progress.run_id, t.c.chunks == 0))
+        except Exception as exc:
+            raise connect_error(self.sink.where, exc) from None
+
     def finish(self, progress: Progress) -> None:
         from sqlalchemy import update
 

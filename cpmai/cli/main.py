@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(_command_in(args))
         result = app(args=args, prog_name="cpmai", standalone_mode=False)
         code = int(result) if isinstance(result, int) else ExitCode.OK
+        if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into this code, silently
+            output.OPTIONS.err.print("interrupted")
     except CpmaiError as exc:
         code = _report(exc, exc.exit_code)
     except typer.Exit as exc:

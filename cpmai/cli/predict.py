@@ -182,7 +182,12 @@ def predict(
                 result = score_on_ray(job, artifact=artifact, address=address, record=record,
                                       on_chunk=advance)  # fmt: skip
             else:
-                result = score_batch(job, log=log, on_chunk=advance, record=record)
+                try:
+                    result = score_batch(job, log=log, on_chunk=advance, record=record)
+                except KeyboardInterrupt:
+                    if isinstance(output, SqlLocation):
+                        info("the chunks written are kept: the same command goes on from there")
+                    raise
     finally:
         if log is not None:
             log.close()
