@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from cpmai.errors import UsageError
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from cpmai.runtime.predictor import Predictor
@@ -119,7 +118,7 @@ class ChunkScorer:
             started = time.perf_counter()
             out, probs = self.predictor.run(columns, self.probabilities)
             seconds = time.perf_counter() - started
-            labels = _plain(out)
+            labels = out.tolist()  # plain values: numpy scalars reach no database driver
             if len(keep) == rows:
                 predictions = labels
             else:
@@ -143,12 +142,6 @@ class ChunkScorer:
             warnings=warnings,
             model_seconds=seconds,
         )
-
-
-def _plain(labels: np.ndarray) -> list[Any]:
-    """Labels as plain Python values (numpy scalars do not reach a database driver)."""
-    plain: list[Any] = labels.tolist()
-    return plain
 
 
 def _bad_rows(

@@ -197,7 +197,7 @@ class _Source:
 
     def _init_sql(self, job: BatchJob, where: SqlLocation) -> None:
         import pandas as pd
-        from sqlalchemy import literal_column, select, text
+        from sqlalchemy import literal_column, select
 
         if where.dialect == "sqlite" and where.sqlite_file() is None:
             raise UsageError(f"--input {where.shown}: tasks cannot share an in-memory database")
@@ -207,7 +207,7 @@ class _Source:
         if source.table is not None:  # the first row: the columns, the key's types
             first = select(source.table).limit(1)
         else:
-            inner = text(f"({source.query}) AS cpmai_source")
+            inner, _keys = source.selectable()
             first = select(literal_column("*")).select_from(inner).limit(1)
         try:
             with source.engine.connect() as conn:

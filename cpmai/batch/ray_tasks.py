@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from cpmai.batch.chunks import PROBABILITY, REFUSED, ChunkScorer, Scored
 from cpmai.batch.locations import SqlLocation
-from cpmai.batch.sql import RUN_ID, SCORED_AT, VERSION, SqlSink, check_key_values, connect_error
+from cpmai.batch.sql import (
+    RUN_ID,
+    SCORED_AT,
+    VERSION,
+    SqlSink,
+    check_key_values,
+    connect_error,
+    native_key,
+)
 from cpmai.errors import CpmaiError, IntegrityError, UsageError
 
 if TYPE_CHECKING:
@@ -145,7 +153,7 @@ class BlockScorer:
     def _write_rows(self, sink: SqlSink, frame: pd.DataFrame, scored: Scored) -> None:
         """What `_TableSink` writes: key, outputs, version, run id, time, refusal."""
         count, spec = len(frame), self.spec
-        rows = {k: [_key_value(v) for v in frame[k].tolist()] for k in spec.key}
+        rows = {k: [native_key(v) for v in frame[k].tolist()] for k in spec.key}
         rows.update(scored.columns())
         rows[VERSION], rows[RUN_ID] = [spec.version] * count, [spec.run_id] * count
         rows[SCORED_AT] = [datetime.now(UTC)] * count
@@ -178,11 +186,6 @@ def _output_table(frame: pd.DataFrame, scored: Scored, names: list[str], spec: S
         table = table.append_column(name, values)
     refused = [scored.refused.get(i) for i in range(len(frame))]
     return table.append_column(REFUSED, pa.array(refused, type=pa.large_string()))
-
-
-def _key_value(value: Any) -> Any:
-    """A key value a driver binds (a pandas Timestamp as a datetime)."""
-    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
 
 
 def error_of(kind: str, message: str) -> CpmaiError:

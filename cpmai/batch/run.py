@@ -185,27 +185,11 @@ def _log(log: PredictionLog, chunk: Chunk, scored: Scored, key: list[str]) -> No
 
 
 def row_ids(frame: pd.DataFrame, key: list[str], rows: list[int]) -> list[Any]:
-    """The request id a batch row is logged under: its key's value, or the key's values joined
-    by `|` for a key of several columns (how labels are matched to it)."""
-    from cpmai.predlog.entry import log_id
+    """The request ids the scored rows are logged under (`cpmai.predlog.entry.key_id`)."""
+    from cpmai.predlog.entry import key_id
 
-    if len(key) == 1:
-        values = frame[key[0]].tolist()
-        return [log_id(_scalar(values[i])) for i in rows]
     columns = [frame[k].tolist() for k in key]
-    return ["|".join(str(_scalar(column[i])) for column in columns) for i in rows]
-
-
-def _scalar(value: Any) -> Any:
-    """A key value as labels name it: dates in ISO form, numbers and text as they are, anything
-    else (UUID, Decimal) as its text (`cpmai.monitor.quality` matches on the same text)."""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "item"):  # a numpy scalar
-        value = value.item()
-    if value is None or isinstance(value, str | int | float):
-        return value
-    return str(value)
+    return [key_id([column[i] for column in columns]) for i in rows]
 
 
 # --- sources ----------------------------------------------------------------------------------

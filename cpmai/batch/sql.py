@@ -148,7 +148,7 @@ class SqlSource:
         what = f"table {self.table_name}" if self.table_name else f"query {self.query}"
         return f"{self.where.shown} ({what})"
 
-    def _selectable(self) -> tuple[Any, list[ColumnElement[Any]]]:
+    def selectable(self) -> tuple[Any, list[ColumnElement[Any]]]:
         from sqlalchemy import literal_column, text
 
         if self.table is not None:
@@ -165,7 +165,7 @@ class SqlSource:
 
         if self.unique:
             return
-        source, keys = self._selectable()
+        source, keys = self.selectable()
         shown = ",".join(self.key)
         nulls = select(*keys).select_from(source).where(or_(*(k.is_(None) for k in keys)))
         repeats = select(*keys).select_from(source).group_by(*keys)
@@ -191,7 +191,7 @@ class SqlSource:
         from sqlalchemy import literal_column, select, tuple_
 
         self.check_key()
-        source, keys = self._selectable()
+        source, keys = self.selectable()
         statement = (
             select(literal_column("*")).select_from(source)
             if self.table is None
@@ -239,7 +239,7 @@ class SqlSource:
                 )
             check_key_values(frame, self.key, first_row)
             _pageable(frame, self.key, self.where.dialect)
-            last = [_native(frame[k].iloc[-1]) for k in self.key]
+            last = [native_key(frame[k].iloc[-1]) for k in self.key]
             yield Chunk(frame, first_row, last)
             first_row += len(frame)
             if len(frame) < chunk_rows:
@@ -317,7 +317,7 @@ def _typed_like(value: Any, like: Any) -> Any:
     return value
 
 
-def _native(value: Any) -> Any:
+def native_key(value: Any) -> Any:
     """A key value as the driver binds it for the next chunk: a plain Python scalar."""
     if hasattr(value, "to_pydatetime"):
         return value.to_pydatetime()

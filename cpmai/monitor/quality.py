@@ -101,7 +101,7 @@ def read_labels(source: Path | LabelsQuery, traffic: Traffic, *, target: str | N
 
 def query_labels(source: LabelsQuery) -> pd.DataFrame:
     """The labels query's rows, with the key column(s) made the `id` a batch row is logged
-    under (`cpmai.batch.run.row_ids`: the value, or several joined by `|`)."""
+    under (`cpmai.predlog.entry.key_id`)."""
     from cpmai.batch.locations import SqlLocation, location
     from cpmai.batch.sql import read_query
 
@@ -119,15 +119,11 @@ def query_labels(source: LabelsQuery) -> pd.DataFrame:
     frame = frame[frame[keys].notna().all(axis=1)]  # a label for no row is none at all
     if keys == ["id"] or keys == ["id", "row"]:
         return frame
-    if len(keys) == 1:
-        ids = frame[keys[0]].map(_key_text)
-    else:
-        ids = frame[keys].apply(lambda row: "|".join(_key_text(v) for v in row), axis=1)
-    return frame.drop(columns=keys).assign(id=ids.to_numpy())
+    from cpmai.predlog.entry import key_id
 
-
-def _key_text(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    columns = [frame[k].tolist() for k in keys]
+    ids = [key_id(list(values)) for values in zip(*columns, strict=True)]
+    return frame.drop(columns=keys).assign(id=ids)
 
 
 def _match(
@@ -145,11 +141,11 @@ def _match(
             raise UsageError("internal: request ids were not read")
         where_rows: dict[tuple[str, int], list[int]] = {}
         for position, (rid, row) in enumerate(traffic.ids):
-            where_rows.setdefault((_key_text(rid), row), []).append(position)
+            where_rows.setdefault((str(rid), row), []).append(position)
         row_numbers = frame["row"].tolist() if "row" in frame.columns else [0] * len(frame)
         matched = 0
         for rid, row, value in zip(frame["id"].tolist(), row_numbers, values, strict=True):
-            found = where_rows.get((_key_text(rid), int(row)))
+            found = where_rows.get((str(rid), int(row)))
             if found and _present(value):
                 truth[found] = value  # a row scored in several runs: each prediction is judged
                 matched += 1

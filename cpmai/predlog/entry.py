@@ -62,3 +62,20 @@ ID_TYPE_SET = frozenset(_ID_TYPES)
 def log_id(request_id: Any) -> Any:
     """A request id the log can hold: a JSON scalar as it is, anything else as its repr."""
     return request_id if isinstance(request_id, _ID_TYPES) else repr(request_id)
+
+
+def key_id(values: list[Any]) -> Any:
+    """The request id a batch row is logged under, from its key's values (`cpmai predict
+    --key`), and what a labels query's key is matched by: one value as a JSON scalar (dates in
+    ISO form, a UUID or Decimal as its text), several joined by `|`."""
+    if len(values) == 1:
+        return log_id(_key_scalar(values[0]))
+    return "|".join(str(_key_scalar(v)) for v in values)
+
+
+def _key_scalar(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    return value if value is None or isinstance(value, str | int | float) else str(value)
