@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +95,20 @@ def run_cpmai(
         check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def kill_midway(argv: list[str], ready: Callable[[], bool], *, timeout: float = 90) -> None:
+    """Start `cpmai ARGV`, SIGKILL it once `ready()` holds (polled), and reap it: a run
+    killed half-way. Fails if the run ended before it could be killed."""
+    proc = subprocess.Popen([*CPMAI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed: make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

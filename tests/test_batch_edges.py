@@ -5,9 +5,6 @@ rewritten between a run and its resume. Real SQLite files and a real PostgreSQL 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from _postgres import pg_db, postgres_url  # noqa: F401
 
-from conftest import CPMAI, FEATURES, run_cpmai
+from conftest import FEATURES, kill_midway, run_cpmai
 from cpmai.artifacts import package
 from cpmai.manifest_file import load_manifest
 
@@ -183,21 +180,8 @@ def test_two_runs_of_one_command_and_a_file_rewritten_before_resume(
     url = f"sqlite:///{tmp_path / 'o.db'}"
     command = ["predict", NAME, "-i", str(source), "-o", url, "--output-table", "o", "--key",
                "k", "--chunk-rows", "200", "--json"]  # fmt: skip
-    proc = subprocess.Popen([*CPMAI, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kill_midway(command, lambda: _read_count(url, "o") >= 1_000, timeout=60)
     engine = sa.create_engine(url)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _read_count(url, "o") >= 1_000:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     # the same command under a new id while the first is unfinished: one unfinished run a
     # command, so the second insert is refused rather than scoring everything twice
     said = _refused(*command[2:], "--run-id", "second")

@@ -5,9 +5,6 @@ Real subprocesses, real databases, a real SIGKILL in the middle of a run."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from _postgres import pg_db, postgres_url  # noqa: F401
 
-from conftest import CPMAI, FEATURES, run_cpmai
+from conftest import CPMAI, FEATURES, kill_midway, run_cpmai
 from cpmai.artifacts import package
 from cpmai.manifest_file import load_manifest
 
@@ -119,27 +116,19 @@ def test_a_run_killed_midway_resumes_with_every_row_once(
     command = [*CPMAI, "predict", NAME, "--input", given, "--table", "customers",
                "--output-table", "scored", "--key", "customer_id", "--chunk-rows", "500",
                "--json"]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     engine = sa.create_engine(url)
-    deadline = time.monotonic() + 90
-    written = 0
+
+    def five_chunks_written() -> bool:
+        try:
+            with engine.connect() as conn:
+                chunks = conn.execute(sa.text("SELECT chunks FROM cpmai_batch_runs")).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+            return False  # not created yet
+        return bool(chunks and chunks >= 5)
+
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with engine.connect() as conn:
-                    written = conn.execute(sa.text("SELECT chunks FROM cpmai_batch_runs")).scalar()
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-                written = 0  # not created yet
-            if written and written >= 5:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed: make it longer"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        kill_midway(command[3:], five_chunks_written)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         engine.dispose()
     partial = _read(url, "SELECT count(*) AS n FROM scored")["n"][0]
     assert 0 < partial < 60_000 and partial % 500 == 0  # whole chunks only
