@@ -241,3 +241,19 @@ def test_a_labels_database_that_is_down_leaves_the_rest_judged(
     asked = run_cpmai("monitor", NAME, "--env", "batch", "--labels", gone, "--labels-query",
                       "SELECT id, label FROM outcomes")  # fmt: skip
     assert asked.code == 2 and "no such database file" in asked.err
+
+
+def test_a_querys_colons_and_trailing_comment_are_its_own(
+    churn: Path, home: Path, tmp_path: Path
+) -> None:
+    package(load_manifest(churn), home, actor="t")
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    frame = _holdout(churn, 40).assign(
+        k=range(40), tag=[":vip" if i % 2 else "x" for i in range(40)]
+    )
+    frame.to_sql("t", sa.create_engine(url), index=False)
+    out = tmp_path / "out.csv"
+    done = run_cpmai("predict", NAME, "--input", url, "--key", "k", "-o", out, "--json",
+                     "--query", "SELECT * FROM t WHERE tag = ':vip' -- the VIPs")  # fmt: skip
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["rows"] == 20
