@@ -5,6 +5,7 @@
     allowed_signers                who may sign acts (`cpmai.signatures`)
     runs/NAME/ENV/                 what a target runs there: run.json, routes.json, workers/ …
     logs/NAME/ENV/                 prediction log and resource samples (`cpmai.predlog`)
+    watch/NAME/ENV/                the watcher's process, checks, alerts and gauges (`cpmai.watch`)
     bench/NAME/VERSION/            benchmark results and baselines (`cpmai.bench`)
     renders/NAME/ENV/              files rendered for Docker, Kubernetes, KServe
     cache/                         what can be rebuilt from the rest (parsed logs, timings, …)
@@ -32,6 +33,47 @@ class EnvFolders:
     """`logs/NAME/ENV/`: the prediction log and resource samples."""
     log_cache: Path
     """`cache/monitor/logs/NAME/ENV/`: what the monitor parsed of the log."""
+    watch: Path
+    """`watch/NAME/ENV/`: the watcher's files (kept when the environment stops: its alert
+    history outlives the server)."""
+
+    @property
+    def watcher(self) -> Path:
+        """`watcher.json`: the watcher process (pid, start time, schedule)."""
+        return self.watch / "watcher.json"
+
+    @property
+    def watcher_log(self) -> Path:
+        """`watcher.log`: what the watcher process printed."""
+        return self.watch / "watcher.log"
+
+    @property
+    def checks(self) -> Path:
+        """`checks.jsonl`: every scheduled check's verdict, a line each."""
+        return self.watch / "checks.jsonl"
+
+    @property
+    def alerts(self) -> Path:
+        """`alerts.jsonl`: every alert event (firing, repeat, resolved, silenced) and every
+        delivery attempt's outcome, a line each."""
+        return self.watch / "alerts.jsonl"
+
+    @property
+    def alert_state(self) -> Path:
+        """`state.json`: the open alerts and the breach streaks (rebuilt from alerts.jsonl when
+        lost)."""
+        return self.watch / "state.json"
+
+    @property
+    def outbox(self) -> Path:
+        """`outbox/`: deliveries not yet made (one file each, retried with backoff)."""
+        return self.watch / "outbox"
+
+    @property
+    def gauges(self) -> Path:
+        """`gauges.prom`: the last check's drift and quality as Prometheus gauges, appended by
+        the server to its /metrics."""
+        return self.watch / "gauges.prom"
 
 
 @dataclass(frozen=True)
@@ -45,6 +87,7 @@ class Home:
             run=self.root / "runs" / name / env,
             logs=self.root / "logs" / name / env,
             log_cache=self.cache("monitor", "logs", name, env),
+            watch=self.root / "watch" / name / env,
         )
 
     @property

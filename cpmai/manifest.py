@@ -37,6 +37,7 @@ from cpmai.manifest_environment import (
     Resources,
     Rollout,
 )
+from cpmai.manifest_watch import Alerts, Schedule
 from cpmai.stats import parse_comparison
 from cpmai.yamlsource import Path_
 
@@ -315,6 +316,11 @@ class Monitoring(Strict):
     matched when they arrive)."""
     sample_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """How often the local server samples its CPU and memory."""
+    schedule: Schedule | None = None
+    """Watch every deployed environment: a watcher process (started by `cpmai deploy`, stopped
+    by `cpmai stop`) runs these checks on schedule (none: only when `cpmai monitor` runs)."""
+    alerts: Alerts = Alerts()
+    """What the watcher does with what it finds: alert lifecycle and channels."""
 
 
 class Retraining(Strict):
@@ -480,6 +486,22 @@ class Manifest(Strict):
             )
         ports: dict[tuple[str, int], str] = {}
         for env_name, env in self.environments.items():
+            if env.rollout.auto_rollback_on and env.target not in ("local", "ray"):
+                problems.append(
+                    (
+                        ("environments", env_name, "rollout", "auto_rollback_on"),
+                        f"the {env.target} target is rendered, not run, by cpmai: its platform "
+                        "rolls back (only local and ray environments are watched)",
+                    )
+                )
+            elif env.rollout.auto_rollback_on and self.monitoring.schedule is None:
+                problems.append(
+                    (
+                        ("environments", env_name, "rollout", "auto_rollback_on"),
+                        "an automatic rollback needs the watcher: set monitoring.schedule "
+                        "(e.g. {every: 1m, window: 10m})",
+                    )
+                )
             if env.target == "local" and env.port is not None:
                 other = ports.setdefault((env.host, env.port), env_name)
                 if other != env_name:

@@ -3,9 +3,10 @@ range that follows the load), what each is given, and how new versions roll out.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cpmai.manifest_base import Fraction, PositiveFloat, Strict
 
@@ -69,6 +70,21 @@ class Rollout(Strict):
     (and is over `slo.p99_ms`, or 1 ms more when no SLO is set)."""
     min_requests: Annotated[int, Field(ge=1, le=10_000_000)] = 20
     """canary: fewer requests than this to either version in a window: no verdict (said so)."""
+    auto_rollback_on: list[Literal["slo", "errors", "drift", "quality"]] = []
+    """Outside any rollout too: the watcher (`monitoring.schedule`) puts the previous good
+    version back live when the live one breaches one of these in `for` checks in a row."""
+    for_checks: Annotated[int, Field(ge=1, le=1000, alias="for")] = 3
+    """auto_rollback_on: how many checks in a row must breach (`for: 3`, or `for: 3 checks`)."""
+
+    @field_validator("for_checks", mode="before")
+    @classmethod
+    def _checks(cls, value: object) -> object:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d{1,4})\s*(checks?)?\s*", value)
+            if match is None:
+                raise ValueError("a number of checks, e.g. 3 or '3 checks'")
+            return int(match.group(1))
+        return value
 
     @model_validator(mode="after")
     def _steps(self) -> Rollout:

@@ -20,7 +20,7 @@ LEAVES = {
 }
 """A leaf imports nothing of cpmai's but what is listed."""
 
-TOP = ("cpmai.targets", "cpmai.lifecycle", "cpmai.guards", "cpmai.status")
+TOP = ("cpmai.targets", "cpmai.lifecycle", "cpmai.guards", "cpmai.status", "cpmai.watch")
 """Orchestration: what puts versions live; nothing below it may reach up into it."""
 
 NOT_ABOVE = {

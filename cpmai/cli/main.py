@@ -30,9 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("cpmai.cli.predict", "predict"),
     "bench": ("cpmai.cli.bench", "bench"),
     "monitor": ("cpmai.cli.monitor", "monitor"),
+    "alerts": ("cpmai.cli.alerts", "app"),
     "cost": ("cpmai.cli.cost", "cost"),
     "kpi": ("cpmai.cli.kpi", "app"),
     "report": ("cpmai.cli.report", "report"),
+    "render": ("cpmai.cli.render", "app"),
     "ledger": ("cpmai.cli.ledger_cmd", "app"),
 }
 """Every command, in the order `cpmai --help` lists them: module and attribute (a function, or a
