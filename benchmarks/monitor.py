@@ -89,7 +89,9 @@ def write_log(home: Path, rows: int, start: float) -> int:
 
     folder = Home(home).env("wide", "production").logs
     folder.mkdir(parents=True, exist_ok=True)
-    signature = json.loads(next(home.glob("artifacts/wide/*/signature.json")).read_text())
+    from cpmai.runtime.signature import Signature
+
+    signature = Signature.load(next(home.glob("artifacts/wide/*/")))
     log = PredictionLog(folder, model="wide", version="1.0.0", signature=signature)
     rng = np.random.default_rng(2)
     step = 86400 / rows

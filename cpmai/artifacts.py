@@ -223,7 +223,7 @@ def source_fingerprint(manifest: Manifest, source: Path) -> str:
     from importlib import metadata
 
     parts = [f"cpmai {__version__}", f"python {platform.python_version()}"]
-    dump = manifest.model_dump(mode="json")
+    dump = manifest.model_dump(mode="json", by_alias=True)
     dump.pop("version", None)
     dump.pop("extends", None)
     parts.append(json.dumps(dump, sort_keys=True))
@@ -375,7 +375,7 @@ def _environment(loaded: LoadedModel, runtime: dict[str, Any]) -> dict[str, Any]
 def _resolved_manifest(manifest: Manifest, model_rel: str, files: dict[str, str]) -> dict[str, Any]:
     """The manifest with defaults filled in and paths pointing inside the artifact. The version
     is left out: it is assigned after the digest and lives in artifact.json."""
-    data = manifest.model_dump(mode="json")
+    data = manifest.model_dump(mode="json", by_alias=True)
     data.pop("version", None)
     data.pop("extends", None)  # merged in already: the artifact stands alone
     data["model"]["path"] = model_rel

@@ -64,6 +64,7 @@ from cpmai.predlog.reader import Traffic, read_resources, read_traffic
 
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
+    from cpmai.predlog.parts import IndexMemo
 
 __all__ = ["MonitorResult", "monitor"]
 
@@ -84,12 +85,14 @@ def monitor(
     now: float | None = None,
     use_cache: bool = True,
     include_synthetic: bool = False,
+    memo: IndexMemo | None = None,
 ) -> MonitorResult:
     """Read the period's log and samples and judge them. Records nothing (triggers fire with
     `cpmai.monitor.triggers.respond`).
 
     Synthetic requests (load tests: `cpmai.serving.origin`) are counted apart and judged only
-    with `include_synthetic`."""
+    with `include_synthetic`. `memo`: a long-running caller's (the watcher's) memory of the
+    server's index, so that only what was logged since its last call is read."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     if since is not None and since >= end:
@@ -120,6 +123,7 @@ def monitor(
         output_categories=subject.classes,
         cache=Home(home).env(name, env).log_cache if use_cache else None,
         include_synthetic=include_synthetic,
+        memo=memo,
     )
     start = since if since is not None else (float(traffic.time.min()) if traffic.requests else end)
     start = float(np.floor(start / window_s) * window_s) if since is None else start

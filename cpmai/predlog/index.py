@@ -255,10 +255,18 @@ def _join_column(
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The intact records of an index file, in order; reading stops at the first damaged one
     (what follows is left to the JSON reader)."""
+    return read_records_from(path, 0)[0]
+
+
+def read_records_from(path: Path, begin: int) -> tuple[list[dict[str, Any]], int]:
+    """The intact records of an index file from byte `begin` on, and the byte offset reached
+    (where the next read starts: a record still being written is read next time)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            handle.seek(begin)
+            data = handle.read()
     except OSError:
-        return []
+        return [], begin
     records = []
     position = 0
     while position + 8 <= len(data):
@@ -282,4 +290,4 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         header["data"] = arrays
         records.append(header)
         position = end
-    return records
+    return records, begin + position

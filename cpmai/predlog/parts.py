@@ -5,12 +5,13 @@ and joined into one (codes mapped onto one vocabulary)."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmai.predlog.accumulate import UNREADABLE_NAMED, count_unseen
 from cpmai.predlog.format import index_files
-from cpmai.predlog.index import merge_coded, read_records
+from cpmai.predlog.index import merge_coded, read_records_from
 
 if TYPE_CHECKING:
     from cpmai.predlog.reader import FeatureSpec
@@ -57,30 +58,95 @@ def gaps(covered: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     return gaps
 
 
+@dataclass
+class _Indexed:
+    """What was read of one index file: where reading stopped, the parts still wanted (with
+    their newest time) and the log's byte ranges every record read so far covers."""
+
+    inode: tuple[int, int]
+    position: int = 0
+    parts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    covered: list[tuple[int, int]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+
+
+@dataclass
+class IndexMemo:
+    """What a long-running reader (the watcher) has read of the server's index, so each read
+    parses only the records appended since the last: kept in memory, for one signature and
+    focus (`key`); parts older than the earliest time still asked for are let go."""
+
+    key: str = ""
+    files: dict[str, _Indexed] = field(default_factory=dict)
+
+
 def index_parts(
-    path: Path, focus: str | None, specs: list[FeatureSpec], output_kind: str
+    path: Path,
+    focus: str | None,
+    specs: list[FeatureSpec],
+    output_kind: str,
+    *,
+    since: float | None = None,
+    memo: IndexMemo | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
     """The parts the server's index (`cpmai.predlog.index`) holds for a log file, and the
     JSON byte ranges they cover. A record that does not fit the reader's signature, or that
-    names bytes the file does not have, is left out (its blocks are parsed from JSON)."""
+    names bytes the file does not have, is left out (its blocks are parsed from JSON).
+
+    Records wholly before `since` are not turned into parts. With `memo`, an index file is read
+    from where the last call stopped (from the start when it was replaced)."""
     import numpy as np
 
     size = path.stat().st_size
     parts: list[dict[str, Any]] = []
     covered: list[tuple[int, int]] = []
-    seen: set[int] = set()
+    earlier: list[set[int]] = []  # blocks two index files both claim are read once
     for index in index_files(path):
-        for record in read_records(index):
+        try:
+            info = index.stat()
+        except OSError:
+            continue
+        inode = (info.st_dev, info.st_ino)
+        known = memo.files.get(str(index)) if memo is not None else None
+        if known is None or known.inode != inode or known.position > info.st_size:
+            known = _Indexed(inode)
+            if memo is not None:
+                memo.files[str(index)] = known
+        records, known.position = read_records_from(index, known.position)
+        for record in records:
             blocks = record["blocks"]
-            if any(o + n > size or o in seen for o, n in blocks):
+            if any(
+                o + n > size or o in known.seen or any(o in e for e in earlier) for o, n in blocks
+            ):
                 continue
-            part = _record_part(record, focus, specs, output_kind, np)
-            if part is None:
-                continue
-            parts.append(part)
-            covered += blocks
-            seen.update(o for o, _ in blocks)
+            times = record["data"].get("t")
+            newest = float(times.max()) if times is not None and len(times) else float("inf")
+            if since is None or newest >= since:
+                part = _record_part(record, focus, specs, output_kind, np)
+                if part is None:
+                    continue  # not covered: its blocks are parsed from JSON
+                known.parts.append((newest, part))
+            known.covered += blocks
+            known.seen.update(o for o, _ in blocks)
+        earlier.append(known.seen)
+        if since is not None:
+            known.parts = [(t, p) for t, p in known.parts if t >= since]
+        known.covered = _merged(known.covered)
+        parts += [p for _, p in known.parts]
+        covered += known.covered
     return parts, covered
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) ranges, touching ones joined: a day of one-second blocks is one range."""
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if out and offset <= out[-1][0] + out[-1][1]:
+            last = out[-1]
+            out[-1] = (last[0], max(last[0] + last[1], offset + length) - last[0])
+        else:
+            out.append((offset, length))
+    return out
 
 
 def _record_part(

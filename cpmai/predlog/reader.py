@@ -29,7 +29,7 @@ from cpmai.clock import epoch
 from cpmai.predlog.accumulate import Piece, parse_piece
 from cpmai.predlog.cache import cache_file, drop_stale, load_cached, save_cached, schema_key
 from cpmai.predlog.format import PREDICTIONS, RESOURCES, log_files
-from cpmai.predlog.parts import filter_part, gaps, index_parts, join_parts
+from cpmai.predlog.parts import IndexMemo, filter_part, gaps, index_parts, join_parts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,6 +126,7 @@ def read_traffic(
     output_categories: list[Any] | None = None,
     cache: Path | None = None,
     include_synthetic: bool = False,
+    memo: IndexMemo | None = None,
 ) -> Traffic:
     """Every logged request in [since, until); the focus version's rows as columns. Synthetic
     requests (`cpmai.serving.origin`) are counted apart and left out unless `include_synthetic`.
@@ -133,18 +134,26 @@ def read_traffic(
     With `cache` (a folder), what was parsed of each log file is kept there as numpy arrays
     with the byte offset it reaches: the next read parses only what was appended since (log
     files only grow). A cache that does not match the file (replaced, shrunk) or the signature
-    is ignored and rewritten. Reads that need request ids (label joins) bypass it."""
+    is ignored and rewritten. Reads that need request ids (label joins) bypass it.
+
+    With `memo` (a long-running reader's: the watcher's), the server's index is read from where
+    the last read stopped; `since` must then never move back."""
     import numpy as np
 
     files = log_files(folder, PREDICTIONS, since, until)
+    schema = schema_key(focus, specs, output_kind, output_categories)
+    if memo is not None and memo.key != schema:  # another version or signature: start again
+        memo.files.clear()
+        memo.key = schema
     indexed: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {}
     if not with_ids:  # the index holds no request ids
         for path in files:
-            found, covered = index_parts(path, focus, specs, output_kind)
+            found, covered = index_parts(
+                path, focus, specs, output_kind, since=since, memo=memo
+            )
             if found:
                 indexed[str(path)] = (found, gaps(covered, path.stat().st_size))
     use_cache = cache is not None and not with_ids
-    schema = schema_key(focus, specs, output_kind, output_categories)
     starts: dict[str, int] = {}
     cached: dict[str, dict[str, Any]] = {}
     if use_cache:
