@@ -341,6 +341,7 @@ def _roll_out(
     progress: Progress,
     log: StepLog,
     key: Path | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> LiveResult:
     """`key`: the SSH key the rollout's final event is signed with (`_signer`)."""
     name, version = artifact.name, artifact.version
@@ -357,6 +358,8 @@ def _roll_out(
     )
     ledger = Ledger(home)
     base = {"target": spec.target, "reason": reason, "strategy": spec.rollout.strategy}
+    if evidence is not None:
+        base["evidence"] = evidence
     started = time.perf_counter()
 
     def record(result: str, **details: Any) -> None:
@@ -404,6 +407,7 @@ def _roll_out(
         changed=changed,
         steps=outcome.steps,
     )
+    _watch(home, name, env, manifest, spec.target, progress)
     return LiveResult(
         action=action,
         name=name,
@@ -418,6 +422,26 @@ def _roll_out(
     )
 
 
+def _watch(
+    home: Path, name: str, env: str, manifest: Manifest, target: str, progress: Progress
+) -> None:
+    """Start the environment's watcher when the version now live sets `monitoring.schedule`
+    (stop it when it sets none). The rollout stands either way: a watcher that cannot start
+    is said, and shown by `cpmai status`."""
+    from cpmai.watch.process import ensure_watcher, stop_watcher
+
+    if manifest.monitoring.schedule is None or target not in ("local", "ray"):
+        if stop_watcher(home, name, env):
+            progress(f"watcher stopped: {manifest.name} sets no monitoring.schedule")
+        return
+    try:
+        record = ensure_watcher(home, name, env)
+    except CpmaiError as exc:
+        progress(f"warning: the watcher did not start: {exc.message}")
+        return
+    progress(f"watcher  pid {record.pid}, a check every {record.every}")
+
+
 def rollback(
     home: Path,
     name: str,
@@ -427,8 +451,10 @@ def rollback(
     to: str | None = None,
     reason: str | None = None,
     progress: Progress = _quiet,
+    evidence: dict[str, Any] | None = None,
 ) -> LiveResult:
-    """Go back to the previous good version in `env` (or `to`), without gates."""
+    """Go back to the previous good version in `env` (or `to`), without gates. `evidence`
+    (an automatic rollback's: what the watcher's checks found) is recorded with it."""
     from cpmai.artifacts import open_artifact
 
     started = time.perf_counter()
@@ -459,7 +485,7 @@ def rollback(
         key = _signer(home, manifest, env, actor)
         result = _roll_out(
             home, artifact, manifest, spec, env, "rollback", actor, reason, False, progress, log,
-            key,
+            key, evidence,
         )  # fmt: skip
     result.seconds = time.perf_counter() - started
     return result
@@ -474,6 +500,9 @@ def stop(home: Path, name: str, env: str, *, actor: str, reason: str | None = No
         kind = target_kind(env_state)
         target = get_target(kind, home, name, env)
         before = target.status()
+        from cpmai.watch.process import stop_watcher
+
+        stop_watcher(home, name, env)
         target.stop()
         if env_state.live is None and before.state == "stopped":
             return False

@@ -67,7 +67,9 @@ class CommandChannel(Strict):
 
     type: Literal["command"]
     command: Annotated[str, Field(min_length=1, max_length=4096)]
-    """Run through the shell, in the manifest's folder, with CPMAI_ALERT_* variables set."""
+    """Run through the shell with CPMAI_ALERT_* variables set."""
+    cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    """The folder it runs in (default: the manifest's folder)."""
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     """How long it may run before it is killed (and the attempt counted failed)."""
 

@@ -61,6 +61,9 @@ def _status_row(
         row["target"] = row["target"] or kind
         target = get_target(kind, home, name, env)
         row["server"] = target.status().to_dict()
+        from cpmai.watch.process import watcher_status
+
+        row["watcher"] = watcher_status(home, name, env).to_dict()
         if live is None and row["server"]["state"] == "stopped" and kind == "local":
             row["server"]["detail"] = "nothing live"
         serving = row["server"].get("live")

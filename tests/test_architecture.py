@@ -133,8 +133,9 @@ def test_no_module_is_too_long() -> None:
     assert not long, f"modules over ~500 lines: {long}"
 
 
-STANDALONE = {"cpmai.templates.edge_runner", "cpmai.__main__"}
-"""Scripts that run on their own (the edge bundle's runner) or are the CLI's entry point."""
+STANDALONE = {"cpmai.templates.edge_runner", "cpmai.__main__", "cpmai.watch.__main__"}
+"""Scripts that run on their own (the edge bundle's runner, the watcher process) or are the CLI's
+entry point."""
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,7 @@ def _run_command(channel: CommandChannel, message: AlertMessage, base_dir: Path)
         try:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", channel.command],
-                cwd=base_dir,
+                cwd=channel.cwd or base_dir,
                 stdin=stdin,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

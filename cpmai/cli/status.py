@@ -56,6 +56,24 @@ def status(
             show(f"  {row['name']} {row['env']}: {server['detail']}")
         if row.get("differs"):
             warn(f"{row['name']} {row['env']}: {row['differs']}")
+        _watcher(row)
+
+
+def _watcher(row: dict[str, Any]) -> None:
+    watcher = row.get("watcher") or {}
+    if watcher.get("state", "stopped") == "stopped":
+        return
+    where = f"  {row['name']} {row['env']} watcher"
+    if watcher["state"] == "down":
+        warn(f"{where}: down — {watcher['detail']} (the next deploy or rollback starts it)")
+        return
+    last = watcher.get("last_check")
+    parts = [f"pid {watcher['pid']}, a check every {watcher['every']}"]
+    parts.append(f"last {last[:19]}Z" if last else "no check yet")
+    parts.append(f"{watcher['firing']} alert(s) firing")
+    if watcher.get("pending_deliveries"):
+        parts.append(f"{watcher['pending_deliveries']} deliveries pending")
+    show(f"{where}: " + ", ".join(parts) + (f" — {watcher['detail']}" if watcher["detail"] else ""))
 
 
 def _now_cells(row: dict[str, Any]) -> list[str]:

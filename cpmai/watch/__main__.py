@@ -1,0 +1,87 @@
+"""`python -m cpmai.watch --home H --name N --env E`: the watcher process (started detached by
+`cpmai.watch.process.ensure_watcher`; not a command users type)."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cpmai.clock import iso, parse_duration
+from cpmai.home import Home
+from cpmai.watch.process import WatcherRecord
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cpmai.watch")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--env", required=True)
+    args = parser.parse_args(argv)
+    folders = Home(args.home).env(args.name, args.env)
+    folders.watch.mkdir(parents=True, exist_ok=True)
+    lock = os.open(folders.watch / "watcher.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"{iso()} another watcher holds {folders.watch / 'watcher.lock'}", flush=True)
+        return 3
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        print(f"{iso()} signal {signum}: stopping after this step", flush=True)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    from cpmai.watch.watcher import Watcher
+
+    watcher = Watcher(args.home, args.name, args.env, say=lambda text: print(text, flush=True))
+    if watcher.book.damaged:
+        print(f"{iso()} {watcher.book.damaged}", flush=True)
+    live = watcher.live()
+    schedule = live.manifest.monitoring.schedule if live else None
+    if live is None or schedule is None:
+        print(f"{iso()} nothing to watch: no live version with monitoring.schedule", flush=True)
+        return 2
+    import psutil
+
+    WatcherRecord(
+        pid=os.getpid(),
+        created=psutil.Process().create_time(),
+        started=iso(),
+        every=schedule.every,
+        window=schedule.window,
+    ).write(folders.watcher)
+    print(f"{iso()} watching {args.name} in {args.env}: every {schedule.every}, "
+          f"window {schedule.window}", flush=True)  # fmt: skip
+    next_check = time.time()
+    while not stopping.is_set():
+        now = time.time()
+        if now >= next_check:
+            record = watcher.check(now)
+            alerts = ", ".join(f["summary"] for f in record.findings) or "all within bounds"
+            print(f"{record.at} check {record.seconds:.3f} s, {record.requests} requests: "
+                  f"{alerts}", flush=True)  # fmt: skip
+            live = watcher.live()
+            schedule = live.manifest.monitoring.schedule if live else None
+            if schedule is None:
+                print(f"{iso()} the live version sets no monitoring.schedule: exiting",
+                      flush=True)  # fmt: skip
+                break
+            every = parse_duration(schedule.every)
+            next_check = max(next_check + every, time.time() + min(every, 1.0))
+        else:
+            watcher.deliver()
+        stopping.wait(max(0.05, min(1.0, next_check - time.time())))
+    folders.watcher.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

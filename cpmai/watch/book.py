@@ -1,0 +1,297 @@
+"""The alert lifecycle of one environment, as Alertmanager has it: an alert fires when a check
+first finds its bound breached, is sent again every `repeat` while checks keep finding it, and
+resolves when a check that could judge it finds it gone. One open alert per key
+(`ENV/KIND[/FEATURE]`): a breach found by every check is sent once, not once a check.
+
+A silence (`cpmai alerts silence`, recorded in the ledger) holds back what matches it until it
+expires; an alert still firing then is sent as it is. A resolution is sent only for an alert
+whose firing was sent.
+
+`AlertBook` owns `state.json` (the open alerts and the rollback streak, rewritten atomically
+after each check) and appends every event to `alerts.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from cpmai.alerts.message import AlertMessage, Event, alert_key, text_of
+from cpmai.clock import epoch, iso
+from cpmai.fsutil import read_json_object, write_atomic
+from cpmai.home import EnvFolders
+from cpmai.manifest_watch import AlertKind
+from cpmai.watch.findings import Finding, Verdict
+
+STATE_FORMAT: Final = "cpmai-watch-state/1"
+ONE_SHOT: Final = frozenset({"rollback"})
+"""Kinds that are news, not conditions: sent once, never open, never resolved."""
+
+
+@dataclass
+class OpenAlert:
+    """An alert that is firing (or held back by a silence)."""
+
+    key: str
+    kind: AlertKind
+    feature: str | None
+    version: str | None
+    summary: str
+    started_at: str
+    checks: int = 0
+    sent_at: str | None = None
+    """When its firing (or last repeat) was sent; None: not sent yet (silenced)."""
+    silenced_by: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Streak:
+    """Checks in a row in which the live version breached a kind of `auto_rollback_on`."""
+
+    version: str | None = None
+    count: int = 0
+    kinds: list[str] = field(default_factory=list)
+    gave_up: bool = False
+    """A rollback was due and could not be made (said once, not every check)."""
+
+
+@dataclass
+class Silence:
+    """A silence recorded in the ledger: what it matches and until when."""
+
+    id: str
+    env: str
+    kind: str | None
+    feature: str | None
+    until: float
+    reason: str
+    actor: str
+
+    def matches(self, env: str, kind: str, feature: str | None) -> bool:
+        return (
+            self.env == env
+            and (self.kind is None or self.kind == kind)
+            and (self.feature is None or self.feature == feature)
+        )
+
+
+class AlertBook:
+    """One environment's open alerts and rollback streak (`state.json`), and its event log
+    (`alerts.jsonl`)."""
+
+    def __init__(self, folders: EnvFolders, name: str, env: str) -> None:
+        self.folders = folders
+        self.name = name
+        self.env = env
+        self.open: dict[str, OpenAlert] = {}
+        self.streak = Streak()
+        self.checks = 0
+        self.damaged: str | None = None
+        """Why the state file could not be read (it was started afresh), when it could not."""
+        self._load()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        path = self.folders.alert_state
+        if not path.exists():
+            return
+        data = read_json_object(path)
+        try:
+            if data is None or data.get("format") != STATE_FORMAT:
+                raise ValueError("not a state file of this format")
+            self.open = {k: OpenAlert(**v) for k, v in data["open"].items()}
+            self.streak = Streak(**data["streak"])
+            self.checks = int(data["checks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.open, self.streak, self.checks = {}, Streak(), 0
+            self.damaged = f"{path} could not be read ({exc}): the open alerts start afresh"
+
+    def save(self) -> None:
+        self.folders.watch.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": STATE_FORMAT,
+            "open": {k: asdict(v) for k, v in self.open.items()},
+            "streak": asdict(self.streak),
+            "checks": self.checks,
+        }
+        write_atomic(self.folders.alert_state, json.dumps(data, indent=1, default=str).encode())
+
+    def record(self, line: dict[str, Any]) -> None:
+        """Append one line to `alerts.jsonl` (one write, O_APPEND: lines never interleave)."""
+        self.folders.watch.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps({"at": iso(), **line}, default=str) + "\n").encode()
+        fd = os.open(self.folders.alerts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    # --- the lifecycle -------------------------------------------------------------------------
+
+    def step(
+        self,
+        verdict: Verdict,
+        *,
+        version: str | None,
+        repeat_s: float,
+        silences: list[Silence],
+        now: float | None = None,
+    ) -> list[AlertMessage]:
+        """Apply one check's verdict; returns the messages to send (firing, repeat, resolved).
+        Every event is recorded, sent or not."""
+        now = time.time() if now is None else now
+        self.checks += 1
+        out: list[AlertMessage] = []
+        found: set[str] = set()
+        for finding in verdict.findings:
+            key = alert_key(self.env, finding.kind, finding.feature)
+            found.add(key)
+            alert = self.open.get(key)
+            if alert is None:
+                alert = OpenAlert(
+                    key, finding.kind, finding.feature, version, finding.summary, iso(now)
+                )
+                self.open[key] = alert
+            alert.checks += 1
+            alert.summary, alert.details, alert.version = (
+                finding.summary, finding.details, version
+            )  # fmt: skip
+            silence = _matching(silences, self.env, finding, now)
+            if silence is not None:
+                if alert.silenced_by != silence.id:
+                    self.record({"type": "silenced", "key": key, "silence": silence.id,
+                                 "summary": alert.summary})  # fmt: skip
+                alert.silenced_by = silence.id
+                continue
+            alert.silenced_by = None
+            if alert.sent_at is None:
+                out.append(self._message(alert, "firing", now))
+                alert.sent_at = iso(now)
+            elif now - epoch(alert.sent_at) >= repeat_s:
+                out.append(self._message(alert, "repeat", now))
+                alert.sent_at = iso(now)
+        for key, alert in list(self.open.items()):
+            moved_on = alert.version != version and alert.kind != "check"
+            if key in found or (alert.kind not in verdict.judged and not moved_on):
+                continue
+            if moved_on:  # the version it was about is no longer live (a rollout, a rollback)
+                alert.summary = f"{alert.summary} — {alert.version} is no longer live"
+            del self.open[key]
+            message = self._message(alert, "resolved", now)
+            if alert.sent_at is not None:
+                out.append(message)
+            else:
+                self.record({"type": "event", "sent": False, **_brief(message)})
+        for message in out:
+            self.record({"type": "event", "sent": True, **_brief(message)})
+        return out
+
+    def news(self, finding: Finding, *, version: str | None) -> AlertMessage:
+        """A one-shot alert (an automatic rollback): recorded and sent, never open."""
+        now = time.time()
+        alert = OpenAlert(
+            alert_key(self.env, finding.kind, finding.feature), finding.kind, finding.feature,
+            version, finding.summary, iso(now), checks=1, details=finding.details,
+        )  # fmt: skip
+        message = self._message(alert, "firing", now)
+        self.record({"type": "event", "sent": True, **_brief(message)})
+        return message
+
+    def _message(self, alert: OpenAlert, event: Event, now: float) -> AlertMessage:
+        resolved = event == "resolved"
+        return AlertMessage(
+            id=f"{alert.key}@{alert.started_at}/{event}@{iso(now, 'milliseconds')}",
+            event=event,
+            status="resolved" if resolved else "firing",
+            text=text_of(
+                event, self.name, self.env, alert.version, alert.summary, alert.started_at
+            ),
+            name=self.name,
+            env=self.env,
+            version=alert.version,
+            kind=alert.kind,
+            feature=alert.feature,
+            key=alert.key,
+            summary=alert.summary,
+            started_at=alert.started_at,
+            resolved_at=iso(now) if resolved else None,
+            at=iso(now),
+            checks=alert.checks,
+            details=alert.details,
+        )
+
+
+def _matching(silences: list[Silence], env: str, finding: Finding, now: float) -> Silence | None:
+    for silence in silences:
+        if silence.until > now and silence.matches(env, finding.kind, finding.feature):
+            return silence
+    return None
+
+
+def _brief(message: AlertMessage) -> dict[str, Any]:
+    return {
+        "event": message.event,
+        "key": message.key,
+        "kind": message.kind,
+        "feature": message.feature,
+        "version": message.version,
+        "summary": message.summary,
+        "started_at": message.started_at,
+        "id": message.id,
+    }
+
+
+def silences_of(events: list[Any], name: str) -> list[Silence]:
+    """The silences recorded for `name` in the ledger's events, less the expired by hand
+    (`unsilence`); expired by time ones are kept (the caller compares `until`)."""
+    found: dict[str, Silence] = {}
+    for event in events:
+        if event.name != name:
+            continue
+        details = event.details or {}
+        if event.action == "silence":
+            try:
+                found[str(details["id"])] = Silence(
+                    id=str(details["id"]),
+                    env=str(event.env),
+                    kind=details.get("kind"),
+                    feature=details.get("feature"),
+                    until=epoch(str(details["until"])),
+                    reason=str(details.get("reason") or ""),
+                    actor=str(event.actor),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # the chain vouches for the line; a shape this code does not know
+        elif event.action == "unsilence":
+            found.pop(str(details.get("id")), None)
+    return list(found.values())
+
+
+def read_events(path: Path, limit: int = 1000) -> list[dict[str, Any]]:
+    """The last `limit` lines of an `alerts.jsonl` (unreadable lines are skipped and counted in
+    a final `{"type": "unreadable", "lines": n}`)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, Any]] = []
+    bad = 0
+    for line in lines[-limit:]:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+        else:
+            bad += 1
+    if bad:
+        out.append({"type": "unreadable", "lines": bad})
+    return out

@@ -1,0 +1,221 @@
+"""The watcher process of one environment: started by `deploy`/`promote`/`rollback` when the
+live version's manifest sets `monitoring.schedule`, stopped by `stop`, shown by `status`.
+
+It runs detached in its own session (`python -m cpmai.watch`), holds `watcher.lock` for its
+whole life (so two can never watch one environment), and writes `watcher.json` (pid, start
+time, schedule) once it holds it. A watcher found dead (killed, the machine restarted) is
+shown `down` and started again by the next rollout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpmai.clock import epoch, iso
+from cpmai.errors import TargetError
+from cpmai.fsutil import read_json_object, write_atomic
+from cpmai.home import Home
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class WatcherRecord:
+    """`watcher.json`: the process that watches."""
+
+    pid: int
+    created: float
+    started: str
+    every: str
+    window: str
+
+    @classmethod
+    def read(cls, path: Path) -> WatcherRecord | None:
+        data = read_json_object(path)
+        try:
+            return cls(**data) if data is not None else None
+        except TypeError:
+            return None
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, json.dumps(self.__dict__).encode())
+
+
+@dataclass
+class WatcherStatus:
+    """What `cpmai status` shows of an environment's watcher."""
+
+    state: str
+    """running, down (recorded but not running) or stopped."""
+    pid: int | None = None
+    every: str | None = None
+    last_check: str | None = None
+    last_check_seconds: float | None = None
+    firing: int = 0
+    pending_deliveries: int = 0
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def alive(record: WatcherRecord | None) -> bool:
+    if record is None:
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(record.pid)
+        return bool(
+            process.status() != psutil.STATUS_ZOMBIE
+            and abs(process.create_time() - record.created) < 1.0
+        )
+    except (psutil.Error, ValueError, OverflowError):
+        return False
+
+
+def ensure_watcher(home: Path, name: str, env: str) -> WatcherRecord:
+    """The running watcher of `env`, started when there is none."""
+    folders = Home(home).env(name, env)
+    record = WatcherRecord.read(folders.watcher)
+    if alive(record):
+        assert record is not None
+        return record
+    folders.watch.mkdir(parents=True, exist_ok=True)
+    folders.watcher.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "cpmai.watch", "--home", str(home), "--name", name,
+               "--env", env]  # fmt: skip
+    with folders.watcher_log.open("ab") as log:
+        log.write(f"--- {iso()} start\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        record = WatcherRecord.read(folders.watcher)
+        if record is not None and alive(record):
+            process.returncode = 0  # detached: reaped by nobody here, and not waited for
+            return record
+        code = process.poll()
+        if code is not None:
+            raise TargetError(
+                f"the watcher of {name} in {env} exited with status {code} as it started:\n"
+                + _tail(folders.watcher_log),
+                hint=f"the whole log: {folders.watcher_log}",
+            )
+        time.sleep(0.05)
+    _kill(process.pid)
+    raise TargetError(f"the watcher of {name} in {env} did not start in {START_TIMEOUT:.0f} s")
+
+
+def stop_watcher(home: Path, name: str, env: str) -> bool:
+    """Stop the watcher of `env` (SIGTERM: it finishes the check it is making; SIGKILL after
+    STOP_TIMEOUT). Returns whether one was running."""
+    folders = Home(home).env(name, env)
+    record = WatcherRecord.read(folders.watcher)
+    running = alive(record)
+    if running and record is not None and record.pid == os.getpid():
+        os.kill(record.pid, signal.SIGTERM)  # the watcher itself (its rollback): it stops next
+        return True
+    if running:
+        assert record is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while alive(record) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(record):
+            _kill(record.pid)
+    folders.watcher.unlink(missing_ok=True)
+    return running
+
+
+def watcher_status(home: Path, name: str, env: str) -> WatcherStatus:
+    folders = Home(home).env(name, env)
+    record = WatcherRecord.read(folders.watcher)
+    if record is None:
+        return WatcherStatus(state="stopped")
+    status = WatcherStatus(
+        state="running" if alive(record) else "down", pid=record.pid, every=record.every
+    )
+    last = _last_line(folders.checks)
+    if last is not None:
+        status.last_check = last.get("at")
+        status.last_check_seconds = last.get("seconds")
+        if last.get("error"):
+            status.detail = str(last["error"])
+    state = read_json_object(folders.alert_state) or {}
+    opened = state.get("open")
+    status.firing = sum(
+        1 for a in (opened.values() if isinstance(opened, dict) else []) if isinstance(a, dict)
+        and a.get("silenced_by") is None
+    )  # fmt: skip
+    status.pending_deliveries = _count(folders.outbox)
+    if status.state == "down":
+        status.detail = f"watcher process {record.pid} is not running (see {folders.watcher_log})"
+    elif status.last_check and epoch(status.last_check) < time.time() - 3 * _seconds(record.every):
+        status.detail = f"no check since {status.last_check}"
+    return status
+
+
+def _seconds(every: str) -> float:
+    from cpmai.clock import parse_duration
+
+    try:
+        return parse_duration(every)
+    except Exception:
+        return 300.0
+
+
+def _count(folder: Path) -> int:
+    try:
+        return sum(1 for p in folder.iterdir() if p.suffix == ".json")
+    except OSError:
+        return 0
+
+
+def _last_line(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - 65536))
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "  (no watcher log)"
+    return "\n".join(f"  {line}" for line in text.splitlines()[-lines:])
