@@ -335,6 +335,8 @@ def drift_all(
             )
 
         windows = [compare(values[cuts[i] : cuts[i + 1]]) for i in range(len(bounds))]
+        if len(bounds) == 1 and cuts[0] == 0:  # one window, the whole period (the watcher's)
+            return [*windows, windows[0]]
         return [*windows, compare(values)]
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

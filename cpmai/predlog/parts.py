@@ -126,7 +126,7 @@ def index_parts(
                 if part is None:
                     continue  # not covered: its blocks are parsed from JSON
                 known.parts.append((newest, part))
-            known.covered += blocks
+            known.covered += [(int(o), int(n)) for o, n in blocks]
             known.seen.update(o for o, _ in blocks)
         earlier.append(known.seen)
         if since is not None:

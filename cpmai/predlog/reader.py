@@ -148,9 +148,7 @@ def read_traffic(
     indexed: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {}
     if not with_ids:  # the index holds no request ids
         for path in files:
-            found, covered = index_parts(
-                path, focus, specs, output_kind, since=since, memo=memo
-            )
+            found, covered = index_parts(path, focus, specs, output_kind, since=since, memo=memo)
             if found:
                 indexed[str(path)] = (found, gaps(covered, path.stat().st_size))
     use_cache = cache is not None and not with_ids
