@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "churn"
+WATCHED = "  schedule: {every: 10s, window: 15m}   # a watcher beside each server (5m is usual)\n"
+"""The example manifest's schedule line, left out of the tests' copy of it."""
 CPMAI = [sys.executable, "-m", "cpmai"]
 FEATURES = [
     "tenure_months",
@@ -50,7 +52,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def trained_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The churn example trained once per session (model.joblib + data/) in a private folder."""
     folder = tmp_path_factory.mktemp("churn")
-    shutil.copy(EXAMPLE / "cpmai.yaml", folder / "cpmai.yaml")
+    # without the example's watcher: every test that deploys would start one (tests of the
+    # watcher set their own schedule)
+    text = (EXAMPLE / "cpmai.yaml").read_text()
+    assert WATCHED in text, "the example's schedule changed: change WATCHED with it"
+    (folder / "cpmai.yaml").write_text(text.replace(WATCHED, ""))
     shutil.copy(EXAMPLE / "train.py", folder / "train.py")
     subprocess.run(
         [sys.executable, "train.py", "--rows", "3000"], cwd=folder, check=True, capture_output=True

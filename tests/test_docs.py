@@ -82,7 +82,9 @@ def test_every_flag_the_docs_show_exists() -> None:
                 if first not in commands:
                     continue  # prose such as "cpmai takes a model"
                 name = f"{first} {second}" if f"{first} {second}" in commands else first
-                if name == first and second:
+                if name == first and f"{first} show" in commands:  # `cpmai alerts NAME`
+                    name = f"{first} show"
+                if name in (first, f"{first} show") and second:
                     rest = f"{second} {rest}"
                 rest = re.split(r" \| | && |; ", rest)[0]
                 known = _options(commands[name]) | global_options

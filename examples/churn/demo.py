@@ -5,7 +5,9 @@
 Trains the example, validates and packages it, deploys it to staging, asks it one question,
 benchmarks it (`cpmai bench` marks its requests synthetic, so what follows does not take them for
 customers), sends it a day of customers, monitors it against their ground truth, costs it,
-shows its history, verifies the ledger, writes the report and stops the server.
+shows its history, verifies the ledger, writes the report, then sends it customers who changed
+(the watcher the deploy started finds the drift, and its alert reaches the example's file
+channel, alerts.jsonl) and stops the server and its watcher.
 
 Each command is shown before it runs. When a step fails (or Ctrl-C), the demo says which, stops
 the server it started, checks that nothing is left listening on the example's port, and exits
@@ -95,6 +97,13 @@ def main() -> int:
         run("ledger verify", cpmai("ledger", "verify"))
         run("report", cpmai("report", NAME, "--html", str(folder / "report.html"),
                             "--markdown", str(folder / "report.md")))  # fmt: skip
+        alerts = _alerts_file(manifest)
+        seen = alerts.stat().st_size if alerts.exists() else 0
+        shifted = [python, "traffic.py", url, "--shift", "--rows", "1500",
+                   "--labels", str(home / "shifted-labels.csv")]  # fmt: skip
+        run("shifted traffic", shifted, cwd=folder)
+        _wait_for_alert(alerts, seen)
+        run("alerts", cpmai("alerts", NAME, "--env", ENV))
         run("stop", cpmai("stop", NAME, "--env", ENV))
         started, outcome = False, 0
     except StepFailed as failed:
@@ -128,6 +137,38 @@ def _wait(child: subprocess.Popen[bytes]) -> None:
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         child.kill()
         child.wait()
+
+
+def _alerts_file(manifest: Path) -> Path:
+    """Where the example's file channel appends its alerts."""
+    from cpmai.manifest_file import load_manifest
+
+    loaded = load_manifest(manifest)
+    for channel in loaded.monitoring.alerts.channels:
+        if channel.type == "file":
+            return loaded.resolve(channel.path)
+    print(f"make demo: {manifest} has no file channel under monitoring.alerts", file=sys.stderr)
+    raise StepFailed("alert", 2)
+
+
+def _wait_for_alert(alerts: Path, seen: int, timeout: float = 90.0) -> None:
+    """Until the watcher's drift alert reaches the file channel (past its first `seen` bytes)."""
+    print(f"\n$ # the watcher checks every few seconds; waiting for its alert in {alerts.name}",
+          flush=True)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alerts.exists() and alerts.stat().st_size > seen:
+            with alerts.open("rb") as handle:
+                handle.seek(seen)
+                for line in handle.read().splitlines():
+                    if b'"kind":"drift"' in line and b'"event":"firing"' in line:
+                        import json
+
+                        print(json.loads(line)["text"], flush=True)
+                        return
+        time.sleep(0.5)
+    print(f"make demo: no drift alert reached {alerts} in {timeout:.0f} s", file=sys.stderr)
+    raise StepFailed("alert", 4)
 
 
 def _port(manifest: Path) -> int:
