@@ -193,7 +193,11 @@ def test_describe_names_a_channel_without_its_secrets() -> None:
     hook = WebhookChannel(
         type="webhook", url="https://user:pw@hooks.example.com:8443/services/x?token=abc#frag"
     )
-    assert describe(hook) == "webhook https://hooks.example.com:8443/services/x"
+    assert describe(hook) == "webhook https://hooks.example.com:8443/services/…"
+    slack = WebhookChannel(type="webhook", url="https://hooks.slack.com/services/T0/B0/SECRET")
+    assert "SECRET" not in describe(slack) and describe(slack).endswith("/services/…")
+    short = WebhookChannel(type="webhook", url="http://127.0.0.1:9000/hook")
+    assert describe(short) == "webhook http://127.0.0.1:9000/hook"
     mail = EmailChannel(type="email", to=["a@x", "b@y"], smtp="mail.example.com:25")
     assert describe(mail) == "email to a@x, b@y via mail.example.com:25"
     command = CommandChannel(type="command", command="notify-send " + "x" * 100)

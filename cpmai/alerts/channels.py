@@ -110,8 +110,8 @@ def verify_signature(
 
 
 def _public_url(url: str) -> str:
-    """`scheme://host[:port]/path`: no user info, query string or fragment (they may hold
-    tokens)."""
+    """`scheme://host[:port]/first-segment/…`: no user info, query string, fragment or path
+    beyond its first segment (they may hold tokens: a Slack webhook's path is its secret)."""
     from urllib.parse import urlsplit
 
     try:
@@ -122,7 +122,9 @@ def _public_url(url: str) -> str:
         return "(an invalid URL)"
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
+    segments = parts.path.split("/")
+    path = "/".join(segments[:2]) + ("/…" if len(segments) > 2 and any(segments[2:]) else "")
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{path}"
 
 
 def _opener(direct: bool) -> urllib.request.OpenerDirector:
