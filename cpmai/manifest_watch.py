@@ -53,8 +53,11 @@ class WebhookChannel(Strict):
     """POST the alert as JSON (with a Slack-compatible `text`) to a URL."""
 
     type: Literal["webhook"]
-    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]
-    """Where to POST."""
+    url: Annotated[
+        str, Field(pattern=r"^(https?://[^\s]+|env:[A-Za-z_][A-Za-z0-9_]{0,127})$", max_length=2000)
+    ]
+    """Where to POST, or `env:VAR` to read the URL from $VAR when it is a secret (a Slack
+    webhook's is: the manifest is copied into every artifact)."""
     secret_env: EnvVar | None = None
     """An environment variable holding the secret the body is signed with (HMAC-SHA256, header
     `X-Cpmai-Signature`); the secret itself never belongs in the manifest."""

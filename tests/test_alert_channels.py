@@ -163,6 +163,21 @@ def test_webhook_unsigned_without_secret_env(receiver: Callable[[int], Receiver]
     assert "X-Cpmai-Signature" not in headers
 
 
+def test_a_webhook_url_can_be_kept_in_the_environment(
+    receiver: Callable[[int], Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = receiver(0)
+    channel = WebhookChannel(type="webhook", url="env:CPMAI_TEST_HOOK")
+    assert describe(channel) == "webhook env:CPMAI_TEST_HOOK"
+    monkeypatch.setenv("CPMAI_TEST_HOOK", hook.url)
+    send(channel, alert(), base_dir=Path("."))
+    assert len(hook.got) == 1
+    monkeypatch.setenv("CPMAI_TEST_HOOK", "not a url")
+    with pytest.raises(DeliveryError, match=r"\$CPMAI_TEST_HOOK is unset or not an http"):
+        send(channel, alert(), base_dir=Path("."))
+    assert len(hook.got) == 1
+
+
 @pytest.mark.parametrize("status", [500, 404, 302])
 def test_webhook_non_2xx_is_a_failure_naming_the_status(
     receiver: Callable[[int], Receiver], status: int

@@ -62,7 +62,8 @@ def body_of(message: AlertMessage) -> bytes:
 def describe(channel: Channel) -> str:
     """A channel in a few words, safe to record and show (identifies it in the outbox too)."""
     if isinstance(channel, WebhookChannel):
-        return f"webhook {_public_url(channel.url)}"
+        shown = channel.url if channel.url.startswith("env:") else _public_url(channel.url)
+        return f"webhook {shown}"
     if isinstance(channel, CommandChannel):
         return f"command {' '.join(channel.command.split())[:60]}"
     if isinstance(channel, EmailChannel):
@@ -174,9 +175,14 @@ def _send_webhook(channel: WebhookChannel, message: AlertMessage) -> None:
             TIMESTAMP_HEADER: stamp,
             SIGNATURE_HEADER: sign(secret, message.id, stamp, body),
         }
+    url = channel.url
+    if url.startswith("env:"):  # the URL itself is a secret (a Slack webhook's is)
+        url = os.environ.get(url[4:], "").strip()
+        if not url.startswith(("http://", "https://")):
+            raise DeliveryError(f"${channel.url[4:]} is unset or not an http(s) URL")
     try:
-        host = urlsplit(channel.url).hostname or ""
-        request = urllib.request.Request(channel.url, data=body, headers=headers, method="POST")
+        host = urlsplit(url).hostname or ""
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     except ValueError:
         raise DeliveryError("the URL cannot be parsed") from None
     try:
