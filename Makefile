@@ -24,7 +24,7 @@ $(CHROMIUM):
 	else echo "chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
-## demo: set up, then the example's whole story (examples/churn/demo.py): train, package, deploy to staging, ask it, bench it, send it traffic, monitor it, cost it, report on it (report.html), stop it. A failed step is named, and the server is stopped.
+## demo: set up, then the example's whole story (examples/churn/demo.py): train, package, deploy to staging, ask it, bench it, send it traffic, monitor it, cost it, report on it (report.html), send it changed customers and wait for the watcher's drift alert (examples/churn/alerts.jsonl), stop it. A failed step is named, and the server is stopped.
 demo: $(STAMP)
 	$(BIN)/python $(EXAMPLE)/demo.py --folder $(EXAMPLE) --home $(DEMO_HOME)
 
@@ -50,8 +50,18 @@ postgresql:
 	else echo "PostgreSQL is missing: run 'apt-get install postgresql' as root" >&2; exit 1; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 
+# promtool, from Debian's prometheus package (no recommends), for the test that checks and
+# unit-tests the rendered alerting rules (`promtool check rules`, `promtool test rules`). The
+# package also installs a prometheus service, started where services can start; the tests do
+# not use it.
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "promtool is missing: run 'apt-get install prometheus' as root" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
 ## test: set up, lint, then the whole suite (slow tests included)
-test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) $(SSH_KEYGEN) postgresql lint
+test: $(STAMP) $(CHROMIUM) $(ACTIONLINT) $(SSH_KEYGEN) $(PROMTOOL) postgresql lint
 	CPMAI_REQUIRE_BROWSER=1 CPMAI_REQUIRE_TOOLS=1 $(BIN)/python -m pytest -n auto --durations=15
 
 lint: $(STAMP)

@@ -95,6 +95,8 @@ class InferenceApp:
         self.names = self.validator.names
         self.kinds = self.validator.kinds
         self.metrics = ServerMetrics(self.name, self.version, predictor.flavor)
+        if config.home:  # the watcher's gauges of this environment, appended to /metrics
+            self.metrics.add_gauges(Home(Path(config.home)).env(self.name, config.env).gauges)
         self.log = (
             PredictionLog(
                 Home(Path(config.home)).env(self.name, config.env).logs,

@@ -8,13 +8,18 @@ whole ONNX request.
 The request path only bumps plain integers (the event loop is the only writer, so no lock is
 needed); prometheus_client turns them into the exposition format when /metrics is scraped, and
 adds its standard process metrics (`process_cpu_seconds_total`,
-`process_resident_memory_bytes`, ...).
+`process_resident_memory_bytes`, ...), and the watcher's gauges of the environment
+(`WatchGauges`).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -72,9 +77,15 @@ class ServerMetrics:
         self.rows = 0
         self.out_of_range: dict[str, int] = {}
         self.log_dropped: Callable[[], int] = lambda: 0
+        self.gauges: WatchGauges | None = None
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
+
+    def add_gauges(self, path: Path) -> None:
+        """Append the watcher's gauges file (`watch/NAME/ENV/gauges.prom`) to /metrics."""
+        self.gauges = WatchGauges(path, {family.name for family in self.collect()})
+        self.registry.register(self.gauges)
 
     def observe(self, endpoint: str, status: int, seconds: float, origin: str = REAL) -> None:
         """One answered request; `origin` is its label (`cpmai.serving.origin.label`)."""
@@ -174,3 +185,94 @@ class _Merged:
                         labels = {**labels, "version": version}
                     target.add_sample(sample.name, labels, sample.value)
         yield from merged.values()
+        gauges = next((m.gauges for _, m in self.sources() if m.gauges is not None), None)
+        if gauges is not None:  # one file per environment: once, not once per version
+            yield from gauges.collect()
+
+
+GAUGES_MAX_BYTES = 4 * 1024 * 1024
+"""A larger gauges file is not appended (the watcher writes a few kilobytes)."""
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+_VALUE = r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|Inf|NaN)"
+_SAMPLE = re.compile(
+    rf"({_NAME})(?:\{{(?:{_LABEL}(?:,{_LABEL})*,?)?\}})?[ \t]+{_VALUE}(?:[ \t]+-?[0-9]+)?[ \t]*"
+)
+_META = re.compile(rf"#[ \t]+(?:HELP[ \t]+({_NAME})(?:[ \t].*)?|TYPE[ \t]+({_NAME})[ \t]+"
+                   r"(?:counter|gauge|histogram|summary|untyped))[ \t]*")  # fmt: skip
+
+
+class WatchGauges:
+    """The watcher's gauges (`watch/NAME/ENV/gauges.prom`, written by `cpmai.monitor.gauges`),
+    appended to /metrics: a collector whose families are read again only when the file changed
+    (inode, mtime, size: one stat call per scrape otherwise).
+
+    A missing file adds nothing; so does one that is not a regular file, cannot be read, is
+    larger than GAUGES_MAX_BYTES, is not UTF-8, has a line that is not exposition text (a
+    sample, a HELP or TYPE line, a comment or blank), repeats a series or a family, or names a
+    series of the server's own (`reserved`, and `process_*`): whatever the file holds, /metrics
+    still answers with the server's series."""
+
+    def __init__(self, path: Path, reserved: set[str]) -> None:
+        self.path = path
+        self.reserved = reserved
+        self.stamp: tuple[int, int, int] | None = None
+        self.families: list[Any] = []
+
+    def collect(self) -> Iterator[Any]:
+        """prometheus_client's collector protocol: called on each scrape; never raises."""
+        try:
+            info = self.path.stat()
+        except (OSError, ValueError):
+            self.stamp, self.families = None, []
+            return
+        if (info.st_ino, info.st_mtime_ns, info.st_size) != self.stamp:
+            try:
+                self.stamp, self.families = self._read()
+            except Exception:  # anything unexpected: nothing appended, /metrics still answers
+                self.stamp, self.families = None, []
+        yield from self.families
+
+    def _read(self) -> tuple[tuple[int, int, int] | None, list[Any]]:
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > GAUGES_MAX_BYTES:
+                return stamp, []
+            data = handle.read(GAUGES_MAX_BYTES + 1)
+        if len(data) > GAUGES_MAX_BYTES:
+            return stamp, []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return stamp, []
+        return stamp, self._parse(text)
+
+    def _parse(self, text: str) -> list[Any]:
+        """The families of `text`, or none if any line is not what the module allows."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            match = _SAMPLE.fullmatch(line)
+            if match is None and line.startswith("#"):
+                match = _META.fullmatch(line)
+                if match is None and re.match(r"#[ \t]*(HELP|TYPE)\b", line):
+                    return []
+                if match is None:
+                    continue  # a plain comment
+            if match is None or self._clashes(match.group(1) or match.group(2)):
+                return []
+        families = list(text_string_to_metric_families(text))
+        names = [family.name for family in families]
+        series = [(s.name, tuple(sorted(s.labels.items()))) for f in families for s in f.samples]
+        if len(set(names)) != len(names) or len(set(series)) != len(series):
+            return []  # Prometheus would refuse the whole scrape
+        return families
+
+    def _clashes(self, name: str) -> bool:
+        return name.startswith("process_") or any(
+            name == own or name.startswith(f"{own}_") for own in self.reserved
+        )

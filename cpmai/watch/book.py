@@ -108,7 +108,7 @@ class AlertBook:
             self.open = {k: OpenAlert(**v) for k, v in data["open"].items()}
             self.streak = Streak(**data["streak"])
             self.checks = int(data["checks"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self.open, self.streak, self.checks = {}, Streak(), 0
             self.damaged = f"{path} could not be read ({exc}): the open alerts start afresh"
 
