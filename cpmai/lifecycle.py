@@ -435,7 +435,8 @@ def _watch(
             progress(f"watcher stopped: {manifest.name} sets no monitoring.schedule")
         return
     try:
-        record = ensure_watcher(home, name, env)
+        schedule = manifest.monitoring.schedule
+        record = ensure_watcher(home, name, env, (schedule.every, schedule.window))
     except CpmaiError as exc:
         progress(f"warning: the watcher did not start: {exc.message}")
         return

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from cpmai.clock import iso, parse_duration
@@ -51,36 +52,67 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import psutil
 
-    WatcherRecord(
-        pid=os.getpid(),
-        created=psutil.Process().create_time(),
-        started=iso(),
-        every=schedule.every,
-        window=schedule.window,
-    ).write(folders.watcher)
+    created = psutil.Process().create_time()
+
+    def announce(every: str, window: str) -> None:
+        WatcherRecord(pid=os.getpid(), created=created, started=started, every=every,
+                      window=window).write(folders.watcher)  # fmt: skip
+
+    started = iso()
+    announce(schedule.every, schedule.window)
     print(f"{iso()} watching {args.name} in {args.env}: every {schedule.every}, "
           f"window {schedule.window}", flush=True)  # fmt: skip
+    watched = (live.version, schedule.every, schedule.window)
+    ledger = Home(args.home).ledger
+    seen = _stamp(ledger)
     next_check = time.time()
     while not stopping.is_set():
         now = time.time()
+        if _stamp(ledger) != seen:  # a rollout, a rollback, a stop: look again now
+            seen = _stamp(ledger)
+            try:
+                changed = watcher.live()
+            except Exception as exc:  # unreadable now: the next check says so as an alert
+                print(f"{iso()} reading the ledger: {exc}", flush=True)
+            else:
+                schedule = changed.manifest.monitoring.schedule if changed else None
+                if changed is None or schedule is None:
+                    print(f"{iso()} nothing live with monitoring.schedule any more: exiting",
+                          flush=True)  # fmt: skip
+                    break
+                if (changed.version, schedule.every, schedule.window) != watched:
+                    watched = (changed.version, schedule.every, schedule.window)
+                    announce(schedule.every, schedule.window)
+                    print(f"{iso()} {changed.version} is live: every {schedule.every}, window "
+                          f"{schedule.window}", flush=True)  # fmt: skip
+                    next_check = now
         if now >= next_check:
-            record = watcher.check(now)
-            alerts = ", ".join(f["summary"] for f in record.findings) or "all within bounds"
-            print(f"{record.at} check {record.seconds:.3f} s, {record.requests} requests: "
-                  f"{alerts}", flush=True)  # fmt: skip
-            live = watcher.live()
-            schedule = live.manifest.monitoring.schedule if live else None
-            if schedule is None:
-                print(f"{iso()} the live version sets no monitoring.schedule: exiting",
-                      flush=True)  # fmt: skip
-                break
-            every = parse_duration(schedule.every)
+            try:
+                record = watcher.check(now)
+            except Exception:  # the check records its own failures; this is a bug of the loop's
+                print(f"{iso()} the check failed:\n{traceback.format_exc()}", flush=True)
+            else:
+                alerts = ", ".join(f["summary"] for f in record.findings) or "all within bounds"
+                print(f"{record.at} check {record.seconds:.3f} s, {record.requests} requests: "
+                      f"{alerts}", flush=True)  # fmt: skip
+            every = parse_duration(watched[1])
             next_check = max(next_check + every, time.time() + min(every, 1.0))
         else:
-            watcher.deliver()
+            try:
+                watcher.deliver()
+            except Exception:
+                print(f"{iso()} delivering failed:\n{traceback.format_exc()}", flush=True)
         stopping.wait(max(0.05, min(1.0, next_check - time.time())))
     folders.watcher.unlink(missing_ok=True)
     return 0
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_size, info.st_mtime_ns)
 
 
 if __name__ == "__main__":

@@ -101,16 +101,27 @@ class AlertBook:
         path = self.folders.alert_state
         if not path.exists():
             return
+        from pydantic import TypeAdapter, ValidationError
+
         data = read_json_object(path)
         try:
             if data is None or data.get("format") != STATE_FORMAT:
                 raise ValueError("not a state file of this format")
-            self.open = {k: OpenAlert(**v) for k, v in data["open"].items()}
-            self.streak = Streak(**data["streak"])
-            self.checks = int(data["checks"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # typed here: a field of the wrong type must not pass and kill a later check
+            opened = TypeAdapter(dict[str, OpenAlert]).validate_python(data["open"])
+            streak = TypeAdapter(Streak).validate_python(data["streak"])
+            checks = TypeAdapter(int).validate_python(data["checks"])
+            for key, alert in opened.items():
+                if key != alert.key:
+                    raise ValueError(f"alert {key!r} names itself {alert.key!r}")
+                for moment in (alert.started_at, alert.sent_at):
+                    if moment is not None:
+                        epoch(moment)
+            self.open, self.streak, self.checks = opened, streak, checks
+        except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
             self.open, self.streak, self.checks = {}, Streak(), 0
-            self.damaged = f"{path} could not be read ({exc}): the open alerts start afresh"
+            why = str(exc).splitlines()[0][:200]
+            self.damaged = f"{path} could not be read ({why}): the open alerts start afresh"
 
     def save(self) -> None:
         self.folders.watch.mkdir(parents=True, exist_ok=True)

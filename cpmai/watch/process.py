@@ -84,12 +84,25 @@ def alive(record: WatcherRecord | None) -> bool:
         return False
 
 
-def ensure_watcher(home: Path, name: str, env: str) -> WatcherRecord:
-    """The running watcher of `env`, started when there is none."""
+def ensure_watcher(
+    home: Path, name: str, env: str, schedule: tuple[str, str] | None = None
+) -> WatcherRecord:
+    """The running watcher of `env`, started when there is none. A running one takes a new
+    live version's `schedule` (every, window) on its own when the ledger changes: waited for
+    here (briefly) so that what is said is what runs."""
     folders = Home(home).env(name, env)
     record = WatcherRecord.read(folders.watcher)
     if alive(record):
         assert record is not None
+        deadline = time.monotonic() + 5.0
+        while (
+            schedule is not None
+            and (record.every, record.window) != schedule
+            and record.pid != os.getpid()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+            record = WatcherRecord.read(folders.watcher) or record
         return record
     folders.watch.mkdir(parents=True, exist_ok=True)
     folders.watcher.unlink(missing_ok=True)

@@ -79,9 +79,15 @@ def _envs(home: Path, name: str, env: str | None) -> list[str]:
         known = ", ".join(state.names()) or "none yet"
         raise UsageError(f"no model named {name!r} has been packaged (packaged: {known})")
     envs = sorted(state.envs_of(name))
-    if env is not None:
-        return [env]
-    return envs
+    if env is None or env in envs:
+        return [env] if env is not None else envs
+    from cpmai.artifacts import open_artifact
+
+    declared = open_artifact(home, name).manifest().environments  # the newest version's
+    if env not in declared:
+        known = ", ".join(sorted({*envs, *declared})) or "none"
+        raise UsageError(f"{name} has no environment {env!r} (known: {known})")
+    return [env]
 
 
 def view(home: Path, name: str, env: str | None = None, *, limit: int = 20) -> AlertsView:
