@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -125,7 +126,9 @@ def throughput(seconds: float, runs: int) -> tuple[list[float], list[float], int
         text = (work / "cpmai.yaml").read_text()
         text = text.replace("  staging: {target: local, port: 8081}",
                             f"  staging: {{target: local, port: {port}}}")  # fmt: skip
-        text = text.replace("monitoring:\n", "monitoring:\n  schedule: {every: 5s, window: 1h}\n")
+        text = re.sub(r"  schedule: \{[^}]*\}", "  schedule: {every: 5s, window: 1h}", text)
+        if "schedule: {every: 5s" not in text:
+            sys.exit("the example manifest has no monitoring.schedule line to replace")
         (work / "cpmai.yaml").write_text(text)
         home = work / "state"
         env = {**os.environ, "CPMAI_HOME": str(home)}
@@ -137,7 +140,7 @@ def throughput(seconds: float, runs: int) -> tuple[list[float], list[float], int
         without: list[float] = []
         with_: list[float] = []
         checks = Home(home).env("churn-classifier", "staging").checks
-        made = 0
+        made, cpu = 0, 0.0
         try:
             wait_ready(port, "/v2/health/ready")
             run_wrk(wrk, port, script, 3, 8)  # warm-up
@@ -145,11 +148,12 @@ def throughput(seconds: float, runs: int) -> tuple[list[float], list[float], int
                 stop_watcher(home, "churn-classifier", "staging")
                 result = run_wrk(wrk, port, script, seconds, 8)
                 without.append(result["rps"])
-                ensure_watcher(home, "churn-classifier", "staging")
-                before = _lines(checks)
+                record = ensure_watcher(home, "churn-classifier", "staging")
+                before, used = _lines(checks), _cpu(record.pid)
                 result = run_wrk(wrk, port, script, seconds, 8)
                 with_.append(result["rps"])
                 made += _lines(checks) - before
+                cpu += _cpu(record.pid) - used
                 print(f"  without {without[-1]:,.0f} req/s, with {with_[-1]:,.0f} req/s")
         finally:
             subprocess.run([PY, "-m", "cpmai", "stop", "churn-classifier", "--env", "staging"],
@@ -157,7 +161,16 @@ def throughput(seconds: float, runs: int) -> tuple[list[float], list[float], int
         for line in checks.read_text().splitlines()[-3:]:
             check = json.loads(line)
             print(f"  a check: {check['seconds']:.3f} s over {check['requests']:,} requests")
+    print(f"  the watcher used {cpu:.1f} CPU-s in {runs * seconds:g} s of load "
+          f"({cpu / (runs * seconds):.1%} of one core, niced)")  # fmt: skip
     return without, with_, made
+
+
+def _cpu(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _lines(path: Path) -> int:

@@ -86,13 +86,16 @@ def monitor(
     use_cache: bool = True,
     include_synthetic: bool = False,
     memo: IndexMemo | None = None,
+    drift_rows: int | None = None,
 ) -> MonitorResult:
     """Read the period's log and samples and judge them. Records nothing (triggers fire with
     `cpmai.monitor.triggers.respond`).
 
     Synthetic requests (load tests: `cpmai.serving.origin`) are counted apart and judged only
     with `include_synthetic`. `memo`: a long-running caller's (the watcher's) memory of the
-    server's index, so that only what was logged since its last call is read."""
+    server's index, so that only what was logged since its last call is read. `drift_rows`:
+    judge drift on at most that many rows a window, evenly spaced in time (the watcher's
+    bound on a check's cost under heavy traffic); every row when None."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     if since is not None and since >= end:
@@ -152,7 +155,9 @@ def monitor(
     interval = settings.sample_interval_s
 
     bounds = [(start + i * window_s, min(start + (i + 1) * window_s, end)) for i in range(count)]
-    per_window, features = drift_all(traffic, subject, profiles, settings.drift, bounds)
+    per_window, features = drift_all(
+        traffic, subject, profiles, settings.drift, bounds, max_rows=drift_rows
+    )
     windows = []
     for index, (low, high) in enumerate(bounds):
         fields = traffic_fields(traffic, low, high, last=index == count - 1)
@@ -291,8 +296,11 @@ def drift_all(
     profiles: Profiles,
     settings: Any,
     bounds: list[tuple[float, float]],
+    *,
+    max_rows: int | None = None,
 ) -> tuple[list[list[Drift]], list[Drift]]:
-    """Every feature's drift in every window and over the whole period.
+    """Every feature's drift in every window and over the whole period (on at most `max_rows`
+    rows of each, evenly spaced in time, when given).
 
     Rows are put in time order once, so a window is a slice, not a mask; the comparisons run
     on a thread per core (numpy's sorts and sums release the GIL)."""
@@ -317,6 +325,8 @@ def drift_all(
         text = TextComparison(profile, vocab or []) if isinstance(profile, TextProfile) else None
 
         def compare(part: np.ndarray) -> Drift:
+            if max_rows is not None and len(part) > max_rows:
+                part = part[np.linspace(0, len(part) - 1, max_rows).astype(np.int64)]
             if text is not None:
                 return text.compare(
                     part,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 from cpmai.clock import iso, parse_duration
 from cpmai.home import Home
 from cpmai.watch.process import WatcherRecord
+
+NICENESS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         print(f"{iso()} another watcher holds {folders.watch / 'watcher.lock'}", flush=True)
         return 3
+    # below the server it watches: a check is background work, and on a busy machine the
+    # scheduler should give the requests the CPU first
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:

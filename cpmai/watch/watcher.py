@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from cpmai.predlog.parts import IndexMemo
 
 ACTOR = "cpmai-watcher"
+DRIFT_ROWS = 200_000
+"""Drift is judged on at most this many rows of a check's window, evenly spaced in time: the
+statistics are as sure at that size, and a check's cost stays bounded under heavy traffic."""
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Watcher:
             result = monitor(
                 self.home, self.name, self.env,
                 window_s=max(now - since, 1.0), since=since, until=now, now=now,
-                version=live.version, memo=self._memo,
+                version=live.version, memo=self._memo, drift_rows=DRIFT_ROWS,
             )  # fmt: skip
         except CpmaiError as exc:
             return self._conclude(failed_check(exc.message), live, since, now, started, None)
