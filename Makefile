@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/churn
 DEMO_HOME := $(EXAMPLE)/.cpmai
 
-.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-report bench-ray bench-batch bench-zoo clean postgresql
+.PHONY: demo test lint format install bench bench-signatures bench-serving bench-log-cost bench-compare bench-deploy bench-loadgen bench-monitor bench-watch bench-report bench-ray bench-batch bench-zoo clean postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-loadgen: $(STAMP)
 bench-monitor: $(STAMP)
 	$(BIN)/python benchmarks/monitor.py
 	$(BIN)/python benchmarks/sampler.py
+
+## bench-watch: a watcher's check over 10,000 new rows on a 1,000,000-row day; throughput beside a watcher (wrk, c=8)
+bench-watch: $(STAMP)
+	$(BIN)/python benchmarks/watch.py
 
 ## bench-ray: the ray target against the local one (1 and 2 replicas, concurrency 8 and 64)
 bench-ray: $(STAMP)
