@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,6 +48,15 @@ def _replicas(address: str) -> dict[str, Any]:
     return data
 
 
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _clean_up(record_path: Path) -> None:
     """Stop a cluster cpmai started that a failed test left running, and remove its files."""
     import shutil
@@ -82,6 +92,8 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         doc["environments"] = {
             "cluster": {"target": "ray", "replicas": 2, "resources": {"cpu": 0.5, "memory_gb": 0.5}}
         }
+        # watched like a local environment: the replicas log under this state folder
+        doc["monitoring"]["schedule"] = {"every": "1s", "window": "10m", "min_requests": 1}
 
     edit(churn, change)
     record_path = home / "runs" / NAME / "cluster" / "ray.json"
@@ -120,17 +132,30 @@ def test_ray_serve_deploy_answer_rollback_stop(churn: Path, home: Path) -> None:
         assert status == 200 and reply["predictions"] == _expected(churn, frame)[0]
         logged = list((home / "logs" / NAME / "cluster").glob("predictions-*.jsonl"))
         assert logged, "the replicas wrote no prediction log"
+        watcher = _status(home)["watcher"]
+        assert watcher["state"] == "running", watcher
+        checks = home / "watch" / NAME / "cluster" / "checks.jsonl"
+        deadline = time.monotonic() + 60
+        seen: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not any(c["requests"] for c in seen):
+            time.sleep(0.5)
+            seen = [json.loads(line) for line in checks.read_text().splitlines()]
+        assert any(c["requests"] and c["version"] == "1.0.0" for c in seen), seen[-3:]
+        gauges = (home / "watch" / NAME / "cluster" / "gauges.prom").read_text()
+        assert 'cpmai_watch_last_check_timestamp_seconds{model="churn-classifier"' in gauges
 
         stopped = run_cpmai("stop", NAME, "--env", "cluster", timeout=300)
         assert stopped.code == 0, stopped.err
         assert _status(home)["server"]["state"] == "stopped"
+        assert _status(home)["watcher"]["state"] == "stopped"
+        assert not _alive(watcher["pid"])
         assert _cluster_processes(record["gcs_port"]) == []
         assert not Path(record["haproxy_folder"]).exists()
         events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
         rollouts = [
             (e["action"], e["version"], e["details"].get("result"))
             for e in events
-            if e["env"] == "cluster" and e["action"] not in ("gate", "intent")
+            if e["env"] == "cluster" and e["action"] not in ("gate", "intent", "trigger")
         ]
         assert rollouts == [("deploy", "1.0.0", "live"), ("deploy", "1.1.0", "live"),
                             ("rollback", "1.0.0", "live"), ("stop", "1.0.0", None)]  # fmt: skip

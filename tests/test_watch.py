@@ -1005,3 +1005,21 @@ def test_book_a_damaged_state_file_starts_afresh_and_the_lifecycle_goes_on(
         book.save()
     assert list(book.open) == [f"{ENV}/drift"]
     assert AlertBook(folders, NAME, ENV).damaged is None  # what it saved reads back
+
+
+def test_a_watchers_line_file_is_rotated_not_grown_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpmai.watch import book
+
+    monkeypatch.setattr(book, "ROTATE_BYTES", 200)
+    path = tmp_path / "checks.jsonl"
+    for i in range(30):
+        book.append_line(path, {"check": i, "padding": "x" * 20})
+    kept = [json.loads(line)["check"] for line in path.read_text().splitlines()]
+    older = [
+        json.loads(line)["check"] for line in (tmp_path / "checks.jsonl.1").read_text().splitlines()
+    ]
+    assert path.stat().st_size <= 200 + 60 and kept[-1] == 29
+    assert older[-1] == kept[0] - 1  # nothing lost between the two files
+    assert not (tmp_path / "checks.jsonl.2").exists()

@@ -13,6 +13,7 @@ after each check) and appends every event to `alerts.jsonl`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -134,14 +135,8 @@ class AlertBook:
         write_atomic(self.folders.alert_state, json.dumps(data, indent=1, default=str).encode())
 
     def record(self, line: dict[str, Any]) -> None:
-        """Append one line to `alerts.jsonl` (one write, O_APPEND: lines never interleave)."""
-        self.folders.watch.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps({"at": iso(), **line}, default=str) + "\n").encode()
-        fd = os.open(self.folders.alerts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        """Append one line to `alerts.jsonl`."""
+        append_line(self.folders.alerts, {"at": iso(), **line})
 
     # --- the lifecycle -------------------------------------------------------------------------
 
@@ -236,6 +231,26 @@ class AlertBook:
             checks=alert.checks,
             details=alert.details,
         )
+
+
+ROTATE_BYTES: Final = 16 * 2**20
+"""A watcher's JSON-lines file past this size is renamed `NAME.1` (the one before is
+dropped): a check every 10 s for a year must not fill the disk."""
+
+
+def append_line(path: Path, data: dict[str, Any]) -> None:
+    """Append one JSON line (one write, O_APPEND: lines never interleave), first moving a file
+    past ROTATE_BYTES aside. The watcher is its files' only writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    line = (json.dumps(data, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def _matching(silences: list[Silence], env: str, finding: Finding, now: float) -> Silence | None:

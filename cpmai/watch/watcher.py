@@ -11,8 +11,6 @@ triggers are fired as `cpmai monitor` fires them (recorded in the ledger).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from cpmai.errors import CpmaiError
 from cpmai.home import Home
 from cpmai.ledger import Ledger
 from cpmai.replay import replay
-from cpmai.watch.book import AlertBook, silences_of
+from cpmai.watch.book import AlertBook, append_line, silences_of
 from cpmai.watch.findings import Finding, Verdict, failed_check, verdict_of
 
 if TYPE_CHECKING:
@@ -177,7 +175,7 @@ class Watcher:
         self._send(messages, manifest)
         record.sent = [m.id for m in messages]
         record.seconds = round(time.perf_counter() - started, 4)
-        self._append(self.folders.checks, record.__dict__)
+        append_line(self.folders.checks, record.__dict__)
         return record
 
     def _triggers(self, result: MonitorResult) -> list[str]:
@@ -290,15 +288,6 @@ class Watcher:
         )
 
     # --- files -----------------------------------------------------------------------------
-
-    def _append(self, path: Path, data: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(data, default=str) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
 
     def _log(self, text: str) -> None:
         self.say(f"{iso()} {text}")
