@@ -382,13 +382,6 @@ def _resolved_manifest(manifest: Manifest, model_rel: str, files: dict[str, str]
     for role in ("reference", "holdout"):
         inside = [rel for rel in files if rel.startswith(f"data/{role}.")]
         data["data"][role] = inside[0] if inside else None
-    # the watcher reads the artifact's manifest: an alert file or command belongs to the
-    # project's folder, not the (immutable) artifact's
-    for channel in data["monitoring"]["alerts"]["channels"]:
-        if channel["type"] == "file":
-            channel["path"] = str(manifest.resolve(channel["path"]))
-        elif channel["type"] == "command" and channel.get("cwd") is None:
-            channel["cwd"] = str(manifest.base_dir.resolve())
     return data
 
 

@@ -60,8 +60,8 @@ class EnvFolders:
 
     @property
     def alert_state(self) -> Path:
-        """`state.json`: the open alerts and the breach streaks (rebuilt from alerts.jsonl when
-        lost)."""
+        """`state.json`: the open alerts and the breach streaks (started afresh, and said, when
+        it cannot be read)."""
         return self.watch / "state.json"
 
     @property

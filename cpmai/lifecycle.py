@@ -407,7 +407,9 @@ def _roll_out(
         changed=changed,
         steps=outcome.steps,
     )
-    _watch(home, name, env, manifest, spec.target, progress)
+    from cpmai.watch.process import watch_after_rollout
+
+    watch_after_rollout(home, name, env, manifest, spec.target, progress)
     return LiveResult(
         action=action,
         name=name,
@@ -422,27 +424,6 @@ def _roll_out(
     )
 
 
-def _watch(
-    home: Path, name: str, env: str, manifest: Manifest, target: str, progress: Progress
-) -> None:
-    """Start the environment's watcher when the version now live sets `monitoring.schedule`
-    (stop it when it sets none). The rollout stands either way: a watcher that cannot start
-    is said, and shown by `cpmai status`."""
-    from cpmai.watch.process import ensure_watcher, stop_watcher
-
-    if manifest.monitoring.schedule is None or target not in ("local", "ray"):
-        if stop_watcher(home, name, env):
-            progress(f"watcher stopped: {manifest.name} sets no monitoring.schedule")
-        return
-    try:
-        schedule = manifest.monitoring.schedule
-        record = ensure_watcher(home, name, env, (schedule.every, schedule.window))
-    except CpmaiError as exc:
-        progress(f"warning: the watcher did not start: {exc.message}")
-        return
-    progress(f"watcher  pid {record.pid}, a check every {record.every}")
-
-
 def rollback(
     home: Path,
     name: str,
@@ -453,9 +434,12 @@ def rollback(
     reason: str | None = None,
     progress: Progress = _quiet,
     evidence: dict[str, Any] | None = None,
+    expect: str | None = None,
 ) -> LiveResult:
     """Go back to the previous good version in `env` (or `to`), without gates. `evidence`
-    (an automatic rollback's: what the watcher's checks found) is recorded with it."""
+    (an automatic rollback's: what the watcher's checks found) is recorded with it; `expect`:
+    only when that version is still the live one once the environment's lock is held (the
+    watcher judged it; a rollout may have replaced it while the lock was waited for)."""
     from cpmai.artifacts import open_artifact
 
     started = time.perf_counter()
@@ -464,6 +448,12 @@ def rollback(
         reconcile(home, name, env, actor=actor, progress=progress)
         state = replay(Ledger(home).events())
         env_state = state.env(name, env)
+        live = env_state.live.version if env_state.live else None
+        if expect is not None and live != expect:
+            raise UsageError(
+                f"{name} {expect} is no longer live in {env} ({live or 'nothing'} is): "
+                "not rolled back"
+            )
         if to is None:
             previous = env_state.previous_good()
             if previous is None:

@@ -4,7 +4,7 @@ range that follows the load), what each is given, and how new versions roll out.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -50,6 +50,12 @@ class Autoscaling(Strict):
 AUTOSCALED_TARGETS = ("ray", "kubernetes", "kserve")
 
 
+def _count_or_text(schema: dict[str, Any]) -> None:
+    """`for:` is a number of checks, or the same as text (`3 checks`)."""
+    number = {k: schema.pop(k) for k in ("type", "minimum", "maximum") if k in schema}
+    schema["anyOf"] = [number, {"type": "string", "pattern": r"^\s*\d{1,4}\s*(checks?)?\s*$"}]
+
+
 class Rollout(Strict):
     """How a new version replaces the live one."""
 
@@ -73,7 +79,9 @@ class Rollout(Strict):
     auto_rollback_on: list[Literal["slo", "errors", "drift", "quality"]] = []
     """Outside any rollout too: the watcher (`monitoring.schedule`) puts the previous good
     version back live when the live one breaches one of these in `for` checks in a row."""
-    for_checks: Annotated[int, Field(ge=1, le=1000, alias="for")] = 3
+    for_checks: Annotated[
+        int, Field(ge=1, le=1000, alias="for", json_schema_extra=_count_or_text)
+    ] = 3
     """auto_rollback_on: how many checks in a row must breach (`for: 3`, or `for: 3 checks`)."""
 
     @field_validator("for_checks", mode="before")

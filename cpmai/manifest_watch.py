@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from cpmai.clock import parse_duration
 from cpmai.errors import UsageError
@@ -22,10 +23,10 @@ def _positive(text: str) -> str:
 
 Duration = Annotated[
     str,
-    Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhd]\s*$", examples=["30s", "5m", "1h", "7d"]),
+    Field(pattern=r"^\s*\d+\s*[smhd]\s*$", examples=["30s", "5m", "1h", "7d"]),
     AfterValidator(_positive),
 ]
-"""A length of time: a number and a unit (s, m, h, d)."""
+"""A length of time: a whole number and a unit (s, m, h, d), as Prometheus writes them."""
 EnvVar = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 AlertKind = Literal["drift", "quality", "slo", "errors", "age", "check", "rollback"]
@@ -48,16 +49,31 @@ class Schedule(Strict):
     """Fewer requests in the window: the SLO and error rate are not judged (no alert fires or
     resolves on them)."""
 
+    @model_validator(mode="after")
+    def _sensible(self) -> Schedule:
+        if parse_duration(self.window) < parse_duration(self.every):
+            raise ValueError(f"window ({self.window}) is shorter than every ({self.every}): "
+                             "rows logged between two checks would never be judged")  # fmt: skip
+        return self
+
 
 class WebhookChannel(Strict):
     """POST the alert as JSON (with a Slack-compatible `text`) to a URL."""
 
     type: Literal["webhook"]
-    url: Annotated[
-        str, Field(pattern=r"^(https?://[^\s]+|env:[A-Za-z_][A-Za-z0-9_]{0,127})$", max_length=2000)
-    ]
+    url: Annotated[str, Field(max_length=2000, examples=["https://hooks.example.com/x", "env:VAR"])]
     """Where to POST, or `env:VAR` to read the URL from $VAR when it is a secret (a Slack
     webhook's is: the manifest is copied into every artifact)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not re.fullmatch(
+            r"https?://[^\s/?#]+[^\s]*|env:[A-Za-z_][A-Za-z0-9_]{0,127}", url
+        ) or any(ord(c) < 32 or ord(c) == 127 for c in url):
+            raise ValueError("an http:// or https:// URL, or env:VAR to read it from $VAR")
+        return url
+
     secret_env: EnvVar | None = None
     """An environment variable holding the secret the body is signed with (HMAC-SHA256, header
     `X-Cpmai-Signature`); the secret itself never belongs in the manifest."""

@@ -32,7 +32,8 @@ def render_reference() -> str:
         if model.__doc__ and model is not Manifest:
             lines += [" ".join(model.__doc__.split()), ""]
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        for name, info in model.model_fields.items():
+        for field_name, info in model.model_fields.items():
+            name = info.alias or field_name  # as the manifest spells it (`for`)
             lines.append(
                 f"| `{name}` | {_type(info.annotation)} | {_default(info)} | "
                 f"{' '.join((info.description or '').split())} |"

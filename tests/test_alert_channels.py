@@ -216,7 +216,7 @@ def test_describe_names_a_channel_without_its_secrets() -> None:
     mail = EmailChannel(type="email", to=["a@x", "b@y"], smtp="mail.example.com:25")
     assert describe(mail) == "email to a@x, b@y via mail.example.com:25"
     command = CommandChannel(type="command", command="notify-send " + "x" * 100)
-    assert describe(command) == "command " + ("notify-send " + "x" * 100)[:60]
+    assert describe(command) == "command notify-send …"  # arguments may hold tokens
     assert describe(FileChannel(type="file", path="alerts/out.jsonl")) == "file alerts/out.jsonl"
 
 

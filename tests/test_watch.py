@@ -672,7 +672,7 @@ def test_a_sustained_slo_breach_rolls_back_by_itself_without_losing_a_request(
     assert details["result"] == "live" and details["previous"] == "1.1.0"
     assert "automatic rollback: slo breached in 2 checks in a row" in details["reason"]
     evidence = details["evidence"]
-    assert evidence["kinds"] == ["slo"] and evidence["checks"] == 2
+    assert evidence["kinds"] == ["slo"] and evidence["checks"] == {"slo": 2}
     [finding] = evidence["findings"]
     assert finding["kind"] == "slo" and finding["feature"] == "p99_ms"
     assert finding["details"]["measured"] > 50 and finding["details"]["requests"] >= 5
@@ -697,6 +697,14 @@ def test_a_sustained_slo_breach_rolls_back_by_itself_without_losing_a_request(
     wait_for("1.1.0's SLO alert resolved", lambda: slo_events() == ["firing", "resolved"], 10)
     [resolved] = [m for m in lines(out) if m["key"] == f"{ENV}/slo/p99_ms"][1:]
     assert resolved["version"] == "1.1.0" and "1.1.0 is no longer live" in resolved["summary"]
+
+    # a rollback judged on a version that is no longer live is not made (a rollout came first)
+    from cpmai.errors import UsageError
+    from cpmai.lifecycle import rollback
+
+    with pytest.raises(UsageError, match=r"1\.1\.0 is no longer live"):
+        rollback(home, NAME, ENV, actor="tester@example.com", expect="1.1.0")
+    assert len(ledger(home, "rollback")) == 1
 
 
 @pytest.mark.slow
@@ -745,7 +753,7 @@ def test_a_new_version_is_watched_on_its_own_schedule(
     checks it on 1.1.0's schedule, not an hour later."""
     manifest = write_manifest(churn, [])
     doc = load(manifest)
-    doc["monitoring"]["schedule"]["every"] = "1h"
+    doc["monitoring"]["schedule"].update(every="1h", window="1h")
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     first = cli("deploy", manifest, "--env", ENV)
     cleanup.remember()

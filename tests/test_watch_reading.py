@@ -88,3 +88,25 @@ def test_a_replaced_index_is_read_again_from_its_start(tmp_path: Path) -> None:
         path.with_name(path.name[: -len(".old")]).write_bytes(path.read_bytes())
         path.unlink()
     _same(_read(tmp_path, start, memo), _read(tmp_path, start))
+
+
+def test_an_indexed_file_wholly_before_since_is_not_parsed_again(tmp_path: Path) -> None:
+    start = time.time() - 3600
+    _log(tmp_path, start, 120, 20)
+    after = _read(tmp_path, start + 500)  # every record is older than `since`
+    assert after.requests == 0 and after.bytes == 0  # nothing parsed from JSON either
+    memo = IndexMemo()
+    assert _read(tmp_path, start + 500, memo).bytes == 0
+
+
+def test_files_of_days_that_left_the_window_are_let_go(tmp_path: Path) -> None:
+    old = time.time() - 3 * 86400
+    _log(tmp_path, old, 10, 10)
+    memo = IndexMemo()
+    assert _read(tmp_path, old, memo).requests == 100
+    assert memo.files
+    now = time.time()
+    _log(tmp_path, now - 30, 10, 10)
+    assert _read(tmp_path, now - 60, memo).requests == 100
+    kept = list(memo.files)
+    assert kept and all(str(time.strftime("%Y-%m-%d", time.gmtime(old))) not in k for k in kept)

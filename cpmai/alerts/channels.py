@@ -64,8 +64,9 @@ def describe(channel: Channel) -> str:
     if isinstance(channel, WebhookChannel):
         shown = channel.url if channel.url.startswith("env:") else _public_url(channel.url)
         return f"webhook {shown}"
-    if isinstance(channel, CommandChannel):
-        return f"command {' '.join(channel.command.split())[:60]}"
+    if isinstance(channel, CommandChannel):  # its program only: arguments may hold tokens
+        words = channel.command.split()
+        return f"command {words[0][:60]}{' …' if len(words) > 1 else ''}"
     if isinstance(channel, EmailChannel):
         return f"email to {', '.join(channel.to)} via {channel.smtp}"
     return f"file {channel.path}"
@@ -197,6 +198,8 @@ def _send_webhook(channel: WebhookChannel, message: AlertMessage) -> None:
         raise DeliveryError(f"cannot connect: {_cut(str(error.reason))}") from None
     except TimeoutError:
         raise DeliveryError(f"no answer within {channel.timeout_s:g}s") from None
+    except http.client.InvalidURL:  # its text quotes the URL, whose path may be a secret
+        raise DeliveryError("the URL is not valid for HTTP") from None
     except (http.client.HTTPException, OSError, ValueError) as error:
         raise DeliveryError(f"{type(error).__name__}: {_cut(str(error))}") from None
 

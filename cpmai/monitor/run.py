@@ -94,8 +94,8 @@ def monitor(
     Synthetic requests (load tests: `cpmai.serving.origin`) are counted apart and judged only
     with `include_synthetic`. `memo`: a long-running caller's (the watcher's) memory of the
     server's index, so that only what was logged since its last call is read. `drift_rows`:
-    judge drift on at most that many rows a window, evenly spaced in time (the watcher's
-    bound on a check's cost under heavy traffic); every row when None."""
+    judge drift on at most that many rows a window, evenly spaced in their time order (the
+    watcher's bound on a check's cost under heavy traffic); every row when None."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     if since is not None and since >= end:
@@ -300,7 +300,7 @@ def drift_all(
     max_rows: int | None = None,
 ) -> tuple[list[list[Drift]], list[Drift]]:
     """Every feature's drift in every window and over the whole period (on at most `max_rows`
-    rows of each, evenly spaced in time, when given).
+    rows of each, evenly spaced in their time order, when given).
 
     Rows are put in time order once, so a window is a slice, not a mask; the comparisons run
     on a thread per core (numpy's sorts and sums release the GIL)."""

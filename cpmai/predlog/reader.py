@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cpmai.clock import epoch
 from cpmai.predlog.accumulate import Piece, parse_piece
 from cpmai.predlog.cache import cache_file, drop_stale, load_cached, save_cached, schema_key
-from cpmai.predlog.format import PREDICTIONS, RESOURCES, log_files
+from cpmai.predlog.format import PREDICTIONS, RESOURCES, index_files, log_files
 from cpmai.predlog.parts import IndexMemo, filter_part, gaps, index_parts, join_parts
 
 if TYPE_CHECKING:
@@ -145,11 +145,15 @@ def read_traffic(
     if memo is not None and memo.key != schema:  # another version or signature: start again
         memo.files.clear()
         memo.key = schema
+    if memo is not None:  # files of days that left the window: let go of what was kept
+        current = {str(index) for path in files for index in index_files(path)}
+        for gone in set(memo.files) - current:
+            del memo.files[gone]
     indexed: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {}
     if not with_ids:  # the index holds no request ids
         for path in files:
             found, covered = index_parts(path, focus, specs, output_kind, since=since, memo=memo)
-            if found:
+            if found or covered:  # covered and all before `since`: nothing to parse there
                 indexed[str(path)] = (found, gaps(covered, path.stat().st_size))
     use_cache = cache is not None and not with_ids
     starts: dict[str, int] = {}

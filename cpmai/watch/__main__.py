@@ -1,5 +1,11 @@
 """`python -m cpmai.watch --home H --name N --env E`: the watcher process (started detached by
-`cpmai.watch.process.ensure_watcher`; not a command users type)."""
+`cpmai.watch.process.ensure_watcher`; not a command users type).
+
+The monitor's statistics run on a thread niced below the server it watches (a check is
+background work: on a busy machine the scheduler gives the requests the CPU first); the
+rest — the alert lifecycle, deliveries, a rollback and the server it may start — runs on the
+main thread at normal priority.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cpmai.clock import iso, parse_duration
@@ -19,6 +26,12 @@ from cpmai.home import Home
 from cpmai.watch.process import WatcherRecord
 
 NICENESS = 10
+
+
+def _nice_this_thread() -> None:
+    """On Linux a thread's priority is its own: only the measuring thread is niced."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         print(f"{iso()} another watcher holds {folders.watch / 'watcher.lock'}", flush=True)
         return 3
-    # below the server it watches: a check is background work, and on a busy machine the
-    # scheduler should give the requests the CPU first
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
@@ -47,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from cpmai.watch.watcher import Watcher
+    from cpmai.watch.watcher import Watcher, _stamp
 
-    watcher = Watcher(args.home, args.name, args.env, say=lambda text: print(text, flush=True))
+    said: set[str] = set()
+
+    def say(text: str) -> None:  # the same failure every second is said once
+        key = text.split(" ", 1)[-1][:200]
+        if key not in said:
+            said.add(key)
+            print(text, flush=True)
+
+    watcher = Watcher(args.home, args.name, args.env, say=say)
     if watcher.book.damaged:
         print(f"{iso()} {watcher.book.damaged}", flush=True)
     live = watcher.live()
@@ -59,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import psutil
 
-    created = psutil.Process().create_time()
+    created, started = psutil.Process().create_time(), iso()
 
     def announce(every: str, window: str) -> None:
         WatcherRecord(pid=os.getpid(), created=created, started=started, every=every,
                       window=window).write(folders.watcher)  # fmt: skip
 
-    started = iso()
     announce(schedule.every, schedule.window)
     print(f"{iso()} watching {args.name} in {args.env}: every {schedule.every}, "
           f"window {schedule.window}", flush=True)  # fmt: skip
@@ -73,19 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Home(args.home).ledger
     seen = _stamp(ledger)
     next_check = time.time()
-    while not stopping.is_set():
+    reason = "the watcher stopped"
+    measuring = ThreadPoolExecutor(1, thread_name_prefix="measure", initializer=_nice_this_thread)
+    while not stopping.is_set() and not watcher.stopping:
         now = time.time()
-        if _stamp(ledger) != seen:  # a rollout, a rollback, a stop: look again now
-            seen = _stamp(ledger)
-            try:
+        try:
+            if _stamp(ledger) != seen:  # a rollout, a rollback, a stop: look again now
+                seen = _stamp(ledger)
                 changed = watcher.live()
-            except Exception as exc:  # unreadable now: the next check says so as an alert
-                print(f"{iso()} reading the ledger: {exc}", flush=True)
-            else:
                 schedule = changed.manifest.monitoring.schedule if changed else None
                 if changed is None or schedule is None:
-                    print(f"{iso()} nothing live with monitoring.schedule any more: exiting",
-                          flush=True)  # fmt: skip
+                    reason = (
+                        f"{args.env} was stopped"
+                        if changed is None
+                        else f"{changed.version} is live and sets no monitoring.schedule"
+                    )
+                    print(f"{iso()} {reason}: exiting", flush=True)
                     break
                 if (changed.version, schedule.every, schedule.window) != watched:
                     watched = (changed.version, schedule.every, schedule.window)
@@ -93,33 +112,29 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{iso()} {changed.version} is live: every {schedule.every}, window "
                           f"{schedule.window}", flush=True)  # fmt: skip
                     next_check = now
-        if now >= next_check:
-            try:
-                record = watcher.check(now)
-            except Exception:  # the check records its own failures; this is a bug of the loop's
-                print(f"{iso()} the check failed:\n{traceback.format_exc()}", flush=True)
-            else:
+            if now >= next_check:
+                record = watcher.conclude(measuring.submit(watcher.measure, now).result())
                 alerts = ", ".join(f["summary"] for f in record.findings) or "all within bounds"
                 print(f"{record.at} check {record.seconds:.3f} s, {record.requests} requests: "
                       f"{alerts}", flush=True)  # fmt: skip
-            every = parse_duration(watched[1])
-            next_check = max(next_check + every, time.time() + min(every, 1.0))
-        else:
-            try:
+                every = parse_duration(watched[1])
+                next_check = max(next_check + every, time.time() + min(every, 1.0))
+            else:
                 watcher.deliver()
-            except Exception:
-                print(f"{iso()} delivering failed:\n{traceback.format_exc()}", flush=True)
+        except Exception:  # a bug of the loop's: said (once), and the watching goes on
+            say(f"{iso()} the watcher's loop failed:\n{traceback.format_exc()}")
+            next_check = max(next_check, time.time() + 1.0)
         stopping.wait(max(0.05, min(1.0, next_check - time.time())))
-    folders.watcher.unlink(missing_ok=True)
-    return 0
-
-
-def _stamp(path: Path) -> tuple[int, int]:
+    measuring.shutdown(wait=True)
     try:
-        info = path.stat()
-    except OSError:
-        return (0, 0)
-    return (info.st_size, info.st_mtime_ns)
+        watcher.close(reason)
+    except Exception:
+        print(f"{iso()} closing failed:\n{traceback.format_exc()}", flush=True)
+    with contextlib.suppress(OSError):
+        record_now = WatcherRecord.read(folders.watcher)
+        if record_now is not None and record_now.pid == os.getpid():
+            folders.watcher.unlink()
+    return 0
 
 
 if __name__ == "__main__":

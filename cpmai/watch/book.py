@@ -56,9 +56,16 @@ class Streak:
 
     version: str | None = None
     count: int = 0
+    """The longest of `counts` (shown; what is acted on is per kind)."""
     kinds: list[str] = field(default_factory=list)
+    """The kinds the last check found breached."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Checks in a row that found each kind breached."""
     gave_up: bool = False
-    """A rollback was due and could not be made (said once, not every check)."""
+    """A rollback was due and cannot be made (no earlier good version, or the version was put
+    live by an automatic rollback already): said once, not every check."""
+    failures: int = 0
+    """Rollbacks tried and failed for this version (retried at the next breaching check)."""
 
 
 @dataclass
@@ -99,8 +106,15 @@ class AlertBook:
     # --- state ---------------------------------------------------------------------------------
 
     def _load(self) -> None:
+        from cpmai.fsutil import not_regular
+
         path = self.folders.alert_state
         if not path.exists():
+            return
+        if not_regular(path) is not None:  # a FIFO would block the watcher forever
+            self.damaged = f"{path} {not_regular(path)}: the open alerts start afresh"
+            if not path.is_dir():
+                path.unlink()  # rewritten at the next save (a folder there: saving fails, said)
             return
         from pydantic import TypeAdapter, ValidationError
 
@@ -175,16 +189,18 @@ class AlertBook:
                                  "summary": alert.summary})  # fmt: skip
                 alert.silenced_by = silence.id
                 continue
+            released = alert.silenced_by is not None
             alert.silenced_by = None
-            if alert.sent_at is None:
-                out.append(self._message(alert, "firing", now))
+            if alert.sent_at is None or released:  # new, or still firing when its silence ended
+                out.append(self._message(alert, "firing" if alert.sent_at is None else "repeat",
+                                         now))  # fmt: skip
                 alert.sent_at = iso(now)
             elif now - epoch(alert.sent_at) >= repeat_s:
                 out.append(self._message(alert, "repeat", now))
                 alert.sent_at = iso(now)
         for key, alert in list(self.open.items()):
             moved_on = alert.version != version and alert.kind != "check"
-            if key in found or (alert.kind not in verdict.judged and not moved_on):
+            if key in found or (not verdict.judges(alert.kind, alert.feature) and not moved_on):
                 continue
             if moved_on:  # the version it was about is no longer live (a rollout, a rollback)
                 alert.summary = f"{alert.summary} — {alert.version} is no longer live"
@@ -196,6 +212,27 @@ class AlertBook:
                 self.record({"type": "event", "sent": False, **_brief(message)})
         for message in out:
             self.record({"type": "event", "sent": True, **_brief(message)})
+        return out
+
+    def undelivered(self, key: str, started_at: str) -> None:
+        """A firing (or repeat) that no channel took after all its retries: the alert counts
+        as not sent, so the next check that still finds it sends it again."""
+        alert = self.open.get(key)
+        if alert is not None and alert.started_at == started_at:
+            alert.sent_at = None
+
+    def close_all(self, reason: str, now: float) -> list[AlertMessage]:
+        """Resolve every open alert (the watcher stops: `reason`); returns the resolutions to
+        send (of the alerts whose firing was sent)."""
+        out = []
+        for alert in self.open.values():
+            alert.summary = f"{alert.summary} — {reason}"
+            message = self._message(alert, "resolved", now)
+            sent = alert.sent_at is not None and alert.kind != "check"
+            self.record({"type": "event", "sent": sent, **_brief(message)})
+            if sent:
+                out.append(message)
+        self.open.clear()
         return out
 
     def news(self, finding: Finding, *, version: str | None) -> AlertMessage:
@@ -302,9 +339,13 @@ def silences_of(events: list[Any], name: str) -> list[Silence]:
 def read_events(path: Path, limit: int = 1000) -> list[dict[str, Any]]:
     """The last `limit` lines of an `alerts.jsonl` (unreadable lines are skipped and counted in
     a final `{"type": "unreadable", "lines": n}`)."""
+    from cpmai.fsutil import not_regular
+
+    if not path.exists() or not_regular(path) is not None:
+        return []
     try:
         lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
+    except OSError:
         return []
     out: list[dict[str, Any]] = []
     bad = 0

@@ -28,10 +28,18 @@ class Finding:
 
 @dataclass
 class Verdict:
-    """Findings and the kinds judged, of one check."""
+    """Findings and what one check judged: kinds (`slo`), or one key of a kind (`slo/p99_ms`)
+    when the check could judge only some of its bounds."""
 
     findings: list[Finding]
     judged: set[str]
+
+    def judges(self, kind: str, feature: str | None) -> bool:
+        """Whether this check could tell if `kind` (about `feature`) holds."""
+        return kind in self.judged or f"{kind}/{feature}" in self.judged
+
+    def kinds_judged(self) -> set[str]:
+        return {j.split("/", 1)[0] for j in self.judged}
 
 
 def verdict_of(result: MonitorResult, *, min_requests: int) -> Verdict:
@@ -52,11 +60,12 @@ def verdict_of(result: MonitorResult, *, min_requests: int) -> Verdict:
             alert = by_kind["quality"]
             findings.append(Finding("quality", quality.metric, alert.message, dict(alert.evidence)))
     if result.traffic.requests >= min_requests:
-        judged.update(("slo", "errors"))
         for check in result.slo.checks:
+            kind: AlertKind = "errors" if check.metric == "error_rate" else "slo"
+            if check.passed is not None:  # a p99 with no successful request is not judged
+                judged.add(f"{kind}/{check.metric}")
             if check.passed is not False:
                 continue
-            kind: AlertKind = "errors" if check.metric == "error_rate" else "slo"
             summary = (
                 f"error rate {check.measured:.4g} > {check.bound:g}"
                 if kind == "errors"

@@ -18,12 +18,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpmai.clock import epoch, iso
-from cpmai.errors import TargetError
+from cpmai.errors import CpmaiError, TargetError
 from cpmai.fsutil import read_json_object, write_atomic
 from cpmai.home import Home
+from cpmai.watch.book import ROTATE_BYTES
+
+if TYPE_CHECKING:
+    from cpmai.manifest import Manifest
+    from cpmai.targets import Progress
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -41,11 +46,19 @@ class WatcherRecord:
 
     @classmethod
     def read(cls, path: Path) -> WatcherRecord | None:
-        data = read_json_object(path)
+        """The record, or None when it is missing or not one (edited, a special file)."""
+        data = read_regular_json(path)
+        if data is None:
+            return None
         try:
-            return cls(**data) if data is not None else None
+            record = cls(**data)
         except TypeError:
             return None
+        kinds = ((record.pid, int), (record.created, (int, float)), (record.started, str),
+                 (record.every, str), (record.window, str))  # fmt: skip
+        if any(isinstance(v, bool) or not isinstance(v, t) for v, t in kinds) or record.pid < 1:
+            return None
+        return record
 
     def write(self, path: Path) -> None:
         write_atomic(path, json.dumps(self.__dict__).encode())
@@ -80,8 +93,37 @@ def alive(record: WatcherRecord | None) -> bool:
             process.status() != psutil.STATUS_ZOMBIE
             and abs(process.create_time() - record.created) < 1.0
         )
-    except (psutil.Error, ValueError, OverflowError):
+    except (psutil.Error, ValueError, OverflowError, TypeError):
         return False
+
+
+def read_regular_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`; None when it is missing, unreadable, not a JSON object or
+    not a regular file (a FIFO there would block the reader forever)."""
+    from cpmai.fsutil import not_regular
+
+    if not path.exists() or not_regular(path) is not None:
+        return None
+    return read_json_object(path)
+
+
+def watch_after_rollout(
+    home: Path, name: str, env: str, manifest: Manifest, target: str, progress: Progress
+) -> None:
+    """Start the environment's watcher when the version now live sets `monitoring.schedule`
+    (stop it when it sets none). The rollout stands either way: a watcher that cannot start
+    is said, and shown by `cpmai status`."""
+    schedule = manifest.monitoring.schedule
+    if schedule is None or target not in ("local", "ray"):
+        if stop_watcher(home, name, env):
+            progress(f"watcher stopped: {manifest.name} sets no monitoring.schedule")
+        return
+    try:
+        record = ensure_watcher(home, name, env, (schedule.every, schedule.window))
+    except CpmaiError as exc:
+        progress(f"warning: the watcher did not start: {exc.message}")
+        return
+    progress(f"watcher  pid {record.pid}, a check every {record.every}")
 
 
 def ensure_watcher(
@@ -106,6 +148,9 @@ def ensure_watcher(
         return record
     folders.watch.mkdir(parents=True, exist_ok=True)
     folders.watcher.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        if folders.watcher_log.stat().st_size > ROTATE_BYTES:
+            folders.watcher_log.replace(folders.watcher_log.with_name("watcher.log.1"))
     command = [sys.executable, "-m", "cpmai.watch", "--home", str(home), "--name", name,
                "--env", env]  # fmt: skip
     with folders.watcher_log.open("ab") as log:
@@ -169,11 +214,13 @@ def watcher_status(home: Path, name: str, env: str) -> WatcherStatus:
     )
     last = _last_line(folders.checks)
     if last is not None:
-        status.last_check = last.get("at")
-        status.last_check_seconds = last.get("seconds")
-        if last.get("error"):
-            status.detail = str(last["error"])
-    state = read_json_object(folders.alert_state) or {}
+        at, seconds = last.get("at"), last.get("seconds")
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            epoch(str(at))  # an edited line must not break `status`
+            status.last_check = str(at)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            status.last_check_seconds = float(seconds)
+    state = read_regular_json(folders.alert_state) or {}
     opened = state.get("open")
     status.firing = sum(
         1 for a in (opened.values() if isinstance(opened, dict) else []) if isinstance(a, dict)
@@ -204,6 +251,10 @@ def _count(folder: Path) -> int:
 
 
 def _last_line(path: Path) -> dict[str, Any] | None:
+    from cpmai.fsutil import not_regular
+
+    if not path.exists() or not_regular(path) is not None:
+        return None
     try:
         with path.open("rb") as handle:
             size = handle.seek(0, 2)

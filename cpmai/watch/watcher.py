@@ -4,9 +4,11 @@ sustained breach.
 
 A check is `cpmai monitor` over the last `window` (never before the live version went live:
 after a rollout or a rollback only the version now live is judged), reading only what was
-logged since the previous check (`IndexMemo`). Its verdict goes to `checks.jsonl`, its figures
-to `gauges.prom` (the server appends them to /metrics), its findings to the `AlertBook`, and
-triggers are fired as `cpmai monitor` fires them (recorded in the ledger).
+logged since the previous check (`IndexMemo`). It is made in two steps: `measure` (the
+monitor's statistics: the watcher process runs it on a thread niced below the server) and
+`conclude` (the alert lifecycle, its messages put in the outbox, the state saved, the check's
+line in `checks.jsonl`, gauges for /metrics, triggers fired as `cpmai monitor` fires them —
+and last, when due, the automatic rollback).
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ from cpmai.watch.findings import Finding, Verdict, failed_check, verdict_of
 
 if TYPE_CHECKING:
     from cpmai.manifest import Manifest
+    from cpmai.manifest_watch import Channel
     from cpmai.monitor.result import MonitorResult
     from cpmai.predlog.parts import IndexMemo
 
 ACTOR = "cpmai-watcher"
 DRIFT_ROWS = 200_000
-"""Drift is judged on at most this many rows of a check's window, evenly spaced in time: the
-statistics are as sure at that size, and a check's cost stays bounded under heavy traffic."""
+"""Drift is judged on at most this many rows of a check's window (evenly spaced in the rows'
+time order): the statistics are as sure at that size, and a check's cost stays bounded under
+heavy traffic."""
+DRAIN_S = 10.0
+"""How long a stopping watcher goes on delivering what is pending."""
 
 
 @dataclass
@@ -65,6 +71,25 @@ class Live:
     version: str
     since: float
     manifest: Manifest
+    by: str
+    """Who put it live (`cpmai-watcher` after an automatic rollback)."""
+    how: str
+    base_dir: Path
+    """The folder of the manifest it was packaged from: where relative alert files and
+    commands start (the artifact's own folder is not theirs)."""
+    previous_good: str | None
+
+
+@dataclass
+class Measured:
+    """What `measure` found, for `conclude`."""
+
+    now: float
+    started: float
+    live: Live | None
+    since: float | None
+    verdict: Verdict
+    result: MonitorResult | None = None
 
 
 class Watcher:
@@ -82,41 +107,75 @@ class Watcher:
         self.folders = Home(home).env(name, env)
         self.book = AlertBook(self.folders, name, env)
         self.outbox = Outbox(self.folders.outbox)
+        self.stopping = False
+        """Set when an interruption reached the watcher inside a rollback it made."""
         self._memo: IndexMemo | None = None
         self._manifests: dict[str, Manifest] = {}
+        self._live: tuple[tuple[int, int], Live | None] | None = None
+        self.last_live: Live | None = None
 
     # --- what is live ----------------------------------------------------------------------
 
     def live(self) -> Live | None:
-        """The live version and its manifest, or None when nothing is live here."""
+        """The live version and its manifest, or None when nothing is live here (read again
+        only when the ledger changed)."""
+        stamp = _stamp(Home(self.home).ledger)
+        if self._live is not None and self._live[0] == stamp:
+            return self._live[1]
         state = replay(Ledger(self.home).events())
-        rollout = state.env(self.name, self.env).live
-        if rollout is None:
-            return None
-        manifest = self._manifests.get(rollout.version)
+        env_state = state.env(self.name, self.env)
+        rollout = env_state.live
+        found = None
+        if rollout is not None:
+            manifest = self._manifest(rollout.version)
+            record = state.versions.get(self.name, {}).get(rollout.version)
+            source = (record.details.get("source") if record else None) or ""
+            folder = Path(source).parent if source else self.home.parent
+            previous = env_state.previous_good()
+            found = Live(
+                rollout.version, epoch(rollout.time), manifest, rollout.actor, rollout.action,
+                folder if folder.is_dir() else self.home.parent,
+                previous.version if previous else None,
+            )  # fmt: skip
+            self.last_live = found
+        self._live = (stamp, found)
+        return found
+
+    def _manifest(self, version: str) -> Manifest:
+        manifest = self._manifests.get(version)
         if manifest is None:
             from cpmai.artifacts import open_artifact
 
-            manifest = open_artifact(self.home, self.name, rollout.version).manifest()
-            self._manifests[rollout.version] = manifest
-        return Live(rollout.version, epoch(rollout.time), manifest)
+            manifest = open_artifact(self.home, self.name, version).manifest()
+            self._manifests[version] = manifest
+        return manifest
 
     # --- one check -------------------------------------------------------------------------
 
     def check(self, now: float | None = None) -> CheckRecord:
-        """Run one check and act on it: record, alert, fire triggers, roll back when due."""
+        """Run one check and act on it (`measure`, then `conclude`)."""
+        return self.conclude(self.measure(now))
+
+    def measure(self, now: float | None = None) -> Measured:
+        """The monitor's judgement of the window; never raises (a failure is a `check`
+        finding)."""
         from cpmai.monitor.run import monitor
         from cpmai.predlog.parts import IndexMemo
 
         started = time.perf_counter()
         now = time.time() if now is None else now
-        live = self.live()
+        try:
+            live = self.live()
+        except CpmaiError as exc:
+            return Measured(now, started, None, None, failed_check(exc.message))
+        except Exception as exc:
+            return Measured(now, started, None, None, self._bug("reading the ledger", exc))
         if live is None:
-            verdict = failed_check(f"nothing is live in {self.env}")
-            return self._conclude(verdict, None, None, now, started, None)
+            return Measured(
+                now, started, None, None, failed_check(f"nothing is live in {self.env}")
+            )
         schedule = live.manifest.monitoring.schedule
-        window_s = parse_duration(schedule.window if schedule else "1h")
-        since = max(now - window_s, live.since)
+        since = max(now - parse_duration(schedule.window if schedule else "1h"), live.since)
         if self._memo is None:
             self._memo = IndexMemo()
         try:
@@ -126,57 +185,53 @@ class Watcher:
                 version=live.version, memo=self._memo, drift_rows=DRIFT_ROWS,
             )  # fmt: skip
         except CpmaiError as exc:
-            return self._conclude(failed_check(exc.message), live, since, now, started, None)
+            return Measured(now, started, live, since, failed_check(exc.message))
         except Exception as exc:  # a bug must not stop the watching: said, kept, alerted
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._log(traceback.format_exc())
-            verdict = failed_check(f"the check failed: {detail}")
-            return self._conclude(verdict, live, since, now, started, None)
+            self._memo = None  # what it remembered may be what failed
+            return Measured(now, started, live, since, self._bug("the check", exc))
         min_requests = schedule.min_requests if schedule else 20
-        return self._conclude(verdict_of(result, min_requests=min_requests), live, since, now,
-                              started, result)  # fmt: skip
+        return Measured(now, started, live, since, verdict_of(result, min_requests=min_requests),
+                        result)  # fmt: skip
 
-    def _conclude(
-        self,
-        verdict: Verdict,
-        live: Live | None,
-        since: float | None,
-        now: float,
-        started: float,
-        result: MonitorResult | None,
-    ) -> CheckRecord:
+    def conclude(self, measured: Measured) -> CheckRecord:
+        """Record and act on a measured check: alerts (enqueued before the state that says
+        they were sent is saved), triggers, gauges, the check's line; the rollback last."""
+        live, now = measured.live, measured.now
+        record = CheckRecord(
+            at=iso(now), seconds=0.0, version=live.version if live else None,
+            since=iso(measured.since) if measured.since is not None else None, until=iso(now),
+            requests=measured.result.traffic.requests if measured.result else 0,
+            rows=measured.result.traffic.rows if measured.result else 0,
+            findings=[f.to_json() for f in measured.verdict.findings],
+            judged=sorted(measured.verdict.judged),
+        )  # fmt: skip
+        try:
+            self._conclude(measured, record)
+        except Exception as exc:  # the state or a file could not be written: said and kept
+            record.error = self._bug("concluding the check", exc).findings[0].summary
+        record.seconds = round(time.perf_counter() - measured.started, 4)
+        try:
+            append_line(self.folders.checks, record.__dict__)
+        except OSError as exc:
+            self._log(f"checks.jsonl: {exc}")
+        return record
+
+    def _conclude(self, measured: Measured, record: CheckRecord) -> None:
+        live, now, verdict, result = measured.live, measured.now, measured.verdict, measured.result
         manifest = live.manifest if live else None
         settings = manifest.monitoring.alerts if manifest else None
         silences = silences_of(Ledger(self.home).events(self.name), self.name)
         repeat_s = parse_duration(settings.repeat) if settings else 4 * 3600.0
-        version = live.version if live else None
-        messages = self.book.step(verdict, version=version, repeat_s=repeat_s, silences=silences,
-                                  now=now)  # fmt: skip
-        record = CheckRecord(
-            at=iso(now),
-            seconds=0.0,
-            version=version,
-            since=iso(since) if since is not None else None,
-            until=iso(now),
-            requests=result.traffic.requests if result else 0,
-            rows=result.traffic.rows if result else 0,
-            findings=[f.to_json() for f in verdict.findings],
-            judged=sorted(verdict.judged),
-        )
+        messages = self.book.step(verdict, version=record.version, repeat_s=repeat_s,
+                                  silences=silences, now=now)  # fmt: skip
+        record.sent = self._enqueue(messages, live)
+        self.book.save()
         if result is not None:
             record.triggers = self._triggers(result)
-            self._gauges(result, now, time.perf_counter() - started)
+            self._gauges(result, now, time.perf_counter() - measured.started)
         if live is not None:
-            rolled = self._maybe_roll_back(verdict, live)
-            if rolled is not None:
-                record.rollback, news = rolled
-                messages.append(news)
-        self.book.save()
-        self._send(messages, manifest)
-        record.sent = [m.id for m in messages]
-        record.seconds = round(time.perf_counter() - started, 4)
-        append_line(self.folders.checks, record.__dict__)
-        return record
+            self.deliver()
+            record.rollback = self._maybe_roll_back(verdict, live)
 
     def _triggers(self, result: MonitorResult) -> list[str]:
         from cpmai.monitor.triggers import respond
@@ -193,101 +248,189 @@ class Watcher:
 
         firing: dict[str, int] = {}
         for alert in self.book.open.values():
-            firing[alert.kind] = firing.get(alert.kind, 0) + 1
-        self.folders.watch.mkdir(parents=True, exist_ok=True)
+            if alert.silenced_by is None:
+                firing[alert.kind] = firing.get(alert.kind, 0) + 1
         text = render_gauges(result, checked_at=now, check_seconds=seconds, firing=firing)
         write_gauges(self.folders.gauges, text)
 
     # --- automatic rollback ----------------------------------------------------------------
 
-    def _maybe_roll_back(
-        self, verdict: Verdict, live: Live
-    ) -> tuple[dict[str, Any], AlertMessage] | None:
-        """Count the checks in a row in which the live version breached a kind of its
-        environment's `rollout.auto_rollback_on`; at `for` of them, roll back."""
+    def _maybe_roll_back(self, verdict: Verdict, live: Live) -> dict[str, Any] | None:
+        """Count, per kind of the environment's `rollout.auto_rollback_on`, the checks in a row
+        in which the live version breached it; at `for` of them, roll back (once per version;
+        never from a version an automatic rollback put live)."""
         spec = live.manifest.environments.get(self.env)
         kinds = set(spec.rollout.auto_rollback_on) if spec else set()
         streak = self.book.streak
         if streak.version != live.version:
-            streak.version, streak.count, streak.kinds, streak.gave_up = live.version, 0, [], False
-        if not kinds:
+            streak.version, streak.counts, streak.gave_up, streak.failures = (
+                live.version, {}, False, 0
+            )  # fmt: skip
+        if not kinds or spec is None:
             return None
         breached: list[str] = sorted({f.kind for f in verdict.findings} & kinds)
-        if breached:
-            streak.count += 1
-            streak.kinds = breached
-        elif kinds & verdict.judged:
-            streak.count, streak.kinds = 0, []
-        assert spec is not None
-        if streak.count < spec.rollout.for_checks or streak.gave_up:
+        judged = verdict.kinds_judged()
+        for kind in kinds:
+            if kind in breached:
+                streak.counts[kind] = streak.counts.get(kind, 0) + 1
+            elif kind in judged:  # judged and fine; not judged: the count stands
+                streak.counts[kind] = 0
+        streak.kinds = breached
+        streak.count = max(streak.counts.values(), default=0)
+        due = sorted(k for k in breached if streak.counts[k] >= spec.rollout.for_checks)
+        self.book.save()
+        if not due or streak.gave_up:
             return None
         evidence = {
-            "checks": streak.count,
-            "kinds": breached,
-            "findings": [
-                {**f.to_json(), "details": f.details} for f in verdict.findings if f.kind in kinds
-            ],
-        }
-        reason = (
-            f"automatic rollback: {', '.join(breached)} breached in {streak.count} checks in a "
-            f"row (rollout.auto_rollback_on, for: {spec.rollout.for_checks})"
-        )
+            "checks": {k: streak.counts[k] for k in due},
+            "kinds": due,
+            "findings": [{**f.to_json(), "details": f.details} for f in verdict.findings
+                         if f.kind in due],
+        }  # fmt: skip
+        what = f"{', '.join(due)} breached in {streak.count} checks in a row"
+        refusal = None
+        if live.by == ACTOR and live.how == "rollback":
+            refusal = (f"{live.version} was put live by an automatic rollback: not rolled back "
+                       "again automatically (a person decides)")  # fmt: skip
+        elif live.previous_good is None:
+            refusal = f"there is no earlier good version of {self.name} in {self.env}"
+        if refusal is not None:
+            streak.gave_up = True
+            outcome = {"from": live.version, "to": None, "refused": refusal}
+            return self._rollback_news(
+                live, f"{live.version}: {what}; {refusal}", evidence, outcome
+            )
+        return self._roll_back(live, what, evidence, spec.rollout.for_checks)
+
+    def _roll_back(
+        self, live: Live, what: str, evidence: dict[str, Any], for_checks: int
+    ) -> dict[str, Any] | None:
+        from cpmai.errors import UsageError
         from cpmai.lifecycle import rollback
 
+        reason = f"automatic rollback: {what} (rollout.auto_rollback_on, for: {for_checks})"
+        self._log(f"rolling back from {live.version}: {what}")
         try:
             done = rollback(
-                self.home, self.name, self.env, actor=ACTOR, reason=reason, evidence=evidence
-            )
-        except CpmaiError as exc:
-            streak.gave_up = True
-            summary = f"{live.version} breached {', '.join(breached)}; could not roll back: " + (
-                exc.message
-            )
-            finding = Finding("rollback", None, summary, evidence)
-            news = self.book.news(finding, version=live.version)
-            return {"from": live.version, "to": None, "error": exc.message}, news
-        summary = (
-            f"rolled back from {live.version} to {done.version}: {', '.join(breached)} breached "
-            f"in {streak.count} checks in a row"
-        )
-        news = self.book.news(
-            Finding("rollback", None, summary, {**evidence, "to": done.version}),
-            version=done.version,
-        )
-        return {"from": live.version, "to": done.version, "reason": reason}, news
+                self.home, self.name, self.env, actor=ACTOR, reason=reason, evidence=evidence,
+                expect=live.version, progress=lambda text: self._log(f"  {text}"),
+            )  # fmt: skip
+        except KeyboardInterrupt:  # SIGTERM reached the rollout: it put the routing back
+            self.stopping = True
+            return {"from": live.version, "to": None, "error": "interrupted"}
+        except UsageError as exc:  # it is no longer live (a rollout came first): nothing to do
+            self._log(f"not rolled back: {exc.message}")
+            return {"from": live.version, "to": None, "skipped": exc.message}
+        except CpmaiError as exc:  # tried again at the next check that finds the breach
+            streak = self.book.streak
+            streak.failures += 1
+            self.book.save()
+            outcome = {"from": live.version, "to": None, "error": exc.message}
+            if streak.failures > 1:
+                return outcome
+            summary = f"{live.version}: {what}; the rollback failed: {exc.message}"
+            return self._rollback_news(live, summary, evidence, outcome)
+        summary = f"rolled back from {live.version} to {done.version}: {what}"
+        return self._rollback_news(
+            live, summary, {**evidence, "to": done.version},
+            {"from": live.version, "to": done.version, "reason": reason}, done.version,
+        )  # fmt: skip
+
+    def _rollback_news(
+        self,
+        live: Live,
+        summary: str,
+        evidence: dict[str, Any],
+        outcome: dict[str, Any],
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        """The `rollback` alert, about `version` (the one now live), else the one judged."""
+        finding = Finding("rollback", None, summary, evidence)
+        news = self.book.news(finding, version=version or live.version)
+        self._enqueue([news], live)
+        self.deliver()
+        return outcome
 
     # --- deliveries ------------------------------------------------------------------------
 
-    def _send(self, messages: list[AlertMessage], manifest: Manifest | None) -> None:
-        if manifest is None:
-            return
-        settings = manifest.monitoring.alerts
-        wanted = [m for m in messages if m.kind in settings.on]
-        if wanted and settings.channels:
-            for message in wanted:
-                self.outbox.enqueue(message, settings.channels)
-        self.deliver(manifest)
-
-    def deliver(self, manifest: Manifest | None = None, now: float | None = None) -> list[Attempt]:
-        """Try every delivery that is due (each attempt recorded in `alerts.jsonl`)."""
-        if manifest is None:
-            live = self.live()
-            if live is None:
-                return []
-            manifest = live.manifest
-        settings = manifest.monitoring.alerts
-        if not settings.channels and not self.outbox.pending():
+    def _enqueue(self, messages: list[AlertMessage], live: Live | None) -> list[str]:
+        """Put the messages whose kind `monitoring.alerts.on` lists in the outbox (one file per
+        channel); returns the ids enqueued."""
+        if live is None or not messages:
             return []
-        return self.outbox.run_due(
-            settings.channels,
-            base_dir=manifest.base_dir,
-            retries=settings.retries,
-            backoff_s=settings.backoff_s,
-            now=now,
-            record=lambda attempt: self.book.record({"type": "delivery", **attempt.to_json()}),
-        )
+        settings = live.manifest.monitoring.alerts
+        wanted = [m for m in messages if m.kind in settings.on]
+        if not settings.channels:
+            return []
+        for message in wanted:
+            self.outbox.enqueue(message, settings.channels)
+        return [m.id for m in wanted]
 
-    # --- files -----------------------------------------------------------------------------
+    def deliver(self, now: float | None = None) -> list[Attempt]:
+        """Try every delivery that is due (each attempt recorded in `alerts.jsonl`). A
+        delivery keeps the channels of the version it is about, even after a rollback to a
+        version with others."""
+        pending = self.outbox.pending()
+        if not pending:
+            return []
+        live = self.live() or self.last_live
+        if live is None:
+            return []
+        channels: list[Channel] = list(live.manifest.monitoring.alerts.channels)
+        from cpmai.alerts.channels import describe
+
+        known = {describe(c) for c in channels}
+        for version in {d.message.version for d in pending if d.message.version}:
+            try:
+                others = self._manifest(version).monitoring.alerts.channels
+            except CpmaiError:
+                continue
+            for channel in others:
+                if describe(channel) not in known:
+                    channels.append(channel)
+                    known.add(describe(channel))
+        settings = live.manifest.monitoring.alerts
+
+        def record(attempt: Attempt) -> None:
+            self.book.record({"type": "delivery", **attempt.to_json()})
+            if attempt.final and not attempt.ok and attempt.event in ("firing", "repeat"):
+                started = attempt.message_id[len(attempt.key) + 1 :].split("/", 1)[0]
+                self.book.undelivered(attempt.key, started)
+
+        attempts = self.outbox.run_due(
+            channels, base_dir=live.base_dir, retries=settings.retries,
+            backoff_s=settings.backoff_s, now=now, record=record,
+        )  # fmt: skip
+        if any(a.final and not a.ok for a in attempts):
+            self.book.save()
+        return attempts
+
+    def close(self, reason: str) -> None:
+        """The watcher stops: its open alerts are resolved (`reason` said), what is pending is
+        delivered for up to DRAIN_S, and its gauges are withdrawn from /metrics."""
+        live = self.last_live
+        self._enqueue(self.book.close_all(reason, time.time()), live)
+        self.book.save()
+        deadline = time.monotonic() + DRAIN_S
+        while self.outbox.pending() and time.monotonic() < deadline:
+            self.deliver()
+            time.sleep(0.2)
+        self.folders.gauges.unlink(missing_ok=True)
+
+    # --- the log ---------------------------------------------------------------------------
+
+    def _bug(self, what: str, exc: Exception) -> Verdict:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        self._log(f"{what} failed:\n{traceback.format_exc()}")
+        return failed_check(f"{what} failed: {detail}")
 
     def _log(self, text: str) -> None:
         self.say(f"{iso()} {text}")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_size, info.st_mtime_ns)
