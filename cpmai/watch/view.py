@@ -205,6 +205,9 @@ def send_test(home: Path, name: str, env: str) -> list[TestResult]:
     artifact = open_artifact(home, name, version)
     manifest = artifact.manifest()
     channels = manifest.monitoring.alerts.channels
+    from cpmai.watch.watcher import project_folder
+
+    folder = project_folder(state, home, name, artifact.version)
     if not channels:
         raise UsageError(
             f"{name} {artifact.version} has no monitoring.alerts.channels: nothing to test"
@@ -223,7 +226,7 @@ def send_test(home: Path, name: str, env: str) -> list[TestResult]:
         started = time.perf_counter()
         error = None
         try:
-            send(channel, message, base_dir=manifest.base_dir)
+            send(channel, message, base_dir=folder)
         except DeliveryError as exc:
             error = exc.reason
         results.append(TestResult(channel=describe(channel), ok=error is None, error=error,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from cpmai.manifest_watch import Channel
     from cpmai.monitor.result import MonitorResult
     from cpmai.predlog.parts import IndexMemo
+    from cpmai.replay import State
 
 ACTOR = "cpmai-watcher"
 DRIFT_ROWS = 200_000
@@ -128,13 +129,10 @@ class Watcher:
         found = None
         if rollout is not None:
             manifest = self._manifest(rollout.version)
-            record = state.versions.get(self.name, {}).get(rollout.version)
-            source = (record.details.get("source") if record else None) or ""
-            folder = Path(source).parent if source else self.home.parent
             previous = env_state.previous_good()
             found = Live(
                 rollout.version, epoch(rollout.time), manifest, rollout.actor, rollout.action,
-                folder if folder.is_dir() else self.home.parent,
+                project_folder(state, self.home, self.name, rollout.version),
                 previous.version if previous else None,
             )  # fmt: skip
             self.last_live = found
@@ -426,6 +424,16 @@ class Watcher:
 
     def _log(self, text: str) -> None:
         self.say(f"{iso()} {text}")
+
+
+def project_folder(state: State, home: Path, name: str, version: str) -> Path:
+    """The folder of the manifest `version` was packaged from (the package event says), where
+    an alert channel's relative file and command start; the state folder's parent when that
+    folder is gone (another machine's, a promoted artifact)."""
+    record = state.versions.get(name, {}).get(version)
+    source = (record.details.get("source") if record else None) or ""
+    folder = Path(str(source)).parent if source else home.parent
+    return folder if folder.is_dir() else home.parent
 
 
 def _stamp(path: Path) -> tuple[int, int]:
