@@ -129,7 +129,7 @@ def view(home: Path, name: str, env: str | None = None, *, limit: int = 20) -> A
                     for s in silences
                     if s.env == each and s.until > now
                 ],
-                events=events[-limit:],
+                events=events[-limit:] if limit else [],
                 failed_deliveries=failed,
                 pending_deliveries=status.pending_deliveries,
             )
