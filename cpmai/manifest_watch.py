@@ -12,18 +12,22 @@ from cpmai.clock import parse_duration
 from cpmai.errors import UsageError
 from cpmai.manifest_base import Strict
 
+_DURATION = r"^\s*\d+\s*[smhd]\s*$"
+
 
 def _positive(text: str) -> str:
     try:
+        if not re.fullmatch(_DURATION, text):
+            raise UsageError(text)
         parse_duration(text)
     except UsageError:
-        raise ValueError("a duration above zero, e.g. 30s, 5m, 1h, 7d") from None
+        raise ValueError("a whole number above zero and a unit, e.g. 30s, 5m, 1h, 7d") from None
     return text.strip()
 
 
 Duration = Annotated[
     str,
-    Field(pattern=r"^\s*\d+\s*[smhd]\s*$", examples=["30s", "5m", "1h", "7d"]),
+    Field(examples=["30s", "5m", "1h", "7d"], json_schema_extra={"pattern": _DURATION}),
     AfterValidator(_positive),
 ]
 """A length of time: a whole number and a unit (s, m, h, d), as Prometheus writes them."""
@@ -72,6 +76,19 @@ class WebhookChannel(Strict):
             r"https?://[^\s/?#]+[^\s]*|env:[A-Za-z_][A-Za-z0-9_]{0,127}", url
         ) or any(ord(c) < 32 or ord(c) == 127 for c in url):
             raise ValueError("an http:// or https:// URL, or env:VAR to read it from $VAR")
+        if not url.startswith("env:"):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "the URL holds credentials, and the manifest is copied into every "
+                    "artifact: sign with secret_env, or keep the URL in $VAR (env:VAR)"
+                )
+            try:
+                parts.port  # noqa: B018 (raises on a port out of range)
+            except ValueError:
+                raise ValueError("the URL's port is not a port (1-65535)") from None
         return url
 
     secret_env: EnvVar | None = None

@@ -205,9 +205,10 @@ def test_webhook_refuses_to_send_unsigned_when_the_secret_is_missing(
 
 
 def test_describe_names_a_channel_without_its_secrets() -> None:
-    hook = WebhookChannel(
-        type="webhook", url="https://user:pw@hooks.example.com:8443/services/x?token=abc#frag"
-    )
+    url = "https://user:pw@hooks.example.com:8443/services/x?token=abc#frag"
+    with pytest.raises(ValueError, match="credentials"):
+        WebhookChannel(type="webhook", url=url)  # refused in a manifest; shown safely anyway:
+    hook = WebhookChannel.model_construct(type="webhook", url=url, secret_env=None, timeout_s=5.0)
     assert describe(hook) == "webhook https://hooks.example.com:8443/services/…"
     slack = WebhookChannel(type="webhook", url="https://hooks.slack.com/services/T0/B0/SECRET")
     assert "SECRET" not in describe(slack) and describe(slack).endswith("/services/…")

@@ -493,6 +493,28 @@ def test_an_alert_is_retried_until_the_receiver_is_up(
 
 
 @pytest.mark.slow
+def test_one_dead_channel_does_not_make_the_others_hear_an_alert_twice(
+    churn: Path, home: Path, cli: Any, cleanup: Cleanup
+) -> None:
+    """A firing a channel took is not sent again because another channel gave up on it; a
+    firing that no channel took is (the next check that still finds it)."""
+    out = churn.parent / "out.jsonl"
+    dead = {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "timeout_s": 1}
+    manifest = write_manifest(churn, [{"type": "file", "path": str(out)}, dead], retries=1)
+    log = watch_dir(home) / "watcher.log"
+    assert cli("deploy", manifest, "--env", ENV).code == 0
+    cleanup.remember()
+    drifted(churn.parent, port_of(manifest))
+    wait_for("the dead channel given up", lambda: [d for d in deliveries(home) if d["final"]
+                                                   and not d["ok"]], 20, log=log)  # fmt: skip
+    checks = len(lines(watch_dir(home) / "checks.jsonl"))
+    wait_for("three more checks", lambda: len(lines(watch_dir(home) / "checks.jsonl"))
+             >= checks + 3, 15, log=log)  # fmt: skip
+    firings = [m for m in lines(out) if m["key"] == f"{ENV}/drift"]
+    assert [m["event"] for m in firings] == ["firing"], firings
+
+
+@pytest.mark.slow
 def test_a_firing_alert_arrives_by_email(
     churn: Path, home: Path, cli: Any, smtp_server: Mailbox, cleanup: Cleanup
 ) -> None:

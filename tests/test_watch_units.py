@@ -116,7 +116,9 @@ def test_special_files_where_the_watcher_keeps_state_never_block(tmp_path: Path)
     ("monitoring", "said"),
     [
         ({"schedule": {"every": "1.5m"}}, "monitoring.schedule.every"),  # promtool refuses 1.5m
-        ({"schedule": {"every": "0s"}}, "a duration above zero"),
+        ({"schedule": {"every": "0s"}}, "a whole number above zero"),
+        ({"alerts": {"channels": [{"type": "webhook", "url": "http://u:pw@h/x"}]}}, "credentials"),
+        ({"alerts": {"channels": [{"type": "webhook", "url": "http://h:99999/x"}]}}, "not a port"),
         ({"schedule": {"every": "1h", "window": "5m"}}, "would never be judged"),
         ({"alerts": {"channels": [{"type": "webhook", "url": "https://h/x\x01y"}]}}, "env:VAR"),
         ({"alerts": {"channels": [{"type": "webhook", "url": "ftp://h/x"}]}}, "http://"),
@@ -138,3 +140,71 @@ def test_watching_settings_that_cannot_work_are_refused(
     with pytest.raises(ManifestError) as caught:
         load_manifest(tmp_path / "cpmai.yaml", check_files=False)
     assert said in caught.value.message, caught.value.message
+
+
+def test_a_running_watcher_whose_record_was_damaged_is_still_found_and_stopped(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from cpmai.watch.process import stop_watcher, watcher_status
+
+    folders = Home(tmp_path).env(NAME, ENV)
+    folders.watch.mkdir(parents=True)
+    lock = folders.watch / "watcher.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time  # as cpmai.watch holds its lock\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+        "print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        folders.watcher.write_text("{ damaged")
+        status = watcher_status(tmp_path, NAME, ENV)
+        assert (status.state, status.pid) == ("running", holder.pid)
+        assert stop_watcher(tmp_path, NAME, ENV) is True
+        holder.wait(10)
+        assert watcher_status(tmp_path, NAME, ENV).state == "stopped"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_deploy_warns_of_channels_whose_variables_are_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from cpmai.manifest_file import load_manifest
+    from cpmai.watch.process import channel_problems
+
+    channels = [
+        {"type": "webhook", "url": "env:CPMAI_T_URL", "secret_env": "CPMAI_T_SECRET"},
+        {"type": "email", "to": ["a@b"], "username_env": "CPMAI_T_USER"},
+        {"type": "file", "path": "out.jsonl"},
+    ]
+    doc = {"name": "m", "model": {"path": "m.joblib", "task": "classification"},
+           "monitoring": {"alerts": {"channels": channels}}}  # fmt: skip
+    (tmp_path / "cpmai.yaml").write_text(yaml.safe_dump(doc))
+    manifest = load_manifest(tmp_path / "cpmai.yaml", check_files=False)
+    for name in ("CPMAI_T_URL", "CPMAI_T_SECRET", "CPMAI_T_USER"):
+        monkeypatch.delenv(name, raising=False)
+    problems = channel_problems(manifest)
+    assert len(problems) == 2
+    assert "$CPMAI_T_SECRET, $CPMAI_T_URL" in problems[0] or "$CPMAI_T_URL" in problems[0]
+    assert "$CPMAI_T_USER" in problems[1]
+    monkeypatch.setenv("CPMAI_T_URL", "https://h/x")
+    monkeypatch.setenv("CPMAI_T_SECRET", "s")
+    monkeypatch.setenv("CPMAI_T_USER", "u")
+    assert channel_problems(manifest) == []
+
+
+def test_lines_that_are_not_the_watchers_are_counted_not_shown(tmp_path: Path) -> None:
+    from cpmai.watch.book import read_events
+
+    path = tmp_path / "alerts.jsonl"
+    path.write_text('{"type": "event", "event": "firing", "key": "k"}\n7\n{"a": 1}\nnot json\n')
+    events = read_events(path)
+    assert events == [{"type": "event", "event": "firing", "key": "k"},
+                      {"type": "unreadable", "lines": 3}]  # fmt: skip

@@ -120,7 +120,11 @@ def _event_line(event: dict[str, Any]) -> str:
 
 @app.command()
 def test(
-    name: Annotated[str, argument("Model name.")], env: EnvOption, json_: JsonFlag = False
+    name: Annotated[str, argument("Model name.")],
+    env: Annotated[
+        str | None, option("The environment (needed when the model has several).", "--env", "-e")
+    ] = None,
+    json_: JsonFlag = False,
 ) -> None:
     """Send a test message through every channel of the live version's monitoring.alerts,
     once each, now.
@@ -128,9 +132,11 @@ def test(
     Exit 6 when a channel fails (each failure named)."""
     from cpmai.errors import TargetError
     from cpmai.settings import resolve_home
-    from cpmai.watch.view import send_test
+    from cpmai.watch.view import only_env, send_test
 
-    results = send_test(resolve_home(OPTIONS.home), name, env)
+    home = resolve_home(OPTIONS.home)
+    env = only_env(home, name, env)
+    results = send_test(home, name, env)
     failed = [r for r in results if not r.ok]
     if wants_json(json_):
         emit_json({"name": name, "env": env, "channels": [r.to_json() for r in results]})

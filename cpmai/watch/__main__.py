@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         print(f"{iso()} another watcher holds {folders.watch / 'watcher.lock'}", flush=True)
         return 3
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, str(os.getpid()).encode(), 0)  # who holds it, should watcher.json be lost
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:

@@ -270,6 +270,8 @@ class AlertBook:
         )
 
 
+LINE_TYPES: Final = frozenset({"event", "delivery", "silenced"})
+"""What a line of `alerts.jsonl` is: anything else is not the watcher's (and counted unreadable)."""
 ROTATE_BYTES: Final = 16 * 2**20
 """A watcher's JSON-lines file past this size is renamed `NAME.1` (the one before is
 dropped): a check every 10 s for a year must not fill the disk."""
@@ -355,7 +357,7 @@ def read_events(path: Path, limit: int = 1000) -> list[dict[str, Any]]:
         except ValueError:
             bad += 1
             continue
-        if isinstance(item, dict):
+        if isinstance(item, dict) and item.get("type") in LINE_TYPES:
             out.append(item)
         else:
             bad += 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cpmai.clock import epoch, iso
 from cpmai.errors import CpmaiError, TargetError
 from cpmai.fsutil import read_json_object, write_atomic
-from cpmai.home import Home
+from cpmai.home import EnvFolders, Home
 from cpmai.watch.book import ROTATE_BYTES
 
 if TYPE_CHECKING:
@@ -97,6 +97,50 @@ def alive(record: WatcherRecord | None) -> bool:
         return False
 
 
+def lock_holder(folders: EnvFolders) -> int | None:
+    """The pid of the watcher that holds `watcher.lock` (it writes its pid there), or None
+    when none holds it: what finds a running watcher whose `watcher.json` was damaged."""
+    import fcntl
+
+    path = folders.watch / "watcher.lock"
+    if not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() and int(text) > 0 else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def current_record(folders: EnvFolders) -> WatcherRecord | None:
+    """`watcher.json`, or — when it is damaged or gone while a watcher runs — a record made
+    from the lock's holder (schedule unknown: `?`)."""
+    record = WatcherRecord.read(folders.watcher)
+    if record is not None:
+        return record
+    pid = lock_holder(folders)
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if not any("cpmai.watch" in part for part in process.cmdline()):
+            return None
+        return WatcherRecord(pid, process.create_time(), "?", "?", "?")
+    except psutil.Error:
+        return None
+
+
 def read_regular_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`; None when it is missing, unreadable, not a JSON object or
     not a regular file (a FIFO there would block the reader forever)."""
@@ -124,6 +168,30 @@ def watch_after_rollout(
         progress(f"warning: the watcher did not start: {exc.message}")
         return
     progress(f"watcher  pid {record.pid}, a check every {record.every}")
+    for problem in channel_problems(manifest):
+        progress(f"warning: {problem}")
+
+
+def channel_problems(manifest: Manifest) -> list[str]:
+    """What will stop a channel of `monitoring.alerts` from delivering, seen from here: the
+    environment variables it reads (the watcher inherits this process's environment)."""
+    from cpmai.alerts.channels import describe
+
+    problems = []
+    for channel in manifest.monitoring.alerts.channels:
+        names = [getattr(channel, key, None) for key in ("secret_env", "username_env",
+                                                         "password_env")]  # fmt: skip
+        url = getattr(channel, "url", "")
+        if isinstance(url, str) and url.startswith("env:"):
+            names.append(url[4:])
+        unset = [n for n in names if isinstance(n, str) and not os.environ.get(n)]
+        if unset:
+            problems.append(
+                f"alerts through {describe(channel)} will fail: "
+                + ", ".join(f"${n}" for n in unset)
+                + " unset here, where the watcher starts"
+            )
+    return problems
 
 
 def ensure_watcher(
@@ -133,9 +201,12 @@ def ensure_watcher(
     live version's `schedule` (every, window) on its own when the ledger changes: waited for
     here (briefly) so that what is said is what runs."""
     folders = Home(home).env(name, env)
-    record = WatcherRecord.read(folders.watcher)
+    record = current_record(folders)
     if alive(record):
         assert record is not None
+        if record.started == "?" and schedule is not None:  # its watcher.json was damaged
+            record = WatcherRecord(record.pid, record.created, iso(), *schedule)
+            record.write(folders.watcher)
         deadline = time.monotonic() + 5.0
         while (
             schedule is not None
@@ -186,7 +257,7 @@ def stop_watcher(home: Path, name: str, env: str) -> bool:
     """Stop the watcher of `env` (SIGTERM: it finishes the check it is making; SIGKILL after
     STOP_TIMEOUT). Returns whether one was running."""
     folders = Home(home).env(name, env)
-    record = WatcherRecord.read(folders.watcher)
+    record = current_record(folders)
     running = alive(record)
     if running and record is not None and record.pid == os.getpid():
         os.kill(record.pid, signal.SIGTERM)  # the watcher itself (its rollback): it stops next
@@ -206,7 +277,7 @@ def stop_watcher(home: Path, name: str, env: str) -> bool:
 
 def watcher_status(home: Path, name: str, env: str) -> WatcherStatus:
     folders = Home(home).env(name, env)
-    record = WatcherRecord.read(folders.watcher)
+    record = current_record(folders)
     if record is None:
         return WatcherStatus(state="stopped")
     status = WatcherStatus(

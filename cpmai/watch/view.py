@@ -90,6 +90,19 @@ def _envs(home: Path, name: str, env: str | None) -> list[str]:
     return [env]
 
 
+def only_env(home: Path, name: str, env: str | None) -> str:
+    """`env`, or the model's one environment when it has only one."""
+    if env is not None:
+        return env
+    envs = _envs(home, name, None)
+    if len(envs) != 1:
+        raise UsageError(
+            f"{name} has {len(envs)} environments ({', '.join(envs) or 'none yet'}): say which "
+            "with --env"
+        )
+    return envs[0]
+
+
 def view(home: Path, name: str, env: str | None = None, *, limit: int = 20) -> AlertsView:
     """The firing alerts, silences in force and newest events of `name`'s environments."""
     now = time.time()

@@ -113,6 +113,10 @@ class Watcher:
         self._memo: IndexMemo | None = None
         self._manifests: dict[str, Manifest] = {}
         self._live: tuple[tuple[int, int], Live | None] | None = None
+        self._taken: set[str] = set()
+        """Messages a channel took (this process's deliveries)."""
+        self._given_up: set[str] = set()
+        """Firings a channel gave up on, while another channel may still take them."""
         self.last_live: Live | None = None
 
     # --- what is live ----------------------------------------------------------------------
@@ -391,16 +395,24 @@ class Watcher:
 
         def record(attempt: Attempt) -> None:
             self.book.record({"type": "delivery", **attempt.to_json()})
-            if attempt.final and not attempt.ok and attempt.event in ("firing", "repeat"):
-                started = attempt.message_id[len(attempt.key) + 1 :].split("/", 1)[0]
-                self.book.undelivered(attempt.key, started)
+            if attempt.ok:
+                self._taken.add(attempt.message_id)
+            elif attempt.final and attempt.event in ("firing", "repeat"):
+                self._given_up.add(attempt.message_id)
 
         attempts = self.outbox.run_due(
             channels, base_dir=live.base_dir, retries=settings.retries,
             backoff_s=settings.backoff_s, now=now, record=record,
         )  # fmt: skip
-        if any(a.final and not a.ok for a in attempts):
-            self.book.save()
+        # a firing that NO channel took is sent again by the next check that finds it; one
+        # that a channel took is not (the others would get it twice)
+        waiting = {d.message.id for d in self.outbox.pending()}
+        for ident in self._given_up - self._taken - waiting:
+            message = next((d.message for d in pending if d.message.id == ident), None)
+            if message is not None:
+                self.book.undelivered(message.key, message.started_at)
+                self.book.save()
+        self._given_up &= waiting
         return attempts
 
     def close(self, reason: str) -> None:
