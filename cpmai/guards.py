@@ -1,6 +1,6 @@
 """What keeps a rollout safe: one at a time per environment (`runs/NAME/ENV/rollout.lock`),
 and SIGTERM or SIGHUP interrupting it as Ctrl-C does, so the previous routing is put back and
-recorded."""
+recorded; and how a supervised process (a server, a watcher) is started detached."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpmai.errors import TargetError
 from cpmai.serving.runstate import RunFiles
+
+if TYPE_CHECKING:
+    import subprocess
 
 LOCK_TIMEOUT = 600.0
 
@@ -74,3 +77,21 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def start_detached(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `command` in a session of its own (it outlives the command that started it and
+    is stopped by its group), its output appended to `log` after a `--- TIME start` line."""
+    import subprocess
+
+    with log.open("ab") as handle:
+        handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start\n".encode())
+        handle.flush()
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,
+            close_fds=True,
+        )

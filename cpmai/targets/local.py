@@ -231,17 +231,9 @@ class LocalTarget:
             "--body-timeout",
             str(plan.timeouts[1]),
         ]
-        with self.log_path.open("ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
+        from cpmai.guards import start_detached
+
+        process = start_detached(command, self.log_path)
         import psutil
 
         created = psutil.Process(process.pid).create_time()

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -224,17 +223,9 @@ def ensure_watcher(
             folders.watcher_log.replace(folders.watcher_log.with_name("watcher.log.1"))
     command = [sys.executable, "-m", "cpmai.watch", "--home", str(home), "--name", name,
                "--env", env]  # fmt: skip
-    with folders.watcher_log.open("ab") as log:
-        log.write(f"--- {iso()} start\n".encode())
-        log.flush()
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+    from cpmai.guards import start_detached
+
+    process = start_detached(command, folders.watcher_log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         record = WatcherRecord.read(folders.watcher)
