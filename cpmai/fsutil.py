@@ -30,7 +30,10 @@ def not_regular(path: Path) -> str | None:
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
+    """A JSON object from `path`, or None when it is missing, unreadable, not an object or not a
+    regular file (a FIFO there would block the reader forever)."""
+    if not_regular(path) is not None:
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

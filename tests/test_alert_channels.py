@@ -7,21 +7,21 @@ import email
 import email.policy
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _receivers import Receiver, receivers
 
 from cpmai.alerts.channels import DeliveryError, describe, send, verify_signature
 from cpmai.alerts.message import AlertMessage, Event, alert_key, text_of
 from cpmai.alerts.outbox import Attempt, Outbox, backoff
 from cpmai.manifest_watch import CommandChannel, EmailChannel, FileChannel, WebhookChannel
+from serving_helpers import free_port
 
 SECRET = "s3cret-value-for-tests"
 
@@ -50,68 +50,11 @@ def alert(event: Event = "firing", *, feature: str | None = None) -> AlertMessag
     )
 
 
-def free_port() -> int:
-    """A port nothing listens on (just released by the kernel)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-# --- an HTTP receiver ------------------------------------------------------------------------
-
-
-@dataclass
-class Receiver:
-    port: int
-    status: int = 200
-    got: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, _, body in self.got]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Callable[[int], Receiver]]:
     """Starts receivers (port 0: any free one); every one is stopped after the test."""
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
-
-    def start(port: int = 0) -> Receiver:
-        record = Receiver(port)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                record.got.append((self.path, dict(self.headers.items()), body))
-                self.send_response(record.status)
-                if 300 <= record.status < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_POST
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        record.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return record
-
-    try:
+    with receivers() as start:
         yield start
-    finally:
-        for server, thread in servers:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -20,12 +20,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+from _receivers import Receiver as Hook
+from _receivers import receivers
 
 from conftest import run_cpmai
 from serving_helpers import free_port
@@ -294,54 +295,11 @@ class Load:
 # --- receivers -------------------------------------------------------------------------------
 
 
-@dataclass
-class Hook:
-    """An HTTP receiver's log: (headers, body) of every POST."""
-
-    port: int
-    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in list(self.got)]
-
-
 @pytest.fixture
 def hooks() -> Iterator[Callable[[int], Hook]]:
     """Starts HTTP receivers on 127.0.0.1 (port 0: any free one); all stopped afterwards."""
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
-
-    def start(port: int = 0) -> Hook:
-        record = Hook(port)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                record.got.append((dict(self.headers.items()), body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        record.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return record
-
-    try:
+    with receivers() as start:
         yield start
-    finally:
-        for server, thread in servers:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
 
 @dataclass
@@ -415,7 +373,7 @@ def test_a_drift_fires_once_signed_and_resolves_when_the_traffic_is_calm(
     assert firing["text"].startswith("[FIRING]") and firing["version"] == "1.0.0"
     assert "tenure_months" in firing["details"]["drifted"]
     assert watcher_row(cli)["firing"] == 1  # state.json is saved before anything is sent
-    headers, body = hook.got[0]
+    _, headers, body = hook.got[0]
     stamp = headers["X-Cpmai-Timestamp"]
     assert headers["X-Cpmai-Delivery-Id"] == firing["id"]
     assert abs(int(stamp) - time.time()) < 60
@@ -441,7 +399,7 @@ def test_a_drift_fires_once_signed_and_resolves_when_the_traffic_is_calm(
     assert resolved["event"] == "resolved" and resolved["status"] == "resolved"
     assert resolved["key"] == firing["key"] and resolved["started_at"] == firing["started_at"]
     assert resolved["text"].startswith("[RESOLVED]") and resolved["resolved_at"]
-    headers, body = hook.got[1]
+    _, headers, body = hook.got[1]
     assert headers["X-Cpmai-Delivery-Id"] == resolved["id"] != firing["id"]
     assert verify_signature(SECRET, resolved["id"], headers["X-Cpmai-Timestamp"], body,
                             headers["X-Cpmai-Signature"])  # fmt: skip

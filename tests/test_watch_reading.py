@@ -7,19 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from test_predlog import SIGNATURE  # x: number, c: a or b; label 0 or 1
 
 from cpmai.predlog import reader as logs
 from cpmai.predlog.parts import IndexMemo
 from cpmai.predlog.writer import PredictionLog
-from cpmai.runtime.signature import Signature
 
-SIGNATURE = Signature.model_validate({
-    "inputs": [
-        {"name": "x", "type": "number"},
-        {"name": "c", "type": "category", "categories": ["a", "b"]},
-    ],
-    "outputs": [{"name": "label", "type": "integer", "categories": [0, 1]}],
-})  # fmt: skip
 SPECS = [logs.FeatureSpec("x", "numeric"), logs.FeatureSpec("c", "categorical", frozenset("ab"))]
 
 

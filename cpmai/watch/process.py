@@ -46,7 +46,7 @@ class WatcherRecord:
     @classmethod
     def read(cls, path: Path) -> WatcherRecord | None:
         """The record, or None when it is missing or not one (edited, a special file)."""
-        data = read_regular_json(path)
+        data = read_json_object(path)
         if data is None:
             return None
         try:
@@ -138,16 +138,6 @@ def current_record(folders: EnvFolders) -> WatcherRecord | None:
         return WatcherRecord(pid, process.create_time(), "?", "?", "?")
     except psutil.Error:
         return None
-
-
-def read_regular_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`; None when it is missing, unreadable, not a JSON object or
-    not a regular file (a FIFO there would block the reader forever)."""
-    from cpmai.fsutil import not_regular
-
-    if not path.exists() or not_regular(path) is not None:
-        return None
-    return read_json_object(path)
 
 
 def watch_after_rollout(
@@ -282,7 +272,7 @@ def watcher_status(home: Path, name: str, env: str) -> WatcherStatus:
             status.last_check = str(at)
         if isinstance(seconds, int | float) and not isinstance(seconds, bool):
             status.last_check_seconds = float(seconds)
-    state = read_regular_json(folders.alert_state) or {}
+    state = read_json_object(folders.alert_state) or {}
     opened = state.get("open")
     status.firing = sum(
         1 for a in (opened.values() if isinstance(opened, dict) else []) if isinstance(a, dict)

@@ -13,6 +13,7 @@ and last, when due, the automatic rollback).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from cpmai.errors import CpmaiError
 from cpmai.home import Home
 from cpmai.ledger import Ledger
 from cpmai.replay import replay
-from cpmai.watch.book import AlertBook, append_line, silences_of
+from cpmai.watch.book import AlertBook, Silence, append_line, silences_of
 from cpmai.watch.findings import Finding, Verdict, failed_check, verdict_of
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ class Watcher:
         self._given_up: set[str] = set()
         """Firings a channel gave up on, while another channel may still take them."""
         self.last_live: Live | None = None
+        self._silences: list[Silence] = []
+        """The model's silences, read with the live version (`live`)."""
 
     # --- what is live ----------------------------------------------------------------------
 
@@ -127,7 +130,9 @@ class Watcher:
         stamp = _stamp(Home(self.home).ledger)
         if self._live is not None and self._live[0] == stamp:
             return self._live[1]
-        state = replay(Ledger(self.home).events())
+        events = Ledger(self.home).events()
+        state = replay(events)
+        self._silences = silences_of(events, self.name)
         env_state = state.env(self.name, self.env)
         rollout = env_state.live
         found = None
@@ -222,7 +227,9 @@ class Watcher:
         live, now, verdict, result = measured.live, measured.now, measured.verdict, measured.result
         manifest = live.manifest if live else None
         settings = manifest.monitoring.alerts if manifest else None
-        silences = silences_of(Ledger(self.home).events(self.name), self.name)
+        with contextlib.suppress(Exception):  # unreadable: measure said so; last silences hold
+            self.live()  # the ledger is read again only when it changed (silences are events)
+        silences = self._silences
         repeat_s = parse_duration(settings.repeat) if settings else 4 * 3600.0
         messages = self.book.step(verdict, version=record.version, repeat_s=repeat_s,
                                   silences=silences, now=now)  # fmt: skip
